@@ -1,0 +1,7 @@
+"""spark-submit entry point: `./spark-submit.sh ingest [options]` (same options as `museum-typology ingest`)."""
+import sys
+
+from museum_typology.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["ingest", *sys.argv[1:]]))

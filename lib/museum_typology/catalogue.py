@@ -1,0 +1,140 @@
+"""Reading the catalogue CSVs (``guid,description,typology``) into checked input rows.
+
+Structural problems (a missing file or column, bytes that are not UTF-8) raise ``CsvError``
+naming the file, the line and the problem. Row problems (an empty or duplicate guid, an unknown
+label, a broken row) keep the row and record why it was rejected, so nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .schema import CLASS_INDEX
+
+
+class CsvError(ValueError):
+    """A CSV that cannot be read at all; the message names the file, the line and the problem."""
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One data row of an input CSV, with its provenance and, if unusable, why."""
+
+    guid: str | None
+    split: str
+    source_file: str
+    source_row: int  # 1-based data row number (the header is row 0)
+    source_line: int  # physical line where the row starts, for error messages
+    description: str | None
+    typology: str | None
+    url: str | None = None
+    rejected_reason: str | None = None
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def parse_catalogue_csv(
+    text: str,
+    source_file: str,
+    split: str,
+    required: Sequence[str] = ("guid", "description", "typology"),
+    labelled: bool = True,
+) -> list[InputRow]:
+    """Parse CSV text (BOM already stripped or not) into ``InputRow``s. Pure: text in, rows out."""
+    text = text.lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise CsvError(f"{source_file}: the file is empty (expected a header with {', '.join(required)})") from None
+    except csv.Error as exc:
+        raise CsvError(f"{source_file}, line 1: unreadable header ({exc})") from None
+    columns = [name.strip().lstrip("\ufeff").lower() for name in header]
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise CsvError(
+            f"{source_file}: missing column(s) {', '.join(missing)} in the header (found: {', '.join(columns) or 'nothing'})"
+        )
+    index = {name: columns.index(name) for name in columns}
+    rows: list[InputRow] = []
+    data_row = 0
+    while True:
+        line_start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise CsvError(f"{source_file}, line {line_start}: malformed CSV ({exc})") from None
+        if not fields or all(not f.strip() for f in fields):
+            continue  # blank lines are not rows
+        data_row += 1
+
+        def field(name: str) -> str | None:
+            position = index.get(name)
+            return _clean(fields[position]) if position is not None and position < len(fields) else None
+
+        reason = None
+        if len(fields) != len(columns):
+            reason = f"{source_file} row {data_row} (line {line_start}): {len(fields)} fields, header has {len(columns)}"
+        guid = field("guid")
+        typology = field("typology") if "typology" in index else None
+        if reason is None and guid is None:
+            reason = f"{source_file} row {data_row} (line {line_start}): empty guid"
+        if reason is None and labelled and typology is None:
+            reason = f"{source_file} row {data_row} (line {line_start}): empty typology in a labelled file"
+        if reason is None and typology is not None and typology not in CLASS_INDEX:
+            reason = f"{source_file} row {data_row} (line {line_start}): unknown typology {typology!r}"
+        rows.append(
+            InputRow(
+                guid=guid,
+                split=split,
+                source_file=source_file,
+                source_row=data_row,
+                source_line=line_start,
+                description=field("description"),
+                typology=typology if labelled else None,
+                url=field("url"),
+                rejected_reason=reason,
+            )
+        )
+    return rows
+
+
+def decode_csv_bytes(raw: bytes, source_file: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CsvError(f"{source_file}, line {line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def reject_duplicates(rows: Iterable[InputRow]) -> list[InputRow]:
+    """Keep the first row of each guid (across all files, in order); later ones are rejected
+    with a reason pointing at the first, so both stay visible in the manifest."""
+    first_seen: dict[str, InputRow] = {}
+    result: list[InputRow] = []
+    for row in rows:
+        if row.rejected_reason is None and row.guid is not None:
+            first = first_seen.get(row.guid)
+            if first is not None:
+                row = InputRow(
+                    **{
+                        **row.__dict__,
+                        "rejected_reason": (
+                            f"{row.source_file} row {row.source_row} (line {row.source_line}): duplicate guid {row.guid}, "
+                            f"first seen in {first.source_file} row {first.source_row}"
+                        ),
+                    }
+                )
+            else:
+                first_seen[row.guid] = row
+        result.append(row)
+    return result

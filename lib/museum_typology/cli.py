@@ -1,0 +1,135 @@
+"""The one console script: ``museum-typology <job> [options]``.
+
+``jobs/<job>.py`` (what spark-submit runs) calls ``main`` with the same arguments, so a job runs
+the same way in-process on local Spark and on a cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__, storage
+from .catalogue import CsvError
+from .config import ConfigError, Settings, load_settings
+from .log import get_logger, setup_logging
+
+log = get_logger("museum_typology")
+
+# Errors that mean "bad input or settings": one clear line, exit code 2, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (CsvError, ConfigError, storage.StorageError)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conf", metavar="FILE", help="settings file (TOML) over conf/default.toml")
+    parser.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help="override one setting, e.g. images.max_side=384 (repeatable)"
+    )
+    parser.add_argument("--data", metavar="DIR", help="input data directory or s3:// prefix (default: paths.data, $MUSEUM_DATA)")
+    parser.add_argument("--work-dir", metavar="DIR", help="root of outputs (default: paths.work_dir, $MUSEUM_WORK_DIR)")
+    parser.add_argument("--master", help="Spark master (default: spark.master, or spark-submit's)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.conf, args.overrides)
+    if args.data:
+        settings = settings.set(["paths", "data"], args.data, "--data")
+    if args.work_dir:
+        settings = settings.set(["paths", "work_dir"], args.work_dir, "--work-dir")
+    return settings
+
+
+def _spark(settings: Settings, args: argparse.Namespace, job: str):
+    from .session import build_spark
+
+    return build_spark(settings, job, master=args.master)
+
+
+def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    from . import ingest
+
+    settings = _settings(args)
+    output = args.output or storage.join(settings.get("paths.work_dir"), "ingest")
+    spark = _spark(settings, args, "ingest")
+    summary = ingest.run(spark, settings, settings.get("paths.data"), output)
+    print(f"ingest: {summary['dataset_rows']} images decoded; manifest rows {summary['manifest_rows']} = input rows {summary['input_rows']} ({_counts(summary)})")
+    print(f"  dataset:  {storage.join(output, 'dataset')}")
+    print(f"  manifest: {storage.join(output, 'manifest.parquet')}")
+    print(f"  summary:  {storage.join(output, 'summary.json')}")
+    return summary
+
+
+def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """Every stage that exists, end to end; prints where each output went."""
+    from . import ingest
+
+    settings = _settings(args)
+    work_dir = settings.get("paths.work_dir")
+    spark = _spark(settings, args, "pipeline")
+    outputs: dict[str, Any] = {}
+    ingest_dir = storage.join(work_dir, "ingest")
+    summary = ingest.run(spark, settings, settings.get("paths.data"), ingest_dir)
+    outputs["ingest"] = {
+        "dataset": storage.join(ingest_dir, "dataset"),
+        "manifest": storage.join(ingest_dir, "manifest.parquet"),
+        "summary": storage.join(ingest_dir, "summary.json"),
+    }
+    print(f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)})")
+    print("outputs:")
+    for stage, paths in outputs.items():
+        for name, path in paths.items():
+            print(f"  {stage:8s} {name:9s} {path}")
+    return outputs
+
+
+def _counts(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(summary["status_counts"].items()))
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
+    "ingest": (cmd_ingest, "CSVs + images -> petastorm dataset and manifest"),
+    "pipeline": (cmd_pipeline, "run every stage end to end on the configured data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="museum-typology", description="Sort Goskatalog items into their 15 typologies with Spark jobs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    ingest = sub.add_parser("ingest", help=COMMANDS["ingest"][1], description=COMMANDS["ingest"][1])
+    _common(ingest)
+    ingest.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/ingest)")
+    pipeline = sub.add_parser("pipeline", help=COMMANDS["pipeline"][1], description=COMMANDS["pipeline"][1])
+    _common(pipeline)
+    sub.add_parser("show-conf", help="print the resolved settings as JSON").set_defaults(job="show-conf")
+    _common(sub.choices["show-conf"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        if args.job == "show-conf":
+            print(json.dumps(_settings(args).values, ensure_ascii=False, indent=2))
+            return 0
+        COMMANDS[args.job][0](args)
+        return 0
+    except USER_ERRORS as exc:
+        print(f"museum-typology {args.job}: error: {exc}", file=sys.stderr)
+        return 2
+    except _job_errors() as exc:
+        print(f"museum-typology {args.job}: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+def _job_errors() -> tuple[type[BaseException], ...]:
+    from .ingest import IngestError
+
+    return (IngestError,)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Where ingest finds images: a zip archive (``images/<guid>[.ext]``) or a directory of
+``<guid>[.ext]`` files, local or on S3. File names only map a file to its guid; the content
+decides the format (``images.decode_image`` sniffs it).
+"""
+from __future__ import annotations
+
+import posixpath
+import zipfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from . import storage
+from .storage import S3Options
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """guid -> member names (zip entries or file names), plus what could not be mapped."""
+
+    location: str
+    kind: str  # "zip" or "dir"
+    members: dict[str, list[str]] = field(default_factory=dict)
+    unsafe: dict[str, str] = field(default_factory=dict)  # member -> why refused
+
+
+def guid_of(member: str) -> str:
+    """``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``."""
+    name = posixpath.basename(member.replace("\\", "/"))
+    return name.split(".", 1)[0]
+
+
+def unsafe_member_reason(member: str) -> str | None:
+    """Archive members that would escape an extraction target are refused, never read."""
+    normalized = member.replace("\\", "/")
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        return f"archive member {member!r} has an absolute path"
+    if ".." in normalized.split("/"):
+        return f"archive member {member!r} escapes the archive root with '..'"
+    return None
+
+
+def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
+    """List the images at ``location`` (a .zip or a directory) without reading them."""
+    members: dict[str, list[str]] = defaultdict(list)
+    unsafe: dict[str, str] = {}
+    if storage.is_dir(location, s3):
+        for name in storage.list_files(location, s3, recursive=True):
+            if posixpath.basename(name).startswith("."):
+                continue
+            members[guid_of(name)].append(name)
+        kind = "dir"
+    else:
+        with storage.open_input_file(location, s3) as handle:
+            try:
+                archive = zipfile.ZipFile(handle)
+            except zipfile.BadZipFile as exc:
+                raise storage.StorageError(f"{location}: not a zip archive nor a directory ({exc})") from None
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                reason = unsafe_member_reason(info.filename)
+                if reason:
+                    unsafe[info.filename] = reason
+                    continue
+                members[guid_of(info.filename)].append(info.filename)
+        kind = "zip"
+    return ImageIndex(location, kind, {g: sorted(m) for g, m in members.items()}, unsafe)
+
+
+class ImageReader:
+    """Reads image files on an executor; opens the archive once per task, not per image."""
+
+    def __init__(self, location: str, kind: str, s3: S3Options | None, max_bytes: int):
+        self.location, self.kind, self.s3, self.max_bytes = location, kind, s3, max_bytes
+        self._handle = None
+        self._archive: zipfile.ZipFile | None = None
+
+    def __enter__(self) -> ImageReader:
+        if self.kind == "zip":
+            self._handle = storage.open_input_file(self.location, self.s3)
+            self._archive = zipfile.ZipFile(self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._archive is not None:
+            self._archive.close()
+        if self._handle is not None:
+            self._handle.close()
+
+    def read(self, member: str) -> tuple[bytes | None, str | None]:
+        """(bytes, None), or (None, reason) when the file is too large or unreadable."""
+        try:
+            if self._archive is not None:
+                info = self._archive.getinfo(member)
+                if info.file_size > self.max_bytes:
+                    return None, f"file too large: {info.file_size} bytes > images.max_bytes={self.max_bytes}"
+                with self._archive.open(info) as stream:
+                    # Read at most one byte over the cap: a lying header can't make us read a zip bomb.
+                    data = stream.read(self.max_bytes + 1)
+            else:
+                data = storage.read_bytes(storage.join(self.location, member), self.s3)
+        except (OSError, KeyError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+            return None, f"unreadable file {member!r}: {type(exc).__name__}: {exc}"
+        if len(data) > self.max_bytes:
+            return None, f"file too large: over images.max_bytes={self.max_bytes}"
+        return data, None

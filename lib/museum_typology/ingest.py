@@ -1,0 +1,296 @@
+"""Ingest job: the catalogue CSVs and their images into a petastorm dataset plus a manifest.
+
+extract (driver: read and check the CSVs, list the images) -> transform (Spark: read, decode and
+encode each image where it lies) -> load (part files, petastorm metadata, manifest, summary,
+committed atomically). Every input row gets exactly one manifest row.
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import images, petastorm_io, storage
+from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
+from .config import Settings
+from .image_source import ImageIndex, ImageReader, build_index, guid_of
+from .log import get_logger
+from .schema import (
+    MANIFEST_SCHEMA,
+    SPLIT_TEST,
+    SPLIT_TRAIN,
+    SPLIT_TRAIN_IMAGES,
+    STATUS_NO_IMAGE,
+    STATUS_OK,
+    STATUS_QUARANTINED,
+    STATUS_REJECTED,
+    make_image_schema,
+)
+from .storage import S3Options
+
+log = get_logger(__name__)
+
+# (settings key of the file name, split, labelled?)
+INPUT_FILES = (
+    ("ingest.train_csv", SPLIT_TRAIN, True),
+    ("ingest.test_csv", SPLIT_TEST, False),
+    ("ingest.image_items_csv", SPLIT_TRAIN_IMAGES, True),
+)
+
+
+class IngestError(RuntimeError):
+    """The job cannot run (missing inputs, counts that do not reconcile)."""
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    max_side: int
+    max_pixels: int
+    max_bytes: int
+    codec: str
+    jpeg_quality: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeSettings:
+        section = settings.section("images")
+        return cls(
+            int(section["max_side"]),
+            int(section["max_pixels"]),
+            int(section["max_bytes"]),
+            str(section["codec"]),
+            int(section["jpeg_quality"]),
+        )
+
+
+# ---------------------------------------------------------------- extract
+
+
+def read_input_rows(data_dir: str, settings: Settings, s3: S3Options | None = None) -> list[InputRow]:
+    """Read and check every input CSV that exists; the labelled file is required."""
+    rows: list[InputRow] = []
+    for key, split, labelled in INPUT_FILES:
+        name = settings.get(key)
+        url = storage.join(data_dir, name)
+        if not storage.exists(url, s3):
+            if split == SPLIT_TRAIN:
+                raise CsvError(f"{url}: no such file (the labelled CSV is required; set --data or {key})")
+            log.warning("%s: not found, skipped", url)
+            continue
+        text = decode_csv_bytes(storage.read_bytes(url, s3), name)
+        parsed = parse_catalogue_csv(text, name, split, labelled=labelled)
+        log.info("%s: %d rows", name, len(parsed))
+        rows.extend(parsed)
+    return reject_duplicates(rows)
+
+
+def image_index(data_dir: str, settings: Settings, s3: S3Options | None = None) -> ImageIndex:
+    location = storage.join(data_dir, settings.get("ingest.images"))
+    if not storage.exists(location, s3):
+        log.warning("%s: no images archive or directory; every row is text-only", location)
+        return ImageIndex(location, "none")
+    index = build_index(location, s3)
+    log.info("%s: %d images (%d refused as unsafe names)", location, sum(map(len, index.members.values())), len(index.unsafe))
+    return index
+
+
+# ---------------------------------------------------------------- transform (pure planning)
+
+
+def plan(rows: list[InputRow], index: ImageIndex) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split rows into (decode tasks, finished manifest rows). Pure.
+
+    A row needs decoding when its guid has exactly one image file; every other row is finished
+    here with its status and reason.
+    """
+    unsafe_by_guid: dict[str, str] = {guid_of(m): reason for m, reason in index.unsafe.items()}
+    tasks: list[dict[str, Any]] = []
+    finished: list[dict[str, Any]] = []
+    for row in rows:
+        record = manifest_record(row)
+        if row.rejected_reason:
+            finished.append({**record, "status": STATUS_REJECTED, "reason": row.rejected_reason})
+            continue
+        members = index.members.get(row.guid or "", [])
+        if row.guid in unsafe_by_guid and not members:
+            finished.append({**record, "status": STATUS_QUARANTINED, "reason": unsafe_by_guid[row.guid]})
+        elif not members:
+            finished.append({**record, "status": STATUS_NO_IMAGE, "reason": None})
+        elif len(members) > 1:
+            finished.append(
+                {**record, "status": STATUS_QUARANTINED, "reason": f"ambiguous: {len(members)} image files for this guid: {', '.join(members)}"}
+            )
+        else:
+            tasks.append({**record, "image_member": members[0], "description": row.description})
+    return tasks, finished
+
+
+def manifest_record(row: InputRow) -> dict[str, Any]:
+    return {
+        "guid": row.guid,
+        "split": row.split,
+        "source_file": row.source_file,
+        "source_row": row.source_row,
+        "typology": row.typology,
+        "has_description": row.description is not None,
+        "status": None,
+        "reason": None,
+        "image_member": None,
+        "orig_width": None,
+        "orig_height": None,
+        "sha256": None,
+        "image_bytes": None,
+    }
+
+
+def partition_of(guid: str, partitions: int) -> int:
+    """Stable across runs and machines (Python's hash() is salted per process)."""
+    return zlib.crc32(guid.encode("utf-8")) % partitions
+
+
+def decode_task(task: dict[str, Any], raw: bytes | None, read_error: str | None, decode: DecodeSettings) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One image task -> (manifest row, dataset row or None). Pure."""
+    record = {k: v for k, v in task.items() if k in MANIFEST_SCHEMA.names}
+    if raw is None:
+        return {**record, "status": STATUS_QUARANTINED, "reason": read_error}, None
+    result = images.decode_image(raw, decode.max_side, decode.max_pixels, decode.max_bytes)
+    record.update(sha256=result.sha256, image_bytes=result.num_bytes, orig_width=result.orig_width, orig_height=result.orig_height)
+    if not result.ok:
+        return {**record, "status": STATUS_QUARANTINED, "reason": result.reason}, None
+    dataset_row = {
+        "guid": task["guid"],
+        "split": task["split"],
+        "typology": task["typology"],
+        "description": task["description"],
+        "image": result.pixels,
+        "orig_width": result.orig_width,
+        "orig_height": result.orig_height,
+        "sha256": result.sha256,
+    }
+    return {**record, "status": STATUS_OK, "reason": None}, dataset_row
+
+
+def _process_partition(
+    partition: int,
+    tasks: Iterator[dict[str, Any]],
+    index_location: str,
+    index_kind: str,
+    dataset_url: str,
+    decode: DecodeSettings,
+    row_group_bytes: int,
+    s3: S3Options | None,
+) -> Iterator[dict[str, Any]]:
+    """Runs on an executor: read, decode and store one partition's images; yield manifest rows."""
+    schema = make_image_schema(decode.codec, decode.jpeg_quality)
+    writer = petastorm_io.PartWriter(storage.join(dataset_url, f"part-{partition:05d}.parquet"), schema, row_group_bytes, s3)
+    results = []
+    with ImageReader(index_location, index_kind, s3, decode.max_bytes) as reader:
+        for task in sorted(tasks, key=lambda t: t["guid"]):
+            raw, error = reader.read(task["image_member"])
+            manifest_row, dataset_row = decode_task(task, raw, error, decode)
+            if dataset_row is not None:
+                writer.add(petastorm_io.encode_row(schema, dataset_row))
+            results.append(manifest_row)
+    writer.close()
+    return iter(results)
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run(spark, settings: Settings, data_dir: str, output: str) -> dict[str, Any]:
+    """Run the ingest job; returns the summary that is also written to ``OUTPUT/summary.json``."""
+    started = time.time()
+    s3 = S3Options.from_settings(settings.section("s3"))
+    decode = DecodeSettings.from_settings(settings)
+    rows = read_input_rows(data_dir, settings, s3)
+    index = image_index(data_dir, settings, s3)
+    tasks, finished = plan(rows, index)
+
+    partitions = int(settings.get("ingest.partitions")) or 4 * spark.sparkContext.defaultParallelism
+    partitions = max(1, min(partitions, len(tasks) or 1))
+    groups: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
+    for task in tasks:
+        groups[partition_of(task["guid"], partitions)].append(task)
+    row_group_bytes = int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024
+    schema = make_image_schema(decode.codec, decode.jpeg_quality)
+
+    with storage.atomic_directory(output, s3) as tmp:
+        dataset_url = storage.join(tmp, "dataset")
+        log.info("decoding %d images in %d Spark partitions", len(tasks), partitions)
+        location, kind = index.location, index.kind
+        decoded = (
+            spark.sparkContext.parallelize(groups, partitions)
+            .mapPartitionsWithIndex(
+                lambda i, it: _process_partition(i, (t for group in it for t in group), location, kind, dataset_url, decode, row_group_bytes, s3)
+            )
+            .collect()  # manifest rows only: small (no pixels)
+        )
+        if not any(r["status"] == STATUS_OK for r in decoded):
+            # petastorm needs at least one Parquet file to hold its metadata.
+            _write_empty_part(storage.join(dataset_url, "part-00000.parquet"), schema, s3)
+        petastorm_io.write_metadata(dataset_url, schema, spark.sparkContext, s3)
+
+        manifest = sorted(finished + decoded, key=lambda r: (r["split"], r["source_row"]))
+        summary = reconcile(rows, manifest, dataset_url, s3)
+        summary.update(
+            output=output,
+            data=data_dir,
+            images=index.location,
+            unsafe_archive_members=index.unsafe,
+            orphan_images=sorted(set(index.members) - {r.guid for r in rows if r.guid}),
+            seconds=round(time.time() - started, 2),
+        )
+        _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), s3)
+        storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
+        storage.write_bytes(storage.join(tmp, "conf.json"), json.dumps(settings.values, ensure_ascii=False, indent=2).encode(), s3)
+    log.info(
+        "ingest: %d input rows -> %d manifest rows (%s); %d images in the dataset; counts reconcile",
+        summary["input_rows"],
+        summary["manifest_rows"],
+        ", ".join(f"{k} {v}" for k, v in sorted(summary["status_counts"].items())),
+        summary["dataset_rows"],
+    )
+    return summary
+
+
+def _write_empty_part(url: str, schema, s3: S3Options | None) -> None:
+    _write_parquet(url, petastorm_io.arrow_schema(schema).empty_table(), s3)
+
+
+def _write_parquet(url: str, table: pa.Table, s3: S3Options | None) -> None:
+    fs, path = storage.filesystem(url, s3)
+    with fs.open_output_stream(path) as out:
+        pq.write_table(table, out)
+
+
+def reconcile(rows: list[InputRow], manifest: list[dict[str, Any]], dataset_url: str, s3: S3Options | None) -> dict[str, Any]:
+    """Check that every input row is in the manifest exactly once and that the dataset holds
+    exactly the rows marked ok; raise ``IngestError`` otherwise."""
+    status_counts = Counter(r["status"] for r in manifest)
+    dataset_guids = petastorm_io.read_columns(dataset_url, ["guid"], s3).column("guid").to_pylist()
+    ok_guids = sorted(r["guid"] for r in manifest if r["status"] == STATUS_OK)
+    input_keys = Counter((r.source_file, r.source_row) for r in rows)
+    manifest_keys = Counter((r["source_file"], r["source_row"]) for r in manifest)
+    problems = []
+    if input_keys != manifest_keys:
+        problems.append(f"manifest rows {sum(manifest_keys.values())} != input rows {len(rows)} or not one-to-one")
+    if sorted(dataset_guids) != ok_guids:
+        problems.append(f"dataset holds {len(dataset_guids)} rows, manifest marks {len(ok_guids)} ok")
+    if problems:
+        raise IngestError("counts do not reconcile: " + "; ".join(problems))
+    per_file = Counter(r.source_file for r in rows)
+    return {
+        "input_rows": len(rows),
+        "input_rows_per_file": dict(per_file),
+        "manifest_rows": len(manifest),
+        "dataset_rows": len(dataset_guids),
+        "status_counts": dict(status_counts),
+        "reconciled": True,
+    }

@@ -1,0 +1,137 @@
+"""Writing and reading the petastorm image dataset without Spark's Hadoop file systems.
+
+Spark executors encode rows with the Unischema's codecs and stream them into Parquet part files
+through pyarrow (local or S3 alike: Spark's own ``s3a://`` writer needs Hadoop jars that a pip
+install does not have). The driver then adds petastorm's metadata, so that ``make_reader`` and
+``make_batch_reader`` read the result like any petastorm dataset.
+"""
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from petastorm.codecs import CompressedImageCodec, ScalarCodec
+from petastorm.unischema import Unischema
+from pyspark.sql.types import IntegerType, LongType, StringType
+
+from . import storage
+from .storage import S3Options
+
+_SCALAR_TYPES = {StringType: pa.string(), IntegerType: pa.int32(), LongType: pa.int64()}
+
+
+def arrow_schema(schema: Unischema) -> pa.Schema:
+    """The Parquet schema petastorm expects for ``schema`` (what Spark would have written)."""
+    fields = []
+    for name, field in schema.fields.items():
+        if isinstance(field.codec, CompressedImageCodec):
+            arrow_type = pa.binary()
+        elif isinstance(field.codec, ScalarCodec):
+            arrow_type = _SCALAR_TYPES[type(field.codec._spark_type)]
+        else:
+            raise TypeError(f"field {name}: codec {field.codec!r} is not supported by petastorm_io")
+        fields.append(pa.field(name, arrow_type, nullable=field.nullable))
+    return pa.schema(fields)
+
+
+def encode_row(schema: Unischema, row: Mapping[str, Any]) -> dict[str, Any]:
+    """Encode one row's values with the fields' codecs (images -> compressed bytes)."""
+    encoded = {}
+    for name, field in schema.fields.items():
+        value = row.get(name)
+        if value is None:
+            if not field.nullable:
+                raise ValueError(f"field {name} is not nullable")
+            encoded[name] = None
+        elif isinstance(field.codec, CompressedImageCodec):
+            encoded[name] = bytes(field.codec.encode(field, value))
+        else:
+            encoded[name] = field.codec.encode(field, value)
+    return encoded
+
+
+class PartWriter:
+    """Streams encoded rows into one Parquet part file, a row group every ``row_group_bytes``.
+    Holds at most one row group in memory."""
+
+    def __init__(self, url: str, schema: Unischema, row_group_bytes: int, s3: S3Options | None = None):
+        self.url, self.schema, self.row_group_bytes, self.s3 = url, schema, row_group_bytes, s3
+        self.arrow = arrow_schema(schema)
+        self._buffer: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._stream = None
+        self.rows_written = 0
+
+    def add(self, encoded: dict[str, Any]) -> None:
+        self._buffer.append(encoded)
+        self._buffered_bytes += sum(len(v) for v in encoded.values() if isinstance(v, (bytes, str)))
+        if self._buffered_bytes >= self.row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._writer is None:
+            fs, path = storage.filesystem(self.url, self.s3)
+            fs.create_dir(posixpath.dirname(path), recursive=True)
+            self._stream = fs.open_output_stream(path)
+            self._writer = pq.ParquetWriter(self._stream, self.arrow, compression="snappy")
+        table = pa.Table.from_pylist(self._buffer, schema=self.arrow)
+        self._writer.write_table(table, row_group_size=len(self._buffer))
+        self.rows_written += len(self._buffer)
+        self._buffer, self._buffered_bytes = [], 0
+
+    def close(self) -> int:
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+        return self.rows_written
+
+
+def legacy_filesystem(url: str, s3: S3Options | None = None):
+    """The filesystem object petastorm's (legacy pyarrow) ParquetDataset code can use."""
+    if storage.is_s3(url):
+        from fsspec.implementations.arrow import ArrowFSWrapper
+
+        fs, _ = storage.filesystem(url, s3)
+        return ArrowFSWrapper(fs)
+    import pyarrow
+
+    return pyarrow.LocalFileSystem._get_instance()
+
+
+def _dataset_path(url: str) -> str:
+    return storage.filesystem(url)[1] if not storage.is_s3(url) else url.split("://", 1)[1].rstrip("/")
+
+
+def write_metadata(url: str, schema: Unischema, spark_context, s3: S3Options | None = None) -> None:
+    """Add petastorm's metadata (the pickled Unischema, row groups per file) to a written dataset."""
+    from petastorm.etl import dataset_metadata
+
+    def factory():
+        return legacy_filesystem(url, s3)
+
+    fs = factory()
+    dataset = pq.ParquetDataset(_dataset_path(url), filesystem=fs, validate_schema=False)
+    dataset_metadata._generate_unischema_metadata(dataset, schema)
+    dataset_metadata._generate_num_row_groups_per_file(dataset, spark_context, factory)
+
+
+def make_reader(url: str, s3: S3Options | None = None, **kwargs: Any):
+    """petastorm ``make_reader`` over a local or S3 dataset written by this module."""
+    from petastorm import make_reader as petastorm_make_reader
+
+    return petastorm_make_reader(
+        storage.to_uri(url), filesystem=legacy_filesystem(url, s3) if storage.is_s3(url) else None, **kwargs
+    )
+
+
+def read_columns(url: str, columns: Iterable[str], s3: S3Options | None = None) -> pa.Table:
+    """Read plain (non-image) columns of the dataset with pyarrow, fast, without decoding images."""
+    fs, path = storage.filesystem(url, s3)
+    return pq.read_table(path, columns=list(columns), filesystem=fs)

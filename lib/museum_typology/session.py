@@ -1,0 +1,46 @@
+"""The one SparkSession builder: master, app name, Arrow, and the executors' Python."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def build_spark(settings: Settings, app_suffix: str = "", master: str | None = None) -> SparkSession:
+    """Get (or create) the SparkSession for a job.
+
+    Under ``spark-submit`` the master comes from spark-submit and is not overridden here. Executors
+    must run this environment's Python, or they cannot import horovod, petastorm or this package.
+    """
+    # Under spark-submit the driver and executors are told PYSPARK_PYTHON by spark-submit.sh.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    app_name = settings.get("spark.app_name") + (f"-{app_suffix}" if app_suffix else "")
+    builder = SparkSession.builder.appName(app_name)
+    under_submit = "spark.master" in _submitted_conf()
+    if master or not under_submit:
+        builder = builder.master(master or settings.get("spark.master"))
+    for key, value in settings.section("spark.conf").items():
+        if under_submit and key == "spark.driver.memory":
+            continue  # fixed once the driver JVM runs; spark-submit's --driver-memory sets it
+        builder = builder.config(key, str(value))
+    builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("MUSEUM_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def _submitted_conf() -> dict[str, str]:
+    """Settings given by spark-submit (it passes them to the Python driver via the environment)."""
+    if "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT"):
+        from pyspark import SparkConf
+
+        return dict(SparkConf().getAll())
+    return {}

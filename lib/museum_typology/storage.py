@@ -1,0 +1,199 @@
+"""Local and ``s3://`` paths behind one interface, and atomic writes.
+
+Every job reads and writes through here, so the same code runs on a laptop (local files) and
+on a cluster (S3 or any S3-compatible store through pyarrow's S3 filesystem).
+
+Atomicity: a job writes into a hidden temporary sibling and commits at the end. Locally the
+commit is a directory rename. S3 has no rename, so the commit copies the objects to their final
+keys and writes a ``_SUCCESS`` marker last; readers (``is_committed``) trust only marked outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+SUCCESS_MARKER = "_SUCCESS"
+
+
+class StorageError(OSError):
+    """A path that can't be read or written; the message names the path."""
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3. Picklable, so Spark tasks can rebuild the filesystem on executors."""
+
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_settings(cls, section: Mapping[str, Any]) -> S3Options:
+        return cls(endpoint_url=str(section.get("endpoint_url") or ""), region=str(section.get("region") or "us-east-1"))
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith(("s3://", "s3a://"))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts; works for local paths and s3:// URLs alike."""
+    if is_s3(base):
+        return base.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts)
+    return posixpath.join(base, *parts)
+
+
+def filesystem(url: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem that holds ``url``, and the path inside it."""
+    if is_s3(url):
+        parsed = urlparse(url)
+        s3 = s3 or S3Options()
+        kwargs: dict[str, Any] = {"region": s3.region}
+        if s3.endpoint_url:
+            endpoint = urlparse(s3.endpoint_url)
+            kwargs["endpoint_override"] = endpoint.netloc or endpoint.path
+            kwargs["scheme"] = endpoint.scheme or "https"
+        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if url.startswith("file://"):
+        url = urlparse(url).path
+    return pafs.LocalFileSystem(), posixpath.abspath(url)
+
+
+def to_uri(url: str) -> str:
+    """An absolute URI for tools that want one (petastorm, Spark): file:///... or s3://..."""
+    if is_s3(url):
+        return "s3://" + url.split("://", 1)[1]
+    if url.startswith("file://"):
+        return url
+    return "file://" + posixpath.abspath(url)
+
+
+def exists(url: str, s3: S3Options | None = None) -> bool:
+    fs, path = filesystem(url, s3)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(url: str, s3: S3Options | None = None) -> bool:
+    fs, path = filesystem(url, s3)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def read_bytes(url: str, s3: S3Options | None = None) -> bytes:
+    fs, path = filesystem(url, s3)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except (OSError, FileNotFoundError) as exc:
+        raise StorageError(f"{url}: cannot read ({exc})") from None
+
+
+def open_input_file(url: str, s3: S3Options | None = None):  # -> pyarrow.NativeFile (seekable)
+    fs, path = filesystem(url, s3)
+    try:
+        return fs.open_input_file(path)
+    except (OSError, FileNotFoundError) as exc:
+        raise StorageError(f"{url}: cannot open ({exc})") from None
+
+
+def list_files(url: str, s3: S3Options | None = None, recursive: bool = False) -> list[str]:
+    """Base names (or paths relative to ``url`` when recursive) of the files under a directory."""
+    fs, path = filesystem(url, s3)
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=False)
+    try:
+        infos = fs.get_file_info(selector)
+    except (OSError, FileNotFoundError) as exc:
+        raise StorageError(f"{url}: cannot list ({exc})") from None
+    prefix = path.rstrip("/") + "/"
+    return sorted(info.path[len(prefix):] for info in infos if info.type == pafs.FileType.File)
+
+
+def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
+    """Write one file atomically: a temporary sibling, then a rename (local) or a single PUT (S3)."""
+    fs, path = filesystem(url, s3)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    if is_s3(url):
+        # A single PUT is atomic on S3: readers see the old object or the new one, never half.
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def delete_dir(url: str, s3: S3Options | None = None) -> None:
+    fs, path = filesystem(url, s3)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def is_committed(url: str, s3: S3Options | None = None) -> bool:
+    """True when ``url`` is an output directory that a job finished writing."""
+    return exists(join(url, SUCCESS_MARKER), s3)
+
+
+@contextlib.contextmanager
+def atomic_directory(final_url: str, s3: S3Options | None = None) -> Iterator[str]:
+    """Yield a temporary directory URL; on a clean exit it replaces ``final_url`` whole.
+
+    A crash leaves ``final_url`` as it was (the old output, or nothing) plus a hidden temporary
+    directory that the next run of the same job cleans up.
+    """
+    fs, final_path = filesystem(final_url, s3)
+    parent, name = posixpath.split(final_path.rstrip("/"))
+    fs.create_dir(parent, recursive=True)
+    _remove_stale_temporaries(fs, parent, name)
+    tmp_name = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_path = posixpath.join(parent, tmp_name)
+    tmp_url = join(final_url.rstrip("/").rsplit("/", 1)[0], tmp_name) if is_s3(final_url) else tmp_path
+    fs.create_dir(tmp_path, recursive=True)
+    try:
+        yield tmp_url
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.delete_dir(tmp_path)
+        raise
+    _commit(fs, tmp_path, final_path, s3_layout=is_s3(final_url))
+
+
+def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str) -> None:
+    prefix = f".{name}.tmp-"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
+    except (OSError, FileNotFoundError):
+        return
+    for info in infos:
+        if posixpath.basename(info.path).startswith(prefix) and info.type == pafs.FileType.Directory:
+            with contextlib.suppress(Exception):
+                fs.delete_dir(info.path)
+
+
+def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool) -> None:
+    if not s3_layout:
+        with fs.open_output_stream(posixpath.join(tmp_path, SUCCESS_MARKER)):
+            pass
+        if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
+            old = f"{final_path}.old-{uuid.uuid4().hex[:8]}"
+            fs.move(final_path, old)
+            fs.move(tmp_path, final_path)
+            fs.delete_dir(old)
+        else:
+            fs.move(tmp_path, final_path)
+        return
+    # S3: drop the old marker first so readers never trust a half-replaced output.
+    if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
+        fs.delete_dir(final_path)
+    infos = fs.get_file_info(pafs.FileSelector(tmp_path, recursive=True))
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            fs.copy_file(info.path, final_path + info.path[len(tmp_path):])
+    with fs.open_output_stream(posixpath.join(final_path, SUCCESS_MARKER)):
+        pass
+    fs.delete_dir(tmp_path)
