@@ -1,0 +1,171 @@
+"""The ingest job end to end on local Spark: a synthetic data set with a zoo of bad inputs,
+then the shared data."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from museum_typology import ingest, petastorm_io, storage
+from museum_typology.catalogue import CsvError
+from museum_typology.schema import CLASSES
+
+
+def _jpeg(color, size=(320, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _png_rgba(size=(60, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", size, (0, 0, 255, 0)).save(buffer, "PNG")  # fully transparent -> white
+    return buffer.getvalue()
+
+
+def make_data(root: Path, images_as: str = "zip") -> dict[str, bytes]:
+    """A small data set: 3 CSVs and an archive with good, bad and unsafe images."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "train.csv").write_text(
+        "\ufeffguid,description,typology\n"
+        f"t1,\"Монета.\nКопейка\",{CLASSES[7]}\n"
+        f"t2,Брошюра,{CLASSES[8]}\n"
+        "t3,Что-то,неизвестный класс\n"
+        f"t1,Дубликат,{CLASSES[7]}\n",
+        encoding="utf-8",
+    )
+    (root / "test.csv").write_text("guid,description,typology\nq1,Картина,\nq2,,\n", encoding="utf-8")
+    files = {
+        "i_red": _jpeg((200, 10, 10)),
+        "i_png": _png_rgba(),
+        "i_trunc": _jpeg((0, 200, 0))[:300],
+        "i_empty": b"",
+        "i_html": b"<html><body>not found</body></html>",
+        "q2": _jpeg((10, 10, 200), size=(1200, 600)),  # an image-only test item
+    }
+    rows = ["guid,description,typology"] + [f"{g},,{CLASSES[2]}" for g in files if g != "q2"] + [f"i_escape,,{CLASSES[2]}"]
+    (root / "train_images.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    names = {"i_red": "images/i_red.jpg", "i_png": "images/i_png", "i_trunc": "images/i_trunc.jpg",
+             "i_empty": "images/i_empty.png", "i_html": "images/i_html.jpg", "q2": "images/q2.JPG"}
+    if images_as == "zip":
+        with zipfile.ZipFile(root / "images.zip", "w") as archive:
+            for guid, data in files.items():
+                archive.writestr(names[guid], data)
+            archive.writestr("../i_escape.jpg", _jpeg((1, 2, 3)))
+            archive.writestr("images/orphan.jpg", _jpeg((9, 9, 9)))
+    else:
+        (root / "images").mkdir()
+        for guid, data in files.items():
+            (root / "images" / Path(names[guid]).name).write_bytes(data)
+    return files
+
+
+def _manifest(output: Path) -> dict[str, dict]:
+    rows = pq.read_table(output / "manifest.parquet").to_pylist()
+    return {f"{r['source_file']}:{r['source_row']}": r for r in rows}
+
+
+def _dataset(output: Path) -> dict[str, object]:
+    with petastorm_io.make_reader(str(output / "dataset"), num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+        return {row.guid: row for row in reader}
+
+
+@pytest.mark.parametrize("images_as", ["zip", "dir"])
+def test_ingest_zoo(spark, settings, tmp_path, images_as):
+    data = tmp_path / "data"
+    make_data(data, images_as)
+    if images_as == "dir":
+        settings = settings.set(["ingest", "images"], "images", "test")
+    output = tmp_path / "out"
+    summary = ingest.run(spark, settings, str(data), str(output))
+
+    manifest = _manifest(output)
+    assert len(manifest) == summary["input_rows"] == 4 + 2 + 6  # every input row exactly once
+    by = {(r["source_file"], r["guid"], r["source_row"]): r for r in manifest.values()}
+
+    def row(file, guid, n=None):
+        matches = [r for (f, g, s), r in by.items() if f == file and g == guid and (n is None or s == n)]
+        assert len(matches) == 1, (file, guid)
+        return matches[0]
+
+    assert row("train.csv", "t1", 1)["status"] == "no_image"
+    assert row("train.csv", "t1", 1)["has_description"] is True
+    assert row("train.csv", "t1", 4)["status"] == "rejected" and "duplicate guid t1" in row("train.csv", "t1", 4)["reason"]
+    assert "unknown typology" in row("train.csv", "t3")["reason"]
+    assert row("train_images.csv", "i_red")["status"] == "ok"
+    assert row("train_images.csv", "i_png")["status"] == "ok"  # no extension: content decides
+    assert row("train_images.csv", "i_trunc")["status"] == "quarantined"
+    assert "corrupt" in row("train_images.csv", "i_trunc")["reason"] or "truncated" in row("train_images.csv", "i_trunc")["reason"]
+    assert "empty file" in row("train_images.csv", "i_empty")["reason"]
+    assert "not an image" in row("train_images.csv", "i_html")["reason"]
+    if images_as == "zip":
+        escape = row("train_images.csv", "i_escape")
+        assert escape["status"] == "quarantined" and "'..'" in escape["reason"]
+        assert summary["orphan_images"] == ["orphan"]
+    else:
+        assert row("train_images.csv", "i_escape")["status"] == "no_image"
+    assert row("test.csv", "q2")["status"] == "ok"
+    assert row("test.csv", "q2")["has_description"] is False
+
+    dataset = _dataset(output)
+    assert sorted(dataset) == sorted(r["guid"] for r in manifest.values() if r["status"] == "ok")
+    red = dataset["i_red"]
+    assert red.image.shape == (200, 320, 3) and red.typology == CLASSES[2] and red.split == "train_images"
+    assert np.abs(red.image.astype(int) - [200, 10, 10]).max() <= 8  # JPEG, twice
+    assert (dataset["i_png"].image >= 250).all()  # transparency flattened onto white
+    big = dataset["q2"]
+    assert max(big.image.shape[:2]) == settings.get("images.max_side") and (big.orig_width, big.orig_height) == (1200, 600)
+    assert big.typology is None and big.split == "test"
+    assert storage.is_committed(str(output))
+    assert json.loads((output / "summary.json").read_text())["reconciled"] is True
+
+
+def test_rerun_gives_the_same_dataset_and_failure_keeps_the_old_output(spark, settings, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    make_data(data)
+    output = tmp_path / "out"
+    ingest.run(spark, settings, str(data), str(output))
+    first = {g: r.image.tobytes() for g, r in _dataset(output).items()}
+    first_manifest = pq.read_table(output / "manifest.parquet").to_pylist()
+
+    ingest.run(spark, settings, str(data), str(output))
+    assert {g: r.image.tobytes() for g, r in _dataset(output).items()} == first
+    assert pq.read_table(output / "manifest.parquet").to_pylist() == first_manifest
+
+    # A crash in the middle of a run leaves the previous output whole and no temporary debris.
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(petastorm_io, "write_metadata", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        ingest.run(spark, settings, str(data), str(output))
+    assert pq.read_table(output / "manifest.parquet").to_pylist() == first_manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+def test_missing_column_is_a_clear_error(spark, settings, tmp_path):
+    data = tmp_path / "data"
+    make_data(data)
+    (data / "train.csv").write_text("guid,description\nx,y\n", encoding="utf-8")
+    with pytest.raises(CsvError, match=r"train\.csv: missing column\(s\) typology"):
+        ingest.run(spark, settings, str(data), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_ingest_shared_data(spark, settings, shared_data, tmp_path):
+    output = tmp_path / "shared"
+    summary = ingest.run(spark, settings, str(shared_data), str(output))
+    assert summary["dataset_rows"] == 153
+    assert summary["input_rows"] == summary["manifest_rows"] == 3788 + 1223 + 153
+    assert summary["status_counts"] == {"ok": 153, "no_image": 3788 + 1223}
+    dataset = _dataset(output)
+    assert len(dataset) == 153
+    for row in dataset.values():
+        assert row.image.ndim == 3 and row.image.shape[2] == 3 and max(row.image.shape[:2]) <= 512
+        assert row.typology in CLASSES
