@@ -1,0 +1,53 @@
+"""The console script as a user meets it: help per job, clear errors without tracebacks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("museum-typology")
+
+
+def _run(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUSEUM_NO_PROGRESS": "1"}
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("job", ["ingest", "pipeline", "show-conf"])
+def test_help_per_job(job):
+    result = _run(job, "--help")
+    assert result.returncode == 0
+    assert f"usage: museum-typology {job}" in result.stdout
+    assert "--conf" in result.stdout and "--set" in result.stdout
+
+
+def test_show_conf_applies_overrides(tmp_path):
+    result = _run("show-conf", "--set", "images.max_side=99", "--data", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert '"max_side": 99' in result.stdout and str(tmp_path) in result.stdout
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_bytes(b"guid,description,typology\nx,\xff\xfe broken,\n")
+    result = _run("ingest", "--data", str(data), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "train.csv, line 2: not UTF-8 text" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_dir_names_the_setting(tmp_path):
+    result = _run("ingest", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "train.csv: no such file" in result.stderr and "--data" in result.stderr
+
+
+def test_unknown_setting_file(tmp_path):
+    result = _run("ingest", "--conf", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2 and "nope.toml: no such file" in result.stderr
