@@ -6,6 +6,7 @@ label, a broken row) keep the row and record why it was rejected, so nothing is 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterable, Sequence
@@ -90,7 +91,8 @@ def parse_catalogue_csv(
             reason = f"{source_file} row {data_row} (line {line_start}): empty guid"
         if reason is None and labelled and typology is None:
             reason = f"{source_file} row {data_row} (line {line_start}): empty typology in a labelled file"
-        if reason is None and typology is not None and typology not in CLASS_INDEX:
+        if reason is None and labelled and typology is not None and typology not in CLASS_INDEX:
+            # Only a labelled file's label is used; an unlabelled file's column is dropped below.
             reason = f"{source_file} row {data_row} (line {line_start}): unknown typology {typology!r}"
         rows.append(
             InputRow(
@@ -109,11 +111,16 @@ def parse_catalogue_csv(
 
 
 def decode_csv_bytes(raw: bytes, source_file: str) -> str:
+    """UTF-8 (with or without a BOM) -> text; anything else is a ``CsvError`` naming the line."""
+    # Strip the BOM ourselves: the utf-8-sig codec reports error offsets relative to the bytes
+    # *after* the BOM, which would point the line number at the wrong place.
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        return raw.decode("utf-8-sig")
+        return raw[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CsvError(f"{source_file}, line {line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        offset = bom + exc.start
+        line = raw[:offset].count(b"\n") + 1
+        raise CsvError(f"{source_file}, line {line}: not UTF-8 text (byte {offset}: {exc.reason})") from None
 
 
 def reject_duplicates(rows: Iterable[InputRow]) -> list[InputRow]:
@@ -130,7 +137,7 @@ def reject_duplicates(rows: Iterable[InputRow]) -> list[InputRow]:
                         **row.__dict__,
                         "rejected_reason": (
                             f"{row.source_file} row {row.source_row} (line {row.source_line}): duplicate guid {row.guid}, "
-                            f"first seen in {first.source_file} row {first.source_row}"
+                            f"first seen in {first.source_file} row {first.source_row} (line {first.source_line})"
                         ),
                     }
                 )

@@ -32,11 +32,18 @@ def guid_of(member: str) -> str:
 def unsafe_member_reason(member: str) -> str | None:
     """Archive members that would escape an extraction target are refused, never read."""
     normalized = member.replace("\\", "/")
-    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[0].isalpha() and normalized[1] == ":"):
         return f"archive member {member!r} has an absolute path"
     if ".." in normalized.split("/"):
         return f"archive member {member!r} escapes the archive root with '..'"
     return None
+
+
+def _is_junk(member: str) -> bool:
+    """Hidden files and macOS resource forks (``__MACOSX/images/._abc.jpg``) are not images; they
+    would otherwise be indexed under a bogus empty guid."""
+    parts = member.replace("\\", "/").split("/")
+    return parts[-1].startswith(".") or "__MACOSX" in parts
 
 
 def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
@@ -45,7 +52,7 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
     unsafe: dict[str, str] = {}
     if storage.is_dir(location, s3):
         for name in storage.list_files(location, s3, recursive=True):
-            if posixpath.basename(name).startswith("."):
+            if _is_junk(name):
                 continue
             members[guid_of(name)].append(name)
         kind = "dir"
@@ -61,6 +68,8 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
                 reason = unsafe_member_reason(info.filename)
                 if reason:
                     unsafe[info.filename] = reason
+                    continue
+                if _is_junk(info.filename):
                     continue
                 members[guid_of(info.filename)].append(info.filename)
         kind = "zip"

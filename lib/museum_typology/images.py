@@ -38,20 +38,38 @@ class DecodedImage:
         return self.pixels is not None
 
 
+def _scale_to_l(array: np.ndarray, full_scale: float | None) -> Image.Image:
+    """Deep greyscale -> 8-bit "L". With a known ``full_scale`` (65535 for 16-bit) the value is
+    scaled linearly, so a dark scan stays dark and a white one white; only without one (floats,
+    out-of-range ints) is the actual range stretched."""
+    array = np.nan_to_num(array.astype(np.float32, copy=False))
+    if full_scale is None:
+        low, high = float(array.min()), float(array.max())
+        if high > low:
+            array = (array - low) * (255.0 / (high - low))
+        # A constant image has no range to stretch: keep its value if it is a plain 0..255 one.
+    else:
+        array = array * (255.0 / full_scale)
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB. Transparency is flattened onto white (catalogue photos of objects
     on transparent backgrounds look like their white-background siblings)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit greyscale: scale the real range to 8 bits instead of clipping at 255.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        image = Image.fromarray(((array - low) * scale).astype(np.uint8), mode="L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit greyscale: 65535 is white. Pillow's own convert would clip everything > 255 to white.
+        image = _scale_to_l(np.asarray(image), 65535.0)
+    elif image.mode == "I":
+        # 32-bit ints: usually 16-bit data widened by a reader (old Pillow PNG, TIFF).
+        array = np.asarray(image)
+        low, high = int(array.min()), int(array.max())
+        full_scale = 255.0 if 0 <= low and high <= 255 else 65535.0 if 0 <= low and high <= 65535 else None
+        image = _scale_to_l(array, full_scale)
     elif image.mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
-        low, high = float(array.min()), float(array.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        image = Image.fromarray(((array - low) * scale).astype(np.uint8), mode="L")
+        image = _scale_to_l(np.asarray(image), None)
+    if image.mode in ("L", "RGB") and "transparency" in image.info:
+        # A tRNS colour key on a greyscale/RGB PNG: that colour is transparent, so white.
+        image = image.convert("RGBA")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("LA", "La", "PA"):
@@ -82,8 +100,10 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
         return fail(f"file too large: {size} bytes > images.max_bytes={max_bytes}")
     try:
         with warnings.catch_warnings():
-            # Pillow only *warns* between MAX_IMAGE_PIXELS and 2x; we refuse at our own cap.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own max_pixels check below is the authority (Pillow's warning at its fixed
+            # ~89 Mpx would silently cap a larger configured limit); Pillow still *raises*
+            # DecompressionBombError past 2x its limit, before anything is allocated.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
             fmt = image.format
             if fmt not in ACCEPTED_FORMATS:
@@ -98,11 +118,18 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
                     orig_width=width,
                     orig_height=height,
                 )
-            if fmt == "JPEG" and max_side > 0:
-                # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: big scans decode ~10x faster.
-                image.draft("RGB", (max_side, max_side))
+            if fmt in ("JPEG", "MPO") and max_side > 0 and max(width, height) > max_side:
+                # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: big scans decode ~10x
+                # faster. Pillow picks the largest scale that keeps *both* sides >= the requested
+                # box, so ask for the capped size with the same aspect (a square box would let the
+                # short side block any reduction of a wide image). The longer side stays >= max_side.
+                longer = max(width, height)
+                image.draft("RGB", (max(1, -(-width * max_side // longer)), max(1, -(-height * max_side // longer))))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            try:
+                image = ImageOps.exif_transpose(image)
+            except Exception:  # noqa: BLE001 - a broken EXIF block must not lose good pixels
+                pass
             image = _to_rgb(image)
             if max_side > 0 and max(image.size) > max_side:
                 image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -116,6 +143,8 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
         return fail(f"corrupt image: {type(exc).__name__}: {exc}")
     except MemoryError:
         return fail("corrupt image: MemoryError while decoding")
+    except Exception as exc:  # noqa: BLE001 - Pillow's readers leak struct.error, IndexError, ...
+        return fail(f"corrupt image: {type(exc).__name__}: {exc}")
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         return fail(f"unexpected decoded shape {pixels.shape}")
     # exif_transpose may swap sides; report the original as stored in the file's orientation.

@@ -1,0 +1,235 @@
+"""A zoo of catalogue CSVs (built here as strings) and of image archive layouts.
+
+Structural problems must raise ``CsvError`` naming the file and the line or column; row problems
+must keep the row with a reason that says what and where.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from museum_typology.catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
+from museum_typology.image_source import build_index, guid_of, unsafe_member_reason
+from museum_typology.schema import CLASSES
+
+LABEL = CLASSES[0]
+OTHER_LABEL = CLASSES[-1]
+HEADER = "guid,description,typology\n"
+
+
+def parse(text: str, source_file: str = "train.csv", labelled: bool = True) -> list[InputRow]:
+    return parse_catalogue_csv(text, source_file, "train", labelled=labelled)
+
+
+def accepted(rows: list[InputRow]) -> list[InputRow]:
+    return [row for row in rows if row.rejected_reason is None]
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_plain_file_parses_with_provenance() -> None:
+    rows = parse(HEADER + f"a1,Монета,{LABEL}\na2,  Ваза  ,{OTHER_LABEL}\n")
+    assert [(r.guid, r.description, r.typology, r.source_row, r.source_line) for r in rows] == [
+        ("a1", "Монета", LABEL, 1, 2),
+        ("a2", "Ваза", OTHER_LABEL, 2, 3),
+    ]
+    assert all(r.rejected_reason is None and r.split == "train" and r.source_file == "train.csv" for r in rows)
+
+
+def test_missing_column_names_file_and_column() -> None:
+    with pytest.raises(CsvError) as caught:
+        parse("guid,description\na1,x\n", "train_images.csv")
+    message = str(caught.value)
+    assert "train_images.csv" in message and "typology" in message
+    assert "guid, description" in message  # what was found, to spot a wrong delimiter
+
+
+def test_semicolon_delimited_file_is_a_missing_column_error() -> None:
+    with pytest.raises(CsvError, match="missing column"):
+        parse(f"guid;description;typology\na1;x;{LABEL}\n")
+
+
+def test_bom_before_header_is_ignored() -> None:
+    for text in ("\ufeff" + HEADER + f"a1,x,{LABEL}\n", decode_csv_bytes(("\ufeff" + HEADER + f"a1,x,{LABEL}\n").encode(), "f.csv")):
+        rows = parse(text)
+        assert len(rows) == 1 and rows[0].guid == "a1" and rows[0].rejected_reason is None
+
+
+def test_header_is_case_and_space_insensitive_and_column_order_free() -> None:
+    rows = parse(f" Typology , GUID ,Description\n{LABEL},a1,x\n")
+    assert (rows[0].guid, rows[0].description, rows[0].typology, rows[0].rejected_reason) == ("a1", "x", LABEL, None)
+
+
+def test_quoted_newlines_stay_one_row_with_right_lines() -> None:
+    text = HEADER + f'a1,"Ваза.\nРоспись,\r\n""кобальт""",{LABEL}\na2,short,{LABEL}\n'
+    rows = parse(text)
+    assert len(rows) == 2
+    assert rows[0].description == 'Ваза.\nРоспись,\r\n"кобальт"'
+    assert (rows[0].source_row, rows[0].source_line) == (1, 2)
+    # The first row spans physical lines 2-4, so the second starts on line 5.
+    assert (rows[1].guid, rows[1].source_row, rows[1].source_line) == ("a2", 2, 5)
+
+
+def test_blank_lines_are_skipped_but_counted_for_lines() -> None:
+    rows = parse(HEADER + f"\na1,x,{LABEL}\n\n   \n,,\na2,y,{LABEL}\n\n")
+    assert [(r.guid, r.source_row, r.source_line) for r in rows] == [("a1", 1, 3), ("a2", 2, 7)]
+
+
+def test_empty_file_is_an_error() -> None:
+    for text in ("", "\ufeff"):
+        with pytest.raises(CsvError, match=r"test\.csv: the file is empty"):
+            parse(text, "test.csv")
+
+
+def test_header_only_file_has_no_rows() -> None:
+    assert parse(HEADER) == []
+
+
+def test_unterminated_quote_names_the_line() -> None:
+    with pytest.raises(CsvError, match=r"train\.csv, line 3: malformed CSV"):
+        parse(HEADER + f"a1,x,{LABEL}\na2,\"open quote,{LABEL}\nmore\n")
+
+
+def test_non_utf8_bytes_name_the_line() -> None:
+    raw = (HEADER + f"a1,x,{LABEL}\n").encode() + "a2,Ваза,x\n".encode("cp1251")
+    with pytest.raises(CsvError, match=r"train\.csv, line 3: not UTF-8"):
+        decode_csv_bytes(raw, "train.csv")
+
+
+def test_non_utf8_line_is_right_after_a_bom() -> None:
+    # The utf-8-sig codec counts offsets after the BOM: the error must still point at line 2.
+    raw = b"\xef\xbb\xbf" + b"g\n\xff\n"
+    with pytest.raises(CsvError, match=r"f\.csv, line 2: not UTF-8 text \(byte 5"):
+        decode_csv_bytes(raw, "f.csv")
+
+
+def test_utf8_decodes_and_strips_bom() -> None:
+    assert decode_csv_bytes("\ufeffguid\nё\n".encode(), "f.csv") == "guid\nё\n"
+    assert decode_csv_bytes("guid\nё\n".encode(), "f.csv") == "guid\nё\n"
+
+
+# ---------------------------------------------------------------- row problems: kept, with a reason
+
+
+def test_unknown_label_is_rejected_naming_the_label() -> None:
+    rows = parse(HEADER + f"a1,x,{LABEL}\na2,y,картины\n")
+    assert rows[0].rejected_reason is None
+    assert "картины" in rows[1].rejected_reason and "row 2 (line 3)" in rows[1].rejected_reason
+
+
+def test_empty_guid_and_empty_label_are_rejected() -> None:
+    rows = parse(HEADER + f" ,x,{LABEL}\na2,y,\n")
+    assert rows[0].guid is None and "empty guid" in rows[0].rejected_reason
+    assert "empty typology" in rows[1].rejected_reason
+
+
+@pytest.mark.parametrize(("line", "count"), [(f"a1,x,{LABEL},extra", 4), ("a1,x", 2)])
+def test_wrong_field_count_is_rejected(line: str, count: int) -> None:
+    rows = parse(HEADER + line + "\n")
+    assert len(rows) == 1 and rows[0].guid == "a1"
+    assert f"{count} fields, header has 3" in rows[0].rejected_reason
+    assert "train.csv row 1 (line 2)" in rows[0].rejected_reason
+
+
+def test_unlabelled_file_keeps_typology_none() -> None:
+    rows = parse(HEADER + "t1,x,\nt2,y,\nt3,z,some stray text\n", "test.csv", labelled=False)
+    assert [r.guid for r in accepted(rows)] == ["t1", "t2", "t3"]  # the unused column can't reject rows
+    assert all(r.typology is None for r in rows)
+
+
+def test_unlabelled_file_may_lack_the_typology_column() -> None:
+    rows = parse_catalogue_csv("guid,description\nt1,x\n", "test.csv", "test", required=("guid",), labelled=False)
+    assert (rows[0].guid, rows[0].typology, rows[0].rejected_reason) == ("t1", None, None)
+
+
+def test_duplicate_guid_within_a_file_rejects_the_later_row() -> None:
+    rows = reject_duplicates(parse(HEADER + f"a1,x,{LABEL}\na2,y,{LABEL}\na1,z,{OTHER_LABEL}\n"))
+    assert [r.rejected_reason is None for r in rows] == [True, True, False]
+    reason = rows[2].rejected_reason
+    assert "duplicate guid a1" in reason and "first seen in train.csv row 1" in reason
+    assert rows[2].description == "z"  # the rejected row keeps its data for the manifest
+
+
+def test_duplicate_guid_across_files_points_at_the_first_file() -> None:
+    train = parse(HEADER + f"a1,x,{LABEL}\n", "train.csv")
+    images = parse(HEADER + f"b1,y,{LABEL}\na1,z,{LABEL}\n", "train_images.csv")
+    rows = reject_duplicates(train + images)
+    assert rows[0].rejected_reason is None and rows[1].rejected_reason is None
+    assert "train_images.csv row 2" in rows[2].rejected_reason
+    assert "first seen in train.csv row 1 (line 2)" in rows[2].rejected_reason
+
+
+def test_an_already_rejected_row_does_not_claim_its_guid() -> None:
+    rows = reject_duplicates(parse(HEADER + f"a1,x,bogus\na1,y,{LABEL}\n"))
+    assert "bogus" in rows[0].rejected_reason
+    assert rows[1].rejected_reason is None
+
+
+# ---------------------------------------------------------------- image archive names
+
+
+GUID = "c84c547b-c5c5-45cf-9199-736df1301124"
+
+
+@pytest.mark.parametrize(
+    ("member", "guid"),
+    [(f"images/{GUID}.jpg", GUID), (f"images/{GUID}", GUID), (f"{GUID}.png", GUID), (f"a\\b\\{GUID}.JPG", GUID)],
+)
+def test_guid_of(member: str, guid: str) -> None:
+    assert guid_of(member) == guid
+
+
+@pytest.mark.parametrize(
+    ("member", "phrase"),
+    [("../evil.jpg", "'..'"), ("images/../../evil.jpg", "'..'"), ("..\\evil.jpg", "'..'"), ("/abs.png", "absolute"), ("C:\\x.png", "absolute")],
+)
+def test_unsafe_member_reason(member: str, phrase: str) -> None:
+    reason = unsafe_member_reason(member)
+    assert reason is not None and phrase in reason and repr(member) in reason
+
+
+@pytest.mark.parametrize("member", [f"images/{GUID}.jpg", "images/a..b.jpg", "images/x:y.jpg", "a/./b.png"])
+def test_safe_member_names(member: str) -> None:
+    assert unsafe_member_reason(member) is None
+
+
+def test_build_index_on_a_zip(tmp_path: Path) -> None:
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("images/", b"")  # a directory entry
+        zf.writestr(f"images/{GUID}.jpg", b"jpeg")
+        zf.writestr("images/g2", b"no extension")
+        zf.writestr("images/g3.png", b"png")
+        zf.writestr("images/g3.jpg", b"same guid twice")
+        zf.writestr("../evil.jpg", b"x")
+        zf.writestr("/abs.png", b"x")
+        zf.writestr(f"__MACOSX/images/._{GUID}.jpg", b"resource fork")
+    index = build_index(str(archive))
+    assert index.kind == "zip" and index.location == str(archive)
+    assert index.members == {GUID: [f"images/{GUID}.jpg"], "g2": ["images/g2"], "g3": ["images/g3.jpg", "images/g3.png"]}
+    assert set(index.unsafe) == {"../evil.jpg", "/abs.png"}
+    assert "'..'" in index.unsafe["../evil.jpg"] and "absolute" in index.unsafe["/abs.png"]
+
+
+def test_build_index_on_a_directory(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    (root / f"{GUID}.jpg").write_bytes(b"x")
+    (root / "g2").write_bytes(b"x")
+    (root / "sub" / "g3.webp").write_bytes(b"x")
+    (root / ".DS_Store").write_bytes(b"x")
+    index = build_index(str(root))
+    assert index.kind == "dir" and index.unsafe == {}
+    assert index.members == {GUID: [f"{GUID}.jpg"], "g2": ["g2"], "g3": ["sub/g3.webp"]}
+
+
+def test_build_index_refuses_a_file_that_is_not_a_zip(tmp_path: Path) -> None:
+    from museum_typology.storage import StorageError
+
+    bogus = tmp_path / "images.zip"
+    bogus.write_bytes(b"<html>not a zip</html>")
+    with pytest.raises(StorageError, match="not a zip archive"):
+        build_index(str(bogus))

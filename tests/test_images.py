@@ -1,0 +1,322 @@
+"""A zoo of images, each built here in memory, through the one decode path (images.decode_image).
+
+Every case checks the outcome (pixels of the right shape and content, or a reason with a specific
+phrase) and that the sha256 is the hash of the raw bytes, decoded or not.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from museum_typology.images import DecodedImage, decode_image
+
+MAX_SIDE = 512
+RED = (255, 0, 0)
+GREEN = (0, 255, 0)
+BLUE = (0, 0, 255)
+
+
+# ---------------------------------------------------------------- builders
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def smooth_rgb(height: int, width: int) -> np.ndarray:
+    """Gradients: JPEG keeps them within a few levels, unlike noise."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) * 255 // (width + height)], axis=-1).astype(np.uint8)
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose IHDR claims ``width`` x ``height`` (CRC fixed): a bomb in a few bytes."""
+    raw = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    assert raw[12:16] == b"IHDR"
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])) & 0xFFFFFFFF)
+    return bytes(raw)
+
+
+def decode(raw: bytes, max_side: int = MAX_SIDE, **kwargs: int) -> DecodedImage:
+    """Decode and check the invariants every result must hold, whatever the outcome."""
+    result = decode_image(raw, max_side, **kwargs)
+    assert result.sha256 == hashlib.sha256(raw).hexdigest()
+    assert result.num_bytes == len(raw)
+    assert (result.pixels is None) == (result.reason is not None)
+    if result.ok:
+        assert result.pixels.dtype == np.uint8 and result.pixels.ndim == 3 and result.pixels.shape[2] == 3
+        assert result.pixels.flags.c_contiguous
+    return result
+
+
+def assert_ok(raw: bytes, shape: tuple[int, int], fmt: str, max_side: int = MAX_SIDE) -> np.ndarray:
+    result = decode(raw, max_side)
+    assert result.ok, result.reason
+    assert result.format == fmt
+    assert result.pixels.shape == (*shape, 3)
+    return result.pixels
+
+
+def assert_fails(raw: bytes, phrase: str, **kwargs: int) -> DecodedImage:
+    result = decode(raw, MAX_SIDE, **kwargs)
+    assert not result.ok
+    assert phrase.lower() in result.reason.lower(), result.reason
+    return result
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+# ---------------------------------------------------------------- valid files in every accepted format
+
+
+@pytest.mark.parametrize(("fmt", "params"), [("PNG", {}), ("BMP", {}), ("WEBP", {"lossless": True}), ("TIFF", {})])
+def test_lossless_formats_round_trip_exactly(fmt: str, params: dict[str, object]) -> None:
+    source = random_rgb(40, 60)
+    pixels = assert_ok(encode(Image.fromarray(source), fmt, **params), (40, 60), fmt)
+    np.testing.assert_array_equal(pixels, source)
+
+
+def test_jpeg_matches_source_within_compression_error() -> None:
+    source = smooth_rgb(48, 64)
+    pixels = assert_ok(encode(Image.fromarray(source), "JPEG", quality=95), (48, 64), "JPEG")
+    assert mean_abs_diff(pixels, source) < 3
+
+
+def test_animated_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("RGB", (30, 20), colour) for colour in (RED, GREEN, BLUE)]
+    raw = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(raw)).n_frames == 3  # really animated, or the test proves nothing
+    pixels = assert_ok(raw, (20, 30), "GIF")
+    assert (pixels == RED).all()
+
+
+def test_grayscale_becomes_three_equal_channels() -> None:
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (10, 1))
+    pixels = assert_ok(encode(Image.fromarray(grey, "L"), "PNG"), (10, 64), "PNG")
+    for channel in range(3):
+        np.testing.assert_array_equal(pixels[:, :, channel], grey)
+
+
+def test_cmyk_jpeg_keeps_its_colours() -> None:
+    # Pure magenta+yellow ink is red; a wrong (non-inverted) Adobe CMYK read comes out cyan-ish.
+    raw = encode(Image.new("CMYK", (32, 16), (0, 255, 255, 0)), "JPEG", quality=95)
+    pixels = assert_ok(raw, (16, 32), "JPEG")
+    assert mean_abs_diff(pixels, np.full_like(pixels, RED)) < 8
+
+
+# ---------------------------------------------------------------- transparency -> white
+
+
+def test_palette_transparency_becomes_white() -> None:
+    indices = np.zeros((10, 20), dtype=np.uint8)
+    indices[:, 10:] = 1  # right half: opaque blue; left half: index 0, transparent black
+    image = Image.fromarray(indices, "P")
+    image.putpalette([0, 0, 0, *BLUE] + [0] * (256 - 2) * 3)
+    pixels = assert_ok(encode(image, "PNG", transparency=0), (10, 20), "PNG")
+    assert (pixels[:, :10] == 255).all()
+    assert (pixels[:, 10:] == BLUE).all()
+
+
+def test_la_transparent_pixels_become_white() -> None:
+    luminance = np.full((8, 16), 40, dtype=np.uint8)
+    alpha = np.zeros((8, 16), dtype=np.uint8)
+    alpha[:, 8:] = 255
+    image = Image.merge("LA", [Image.fromarray(luminance), Image.fromarray(alpha)])
+    pixels = assert_ok(encode(image, "PNG"), (8, 16), "PNG")
+    assert (pixels[:, :8] == 255).all()
+    assert (pixels[:, 8:] == 40).all()
+
+
+def test_rgba_transparent_pixels_become_white_and_partial_alpha_blends() -> None:
+    rgba = np.zeros((8, 24, 4), dtype=np.uint8)  # black everywhere
+    rgba[:, 8:16, 3] = 128  # half-transparent black over white: mid-grey
+    rgba[:, 16:, 3] = 255  # opaque black stays black
+    pixels = assert_ok(encode(Image.fromarray(rgba, "RGBA"), "PNG"), (8, 24), "PNG")
+    assert (pixels[:, :8] == 255).all()
+    assert (np.abs(pixels[:, 8:16].astype(int) - 127) <= 2).all()
+    assert (pixels[:, 16:] == 0).all()
+
+
+def test_rgb_png_with_colour_key_transparency_becomes_white() -> None:
+    source = np.zeros((6, 12, 3), dtype=np.uint8)
+    source[:, 6:] = GREEN  # left: black, declared transparent by the tRNS colour key
+    pixels = assert_ok(encode(Image.fromarray(source), "PNG", transparency=(0, 0, 0)), (6, 12), "PNG")
+    assert (pixels[:, :6] == 255).all()
+    assert (pixels[:, 6:] == GREEN).all()
+
+
+# ---------------------------------------------------------------- 16-bit greyscale
+
+
+def test_16bit_greyscale_is_scaled_not_clipped_or_stretched() -> None:
+    # A mid-range ramp: clipping would make it all white, a min-max stretch would make it 0..255.
+    values = np.linspace(1000, 40000, 64).astype(np.uint16)
+    image = Image.fromarray(np.tile(values, (4, 1)))
+    raw = encode(image, "PNG")
+    assert Image.open(io.BytesIO(raw)).mode == "I;16"  # the case under test, as Pillow reads it
+    pixels = assert_ok(raw, (4, 64), "PNG")
+    expected = np.round(values / 257.0)
+    assert (np.abs(pixels[0, :, 0].astype(int) - expected) <= 1).all()
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+def test_16bit_constant_image_keeps_its_level() -> None:
+    # No range to stretch: a flat 16-bit scan at 40000 is ~155 grey, not black.
+    pixels = assert_ok(encode(Image.fromarray(np.full((5, 7), 40000, dtype=np.uint16)), "PNG"), (5, 7), "PNG")
+    assert (np.abs(pixels.astype(int) - 156) <= 1).all()
+
+
+# ---------------------------------------------------------------- EXIF orientation
+
+
+def test_exif_orientation_6_is_applied() -> None:
+    # Stored 64 wide x 32 high, red block in the stored top-left. Orientation 6 = "rotate 90 degrees
+    # clockwise to display": the display is 32 wide x 64 high and the red block is top-right.
+    stored = np.full((32, 64, 3), 128, dtype=np.uint8)
+    stored[:8, :8] = RED
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+    result = decode(raw)
+    assert result.ok, result.reason
+    assert result.pixels.shape == (64, 32, 3)
+    assert (result.orig_width, result.orig_height) == (64, 32)  # as stored in the file
+    top_right = result.pixels[1:7, 25:31].astype(int)
+    top_left = result.pixels[1:7, 1:7].astype(int)
+    assert (np.abs(top_right - RED) < 40).all()
+    assert (np.abs(top_left - 128) < 40).all()
+
+
+def test_broken_exif_does_not_lose_the_image() -> None:
+    raw = encode(Image.fromarray(smooth_rgb(16, 16)), "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\xff")
+    result = decode(raw)
+    assert result.ok, result.reason
+    assert result.pixels.shape == (16, 16, 3)
+
+
+# ---------------------------------------------------------------- size cap and draft mode
+
+
+def test_big_jpeg_is_capped_keeping_aspect_via_draft(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = encode(Image.fromarray(smooth_rgb(1500, 3000)), "JPEG", quality=90)
+    drafts: list[tuple[int, int]] = []
+    original_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None) -> object:
+        result = original_draft(self, mode, size)
+        drafts.append(self.size)  # the size libjpeg will actually decode at
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    result = decode(raw, 512)
+    assert result.ok, result.reason
+    assert result.pixels.shape == (256, 512, 3)
+    assert (result.orig_width, result.orig_height) == (3000, 1500)
+    # Draft must have cut the decode by at least 4x per side (750x375), not just 2x (a square draft
+    # box lets the short side block the reduction of a wide image).
+    assert drafts and max(drafts[0]) <= 750 and max(drafts[0]) >= 512
+    # Still the same picture: compare with a plain resize of the source.
+    reference = np.asarray(Image.fromarray(smooth_rgb(1500, 3000)).resize((512, 256), Image.Resampling.BILINEAR))
+    assert mean_abs_diff(result.pixels, reference) < 4
+
+
+def test_cap_applies_to_the_longer_side_of_tall_images() -> None:
+    pixels = assert_ok(encode(Image.fromarray(random_rgb(300, 100)), "PNG"), (150, 50), "PNG", max_side=150)
+    assert pixels.shape == (150, 50, 3)
+
+
+def test_small_image_is_not_upscaled_and_zero_max_side_means_no_cap() -> None:
+    raw = encode(Image.fromarray(random_rgb(30, 700)), "PNG")
+    assert_ok(raw, (30, 700), "PNG", max_side=0)
+    assert_ok(raw, (30, 700), "PNG", max_side=1000)
+
+
+# ---------------------------------------------------------------- failures, each with its reason
+
+
+def test_truncated_jpeg_fails_as_corrupt() -> None:
+    raw = encode(Image.fromarray(random_rgb(200, 200)), "JPEG")
+    result = assert_fails(raw[: len(raw) // 2], "corrupt image")
+    assert "truncated" in result.reason.lower()
+
+
+def test_truncated_png_fails_as_corrupt() -> None:
+    raw = encode(Image.fromarray(random_rgb(100, 100)), "PNG")
+    assert_fails(raw[: len(raw) // 2], "truncated")
+
+
+def test_zero_byte_file() -> None:
+    assert_fails(b"", "empty file")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "Просто текст, не картинка.\n".encode(), b"\x00" * 10],
+)
+def test_text_and_html_are_not_images(raw: bytes) -> None:
+    assert_fails(raw, "not an image")
+
+
+def test_unsupported_format_is_named() -> None:
+    raw = encode(Image.fromarray(random_rgb(16, 16)), "ICO")
+    assert_fails(raw, "unsupported image format ICO")
+
+
+def test_bomb_over_pillows_hard_limit_is_refused_before_decoding() -> None:
+    raw = png_with_declared_size(100_000, 100_000)
+    assert len(raw) < 100
+    assert_fails(raw, "decompression bomb")
+
+
+def test_bomb_over_our_cap_reports_the_declared_size() -> None:
+    result = assert_fails(png_with_declared_size(9_000, 9_000), "decompression bomb", max_pixels=80_000_000)
+    assert "images.max_pixels" in result.reason
+    assert (result.orig_width, result.orig_height, result.format) == (9_000, 9_000, "PNG")
+
+
+def test_real_all_black_bomb_is_tiny_but_refused() -> None:
+    raw = encode(Image.new("1", (12_000, 8_000)), "PNG", optimize=True)  # 96 Mpx in a few kB
+    assert len(raw) < 100_000
+    assert_fails(raw, "decompression bomb")
+
+
+def test_max_pixels_is_configurable_both_ways() -> None:
+    raw = png_with_declared_size(100, 100)
+    assert_fails(raw, "images.max_pixels=5000", max_pixels=5_000)
+    # Over Pillow's own ~89 Mpx warning level but under a configured 120 Mpx cap: our cap decides,
+    # so the (fake, 1-pixel) data is decoded and fails as corrupt, not as a bomb.
+    result = decode(png_with_declared_size(10_000, 10_000), max_pixels=120_000_000)
+    assert not result.ok and "bomb" not in result.reason
+
+
+def test_file_over_max_bytes_is_refused_unread() -> None:
+    raw = encode(Image.fromarray(random_rgb(64, 64)), "PNG")
+    result = assert_fails(raw, "file too large", max_bytes=len(raw) - 1)
+    assert str(len(raw)) in result.reason
+    assert decode(raw, max_bytes=len(raw)).ok  # the limit itself is allowed
+
+
+def test_random_garbage_never_raises() -> None:
+    rng = np.random.default_rng(1234)
+    headers = [b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00"]
+    for i in range(50):
+        # Real magic numbers in front of the noise, so the format readers are exercised, not just sniffing.
+        body = rng.integers(0, 256, int(rng.integers(0, 2_000)), dtype=np.uint8).tobytes()
+        raw = headers[i % len(headers)] + body
+        result = decode(raw)
+        assert result.ok or result.reason
