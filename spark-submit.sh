@@ -10,31 +10,48 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${MUSEUM_PYTHON:-$ROOT/.venv/bin/python}"
 
-usage() { echo "usage: $0 <job> [--master URL] [--conf FILE] [job options...]; jobs: $(cd "$ROOT/jobs" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2; exit 2; }
+list_jobs() { (cd "$ROOT/jobs" && ls -- *.py) | sed "s/\.py$//" | paste -sd " " -; }
+usage() { echo "usage: $0 <job> [--master URL] [--conf FILE] [job options...]; jobs: $(list_jobs)" >&2; exit 2; }
+die() { echo "$0: $*" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 JOB="$1"; shift
+case "$JOB" in -h|--help) usage ;; esac
+# Only names of files in jobs/ (no paths: "../x" must not run some other script).
+[[ "$JOB" =~ ^[A-Za-z][A-Za-z0-9_-]*$ && -f "$ROOT/jobs/${JOB//-/_}.py" ]] || die "unknown job '$JOB' (jobs: $(list_jobs))"
 JOB_FILE="$ROOT/jobs/${JOB//-/_}.py"
-[[ -f "$JOB_FILE" ]] || { echo "$0: unknown job '$JOB'" >&2; usage; }
-[[ -x "$PY" ]] || { echo "$0: no Python at $PY (run 'make setup' or set MUSEUM_PYTHON)" >&2; exit 2; }
+[[ -x "$PY" ]] || die "no Python at $PY (run 'make setup' or set MUSEUM_PYTHON)"
 
 MASTER="" ; CONF_FILE="" ; JOB_ARGS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --master) MASTER="$2"; shift 2 ;;
+    --master) [[ $# -ge 2 ]] || die "--master needs a URL"; MASTER="$2"; shift 2 ;;
     --master=*) MASTER="${1#*=}"; shift ;;
-    --conf) CONF_FILE="$2"; JOB_ARGS+=("--conf" "$2"); shift 2 ;;
+    --conf) [[ $# -ge 2 ]] || die "--conf needs a file"; CONF_FILE="$2"; JOB_ARGS+=("--conf" "$2"); shift 2 ;;
     --conf=*) CONF_FILE="${1#*=}"; JOB_ARGS+=("$1"); shift ;;
     *) JOB_ARGS+=("$1"); shift ;;
   esac
 done
+# The settings file is shipped with --files; the driver finds it by its path or, where spark-submit
+# put it in the driver's working directory (cluster deploy mode), by its base name.
+[[ -z "$CONF_FILE" || -f "$CONF_FILE" ]] || die "--conf $CONF_FILE: no such file"
 if [[ -z "$MASTER" ]]; then
   # The conf file's spark.master, else the default settings' (local[*]).
-  MASTER="$("$PY" -c 'import sys; from museum_typology.config import load_settings; print(load_settings(sys.argv[1] or None).get("spark.master"))' "$CONF_FILE")"
+  MASTER="$("$PY" -c '
+import sys
+from museum_typology.config import ConfigError, load_settings
+try:
+    print(load_settings(sys.argv[1] or None).get("spark.master"))
+except ConfigError as exc:
+    sys.exit(f"{sys.argv[2]}: error: {exc}")
+' "$CONF_FILE" "$0")" || exit 2
 fi
 
 # The package as a zip, with the default settings inside it (museum_typology/conf/default.toml).
-BUILD="$ROOT/build/spark-submit"
-rm -rf "$BUILD" && mkdir -p "$BUILD/pkg/museum_typology/conf"
+# One build directory per run: a concurrent run must not replace the zip this driver reads.
+mkdir -p "$ROOT/build"
+BUILD="$(mktemp -d "$ROOT/build/spark-submit.XXXXXX")"
+trap 'rm -rf "$BUILD"' EXIT
+mkdir -p "$BUILD/pkg/museum_typology/conf"
 cp -r "$ROOT/lib/museum_typology/." "$BUILD/pkg/museum_typology/"
 cp "$ROOT/conf/default.toml" "$BUILD/pkg/museum_typology/conf/"
 find "$BUILD/pkg" -name __pycache__ -prune -exec rm -rf {} +
@@ -44,8 +61,9 @@ SPARK_SUBMIT="$("$PY" -c 'from pyspark.find_spark_home import _find_spark_home a
 FILES=()
 [[ -n "$CONF_FILE" ]] && FILES=(--files "$CONF_FILE")
 export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+# Not exec: the EXIT trap removes the build directory once spark-submit is done with it.
 # shellcheck disable=SC2086
-exec "$SPARK_SUBMIT" \
+"$SPARK_SUBMIT" \
   --master "$MASTER" \
   --name "museum-typology-$JOB" \
   --conf "spark.pyspark.python=$PY" \
@@ -53,4 +71,5 @@ exec "$SPARK_SUBMIT" \
   --py-files "$BUILD/museum_typology.zip" \
   "${FILES[@]}" \
   ${SPARK_SUBMIT_ARGS:-} \
-  "$JOB_FILE" "${JOB_ARGS[@]}"
+  "$JOB_FILE" "${JOB_ARGS[@]}" && status=0 || status=$?
+exit "$status"

@@ -134,7 +134,7 @@ def load_settings(
             if Path(path.name).is_file():
                 path = Path(path.name)
             else:
-                raise ConfigError(f"--conf {conf_file}: no such file")
+                raise ConfigError(f"--conf {conf_file}: no such file (nor {path.name} in the working directory, where spark-submit --files puts it)")
         try:
             loaded = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:

@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
+# Settings that spark-submit fixes before the Python driver starts: setting them again here would
+# override spark-submit's value (the master) or be silently ignored (the driver JVM's memory).
+_FIXED_UNDER_SUBMIT = frozenset({"spark.master", "spark.submit.deployMode", "spark.driver.memory", "spark.driver.extraJavaOptions", "spark.driver.extraClassPath"})
+
+
 def build_spark(settings: Settings, app_suffix: str = "", master: str | None = None) -> SparkSession:
     """Get (or create) the SparkSession for a job.
 
@@ -28,8 +33,8 @@ def build_spark(settings: Settings, app_suffix: str = "", master: str | None = N
     if master or not under_submit:
         builder = builder.master(master or settings.get("spark.master"))
     for key, value in settings.section("spark.conf").items():
-        if under_submit and key == "spark.driver.memory":
-            continue  # fixed once the driver JVM runs; spark-submit's --driver-memory sets it
+        if under_submit and key in _FIXED_UNDER_SUBMIT:
+            continue  # spark-submit decided these before this code ran (--master, --driver-memory, ...)
         builder = builder.config(key, str(value))
     builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
     spark = builder.getOrCreate()
@@ -38,9 +43,15 @@ def build_spark(settings: Settings, app_suffix: str = "", master: str | None = N
 
 
 def _submitted_conf() -> dict[str, str]:
-    """Settings given by spark-submit (it passes them to the Python driver via the environment)."""
-    if "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT"):
-        from pyspark import SparkConf
+    """Settings given by spark-submit, or {} when not running under spark-submit.
 
-        return dict(SparkConf().getAll())
-    return {}
+    spark-submit starts the Python driver with ``PYSPARK_GATEWAY_PORT`` set and keeps its settings
+    (``--master``, ``--conf``, spark-defaults.conf) as system properties of its JVM. A ``SparkConf``
+    made before pyspark has attached to that JVM is an empty Python-side dict, so attach first.
+    """
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
