@@ -7,12 +7,16 @@ install does not have). The driver then adds petastorm's metadata, so that ``mak
 """
 from __future__ import annotations
 
+import importlib.util
 import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import fsspec
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from fsspec.implementations.arrow import ArrowFSWrapper
 from petastorm.codecs import CompressedImageCodec, ScalarCodec
 from petastorm.unischema import Unischema
 from pyspark.sql.types import IntegerType, LongType, StringType
@@ -93,13 +97,43 @@ class PartWriter:
         return self.rows_written
 
 
+class ArrowS3Wrapper(ArrowFSWrapper):
+    """fsspec's ``ArrowFSWrapper`` over a pyarrow ``S3FileSystem``, declared for the ``s3`` and
+    ``s3a`` protocols. Without an argument it uses pyarrow's defaults (the standard AWS
+    credential chain). Module-level, so petastorm's process pool can pickle it."""
+
+    protocol = ("s3", "s3a")
+    root_marker = ""
+    cachable = False  # one per pyarrow filesystem; fsspec's instance cache would keep them all
+
+    def __init__(self, fs: pafs.FileSystem | None = None, **kwargs: Any):
+        super().__init__(fs if fs is not None else pafs.S3FileSystem(), **kwargs)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path).rstrip("/")
+
+
+def _register_fsspec_s3() -> None:
+    """Let fsspec resolve ``s3://`` URLs without s3fs (not a dependency of this project).
+
+    petastorm's ``make_reader`` turns the dataset URL into a path with ``fsspec.core.strip_protocol``,
+    which imports the fsspec class registered for the scheme: s3fs for ``s3``. Where s3fs is not
+    installed, register ``ArrowS3Wrapper`` for ``s3``/``s3a`` instead; with s3fs installed,
+    nothing changes.
+    """
+    for protocol in ("s3", "s3a"):
+        # fsspec.registry: a read-only view of the classes registered (or imported) so far.
+        if protocol not in fsspec.registry and importlib.util.find_spec("s3fs") is None:
+            fsspec.register_implementation(protocol, ArrowS3Wrapper, clobber=False)
+
+
 def legacy_filesystem(url: str, s3: S3Options | None = None):
     """The filesystem object petastorm's (legacy pyarrow) ParquetDataset code can use."""
     if storage.is_s3(url):
-        from fsspec.implementations.arrow import ArrowFSWrapper
-
+        _register_fsspec_s3()
         fs, _ = storage.filesystem(url, s3)
-        return ArrowFSWrapper(fs)
+        return ArrowS3Wrapper(fs)
     import pyarrow
 
     return pyarrow.LocalFileSystem._get_instance()

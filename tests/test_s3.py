@@ -1,0 +1,196 @@
+"""Ingest from and to S3 for real, against a moto server on 127.0.0.1.
+
+The test builds a tiny data set (three CSVs and an images.zip with a broken image), uploads it
+with boto3, runs ``ingest.run`` with ``data`` and ``output`` as s3:// URLs, then reads the
+manifest, the ``_SUCCESS`` marker and the petastorm dataset back from S3. A second run onto the
+same output must replace it cleanly.
+"""
+from __future__ import annotations
+
+import io
+import socket
+import zipfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("moto.server")
+boto3 = pytest.importorskip("boto3")
+Image = pytest.importorskip("PIL.Image")
+
+BUCKET = "museum"
+DATA_URL = f"s3://{BUCKET}/data"
+OUTPUT_URL = f"s3://{BUCKET}/work/ingest"
+
+# guid -> (format, size, colour); "broken" is not an image at all.
+IMAGES = {
+    "a0000000-0000-0000-0000-000000000001": ("JPEG", (64, 48), (200, 30, 30)),
+    "a0000000-0000-0000-0000-000000000002": ("PNG", (40, 80), (20, 160, 60)),
+    "a0000000-0000-0000-0000-000000000003": ("PNG", (32, 32), (10, 20, 220)),
+}
+BROKEN_GUID = "a0000000-0000-0000-0000-00000000000b"
+NO_IMAGE_GUID = "a0000000-0000-0000-0000-0000000000ff"
+
+TRAIN_CSV = (
+    "guid,description,typology\n"
+    "t0000000-0000-0000-0000-000000000001,Монета. Копейка,предметы нумизматики\n"
+    "t0000000-0000-0000-0000-000000000002,Фото,фотографии и негативы\n"
+    "t0000000-0000-0000-0000-000000000003,Что-то,не класс\n"  # unknown label -> rejected
+)
+TEST_CSV = (
+    "guid,description,typology\n"
+    f"a0000000-0000-0000-0000-000000000003,Синий квадрат,\n"
+    f"{NO_IMAGE_GUID},Без картинки,\n"
+)
+TRAIN_IMAGES_CSV = (
+    "guid,description,typology\n"
+    "a0000000-0000-0000-0000-000000000001,Красная картинка,графика\n"
+    "a0000000-0000-0000-0000-000000000002,Зелёная картинка,живопись\n"
+    f"{BROKEN_GUID},Битая картинка,документы\n"
+)
+EXPECTED_STATUS = {
+    ("train.csv", 1): "no_image",
+    ("train.csv", 2): "no_image",
+    ("train.csv", 3): "rejected",
+    ("test.csv", 1): "ok",
+    ("test.csv", 2): "no_image",
+    ("train_images.csv", 1): "ok",
+    ("train_images.csv", 2): "ok",
+    ("train_images.csv", 3): "quarantined",
+}
+
+
+def _image_bytes(fmt: str, size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def _images_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for guid, (fmt, size, colour) in IMAGES.items():
+            archive.writestr(f"images/{guid}.{fmt.lower()}", _image_bytes(fmt, size, colour))
+        archive.writestr(f"images/{BROKEN_GUID}.jpg", b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return buffer.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(spark, moto_endpoint, monkeypatch, tmp_path):
+    """Fake credentials only for this test; a fresh bucket holding the uploaded data set.
+
+    The credentials reach the code the standard way, through the AWS environment variables. The
+    shared Spark session started before this test, so its Python workers would not inherit them:
+    they are also given as executor environment (what ``spark.executorEnv.*`` sets), as a cluster
+    would give its executors their own credentials.
+    """
+    aws_env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        # Keep any real AWS config of the machine out of the way, and don't wait on EC2 metadata.
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for name, value in aws_env.items():
+        monkeypatch.setenv(name, value)
+        monkeypatch.setitem(spark.sparkContext.environment, name, value)
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    for key, body in (
+        ("data/train.csv", TRAIN_CSV.encode()),
+        ("data/test.csv", TEST_CSV.encode()),
+        ("data/train_images.csv", TRAIN_IMAGES_CSV.encode()),
+        ("data/images.zip", _images_zip()),
+    ):
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+    yield client
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])]
+    for key in keys:
+        client.delete_object(Bucket=BUCKET, Key=key)
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def _keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def _check_output(client, s3) -> None:
+    from museum_typology import petastorm_io, storage
+
+    assert storage.is_committed(OUTPUT_URL, s3)
+    assert "work/ingest/_SUCCESS" in _keys(client, "work/ingest/")
+
+    fs, path = storage.filesystem(storage.join(OUTPUT_URL, "manifest.parquet"), s3)
+    manifest = pq.read_table(path, filesystem=fs).to_pylist()
+    assert len(manifest) == len(EXPECTED_STATUS)
+    assert {(r["source_file"], r["source_row"]): r["status"] for r in manifest} == EXPECTED_STATUS
+    broken = next(r for r in manifest if r["guid"] == BROKEN_GUID)
+    assert broken["reason"]
+
+    with petastorm_io.make_reader(storage.join(OUTPUT_URL, "dataset"), s3, num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+        rows = {row.guid: row for row in reader}
+    assert sorted(rows) == sorted(IMAGES)
+    for guid, (_fmt, (width, height), colour) in IMAGES.items():
+        row = rows[guid]
+        assert row.image.shape == (height, width, 3)
+        assert (int(row.orig_width), int(row.orig_height)) == (width, height)
+        assert np.abs(row.image.astype(int) - np.array(colour)).max() <= 8, guid
+
+    # Only the committed output under work/: no temporaries left behind. ("work/" itself may
+    # exist as the empty directory marker pyarrow's create_dir writes.)
+    keys = _keys(client, "work/")
+    assert [k for k in keys if ".tmp-" in k or ".old-" in k] == []
+    assert [k for k in keys if not k.startswith("work/ingest/") and k != "work/"] == []
+
+
+def test_ingest_reads_and_writes_s3(spark, s3_env, moto_endpoint):
+    from museum_typology import ingest
+    from museum_typology.config import load_settings
+    from museum_typology.storage import S3Options
+
+    settings = load_settings(
+        overrides=[f"s3.endpoint_url={moto_endpoint}", "s3.region=us-east-1", "ingest.partitions=2", "images.max_side=128"],
+        environ={},
+    )
+    s3 = S3Options.from_settings(settings.section("s3"))
+
+    summary = ingest.run(spark, settings, DATA_URL, OUTPUT_URL)
+    assert summary["input_rows"] == summary["manifest_rows"] == len(EXPECTED_STATUS)
+    assert summary["dataset_rows"] == len(IMAGES)
+    _check_output(s3_env, s3)
+    first_keys = _keys(s3_env, "work/ingest/")
+
+    # A re-run onto the same output replaces it whole, and cleans up what a crashed run left.
+    s3_env.put_object(Bucket=BUCKET, Key="work/ingest/stale-from-before.txt", Body=b"old")
+    s3_env.put_object(Bucket=BUCKET, Key="work/.ingest.tmp-deadbeef/dataset/part-00000.parquet", Body=b"half")
+    summary = ingest.run(spark, settings, DATA_URL, OUTPUT_URL)
+    assert summary["manifest_rows"] == len(EXPECTED_STATUS)
+    _check_output(s3_env, s3)
+    assert "work/ingest/stale-from-before.txt" not in _keys(s3_env, "work/ingest/")
+    assert _keys(s3_env, "work/ingest/") == first_keys, "a re-run writes the same set of objects"
