@@ -1,20 +1,7 @@
 """spark-submit entry point: `./spark-submit.sh ingest [options]` (same options as `museum-typology ingest`)."""
 import sys
 
-from museum_typology.cli import main
-
-
-def run(argv):
-    try:
-        return main(["ingest", *argv])
-    finally:
-        # Stop Spark here, not in the JVM's shutdown hook: a cluster then records the application
-        # as finished and frees its executors before spark-submit returns.
-        from pyspark import SparkContext
-
-        if SparkContext._active_spark_context is not None:
-            SparkContext._active_spark_context.stop()
-
+from museum_typology.cli import main_submitted
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(main_submitted("ingest", sys.argv[1:]))

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, storage
@@ -47,10 +48,9 @@ def _spark(settings: Settings, args: argparse.Namespace, job: str):
     return build_spark(settings, job, master=args.master)
 
 
-def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import ingest
 
-    settings = _settings(args)
     output = args.output or storage.join(settings.get("paths.work_dir"), "ingest")
     spark = _spark(settings, args, "ingest")
     summary = ingest.run(spark, settings, settings.get("paths.data"), output)
@@ -61,14 +61,13 @@ def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Every stage that exists, end to end; prints where each output went."""
     from . import ingest
 
-    settings = _settings(args)
     work_dir = settings.get("paths.work_dir")
     spark = _spark(settings, args, "pipeline")
-    outputs: dict[str, Any] = {}
+    outputs: dict[str, dict[str, str]] = {}
     ingest_dir = storage.join(work_dir, "ingest")
     summary = ingest.run(spark, settings, settings.get("paths.data"), ingest_dir)
     outputs["ingest"] = {
@@ -80,17 +79,36 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     print("outputs:")
     for stage, paths in outputs.items():
         for name, path in paths.items():
-            print(f"  {stage:8s} {name:9s} {path}")
+            print(f"  {stage:10s} {name:9s} {path}")
     return outputs
+
+
+def cmd_show_conf(args: argparse.Namespace, settings: Settings) -> None:
+    print(json.dumps(settings.values, ensure_ascii=False, indent=2))
 
 
 def _counts(summary: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(summary["status_counts"].items()))
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str]] = {
-    "ingest": (cmd_ingest, "CSVs + images -> petastorm dataset and manifest"),
-    "pipeline": (cmd_pipeline, "run every stage end to end on the configured data"),
+def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/ingest)")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One subcommand: its help line, its own options, and what it runs (args, settings)."""
+
+    help: str
+    run: Callable[[argparse.Namespace, Settings], Any]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+# The jobs, in pipeline order. A new job adds one entry here and one file in jobs/.
+JOBS: dict[str, Job] = {
+    "ingest": Job("CSVs + images -> petastorm dataset and manifest", cmd_ingest, _ingest_arguments),
+    "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
+    "show-conf": Job("print the resolved settings as JSON", cmd_show_conf),
 }
 
 
@@ -98,13 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="museum-typology", description="Sort Goskatalog items into their 15 typologies with Spark jobs.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
-    ingest = sub.add_parser("ingest", help=COMMANDS["ingest"][1], description=COMMANDS["ingest"][1])
-    _common(ingest)
-    ingest.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/ingest)")
-    pipeline = sub.add_parser("pipeline", help=COMMANDS["pipeline"][1], description=COMMANDS["pipeline"][1])
-    _common(pipeline)
-    sub.add_parser("show-conf", help="print the resolved settings as JSON").set_defaults(job="show-conf")
-    _common(sub.choices["show-conf"])
+    for name, job in JOBS.items():
+        job_parser = sub.add_parser(name, help=job.help, description=job.help)
+        _common(job_parser)
+        job.add_arguments(job_parser)
     return parser
 
 
@@ -112,10 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
     try:
-        if args.job == "show-conf":
-            print(json.dumps(_settings(args).values, ensure_ascii=False, indent=2))
-            return 0
-        COMMANDS[args.job][0](args)
+        JOBS[args.job].run(args, _settings(args))
         return 0
     except USER_ERRORS as exc:
         print(f"museum-typology {args.job}: error: {exc}", file=sys.stderr)
@@ -129,6 +141,19 @@ def _job_errors() -> tuple[type[BaseException], ...]:
     from .ingest import IngestError
 
     return (IngestError,)
+
+
+def main_submitted(job: str, argv: Sequence[str]) -> int:
+    """What ``jobs/<job>.py`` runs under spark-submit: the job, then Spark stopped here rather
+    than in the JVM's shutdown hook, so a cluster records the application as finished and frees
+    its executors before spark-submit returns."""
+    try:
+        return main([job, *argv])
+    finally:
+        from pyspark import SparkContext
+
+        if SparkContext._active_spark_context is not None:
+            SparkContext._active_spark_context.stop()
 
 
 if __name__ == "__main__":

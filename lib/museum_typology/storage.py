@@ -197,3 +197,17 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
     with fs.open_output_stream(posixpath.join(final_path, SUCCESS_MARKER)):
         pass
     fs.delete_dir(tmp_path)
+
+
+def upload_directory(local_dir: str, url: str, s3: S3Options | None = None) -> None:
+    """Copy a local directory tree to ``url`` (local or S3); used for bundles built locally."""
+    fs, path = filesystem(url, s3)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(posixpath.abspath(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def download_directory(url: str, local_dir: str, s3: S3Options | None = None) -> None:
+    """Copy ``url`` (local or S3) into a local directory."""
+    fs, path = filesystem(url, s3)
+    pafs.LocalFileSystem().create_dir(posixpath.abspath(local_dir), recursive=True)
+    pafs.copy_files(path, posixpath.abspath(local_dir), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
