@@ -1,0 +1,84 @@
+"""Text normalisation shared by training and scoring: one function, so a model never sees text
+prepared differently from how it was trained.
+
+Catalogue titles are short and messy: mixed case, ё/е, pre-reform letters (ѣ, і, ѳ, ѵ, final ъ),
+Latin look-alike letters inside Cyrillic words, abbreviations (г., гг., см., ок., СПб.), numbers
+that mean years, sizes or denominations, quotes of every kind. Numbers are kept as coarse shape
+tokens (a year, a century, a plain number) because their kind is informative ("1789 г." points to
+coins and documents) while the exact value is not.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Pre-reform orthography -> modern letters.
+_PRE_REFORM = str.maketrans({"ѣ": "е", "і": "и", "ї": "и", "ѳ": "ф", "ѵ": "и", "ё": "е"})
+# Latin letters that look Cyrillic, used by typists inside Russian words ("Xрам", "oбраз").
+_LATIN_TO_CYRILLIC = str.maketrans({"a": "а", "c": "с", "e": "е", "o": "о", "p": "р", "x": "х", "y": "у", "k": "к", "m": "м", "t": "т", "h": "н", "b": "в"})
+_CYRILLIC = re.compile(r"[а-я]")
+_LATIN = re.compile(r"[a-z]")
+
+# Abbreviations expanded before punctuation is dropped (the dot is what makes them ambiguous).
+_ABBREVIATIONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"\bгг\.", " годы "),
+        (r"(?<=\d)\s*г\.", " год "),
+        (r"\bг\.(?=\s*[а-я])", " город "),
+        (r"\bсм\.", " см "),
+        (r"\bок\.", " около "),
+        (r"\bспб\.?", " санкт-петербург "),
+        (r"\bдер\.", " деревня "),
+        (r"\bс\.(?=\s*[а-я])", " село "),
+        (r"\bв\.(?=\s*$|\s*[,.;])", " век "),
+        (r"\bвв\.", " века "),
+        (r"\bруб\.", " рублей "),
+        (r"\bкоп\.", " копеек "),
+        (r"\bч/б\b", " черно-белая "),
+        (r"\bф-ка\b", " фабрика "),
+        (r"\bз-д(?:а|е|у|ом)?\b", " завод "),
+        (r"\bим\.", " имени "),
+        (r"\bт\.(?=\s*\d)", " том "),
+        (r"\bс\.(?=\s*\d)", " страниц "),
+        (r"\bл\.(?=\s*\d)", " лист "),
+    )
+)
+# A Roman numeral (typed with Latin or Cyrillic х) before "век": a century, e.g. "xix в.".
+_ROMAN_CENTURY = re.compile(r"\b(?=[xхvi]+\s)[xх]{0,3}(?:ix|iv|v?i{0,3})\s+(?=век|века|годы)")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_TOKEN = re.compile(r"<[a-z]+>|[а-яa-z]+(?:-[а-яa-z]+)*")
+
+
+def _fix_mixed_script(word: str) -> str:
+    """A word with both Cyrillic and Latin letters is Cyrillic with look-alike typos."""
+    if _CYRILLIC.search(word) and _LATIN.search(word):
+        return word.translate(_LATIN_TO_CYRILLIC)
+    return word
+
+
+def _number_token(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if re.fullmatch(r"\d{4}", text) and 1000 <= int(text) <= 2099:
+        return " <year> "
+    return " <num> "
+
+
+def normalize(text: str | None) -> str:
+    """Lower-cased, letter-normalised, abbreviation-expanded text with number shape tokens."""
+    if not text:
+        return ""
+    text = unicodedata.normalize("NFKC", text).lower().translate(_PRE_REFORM)
+    text = re.sub(r"ъ\b", "", text)  # pre-reform final hard sign: "домъ" -> "дом"
+    for pattern, replacement in _ABBREVIATIONS:
+        text = pattern.sub(replacement, text)
+    text = _ROMAN_CENTURY.sub(" <century> ", text)
+    text = _NUMBER.sub(_number_token, text)
+    words = [_fix_mixed_script(w) for w in re.split(r"\s+", text)]
+    text = " ".join(words)
+    return " ".join(_TOKEN.findall(text))
+
+
+def tokenize(text: str | None) -> list[str]:
+    """Tokens of the normalised text (the unit of the embeddings and the BiLSTM)."""
+    return normalize(text).split()

@@ -1,0 +1,361 @@
+"""The text model: word vectors (FastText skip-gram + navec) feeding a BiLSTM, blended with a
+character/word TF-IDF logistic regression, calibrated on out-of-fold predictions.
+
+Training runs K stratified, grouped folds; the K fold models of each member are the bundle, and
+their out-of-fold probabilities are what the blend weight and the temperature are fitted on, so a
+confidence of 0.7 means about 70% right.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalogue import InputRow
+from .config import Settings
+from .log import get_logger
+from .schema import CLASS_INDEX, CLASSES
+from .text import normalize
+
+log = get_logger(__name__)
+NUM_CLASSES = len(CLASSES)
+PAD = "<pad>"
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    folds: int
+    seed: int
+    max_len: int
+    w2v_dim: int
+    w2v_window: int
+    w2v_epochs: int
+    w2v_min_count: int
+    w2v_buckets: int
+    use_navec: bool
+    lstm_units: int
+    dropout: float
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    tfidf_C: float
+    baseline_C: float
+    blend_grid: tuple[float, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TextSettings:
+        section = settings.section("text")
+        values = {name: section[name] for name in cls.__dataclass_fields__}
+        values["blend_grid"] = tuple(float(x) for x in values["blend_grid"])
+        return cls(**values)
+
+
+@dataclass
+class LabelledTexts:
+    guids: list[str]
+    texts: list[str]  # normalised
+    y: np.ndarray  # class indices in CLASSES order
+
+    def __len__(self) -> int:
+        return len(self.guids)
+
+
+def labelled_texts(rows: Sequence[InputRow]) -> LabelledTexts:
+    """The rows a text model can learn from: accepted, labelled, with a description."""
+    chosen = [r for r in rows if r.rejected_reason is None and r.typology is not None and r.description]
+    return LabelledTexts(
+        guids=[r.guid for r in chosen],  # type: ignore[misc]
+        texts=[normalize(r.description) for r in chosen],
+        y=np.array([CLASS_INDEX[r.typology] for r in chosen], dtype=np.int64),  # type: ignore[index]
+    )
+
+
+def data_hash(data: LabelledTexts) -> str:
+    digest = hashlib.sha256()
+    for guid, text, label in sorted(zip(data.guids, data.texts, data.y.tolist())):
+        digest.update(f"{guid}\t{text}\t{label}\n".encode())
+    return digest.hexdigest()
+
+
+def seed_everything(seed: int) -> None:
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fold_ids(data: LabelledTexts, folds: int, seed: int) -> np.ndarray:
+    """Stratified folds with identical normalised titles grouped, so a duplicate title never
+    sits on both sides of a split (the 2021 data has many)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = np.unique(np.array(data.texts), return_inverse=True)[1]
+    result = np.full(len(data), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(data)), data.y, groups)):
+        result[held_out] = fold
+    return result
+
+
+# ---------------------------------------------------------------- the TF-IDF members
+
+
+def make_tfidf_model(C: float, seed: int):
+    """Character n-grams (robust to typos, inflection, pre-reform spelling) + word uni/bigrams,
+    multinomial logistic regression with balanced class weights: calibrated-ish probabilities."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 5), min_df=2, sublinear_tf=True, max_features=300_000),
+        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), min_df=1, sublinear_tf=True, token_pattern=r"\S+"),
+    )
+    return make_pipeline(features, LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed))
+
+
+def make_baseline_model(C: float, seed: int):
+    """The simple baseline we must beat: char+word TF-IDF + LinearSVC, balanced classes."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline, make_union
+    from sklearn.svm import LinearSVC
+
+    features = make_union(
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True),
+        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
+    )
+    return make_pipeline(features, LinearSVC(C=C, class_weight="balanced", random_state=seed))
+
+
+def full_proba(model, texts: Sequence[str]) -> np.ndarray:
+    """predict_proba over all 15 classes (a fold may lack a rare class)."""
+    proba = model.predict_proba(list(texts))
+    full = np.zeros((len(texts), NUM_CLASSES), dtype=np.float64)
+    full[:, model.classes_] = proba
+    return full
+
+
+# ---------------------------------------------------------------- word vectors
+
+
+class Embedder:
+    """Token -> vector: navec (pretrained, 300d; zeros when unknown) next to FastText trained on
+    our own descriptions (subword n-grams give typos and unseen words a vector too)."""
+
+    def __init__(self, fasttext_vectors, navec_table: dict[str, np.ndarray], max_len: int):
+        self.fasttext = fasttext_vectors  # gensim FastTextKeyedVectors
+        self.navec = navec_table
+        self.max_len = max_len
+        self.navec_dim = len(next(iter(navec_table.values()))) if navec_table else 0
+        self.dim = self.fasttext.vector_size + self.navec_dim
+        self._cache: dict[str, np.ndarray] = {}
+
+    def vector(self, token: str) -> np.ndarray:
+        cached = self._cache.get(token)
+        if cached is None:
+            parts = [self.fasttext[token]]
+            if self.navec_dim:
+                parts.append(self.navec.get(token, np.zeros(self.navec_dim, dtype=np.float32)))
+            cached = np.concatenate(parts).astype(np.float32)
+            if len(self._cache) < 500_000:
+                self._cache[token] = cached
+        return cached
+
+    def sequences(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised texts -> [n, max_len, dim] float32, zero-padded at the end (the mask)."""
+        out = np.zeros((len(texts), self.max_len, self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for j, token in enumerate(text.split()[: self.max_len]):
+                out[i, j] = self.vector(token)
+        return out
+
+
+def load_navec_table(vocabulary: set[str]) -> dict[str, np.ndarray]:
+    """The navec vectors of the words we need (the full table is 250K x 300, unpacked on demand).
+    navec's own ``as_gensim`` breaks with gensim 4.3, so its product-quantised table is read here."""
+    from navec import Navec
+    from natasha.emb import NEWS_EMBEDDING  # the file natasha ships
+
+    navec = Navec.load(NEWS_EMBEDDING)
+    table = navec.pq.unpack()
+    result = {}
+    for word in vocabulary:
+        index = navec.vocab.get(word)
+        if index is not None:
+            result[word] = table[index].astype(np.float32)
+    # navec's vectors are ~3x the scale of our FastText ones; equalise so neither half dominates.
+    if result:
+        scale = float(np.mean([np.linalg.norm(v) for v in result.values()]))
+        result = {w: v / max(scale, 1e-6) for w, v in result.items()}
+    return result
+
+
+def train_word_vectors(corpus: Sequence[str], ts: TextSettings):
+    from gensim.models import FastText
+
+    sentences = [t.split() for t in corpus if t]
+    model = FastText(
+        vector_size=ts.w2v_dim,
+        window=ts.w2v_window,
+        sg=1,
+        min_count=ts.w2v_min_count,
+        bucket=ts.w2v_buckets,
+        seed=ts.seed,
+        workers=1,  # one worker: gensim is deterministic only single-threaded
+    )
+    model.build_vocab(corpus_iterable=sentences)
+    model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=ts.w2v_epochs)
+    vectors = model.wv
+    # Unit-normalise the scale so navec and FastText halves weigh alike.
+    norm = float(np.mean(np.linalg.norm(vectors.vectors, axis=1))) or 1.0
+    vectors.vectors /= norm
+    vectors.vectors_ngrams /= norm
+    return vectors
+
+
+# ---------------------------------------------------------------- the BiLSTM member
+
+
+def build_bilstm(max_len: int, dim: int, ts: TextSettings):
+    import tensorflow as tf
+
+    inputs = tf.keras.Input(shape=(max_len, dim), name="tokens")
+    x = tf.keras.layers.Masking(mask_value=0.0)(inputs)
+    x = tf.keras.layers.SpatialDropout1D(ts.dropout / 2)(x)
+    x = tf.keras.layers.Bidirectional(tf.keras.layers.LSTM(ts.lstm_units, return_sequences=True))(x)
+    x = tf.keras.layers.Bidirectional(tf.keras.layers.LSTM(ts.lstm_units // 2, return_sequences=True))(x)
+    pooled = tf.keras.layers.Concatenate()([tf.keras.layers.GlobalMaxPooling1D()(x), tf.keras.layers.GlobalAveragePooling1D()(x)])
+    x = tf.keras.layers.Dropout(ts.dropout)(pooled)
+    x = tf.keras.layers.Dense(128, activation="relu")(x)
+    outputs = tf.keras.layers.Dense(NUM_CLASSES, activation="softmax", name="proba")(x)
+    model = tf.keras.Model(inputs, outputs)
+    model.compile(optimizer=tf.keras.optimizers.Adam(ts.learning_rate), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Balanced weights, square-rooted: rare classes count, without 40x gradients on 14 samples."""
+    counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
+    weights = np.where(counts > 0, (len(y) / (NUM_CLASSES * np.maximum(counts, 1))) ** 0.5, 0.0)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def fit_bilstm(x: np.ndarray, y: np.ndarray, ts: TextSettings):
+    model = build_bilstm(x.shape[1], x.shape[2], ts)
+    model.fit(x, y, epochs=ts.epochs, batch_size=ts.batch_size, class_weight=class_weights(y), verbose=0, shuffle=True)
+    return model
+
+
+# ---------------------------------------------------------------- blend and calibration
+
+
+def blend(lstm: np.ndarray, tfidf: np.ndarray, weight: float) -> np.ndarray:
+    return weight * lstm + (1.0 - weight) * tfidf
+
+
+def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the log-loss of softmax(log p / T) on out-of-fold data."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.log(np.clip(proba, 1e-9, 1.0))
+
+    def nll(t: float) -> float:
+        scaled = apply_temperature_logits(logits, t)
+        return float(-np.mean(np.log(np.clip(scaled[np.arange(len(y)), y], 1e-12, 1.0))))
+
+    return float(minimize_scalar(nll, bounds=(0.05, 10.0), method="bounded").x)
+
+
+def apply_temperature_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def calibrate(proba: np.ndarray, temperature: float) -> np.ndarray:
+    return apply_temperature_logits(np.log(np.clip(proba, 1e-9, 1.0)), temperature)
+
+
+# ---------------------------------------------------------------- the trained model
+
+
+@dataclass
+class TextModel:
+    """K fold models of each member plus the embedder, blend weight and temperature."""
+
+    embedder: Embedder
+    lstm_folds: list[Any]
+    tfidf_folds: list[Any]
+    weight: float
+    temperature: float
+    version: str = ""
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 4096) -> np.ndarray:
+        """Calibrated probabilities [n, 15] for normalised texts (empty texts get uniform rows;
+        callers decide what to do with them)."""
+        out = np.zeros((len(texts), NUM_CLASSES), dtype=np.float64)
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            tfidf = np.mean([full_proba(m, chunk) for m in self.tfidf_folds], axis=0) if self.weight < 1 else 0.0
+            if self.weight > 0:
+                x = self.embedder.sequences(chunk)
+                lstm = np.mean([m.predict(x, batch_size=1024, verbose=0) for m in self.lstm_folds], axis=0)
+            else:
+                lstm = 0.0
+            out[start : start + len(chunk)] = calibrate(blend(lstm, tfidf, self.weight), self.temperature)
+        return out
+
+    # -- bundle I/O: a directory of plain files (the storage layer moves it to S3 if needed)
+
+    def save(self, directory: Path, extra: dict[str, Any]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.embedder.fasttext.save(str(directory / "fasttext.kv"))
+        np.save(directory / "navec_subset.npy", np.array([self.embedder.navec[w] for w in sorted(self.embedder.navec)], dtype=np.float32).reshape(len(self.embedder.navec), -1))
+        (directory / "navec_subset_words.json").write_text(json.dumps(sorted(self.embedder.navec), ensure_ascii=False))
+        for k, model in enumerate(self.lstm_folds):
+            model.save_weights(str(directory / f"lstm_fold{k}.weights.h5"))
+        with open(directory / "tfidf_folds.pkl", "wb") as handle:
+            pickle.dump(self.tfidf_folds, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        (directory / "classes.json").write_text(json.dumps(list(CLASSES), ensure_ascii=False, indent=1))
+        calibration = {"weight": self.weight, "temperature": self.temperature, "max_len": self.embedder.max_len, "folds": len(self.lstm_folds)}
+        (directory / "calibration.json").write_text(json.dumps(calibration, indent=1))
+        for name, value in extra.items():
+            (directory / name).write_text(json.dumps(value, ensure_ascii=False, indent=1, default=str))
+
+    @classmethod
+    def load(cls, directory: Path) -> TextModel:
+        from gensim.models.fasttext import FastTextKeyedVectors
+
+        classes = json.loads((directory / "classes.json").read_text())
+        if classes != list(CLASSES):
+            raise ValueError(f"{directory}: bundle classes differ from this version's class order")
+        calibration = json.loads((directory / "calibration.json").read_text())
+        conf = json.loads((directory / "conf.json").read_text())
+        ts = TextSettings(**{**conf["text"], "blend_grid": tuple(conf["text"]["blend_grid"])})
+        words = json.loads((directory / "navec_subset_words.json").read_text())
+        vectors = np.load(directory / "navec_subset.npy")
+        embedder = Embedder(FastTextKeyedVectors.load(str(directory / "fasttext.kv")), dict(zip(words, vectors)), calibration["max_len"])
+        lstm_folds = []
+        for k in range(calibration["folds"]):
+            model = build_bilstm(embedder.max_len, embedder.dim, ts)
+            model.load_weights(str(directory / f"lstm_fold{k}.weights.h5"))
+            lstm_folds.append(model)
+        with open(directory / "tfidf_folds.pkl", "rb") as handle:
+            tfidf_folds = pickle.load(handle)
+        return cls(embedder, lstm_folds, tfidf_folds, calibration["weight"], calibration["temperature"], version=directory.name)
+
+
+def settings_dict(ts: TextSettings) -> dict[str, Any]:
+    return asdict(ts)

@@ -1,0 +1,229 @@
+"""train-text job: cross-validated training of the text model, its report, bundle and
+out-of-fold probabilities.
+
+read the catalogue CSVs -> K grouped stratified folds: TF-IDF member, BiLSTM member and the
+baseline on each -> blend weight and temperature on the out-of-fold predictions -> write the
+bundle (models/text/<version>/), oof/text.parquet and the report, each atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import report, storage
+from .config import Settings
+from .ingest import read_input_rows
+from .log import get_logger, progress
+from .schema import CLASSES
+from .storage import S3Options
+from .text import normalize
+from .text_model import (
+    Embedder,
+    TextModel,
+    TextSettings,
+    blend,
+    calibrate,
+    data_hash,
+    fit_bilstm,
+    fit_temperature,
+    fold_ids,
+    full_proba,
+    labelled_texts,
+    load_navec_table,
+    make_baseline_model,
+    make_tfidf_model,
+    seed_everything,
+    settings_dict,
+    train_word_vectors,
+)
+
+log = get_logger(__name__)
+LATEST = "latest"
+
+
+def make_version(digest: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}"
+
+
+def choose_weight(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, grid: tuple[float, ...]) -> tuple[float, dict[float, float]]:
+    """The blend weight with the best out-of-fold macro-F1 (ties -> the more even blend)."""
+    scores = {w: report.macro_f1(y, blend(lstm, tfidf, w).argmax(axis=1)) for w in grid}
+    best = max(scores, key=lambda w: (round(scores[w], 6), -abs(w - 0.5)))
+    return best, scores
+
+
+def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: int | None = None) -> dict[str, Any]:
+    started = time.time()
+    s3 = S3Options.from_settings(settings.section("s3"))
+    if folds:
+        settings = settings.set(["text", "folds"], int(folds), "--folds")
+    ts = TextSettings.from_settings(settings)
+    seed_everything(ts.seed)
+
+    rows = read_input_rows(data_dir, settings, s3)
+    data = labelled_texts(rows)
+    if len(data) < ts.folds * 2:
+        raise ValueError(f"{data_dir}: only {len(data)} labelled rows with a description; need at least {ts.folds * 2}")
+    corpus = [normalize(r.description) for r in rows if r.description]
+    log.info("train-text: %d labelled titles, %d descriptions for word vectors, %d folds", len(data), len(corpus), ts.folds)
+
+    fold = fold_ids(data, ts.folds, ts.seed)
+    vectors = train_word_vectors(corpus, ts)
+    vocabulary = {token for text in corpus for token in text.split()}
+    navec = load_navec_table(vocabulary) if ts.use_navec else {}
+    log.info("word vectors: %d FastText words, %d of %d corpus words found in navec", len(vectors.key_to_index), len(navec), len(vocabulary))
+    embedder = Embedder(vectors, navec, ts.max_len)
+    x = embedder.sequences(data.texts)
+
+    oof = {name: np.zeros((len(data), len(CLASSES))) for name in ("tfidf", "lstm")}
+    baseline_pred = np.zeros(len(data), dtype=np.int64)
+    lstm_folds, tfidf_folds = [], []
+    for k in progress(range(ts.folds), desc="train-text folds", total=ts.folds, unit="fold"):
+        train, held = np.where(fold != k)[0], np.where(fold == k)[0]
+        train_texts = [data.texts[i] for i in train]
+        held_texts = [data.texts[i] for i in held]
+        baseline = make_baseline_model(ts.baseline_C, ts.seed).fit(train_texts, data.y[train])
+        baseline_pred[held] = baseline.predict(held_texts)
+        tfidf = make_tfidf_model(ts.tfidf_C, ts.seed).fit(train_texts, data.y[train])
+        oof["tfidf"][held] = full_proba(tfidf, held_texts)
+        lstm = fit_bilstm(x[train], data.y[train], ts)
+        oof["lstm"][held] = lstm.predict(x[held], batch_size=1024, verbose=0)
+        tfidf_folds.append(tfidf)
+        lstm_folds.append(lstm)
+        log.info(
+            "fold %d/%d: macro-F1 baseline %.3f, tfidf %.3f, bilstm %.3f",
+            k + 1,
+            ts.folds,
+            report.macro_f1(data.y[held], baseline_pred[held]),
+            report.macro_f1(data.y[held], oof["tfidf"][held].argmax(1)),
+            report.macro_f1(data.y[held], oof["lstm"][held].argmax(1)),
+        )
+
+    weight, weight_scores = choose_weight(oof["lstm"], oof["tfidf"], data.y, ts.blend_grid)
+    blended = blend(oof["lstm"], oof["tfidf"], weight)
+    temperature = fit_temperature(blended, data.y)
+    calibrated = calibrate(blended, temperature)
+    final_pred = calibrated.argmax(axis=1)
+
+    digest = data_hash(data)
+    conf_digest = hashlib.sha256(json.dumps(settings_dict(ts), sort_keys=True).encode()).hexdigest()
+    version = make_version(hashlib.sha256((digest + conf_digest).encode()).hexdigest())
+    metrics = build_metrics(data.y, baseline_pred, oof, blended, calibrated, weight, weight_scores, temperature)
+    metrics.update(version=version, data_hash=digest, rows=len(data), folds=ts.folds, seconds=round(time.time() - started, 1))
+    model = TextModel(embedder, lstm_folds, tfidf_folds, weight, temperature, version)
+
+    bundle_url = storage.join(model_dir, version)
+    with tempfile.TemporaryDirectory(prefix="text-bundle-") as tmp:
+        local = Path(tmp) / version
+        model.save(local, {"conf.json": {"text": settings_dict(ts), "settings": settings.values}, "metrics.json": metrics})
+        write_report(local / "report", data.y, baseline_pred, calibrated, blended, metrics)
+        with storage.atomic_directory(bundle_url, s3) as staging:
+            storage.upload_directory(str(local), staging, s3)
+    storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
+    write_oof(oof_url, data, fold, calibrated, version, s3)
+    log.info("train-text: macro-F1 %.3f (baseline %.3f), bundle %s", metrics["macro_f1"]["final"], metrics["macro_f1"]["baseline"], bundle_url)
+    return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics}
+
+
+def build_metrics(y, baseline_pred, oof, blended, calibrated, weight, weight_scores, temperature) -> dict[str, Any]:
+    final_pred = calibrated.argmax(axis=1)
+    per_class_final = report.per_class_table(y, final_pred)
+    per_class_base = report.per_class_table(y, baseline_pred)
+    per_class = [
+        {"class": f["class"], "support": f["support"], "baseline_f1": b["f1"], "f1": f["f1"], "precision": f["precision"], "recall": f["recall"]}
+        for f, b in zip(per_class_final, per_class_base)
+    ]
+    return {
+        "macro_f1": {
+            "baseline": report.macro_f1(y, baseline_pred),
+            "tfidf": report.macro_f1(y, oof["tfidf"].argmax(1)),
+            "bilstm": report.macro_f1(y, oof["lstm"].argmax(1)),
+            "final": report.macro_f1(y, final_pred),
+        },
+        "blend_weight_bilstm": weight,
+        "blend_scores": {str(k): v for k, v in weight_scores.items()},
+        "temperature": temperature,
+        "ece": {"before_calibration": report.expected_calibration_error(blended, y), "after_calibration": report.expected_calibration_error(calibrated, y)},
+        "confidence_0_7": confidence_check(calibrated, y, 0.7),
+        "per_class": per_class,
+    }
+
+
+def confidence_check(proba: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    """What a threshold means after calibration: share of rows above it, and their accuracy."""
+    above = proba.max(axis=1) >= threshold
+    accuracy = float((proba.argmax(axis=1)[above] == y[above]).mean()) if above.any() else float("nan")
+    return {"threshold": threshold, "share_above": float(above.mean()), "accuracy_above": accuracy}
+
+
+def write_report(directory: Path, y, baseline_pred, calibrated, blended, metrics: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "confusion.png").write_bytes(report.confusion_png(y, calibrated.argmax(1), f"text model, out-of-fold (macro-F1 {metrics['macro_f1']['final']:.3f})"))
+    (directory / "confusion_baseline.png").write_bytes(report.confusion_png(y, baseline_pred, f"baseline, out-of-fold (macro-F1 {metrics['macro_f1']['baseline']:.3f})"))
+    (directory / "reliability.png").write_bytes(report.reliability_png({"blend, raw": (blended, y), "calibrated": (calibrated, y)}))
+    macro = metrics["macro_f1"]
+    text = [
+        f"# Text model {metrics.get('version', '')}",
+        "",
+        f"{metrics.get('folds')}-fold grouped stratified cross-validation on {metrics.get('rows')} labelled titles (out-of-fold predictions).",
+        "",
+        "| model | macro-F1 |",
+        "|---|---|",
+        f"| baseline: char+word TF-IDF + LinearSVC (balanced) | {macro['baseline']:.3f} |",
+        f"| TF-IDF logistic regression member | {macro['tfidf']:.3f} |",
+        f"| FastText+navec BiLSTM member | {macro['bilstm']:.3f} |",
+        f"| blend (BiLSTM weight {metrics['blend_weight_bilstm']}), calibrated (T={metrics['temperature']:.2f}) | {macro['final']:.3f} |",
+        "",
+        f"Calibration: ECE {metrics['ece']['before_calibration']:.3f} before, {metrics['ece']['after_calibration']:.3f} after. "
+        f"Rows with confidence >= 0.7: {metrics['confidence_0_7']['share_above']:.1%}, accuracy among them {metrics['confidence_0_7']['accuracy_above']:.1%}.",
+        "",
+        report.markdown_table(metrics["per_class"], ["class", "support", "baseline_f1", "f1", "precision", "recall"]),
+        "",
+        "![confusion](confusion.png) ![reliability](reliability.png)",
+    ]
+    (directory / "report.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+
+
+def write_oof(url: str, data, fold: np.ndarray, proba: np.ndarray, version: str, s3: S3Options | None) -> None:
+    """oof/text.parquet: guid, label (given), fold, proba (15 floats, CLASSES order), model_version."""
+    table = pa.table(
+        {
+            "guid": pa.array(data.guids, pa.string()),
+            "label": pa.array([CLASSES[i] for i in data.y], pa.string()),
+            "fold": pa.array(fold.astype(np.int32), pa.int32()),
+            "proba": pa.array(proba.astype(np.float32).tolist(), pa.list_(pa.float32())),
+            "model_version": pa.array([version] * len(data), pa.string()),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes(url, sink.getvalue().to_pybytes(), s3)
+
+
+def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
+    """The newest bundle under ``model_dir`` (or ``model_dir`` itself if it is a bundle), as a
+    local directory (S3 bundles are downloaded once into a cache keyed by version)."""
+    if storage.exists(storage.join(model_dir, "calibration.json"), s3):
+        bundle_url = model_dir
+    else:
+        latest = storage.join(model_dir, LATEST)
+        if not storage.exists(latest, s3):
+            raise storage.StorageError(f"{model_dir}: no text model bundle (run train-text first)")
+        bundle_url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
+    if not storage.is_s3(bundle_url):
+        return Path(storage.filesystem(bundle_url)[1])
+    version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
+    local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / version
+    if not (local / "calibration.json").is_file():
+        storage.download_directory(bundle_url, str(local), s3)
+    return local
