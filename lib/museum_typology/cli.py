@@ -61,6 +61,30 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return summary
 
 
+def cmd_crawl(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from . import crawl
+
+    output = args.output or storage.join(settings.get("paths.work_dir"), "crawl")
+    spark = _spark(settings, args, "crawl")
+    summary = crawl.run(spark, settings, args.input, output, resume=args.resume)
+    if summary.get("already_complete"):
+        print(f"crawl: {output} is already complete for this input; nothing to do")
+    print(
+        f"crawl: {summary['dataset_rows']} images stored; manifest rows {summary['manifest_rows']} = input rows {summary['input_rows']} "
+        f"({_counts(summary)}); {summary['urls_fetched_this_run']} URLs fetched this run ({summary['urls_per_second']}/s)"
+    )
+    print(f"  dataset:  {storage.join(output, 'dataset')}")
+    print(f"  manifest: {storage.join(output, 'manifest.parquet')}")
+    print(f"  summary:  {storage.join(output, 'summary.json')}")
+    return summary
+
+
+def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, metavar="CSV", help="URL CSV with columns guid,description,typology,url (local or s3://)")
+    parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/crawl)")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted crawl into the same --output, fetching only what is not stored yet")
+
+
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Every stage that exists, end to end; prints where each output went."""
     from . import ingest
@@ -107,6 +131,7 @@ class Job:
 # The jobs, in pipeline order. A new job adds one entry here and one file in jobs/.
 JOBS: dict[str, Job] = {
     "ingest": Job("CSVs + images -> petastorm dataset and manifest", cmd_ingest, _ingest_arguments),
+    "crawl": Job("URL CSV -> fetched images as a petastorm dataset and manifest (resumable)", cmd_crawl, _crawl_arguments),
     "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
     "show-conf": Job("print the resolved settings as JSON", cmd_show_conf),
 }

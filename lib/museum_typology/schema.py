@@ -84,3 +84,36 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("image_bytes", pa.int64()),
     ]
 )
+
+# Manifest statuses added by the crawl job (beside ok / quarantined / rejected above).
+STATUS_BAD_URL = "bad_url"  # not http(s), unparsable, no host: never requested
+STATUS_HTTP_ERROR = "http_error"  # a non-200 final answer (after retries for 5xx / 429)
+STATUS_TIMEOUT = "timeout"  # connect, read or total deadline exceeded (after retries)
+STATUS_CONNECTION_ERROR = "connection_error"  # refused, reset, DNS, body shorter than declared
+STATUS_TOO_MANY_REDIRECTS = "too_many_redirects"  # over crawl.max_redirects, or a loop
+STATUS_TOO_LARGE = "too_large"  # body over crawl.max_bytes, or file over images.max_bytes
+STATUS_NOT_IMAGE = "not_image"  # fetched, but empty or not an image format we accept
+CRAWL_STATUSES = (
+    STATUS_OK,
+    STATUS_REJECTED,
+    STATUS_BAD_URL,
+    STATUS_HTTP_ERROR,
+    STATUS_TIMEOUT,
+    STATUS_CONNECTION_ERROR,
+    STATUS_TOO_MANY_REDIRECTS,
+    STATUS_TOO_LARGE,
+    STATUS_NOT_IMAGE,
+    STATUS_QUARANTINED,
+)
+
+# The crawl manifest: the ingest columns (image_member holds the final URL after redirects),
+# then what the fetch did.
+CRAWL_MANIFEST_SCHEMA = pa.schema(
+    list(MANIFEST_SCHEMA)
+    + [
+        pa.field("url", pa.string()),
+        pa.field("http_status", pa.int32()),  # the last HTTP status seen (None: no answer)
+        pa.field("attempts", pa.int32(), nullable=False),  # attempts made (0: never requested)
+        pa.field("bytes", pa.int64()),  # body bytes received on the last attempt
+    ]
+)

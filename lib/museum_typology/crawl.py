@@ -1,0 +1,622 @@
+"""Crawl job: a URL CSV (``guid,description,typology,url``) into the same petastorm dataset and
+manifest layout as ingest, fast, polite and resumable.
+
+read + plan (driver, pure: check rows and URLs, one task per distinct URL, stable partitions by
+a hash of the URL so that one host's URLs spread over every task) -> crawl (Spark
+``mapPartitions``: per task a thread pool shares one ``fetcher.Fetcher``; each thread fetches,
+decodes with ``images.decode_image`` - the ingest code - and encodes; the task's main thread
+streams rows into part files) -> assemble (driver: petastorm metadata, manifest, summary,
+committed atomically with ``storage.atomic_directory``).
+
+Resume. Work in progress lives in ``OUTPUT/_work/``: ``plan.json`` (input fingerprint and the
+partition count), ``dataset/<chunk>.parquet`` and ``manifest/<chunk>.parquet``. A task commits a
+chunk (``crawl.commit_rows`` URLs, or a row group's worth of bytes) by writing its part file and
+then its manifest fragment; the fragment's appearance is the commit (an atomic rename locally, a
+single PUT on S3). A part file without a fragment is debris. ``--resume`` skips every row that
+is in a committed fragment, so after a kill at any point (kill -9 of the driver included) the
+re-run fetches only what was not stored. Tasks also skip their own committed rows, so Spark's
+task retries never duplicate. The final commit replaces ``OUTPUT`` whole (``_work`` with it);
+a crash before that leaves the old output readable (``_SUCCESS``) and ``_work`` to resume from.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import posixpath
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import fetcher, images, petastorm_io, storage
+from .catalogue import InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
+from .config import Settings
+from .fetcher import FetchResult, FetchSettings, Fetcher
+from .ingest import DecodeSettings, IngestError, _write_empty_part, _write_parquet, partition_of
+from .log import get_logger
+from .schema import (
+    CRAWL_MANIFEST_SCHEMA,
+    SPLIT_CRAWL,
+    STATUS_BAD_URL,
+    STATUS_NOT_IMAGE,
+    STATUS_OK,
+    STATUS_QUARANTINED,
+    STATUS_REJECTED,
+    STATUS_TOO_LARGE,
+    make_image_schema,
+)
+from .storage import S3Options
+
+log = get_logger(__name__)
+
+REQUIRED_COLUMNS = ("guid", "description", "typology", "url")
+WORK_DIR = "_work"
+PLAN_FILE = "plan.json"
+
+
+class CrawlError(IngestError):
+    """The crawl cannot run or its counts do not reconcile. (An ``IngestError``, so the CLI
+    reports it as a job failure, exit code 1.)"""
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a Spark task needs besides its URLs; picklable."""
+
+    work_url: str
+    fetch: FetchSettings
+    decode: DecodeSettings
+    commit_rows: int
+    row_group_bytes: int
+    s3: S3Options | None
+
+
+# ---------------------------------------------------------------- read and plan (pure)
+
+
+def read_url_rows(input_url: str, settings: Settings, s3: S3Options | None = None) -> tuple[list[InputRow], str]:
+    """Read and check the URL CSV; returns the rows and the sha256 of the file's bytes."""
+    raw = storage.read_bytes(input_url, s3)
+    name = posixpath.basename(input_url.rstrip("/"))
+    text = decode_csv_bytes(raw, name)
+    rows = parse_catalogue_csv(text, name, SPLIT_CRAWL, required=REQUIRED_COLUMNS, labelled=bool(settings.get("crawl.labelled")))
+    return reject_duplicates(rows), hashlib.sha256(raw).hexdigest()
+
+
+def manifest_record(row: InputRow) -> dict[str, Any]:
+    return {
+        "guid": row.guid,
+        "split": row.split,
+        "source_file": row.source_file,
+        "source_row": row.source_row,
+        "typology": row.typology,
+        "has_description": row.description is not None,
+        "status": None,
+        "reason": None,
+        "image_member": None,
+        "orig_width": None,
+        "orig_height": None,
+        "sha256": None,
+        "image_bytes": None,
+        "url": row.url,
+        "http_status": None,
+        "attempts": 0,
+        "bytes": None,
+    }
+
+
+def plan(rows: list[InputRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split rows into (fetch tasks, finished manifest rows). Pure.
+
+    One task per distinct URL (in first-seen order) carrying every row that names it, so a URL
+    shared by several guids is fetched once. Rejected CSV rows and unusable URLs are finished
+    here.
+    """
+    tasks: dict[str, dict[str, Any]] = {}
+    finished: list[dict[str, Any]] = []
+    for row in rows:
+        record = manifest_record(row)
+        if row.rejected_reason:
+            finished.append({**record, "status": STATUS_REJECTED, "reason": row.rejected_reason})
+            continue
+        problem = fetcher.url_problem(row.url)
+        if problem:
+            finished.append({**record, "status": STATUS_BAD_URL, "reason": problem})
+            continue
+        task = tasks.setdefault(row.url, {"url": row.url, "rows": []})
+        task["rows"].append({**record, "description": row.description})
+    return list(tasks.values()), finished
+
+
+def auto_partitions(unique_urls: int, urls_per_partition: int, parallelism: int) -> int:
+    """Enough partitions that each holds about ``urls_per_partition`` URLs (a failed task
+    redoes little, progress is fine-grained), and at least two per core."""
+    wanted = -(-unique_urls // max(1, urls_per_partition))
+    return max(1, min(max(wanted, 2 * parallelism), unique_urls or 1))
+
+
+def group_tasks(tasks: Iterable[dict[str, Any]], partitions: int) -> dict[int, list[dict[str, Any]]]:
+    """Stable: a URL's partition is a crc32 of the URL, so a resumed run finds the same split."""
+    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for task in tasks:
+        groups[partition_of(task["url"], partitions)].append(task)
+    return dict(groups)
+
+
+def decode_failure_status(reason: str) -> str:
+    """The manifest status of a body that ``images.decode_image`` refused. Pure."""
+    if reason.startswith(("empty file", "not an image", "unsupported image format")):
+        return STATUS_NOT_IMAGE
+    if reason.startswith("file too large"):
+        return STATUS_TOO_LARGE
+    return STATUS_QUARANTINED  # corrupt / truncated, decompression bomb, odd dimensions
+
+
+def outcome(task: dict[str, Any], fetched: FetchResult, decode: DecodeSettings, schema) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One URL's fetch result -> (manifest rows, encoded dataset rows), one each per guid that
+    names the URL. Decodes with the ingest code. Pure apart from CPU."""
+    fetch_fields = {
+        "http_status": fetched.http_status,
+        "attempts": fetched.attempts,
+        "bytes": fetched.received_bytes if fetched.attempts else None,
+        "image_member": fetched.final_url,
+    }
+    manifest_rows = [{k: v for k, v in {**row, **fetch_fields}.items() if k in CRAWL_MANIFEST_SCHEMA.names} for row in task["rows"]]
+    if not fetched.ok:
+        return [{**r, "status": fetched.status, "reason": fetched.reason} for r in manifest_rows], []
+    result = images.decode_image(fetched.body, decode.max_side, decode.max_pixels, decode.max_bytes)
+    image_fields = {"sha256": result.sha256, "image_bytes": result.num_bytes, "orig_width": result.orig_width, "orig_height": result.orig_height}
+    if not result.ok:
+        status = decode_failure_status(result.reason)
+        return [{**r, **image_fields, "status": status, "reason": result.reason} for r in manifest_rows], []
+    dataset_rows: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None
+    for row in task["rows"]:
+        scalars = {"guid": row["guid"], "split": row["split"], "typology": row["typology"], "description": row["description"]}
+        if first is None:  # encode the image once, however many guids share the URL
+            first = petastorm_io.encode_row(
+                schema,
+                {**scalars, "image": result.pixels, "orig_width": result.orig_width, "orig_height": result.orig_height, "sha256": result.sha256},
+            )
+            dataset_rows.append(first)
+        else:
+            dataset_rows.append({**first, **scalars})
+    return [{**r, **image_fields, "status": STATUS_OK, "reason": None} for r in manifest_rows], dataset_rows
+
+
+# ---------------------------------------------------------------- work directory
+
+
+def _work_paths(work_url: str) -> tuple[str, str]:
+    return storage.join(work_url, "dataset"), storage.join(work_url, "manifest")
+
+
+def _is_fragment(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet") and ".tmp-" not in name
+
+
+def list_fragments(work_url: str, s3: S3Options | None, prefix: str = "part-") -> list[str]:
+    """Names of the committed manifest fragments (each one a committed chunk)."""
+    manifest_url = _work_paths(work_url)[1]
+    if not storage.exists(manifest_url, s3):
+        return []
+    return [n for n in storage.list_files(manifest_url, s3) if _is_fragment(n) and n.startswith(prefix)]
+
+
+def read_fragment(work_url: str, name: str, s3: S3Options | None, columns: list[str] | None = None) -> pa.Table:
+    fs, path = storage.filesystem(storage.join(_work_paths(work_url)[1], name), s3)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def _clean_debris(work_url: str, s3: S3Options | None) -> int:
+    """Delete part files whose chunk never committed and half-written fragments. Driver only,
+    before any task runs."""
+    dataset_url, manifest_url = _work_paths(work_url)
+    committed = set(list_fragments(work_url, s3))
+    removed = 0
+    for directory, keep in ((dataset_url, committed), (manifest_url, committed)):
+        if not storage.exists(directory, s3):
+            continue
+        fs, path = storage.filesystem(directory, s3)
+        for name in storage.list_files(directory, s3):
+            if name not in keep:
+                fs.delete_file(posixpath.join(path, name))
+                removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------- the Spark task
+
+
+class _Chunks:
+    """Streams one task's results into committed chunks: a part file, then its fragment."""
+
+    def __init__(self, partition: int, task: TaskSettings, schema):
+        self.partition, self.task, self.schema = partition, task, schema
+        self.dataset_url, self.manifest_url = _work_paths(task.work_url)
+        self.sequence = 0
+        self.committed_rows = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.stem = f"part-{self.partition:05d}-{self.sequence:05d}-{uuid.uuid4().hex[:8]}"
+        self.writer = petastorm_io.PartWriter(storage.join(self.dataset_url, f"{self.stem}.parquet"), self.schema, self.task.row_group_bytes, self.task.s3)
+        self.manifest: list[dict[str, Any]] = []
+        self.urls = 0
+        self.bytes = 0
+
+    def add(self, manifest_rows: list[dict[str, Any]], dataset_rows: list[dict[str, Any]]) -> None:
+        for row in dataset_rows:
+            self.writer.add(row)
+            self.bytes += len(row["image"])
+        self.manifest.extend(manifest_rows)
+        self.urls += 1
+        if self.urls >= self.task.commit_rows or self.bytes >= self.task.row_group_bytes:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.manifest:
+            return
+        self.writer.close()  # the part file (absent when no row of the chunk is ok)
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(self.manifest, schema=CRAWL_MANIFEST_SCHEMA), buffer)
+        # The commit point: an atomic rename locally, a single PUT on S3.
+        storage.write_bytes(storage.join(self.manifest_url, f"{self.stem}.parquet"), buffer.getvalue(), self.task.s3)
+        self.committed_rows += len(self.manifest)
+        self.sequence += 1
+        self._open()
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any], limit: int) -> Iterator[Any]:
+    """``pool.map`` with at most ``limit`` items in flight, yielding in completion order (so
+    nothing piles up behind one slow URL)."""
+    pending: set[Future] = set()
+    for item in items:
+        pending.add(pool.submit(fn, item))
+        if len(pending) >= limit:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield future.result()
+
+
+def crawl_partition(partition: int, tasks: list[dict[str, Any]], task: TaskSettings) -> dict[str, Any]:
+    """Runs on an executor: fetch, decode, encode and store one partition's URLs in chunks."""
+    started = time.time()
+    done: set[int] = set()
+    for name in list_fragments(task.work_url, task.s3, prefix=f"part-{partition:05d}-"):
+        done.update(read_fragment(task.work_url, name, task.s3, ["source_row"]).column("source_row").to_pylist())
+    todo = [t for t in tasks if not all(r["source_row"] in done for r in t["rows"])]
+    schema = make_image_schema(task.decode.codec, task.decode.jpeg_quality)
+    chunks = _Chunks(partition, task, schema)
+
+    def work(url_task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        fetched = crawler.fetch(url_task["url"])
+        try:
+            manifest_rows, dataset_rows = outcome(url_task, fetched, task.decode, schema)
+        except Exception as exc:  # noqa: BLE001 - a bug on one URL must not lose the partition's rows
+            manifest_rows = [
+                {**{k: v for k, v in r.items() if k in CRAWL_MANIFEST_SCHEMA.names}, "status": STATUS_QUARANTINED,
+                 "reason": f"crawler error: {type(exc).__name__}: {exc}", "attempts": fetched.attempts}
+                for r in url_task["rows"]
+            ]
+            dataset_rows = []
+        return manifest_rows, dataset_rows, fetched.received_bytes
+
+    received = 0
+    with Fetcher(task.fetch) as crawler, ThreadPoolExecutor(task.fetch.threads, thread_name_prefix=f"crawl-{partition}") as pool:
+        for manifest_rows, dataset_rows, nbytes in _bounded_map(pool, work, todo, 2 * task.fetch.threads):
+            chunks.add(manifest_rows, dataset_rows)
+            received += nbytes
+        chunks.commit()
+        requests = crawler.requests
+    return {
+        "partition": partition,
+        "urls": len(todo),
+        "skipped_urls": len(tasks) - len(todo),
+        "rows": chunks.committed_rows,
+        "requests": requests,
+        "bytes": received,
+        "chunks": chunks.sequence,
+        "seconds": round(time.time() - started, 2),
+    }
+
+
+# ---------------------------------------------------------------- progress (driver)
+
+
+class Progress:
+    """Polls the committed fragments and logs done / failed / rate / ETA every few seconds."""
+
+    def __init__(self, work_url: str, s3: S3Options | None, total: int, already: int, interval_s: float):
+        self.work_url, self.s3, self.total, self.already, self.interval_s = work_url, s3, total, already, interval_s
+        self.seen: set[str] = set()
+        self.done = 0
+        self.failed = 0
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="crawl-progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        if self.interval_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def poll(self) -> None:
+        for name in list_fragments(self.work_url, self.s3):
+            if name in self.seen:
+                continue
+            with contextlib.suppress(Exception):
+                statuses = read_fragment(self.work_url, name, self.s3, ["status"]).column("status").to_pylist()
+                self.seen.add(name)
+                self.done += len(statuses)
+                self.failed += sum(s != STATUS_OK for s in statuses)
+
+    def line(self) -> str:
+        elapsed = max(1e-6, time.time() - self.started)
+        new = max(0, self.done - self.already)
+        rate = new / elapsed
+        left = self.total - self.done
+        eta = f"{left / rate / 60:.1f} min" if rate > 0 else "?"
+        return f"crawl: {self.done}/{self.total} rows done ({self.failed} failed), {rate:.1f} rows/s this run, ETA {eta}"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+            log.info(self.line())
+
+
+# ---------------------------------------------------------------- the job
+
+
+def _fingerprint(csv_sha256: str, settings: Settings) -> str:
+    relevant = {"csv": csv_sha256, "images": settings.section("images"), "labelled": settings.get("crawl.labelled")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _read_json(url: str, s3: S3Options | None) -> dict[str, Any] | None:
+    if not storage.exists(url, s3):
+        return None
+    return json.loads(storage.read_bytes(url, s3))
+
+
+def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], resume: bool, s3: S3Options | None) -> tuple[str, int, bool]:
+    """Set up ``OUTPUT/_work``; returns (work url, partitions, resumed?)."""
+    work_url = storage.join(output, WORK_DIR)
+    state = _read_json(storage.join(work_url, PLAN_FILE), s3)
+    if resume and state is not None:
+        if state.get("fingerprint") != fingerprint:
+            raise CrawlError(
+                f"--resume: {work_url} was started from a different input CSV or images settings; "
+                "run without --resume to start over"
+            )
+        removed = _clean_debris(work_url, s3)
+        if removed:
+            log.info("resume: removed %d uncommitted files of the killed run", removed)
+        return work_url, int(state["partitions"]), True
+    if resume:
+        log.warning("--resume: no unfinished crawl in %s; starting from the beginning", output)
+    storage.delete_dir(work_url, s3)
+    count = partitions()
+    storage.write_bytes(storage.join(work_url, PLAN_FILE), json.dumps({"fingerprint": fingerprint, "partitions": count}).encode(), s3)
+    return work_url, count, False
+
+
+def run(spark, settings: Settings, input_url: str, output: str, resume: bool = False) -> dict[str, Any]:
+    """Run the crawl; returns the summary also written to ``OUTPUT/summary.json``."""
+    started = time.time()
+    s3 = S3Options.from_settings(settings.section("s3"))
+    crawl_conf = settings.section("crawl")
+    decode = DecodeSettings.from_settings(settings)
+    rows, csv_sha256 = read_url_rows(input_url, settings, s3)
+    tasks, finished = plan(rows)
+    fingerprint = _fingerprint(csv_sha256, settings)
+
+    if resume and storage.is_committed(output, s3) and not storage.exists(storage.join(output, WORK_DIR, PLAN_FILE), s3):
+        previous = _read_json(storage.join(output, "summary.json"), s3) or {}
+        if previous.get("fingerprint") == fingerprint:
+            log.info("--resume: %s is already complete for this input; nothing to do", output)
+            return {**previous, "already_complete": True}
+
+    parallelism = spark.sparkContext.defaultParallelism
+    configured = int(crawl_conf["partitions"])
+    work_url, partitions, resumed = prepare_work(
+        output,
+        fingerprint,
+        lambda: configured or auto_partitions(len(tasks), int(crawl_conf["urls_per_partition"]), parallelism),
+        resume,
+        s3,
+    )
+    done_before: set[int] = set()
+    for name in list_fragments(work_url, s3) if resumed else []:
+        done_before.update(read_fragment(work_url, name, s3, ["source_row"]).column("source_row").to_pylist())
+    groups = group_tasks(tasks, partitions)
+    todo_groups = [
+        (pid, todo)
+        for pid, group in sorted(groups.items())
+        if (todo := [t for t in group if not all(r["source_row"] in done_before for r in t["rows"])])
+    ]
+    urls_todo = sum(len(g) for _, g in todo_groups)
+    rows_to_fetch = sum(len(t["rows"]) for t in tasks)
+    task_settings = TaskSettings(
+        work_url=work_url,
+        fetch=FetchSettings.from_settings(crawl_conf, int(crawl_conf["max_bytes"]), parallel_tasks=min(parallelism, max(1, len(todo_groups)))),
+        decode=decode,
+        commit_rows=max(1, int(crawl_conf["commit_rows"])),
+        row_group_bytes=int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024,
+        s3=s3,
+    )
+    log.info(
+        "crawl: %d input rows, %d distinct URLs to fetch (%d rows share a URL), %d finished at planning; "
+        "%d partitions, %d URLs left in %d of them%s; per task %d threads, %d connections per host",
+        len(rows), len(tasks), rows_to_fetch - len(tasks), len(finished), partitions, urls_todo, len(todo_groups),
+        f" (resuming: {len(done_before)} rows already stored)" if resumed else "",
+        task_settings.fetch.threads, task_settings.fetch.host_connections,
+    )
+
+    stats: list[dict[str, Any]] = []
+    if todo_groups:
+        with Progress(work_url, s3, rows_to_fetch, len(done_before), float(crawl_conf["progress_interval_s"])) as progress:
+            progress.poll()
+            progress.started = time.time()
+            stats = (
+                spark.sparkContext.parallelize(todo_groups, len(todo_groups))
+                .mapPartitions(lambda it: [crawl_partition(pid, group, task_settings) for pid, group in it])
+                .collect()  # per-partition counters only: no pixels reach the driver
+            )
+            progress.poll()
+            log.info(progress.line())
+
+    fetched_urls = sum(st["urls"] for st in stats)
+    seconds = time.time() - started
+    run_info = {
+        "input": input_url,
+        "fingerprint": fingerprint,
+        "distinct_urls": len(tasks),
+        "rows_sharing_a_url": rows_to_fetch - len(tasks),
+        "partitions": partitions,
+        "resumed": resumed,
+        "rows_stored_before_this_run": len(done_before),
+        "urls_fetched_this_run": fetched_urls,
+        "requests_this_run": sum(st["requests"] for st in stats),
+        "bytes_this_run": sum(st["bytes"] for st in stats),
+        "seconds_fetching": round(seconds, 2),
+        "urls_per_second": round(fetched_urls / max(1e-6, seconds), 2),
+    }
+    summary = assemble(spark, settings, rows, finished, work_url, output, s3, run_info)
+    log.info(
+        "crawl: %d input rows -> %d manifest rows (%s); %d images in the dataset; %d URLs fetched this run in %.1f s (%.1f/s); counts reconcile",
+        summary["input_rows"], summary["manifest_rows"],
+        ", ".join(f"{k} {v}" for k, v in sorted(summary["status_counts"].items())),
+        summary["dataset_rows"], summary["urls_fetched_this_run"], summary["seconds_fetching"], summary["urls_per_second"],
+    )
+    return summary
+
+
+def assemble(
+    spark, settings: Settings, rows: list[InputRow], finished: list[dict[str, Any]], work_url: str, output: str, s3: S3Options | None, run_info: dict[str, Any]
+) -> dict[str, Any]:
+    """Build the final output from the committed chunks and commit it atomically."""
+    decode = DecodeSettings.from_settings(settings)
+    schema = make_image_schema(decode.codec, decode.jpeg_quality)
+    fragments = list_fragments(work_url, s3)
+    crawled, drop = _deduplicate([(name, read_fragment(work_url, name, s3).to_pylist()) for name in fragments])
+    manifest = sorted(finished + crawled, key=lambda r: r["source_row"])
+    dataset_src, _ = _work_paths(work_url)
+    with storage.atomic_directory(output, s3) as tmp:
+        dataset_url = storage.join(tmp, "dataset")
+        parts = 0
+        for name in fragments:
+            source = storage.join(dataset_src, name)
+            if not storage.exists(source, s3):
+                continue  # a chunk with no ok row has no part file
+            if name in drop:
+                parts += _copy_without(source, storage.join(dataset_url, name), drop[name], s3)
+            else:
+                _link_or_copy(source, storage.join(dataset_url, name), s3)
+                parts += 1
+        if parts == 0:
+            _write_empty_part(storage.join(dataset_url, "part-00000.parquet"), schema, s3)
+        petastorm_io.write_metadata(dataset_url, schema, spark.sparkContext, s3)
+        summary = reconcile(rows, manifest, dataset_url, s3)
+        summary.update(output=output, chunks=len(fragments), **run_info)
+        _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=CRAWL_MANIFEST_SCHEMA), s3)
+        storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
+        storage.write_bytes(storage.join(tmp, "conf.json"), json.dumps(settings.values, ensure_ascii=False, indent=2).encode(), s3)
+    return summary
+
+
+def _deduplicate(fragments: list[tuple[str, list[dict[str, Any]]]]) -> tuple[list[dict[str, Any]], dict[str, set[str]]]:
+    """Keep each input row once. Normally every row is in one chunk; a row can be committed
+    twice only when executors of a killed run kept working beside the resumed one. The first
+    chunk (by name) wins; returns the kept manifest rows and, per chunk, the guids whose
+    dataset rows must be left out."""
+    seen: set[int] = set()
+    kept: list[dict[str, Any]] = []
+    drop: dict[str, set[str]] = {}
+    for name, rows in sorted(fragments):
+        for row in rows:
+            if row["source_row"] in seen:
+                if row["status"] == STATUS_OK:
+                    drop.setdefault(name, set()).add(row["guid"])
+                else:
+                    drop.setdefault(name, set())
+                continue
+            seen.add(row["source_row"])
+            kept.append(row)
+    if drop:
+        log.warning("%d chunks hold rows committed twice (a killed run's executors kept running); kept the first copy", len(drop))
+    return kept, drop
+
+
+def _copy_without(source: str, target: str, guids: set[str], s3: S3Options | None) -> int:
+    """Rewrite a part file without the dataset rows of ``guids`` (encoded bytes, no decoding)."""
+    fs, source_path = storage.filesystem(source, s3)
+    table = pq.read_table(source_path, filesystem=fs)
+    keep = [g not in guids for g in table.column("guid").to_pylist()]
+    table = table.filter(pa.array(keep))
+    if table.num_rows == 0:
+        return 0
+    target_fs, target_path = storage.filesystem(target, s3)
+    target_fs.create_dir(posixpath.dirname(target_path), recursive=True)
+    _write_parquet(target, table, s3)
+    return 1
+
+
+def _link_or_copy(source: str, target: str, s3: S3Options | None) -> None:
+    """A hard link locally (free, and the work copy stays intact until the commit replaces it);
+    a server-side copy on S3."""
+    fs, target_path = storage.filesystem(target, s3)
+    fs.create_dir(posixpath.dirname(target_path), recursive=True)
+    _, source_path = storage.filesystem(source, s3)
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            os.link(source_path, target_path)
+            return
+        except OSError:
+            pass
+    fs.copy_file(source_path, target_path)
+
+
+def reconcile(rows: list[InputRow], manifest: list[dict[str, Any]], dataset_url: str, s3: S3Options | None) -> dict[str, Any]:
+    """Every input row exactly once in the manifest; the dataset holds exactly the ok rows."""
+    status_counts = Counter(r["status"] for r in manifest)
+    dataset_guids = petastorm_io.read_columns(dataset_url, ["guid"], s3).column("guid").to_pylist()
+    ok_guids = sorted(r["guid"] for r in manifest if r["status"] == STATUS_OK)
+    input_keys = Counter(r.source_row for r in rows)
+    manifest_keys = Counter(r["source_row"] for r in manifest)
+    problems = []
+    if input_keys != manifest_keys:
+        extra = sum((manifest_keys - input_keys).values())
+        missing = sum((input_keys - manifest_keys).values())
+        problems.append(f"manifest rows {len(manifest)} != input rows {len(rows)} ({missing} missing, {extra} extra)")
+    if sorted(dataset_guids) != ok_guids:
+        problems.append(f"dataset holds {len(dataset_guids)} rows, manifest marks {len(ok_guids)} ok")
+    if problems:
+        raise CrawlError("counts do not reconcile: " + "; ".join(problems))
+    return {
+        "input_rows": len(rows),
+        "manifest_rows": len(manifest),
+        "dataset_rows": len(dataset_guids),
+        "status_counts": dict(sorted(status_counts.items())),
+        "reconciled": True,
+    }

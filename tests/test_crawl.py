@@ -1,0 +1,361 @@
+"""The crawl job end to end on local Spark, against a real HTTP server on 127.0.0.1
+(tests/http_zoo.py): the fault zoo, duplicate URLs, resume after kill -9, atomic commit."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from http_zoo import ZooServer, bomb_png, gen_image, image_bytes
+from PIL import Image
+
+from museum_typology import crawl, images, petastorm_io, storage
+from museum_typology.catalogue import CsvError, InputRow
+from museum_typology.config import load_settings
+from museum_typology.schema import CLASSES, CRAWL_MANIFEST_SCHEMA, MANIFEST_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("museum-typology")
+
+FAST = [
+    "crawl.connect_timeout_s=2.0",
+    "crawl.read_timeout_s=2.0",
+    "crawl.total_timeout_s=1.5",
+    "crawl.retries=1",
+    "crawl.backoff_base_s=0.05",
+    "crawl.backoff_max_s=0.2",
+    "crawl.max_redirects=3",
+    "crawl.max_bytes=2000000",
+    "crawl.threads_per_task=8",
+    "crawl.host_connections=8",
+    "crawl.progress_interval_s=0",
+]
+
+
+def _settings(tmp_path, *extra: str):
+    return load_settings(overrides=[f"paths.work_dir={tmp_path / 'work'}", *FAST, *extra], environ={})
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str, str, str]]) -> str:
+    import csv
+
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["guid", "description", "typology", "url"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def _manifest(output: Path) -> dict[str, dict]:
+    return {r["guid"]: r for r in pq.read_table(output / "manifest.parquet").to_pylist()}
+
+
+def _dataset(output: Path) -> dict[str, object]:
+    with petastorm_io.make_reader(str(output / "dataset"), num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+        return {row.guid: row for row in reader}
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def _row(n: int, url: str | None, guid: str | None = None, reason: str | None = None) -> InputRow:
+    return InputRow(guid or f"g{n}", "crawl", "urls.csv", n, n + 1, "описание", CLASSES[0], url, reason)
+
+
+def test_plan_groups_duplicate_urls_and_finishes_bad_rows():
+    rows = [
+        _row(1, "http://a.example/1.jpg"),
+        _row(2, "http://a.example/1.jpg"),
+        _row(3, "file:///etc/passwd"),
+        _row(4, None),
+        _row(5, "http://b.example/2.jpg", reason="duplicate guid"),
+        _row(6, "http://b.example/3.jpg"),
+    ]
+    tasks, finished = crawl.plan(rows)
+    assert [t["url"] for t in tasks] == ["http://a.example/1.jpg", "http://b.example/3.jpg"]
+    assert [r["guid"] for r in tasks[0]["rows"]] == ["g1", "g2"]
+    assert {r["source_row"]: r["status"] for r in finished} == {3: "bad_url", 4: "bad_url", 5: "rejected"}
+    assert all(r["attempts"] == 0 for r in finished)
+    groups = crawl.group_tasks(tasks * 3, 4)
+    assert crawl.group_tasks(tasks * 3, 4) == groups  # stable
+    assert sum(map(len, groups.values())) == 6
+
+
+def test_decode_failure_statuses():
+    assert crawl.decode_failure_status("empty file (0 bytes)") == "not_image"
+    assert crawl.decode_failure_status("not an image: content matches no known image format") == "not_image"
+    assert crawl.decode_failure_status("unsupported image format ICO") == "not_image"
+    assert crawl.decode_failure_status("file too large: 9 bytes > images.max_bytes=1") == "too_large"
+    assert crawl.decode_failure_status("corrupt image: OSError: image file is truncated") == "quarantined"
+    assert crawl.decode_failure_status("decompression bomb guard: 1x1") == "quarantined"
+
+
+def test_auto_partitions():
+    assert crawl.auto_partitions(180_000, 2000, 2) == 90
+    assert crawl.auto_partitions(100, 2000, 2) == 4  # at least two per core
+    assert crawl.auto_partitions(1, 2000, 8) == 1
+    assert crawl.auto_partitions(0, 2000, 2) == 1
+
+
+def test_crawl_manifest_schema_extends_the_ingest_one():
+    assert CRAWL_MANIFEST_SCHEMA.names[: len(MANIFEST_SCHEMA.names)] == MANIFEST_SCHEMA.names
+    assert CRAWL_MANIFEST_SCHEMA.names[len(MANIFEST_SCHEMA.names):] == ["url", "http_status", "attempts", "bytes"]
+
+
+# ---------------------------------------------------------------- the fault zoo, end to end
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    with ZooServer() as server:
+        yield server
+
+
+def _big_jpeg() -> bytes:
+    array = np.zeros((300, 400, 3), np.uint8)
+    array[..., 0] = np.linspace(0, 255, 400, dtype=np.uint8)[None, :]
+    array[..., 2] = np.linspace(0, 255, 300, dtype=np.uint8)[:, None]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_crawl_fault_zoo(spark, zoo, tmp_path):
+    sources = {
+        "jpeg": image_bytes("JPEG", colour=(200, 30, 30)),
+        "png": image_bytes("PNG", colour=(20, 160, 60)),
+        "webp": image_bytes("WEBP", colour=(10, 20, 220)),
+        "gif": image_bytes("GIF", colour=(250, 250, 0)),
+        "dup": image_bytes("PNG", size=(20, 30), colour=(5, 6, 7)),
+    }
+    urls = {name: zoo.add(f"{name}.img", body, "image/jpeg") for name, body in sources.items()}
+    zoo.add("ok.jpg", image_bytes("JPEG"), "image/jpeg")
+    zoo.add("html.jpg", b"<html><body>Not found</body></html>", "image/jpeg")
+    zoo.add("truncated.jpg", _big_jpeg()[:4000], "image/jpeg")
+    zoo.add("empty.jpg", b"", "image/jpeg")
+    zoo.add("bomb.png", bomb_png(), "image/png")
+    cases = {
+        # guid: (url, status, reason fragment, http_status, attempts)
+        "jpeg": (urls["jpeg"], "ok", None, 200, 1),
+        "png": (urls["png"], "ok", None, 200, 1),
+        "webp": (urls["webp"], "ok", None, 200, 1),
+        "gif": (urls["gif"], "ok", None, 200, 1),
+        "dup1": (urls["dup"], "ok", None, 200, 1),
+        "dup2": (urls["dup"], "ok", None, 200, 1),
+        "not-found": (zoo.url("/status/404"), "http_error", "HTTP 404 Not Found", 404, 1),
+        "flaky": (zoo.url("/flaky/crawl"), "ok", None, 200, 2),
+        "limited": (zoo.url("/limited/crawl"), "ok", None, 200, 2),
+        "drip": (zoo.url("/drip"), "timeout", "total timeout 1.5s exceeded", 200, 2),
+        "reset": (zoo.url("/reset"), "connection_error", "connection error", None, 2),
+        "redirects": (zoo.url("/redirect/3"), "ok", None, 200, 1),
+        "too-many-redirects": (zoo.url("/redirect/5"), "too_many_redirects", "max_redirects=3", 302, 1),
+        "loop": (zoo.url("/loop/a"), "too_many_redirects", "redirect loop", 301, 1),
+        "html": (zoo.url("/img/html.jpg"), "not_image", "not an image", 200, 1),
+        "truncated": (zoo.url("/img/truncated.jpg"), "quarantined", "corrupt image", 200, 1),
+        "empty": (zoo.url("/img/empty.jpg"), "not_image", "empty file", 200, 1),
+        "huge": (zoo.url("/huge"), "too_large", "Content-Length 10000000000 bytes > crawl.max_bytes=2000000", 200, 1),
+        "bomb": (zoo.url("/img/bomb.png"), "quarantined", "decompression bomb guard", 200, 1),
+        "short": (zoo.url("/short"), "connection_error", "IncompleteRead", 200, 2),
+        "file-url": ("file:///etc/passwd", "bad_url", "'file' is not allowed", None, 0),
+        "unparsable": ("http://[::1/x.jpg", "bad_url", "unparsable url", None, 0),
+        "no-url": ("", "bad_url", "empty url", None, 0),
+    }
+    rows = [(guid, f"описание {guid}", CLASSES[i % len(CLASSES)], url) for i, (guid, (url, *_)) in enumerate(cases.items())]
+    rows.append(("unlabelled", "x", "не класс", urls["png"]))  # unknown typology -> rejected
+    rows.append(("jpeg", "again", CLASSES[0], urls["jpeg"]))  # duplicate guid -> rejected
+    csv_path = _write_csv(tmp_path / "urls.csv", rows)
+    zoo.reset_counts()
+    output = tmp_path / "out"
+    settings = _settings(tmp_path, "crawl.partitions=3", "crawl.commit_rows=4", 'images.codec="png"')
+    summary = crawl.run(spark, settings, csv_path, str(output))
+
+    table = pq.read_table(output / "manifest.parquet")
+    assert table.schema.names == CRAWL_MANIFEST_SCHEMA.names
+    all_rows = table.to_pylist()
+    assert len(all_rows) == len(rows) == summary["input_rows"] == summary["manifest_rows"]
+    assert sorted(r["source_row"] for r in all_rows) == list(range(1, len(rows) + 1))  # each exactly once
+    manifest = {r["guid"]: r for r in all_rows if r["status"] != "rejected"}
+    rejected = [r for r in all_rows if r["status"] == "rejected"]
+    assert sorted(r["source_row"] for r in rejected) == [len(rows) - 1, len(rows)]
+    assert "unknown typology" in rejected[0]["reason"] and "duplicate guid jpeg" in rejected[1]["reason"]
+    for guid, (url, status, fragment, http_status, attempts) in cases.items():
+        row = manifest[guid]
+        assert (row["status"], row["http_status"], row["attempts"]) == (status, http_status, attempts), (guid, row)
+        assert row["url"] == (url or None)
+        if fragment is None:
+            assert row["reason"] is None, (guid, row)
+        else:
+            assert fragment in row["reason"], (guid, row["reason"])
+    assert manifest["redirects"]["image_member"] == zoo.url("/img/ok.jpg")
+    assert manifest["truncated"]["sha256"] and manifest["truncated"]["image_bytes"] == 4000
+    assert manifest["huge"]["bytes"] == 0
+    assert manifest["jpeg"]["bytes"] == len(sources["jpeg"]) == manifest["jpeg"]["image_bytes"]
+
+    # Duplicate URL: fetched once, stored for both guids; bad URLs never requested.
+    assert zoo.requests["/img/dup.img"] == 1
+    assert summary["distinct_urls"] == len(cases) - 1 - 3  # dup counted once; bad urls not tasks
+    assert summary["rows_sharing_a_url"] == 1
+    assert summary["status_counts"]["ok"] == 9 and summary["reconciled"] is True
+
+    # Stored pixels of the good images equal the sources (PNG codec here: lossless storage).
+    dataset = _dataset(output)
+    assert sorted(dataset) == sorted(g for g, r in manifest.items() if r["status"] == "ok")
+    for guid, name in [("jpeg", "jpeg"), ("png", "png"), ("webp", "webp"), ("gif", "gif"), ("dup1", "dup"), ("dup2", "dup")]:
+        source = np.asarray(Image.open(io.BytesIO(sources[name])).convert("RGB"))
+        stored = dataset[guid]
+        assert stored.image.shape == source.shape and np.array_equal(stored.image, source), guid
+        assert stored.sha256 == manifest[guid]["sha256"] and stored.split == "crawl"
+        assert stored.typology == manifest[guid]["typology"] and stored.description == f"описание {guid}"
+    assert np.array_equal(dataset["redirects"].image, images.decode_image(image_bytes("JPEG"), 512).pixels)
+    assert storage.is_committed(str(output)) and not (output / "_work").exists()
+    saved = json.loads((output / "summary.json").read_text())
+    assert saved["reconciled"] and saved["fingerprint"] == summary["fingerprint"]
+
+
+def test_missing_url_column_is_a_clear_error(spark, tmp_path):
+    (tmp_path / "urls.csv").write_text("guid,description,typology\nx,y,графика\n", encoding="utf-8")
+    with pytest.raises(CsvError, match=r"urls\.csv: missing column\(s\) url"):
+        crawl.run(spark, _settings(tmp_path), str(tmp_path / "urls.csv"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _gen_rows(zoo: ZooServer, n: int) -> list[tuple[str, str, str, str]]:
+    return [(f"g{i:04d}", f"item {i}", CLASSES[i % len(CLASSES)], zoo.url(f"/gen/{i}.png")) for i in range(n)]
+
+
+def _committed_rows(output: Path) -> dict[int, str]:
+    rows = {}
+    for path in sorted((output / "_work" / "manifest").glob("part-*.parquet")):
+        for row in pq.read_table(path, columns=["source_row", "url"]).to_pylist():
+            rows[row["source_row"]] = row["url"]
+    return rows
+
+
+def _path(url: str) -> str:
+    return "/" + url.split("/", 3)[3]
+
+
+def test_resume_after_kill_9_fetches_only_what_is_not_stored(spark, zoo, tmp_path):
+    n = 120
+    csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, n))
+    output = tmp_path / "out"
+    zoo.reset_counts()
+    zoo.delay_s = 0.1
+    args = [
+        str(SCRIPT), "crawl", "--input", csv_path, "--output", str(output), "--master", "local[2]",
+        "--set", 'spark.conf."spark.driver.memory"="1g"', "--set", "crawl.partitions=2", "--set", "crawl.commit_rows=5",
+        "--set", "crawl.host_connections=2", "--set", "crawl.threads_per_task=2",
+    ]
+    for item in FAST:
+        args += ["--set", item]
+    env = {**os.environ, "MUSEUM_NO_PROGRESS": "1"}
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            if len(list((output / "_work" / "manifest").glob("part-*.parquet"))) >= 3:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stdout.read().decode()[-3000:]
+        # kill -9 the driver's process group (the Python driver and its JVM). PySpark's worker
+        # daemon has its own process group and stops by itself when the JVM dies: wait for it,
+        # so that the snapshot below is final.
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        _, alive = psutil.wait_procs(descendants, timeout=30)
+        assert not alive, alive
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.stdout.close()
+    zoo.delay_s = 0.0
+    time.sleep(0.3)  # let requests in flight at the kill finish on the server side
+
+    assert not storage.is_committed(str(output))  # nothing half-done is presented as output
+    stored_before = _committed_rows(output)
+    assert 15 <= len(stored_before) < n, len(stored_before)
+    zoo.reset_counts()
+
+    summary = crawl.run(spark, _settings(tmp_path, "crawl.partitions=7"), csv_path, str(output), resume=True)
+    assert summary["resumed"] is True and summary["partitions"] == 2  # the plan of the killed run
+    assert summary["rows_stored_before_this_run"] == len(stored_before)
+    fetched_again = [u for u in stored_before.values() if zoo.requests[_path(u)]]
+    assert fetched_again == []  # nothing that was stored is fetched again
+    assert sum(zoo.requests.values()) == n - len(stored_before) == summary["urls_fetched_this_run"]
+
+    manifest = _manifest(output)
+    assert len(manifest) == n and all(r["status"] == "ok" for r in manifest.values())
+    assert sorted(r["source_row"] for r in manifest.values()) == list(range(1, n + 1))
+    dataset = _dataset(output)
+    assert sorted(dataset) == sorted(manifest)  # every guid exactly once
+    for i in (0, 57, n - 1):
+        source = np.asarray(Image.open(io.BytesIO(gen_image(i))).convert("RGB")).astype(int)
+        stored = dataset[f"g{i:04d}"].image.astype(int)
+        assert stored.shape == source.shape and np.abs(stored - source).max() <= 12  # JPEG storage
+    assert storage.is_committed(str(output)) and not (output / "_work").exists()
+
+    # Resuming a finished crawl does nothing; a plain re-run starts over and replaces it whole.
+    zoo.reset_counts()
+    again = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
+    assert again["already_complete"] is True and sum(zoo.requests.values()) == 0
+
+
+def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark, zoo, tmp_path, monkeypatch):
+    csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 12))
+    output = tmp_path / "out"
+    crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    first = pq.read_table(output / "manifest.parquet").to_pylist()
+
+    # A second crawl of a changed list dies in the final assembly: the old output stays whole.
+    csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 20))
+    real = petastorm_io.write_metadata
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(petastorm_io, "write_metadata", boom)
+    zoo.reset_counts()
+    with pytest.raises(RuntimeError, match="killed"):
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    assert sum(zoo.requests.values()) == 20
+    assert storage.is_committed(str(output)) and pq.read_table(output / "manifest.parquet").to_pylist() == first
+    assert len(_committed_rows(output)) == 20
+
+    # A chunk committed twice (executors of a killed run still working beside a resumed one)
+    # is kept once.
+    work = output / "_work"
+    chunk = sorted((work / "dataset").glob("part-*.parquet"))[0].name
+    for kind in ("dataset", "manifest"):
+        (work / kind / chunk.replace("part-", "part-99999-", 1)).write_bytes((work / kind / chunk).read_bytes())
+
+    # Resume: nothing to fetch, just the assembly.
+    monkeypatch.setattr(petastorm_io, "write_metadata", real)
+    zoo.reset_counts()
+    summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
+    assert sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == summary["dataset_rows"] == 20
+    assert sorted(_dataset(output)) == sorted(_manifest(output)) and len(_manifest(output)) == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary debris
+
+    # --resume onto work from another input is refused, clearly.
+    (output / "_work").mkdir()
+    (output / "_work" / "plan.json").write_text(json.dumps({"fingerprint": "other", "partitions": 2}))
+    with pytest.raises(crawl.CrawlError, match="different input CSV"):
+        crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
+
+
+def test_cli_help():
+    result = subprocess.run([str(SCRIPT), "crawl", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--resume" in result.stdout and "--input" in result.stdout
