@@ -119,6 +119,43 @@ def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/ingest)")
 
 
+def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Image model with Horovod on Spark: K fold models + out-of-fold probabilities, or --final."""
+    from . import train_image
+
+    work_dir = settings.get("paths.work_dir")
+    spark = _spark(settings, args, "train-image")
+    result = train_image.run(
+        spark,
+        settings,
+        args.dataset or storage.join(work_dir, "ingest", "dataset"),
+        args.model_dir or storage.join(work_dir, "models", "image"),
+        storage.join(work_dir, "oof", "image.parquet"),
+        folds=args.folds,
+        num_proc=args.num_proc,
+        final=args.final,
+        manifest=args.manifest,
+    )
+    metrics = result["metrics"]
+    if args.final:
+        print(f"train-image --final: validation macro-F1 {metrics['validation_macro_f1']:.3f} (best epoch {metrics['best_epoch'] + 1} of {metrics['epochs_run']}, {metrics['processes']} processes)")
+    else:
+        print(f"train-image: out-of-fold macro-F1 {metrics['macro_f1']:.3f} on {metrics['rows']} labelled images ({metrics['folds']} folds, {metrics['processes']} processes)")
+    for name in ("bundle", "oof", "report"):
+        if name in result:
+            print(f"  {name + ':':8s} {result[name]}")
+    return result
+
+
+def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", metavar="DIR", help="petastorm dataset (default: WORK_DIR/ingest/dataset)")
+    parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/image)")
+    parser.add_argument("--folds", type=int, metavar="K", help="number of stratified folds (default: image.folds)")
+    parser.add_argument("--num-proc", type=int, metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
+    parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on all labelled images (a stratified fold validates)")
+    parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest (guid, typology[, keep]) whose labels replace the dataset's")
+
+
 @dataclass(frozen=True)
 class Job:
     """One subcommand: its help line, its own options, and what it runs (args, settings)."""
@@ -132,6 +169,7 @@ class Job:
 JOBS: dict[str, Job] = {
     "ingest": Job("CSVs + images -> petastorm dataset and manifest", cmd_ingest, _ingest_arguments),
     "crawl": Job("URL CSV -> fetched images as a petastorm dataset and manifest (resumable)", cmd_crawl, _crawl_arguments),
+    "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments),
     "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
     "show-conf": Job("print the resolved settings as JSON", cmd_show_conf),
 }
@@ -164,8 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _job_errors() -> tuple[type[BaseException], ...]:
     from .ingest import IngestError
+    from .train_image import TrainImageError
 
-    return (IngestError,)
+    return (IngestError, TrainImageError)
 
 
 def main_submitted(job: str, argv: Sequence[str]) -> int:

@@ -1,0 +1,607 @@
+"""The image model: what runs inside each Horovod process, and the bundle it leaves.
+
+Two kinds of training, both one process per GPU (or CPU slot) under ``horovod.spark.run``:
+
+* **folds** (``fold_worker``): each rank reads its shard of the petastorm dataset (row groups
+  ``rank, rank + size, ...``) through petastorm -> tf.data, runs the frozen ImageNet backbone once
+  per image (mean of the image and its mirror) and keeps only the 1280-d features. For each of K
+  folds a dense head is trained on the other folds' features: the global minibatch of a step is
+  chosen by a seeded hash of the guid, each rank computes the loss of its rows of that batch over
+  the global batch size and the gradients are summed across ranks, so N processes compute the
+  same updates as one process with the global batch (float summation order aside). Each rank then
+  predicts its rows of the held-out fold: the out-of-fold probabilities.
+* **final** (``final_worker``): fine-tunes the upper blocks of the backbone and a head on every
+  labelled image but a stratified validation fold: class-balanced upsampling of the stream,
+  augmentation (crop, flip, colour, rotation), mixed precision on GPU, Horovod's averaged
+  gradients with the learning rate scaled by the number of processes, early stopping on the
+  validation macro-F1 (gathered from every rank so all ranks stop together).
+
+Rank 0 writes checkpoints (fold heads; final: the weights after each epoch); a re-run with the same
+data and settings resumes from them. Only small things travel back to the driver (guids,
+probabilities, curves); pixels never leave the worker that read them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import backbone as backbone_lib
+from . import petastorm_io, storage
+from .config import Settings
+from .schema import CLASSES
+from .storage import S3Options
+
+NUM_CLASSES = len(CLASSES)
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    variant: str
+    image_size: int
+    folds: int
+    seed: int
+    num_proc: int
+    batch_size: int
+    reader_workers: int
+    tta_flip: bool
+    head_hidden: int
+    head_dropout: float
+    head_l2: float
+    head_epochs: int
+    head_lr: float
+    label_smoothing: float
+    class_weight: str
+    finetune_from_block: int
+    final_epochs: int
+    final_lr: float
+    patience: int
+    max_upsample: float
+    shuffle_buffer: int
+    crop_min_area: float
+    rotation_degrees: float
+    color_jitter: float
+    mixed_precision: str
+    start_timeout: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageSettings:
+        section = settings.section("image")
+        casts = {"int": int, "float": float, "str": str, "bool": bool}
+        return cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
+
+
+def settings_dict(s: ImageSettings) -> dict[str, Any]:
+    return asdict(s)
+
+
+@dataclass
+class WorkerJob:
+    """Everything a Horovod process needs; picklable, small (no pixels)."""
+
+    dataset_url: str
+    s3: S3Options | None
+    settings: ImageSettings
+    labels: dict[str, int]  # guid -> class index, labelled rows used by this run
+    folds: dict[str, int]  # guid -> fold (fold mode: K folds; final mode: 0 = validation)
+    class_weights: list[float]
+    checkpoint_url: str
+    mode: str = "folds"  # or "final"
+    epochs: int | None = None  # overrides head_epochs / final_epochs (tests, benchmarks)
+    max_steps: int | None = None  # final mode: stop each epoch after this many steps (benchmarks)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def stable_hash(guids: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash per guid, the same in every process and run."""
+    return np.array([(zlib.crc32(g.encode()) << 32) | zlib.adler32(g.encode()) for g in guids], dtype=np.uint64)
+
+
+def batch_ids(hashes: np.ndarray, seed: int, fold: int, epoch: int, n_batches: int) -> np.ndarray:
+    """Which global minibatch each row is in at (fold, epoch): a seeded mix of the guid hash, so
+    every process assigns its rows the same way a single process would."""
+    rng = np.random.default_rng([seed, fold, epoch])
+    a, c = (int(v) | 1 for v in rng.integers(1, 2**62, size=2))
+    with np.errstate(over="ignore"):
+        mixed = hashes * np.uint64(a) + np.uint64(c)
+        mixed ^= mixed >> np.uint64(29)
+    return (mixed % np.uint64(n_batches)).astype(np.int64)
+
+
+def balanced_class_weights(labels: Sequence[int]) -> list[float]:
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_CLASSES).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(NUM_CLASSES)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return weights.tolist()
+
+
+def upsample_factors(labels: Sequence[int], cap: float) -> list[float]:
+    """Class-balanced upsampling: how many times, on average, each image of a class is repeated
+    per epoch so that every class appears about as often as the largest (at most ``cap``)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_CLASSES).astype(np.float64)
+    factors = np.where(counts > 0, np.minimum(counts.max() / np.maximum(counts, 1), cap), 0.0)
+    return factors.tolist()
+
+
+def macro_f1_present(y: np.ndarray, pred: np.ndarray) -> float:
+    from .report import macro_f1
+
+    return macro_f1(list(y), list(pred))
+
+
+# ---------------------------------------------------------------- Keras pieces
+
+
+def build_head(s: ImageSettings, seed: int, name: str = "head"):
+    import tensorflow as tf
+
+    init = tf.keras.initializers.GlorotUniform(seed=seed)
+    reg = tf.keras.regularizers.l2(s.head_l2) if s.head_l2 else None
+    inputs = tf.keras.Input((backbone_lib.FEATURES,), name="features")
+    x = inputs
+    if s.head_hidden:
+        x = tf.keras.layers.Dense(s.head_hidden, activation="relu", kernel_initializer=init, kernel_regularizer=reg, name="hidden")(x)
+    if s.head_dropout:
+        x = tf.keras.layers.Dropout(s.head_dropout, seed=seed, name="dropout")(x)
+    logits = tf.keras.layers.Dense(NUM_CLASSES, kernel_initializer=tf.keras.initializers.GlorotUniform(seed=seed + 1), kernel_regularizer=reg, name="logits", dtype="float32")(x)
+    return tf.keras.Model(inputs, logits, name=name)
+
+
+def resize(image, size: int):
+    """The one resize of the image model: squash to size x size, antialiased, float 0..255."""
+    import tensorflow as tf
+
+    return tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
+
+
+def preprocessing_spec(s: ImageSettings) -> dict[str, Any]:
+    return {
+        "input": "RGB uint8, any size",
+        "resize": f"squash to {s.image_size}x{s.image_size}, bilinear, antialiased (museum_typology.image_model.resize)",
+        "image_size": s.image_size,
+        "normalise": "(x - 127) / 128, inside the backbone's first layer",
+        "mean": backbone_lib.PREPROCESS_MEAN,
+        "std": backbone_lib.PREPROCESS_STD,
+        "tta_flip": s.tta_flip,
+    }
+
+
+# ---------------------------------------------------------------- Horovod setup and reading
+
+
+def _init_horovod():
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    hvd.init()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
+        tf.config.experimental.set_memory_growth(gpus[hvd.local_rank() % len(gpus)], True)
+    else:
+        # Processes on one machine share its cores: don't let each one start a thread per core.
+        threads = max(1, (os.cpu_count() or 1) // max(1, hvd.local_size()))
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
+    return hvd, bool(gpus)
+
+
+def shard_dataset(job: WorkerJob, rank: int, size: int, guids, num_epochs: int | None = 1, shuffle: bool = False, seed: int = 0):
+    """petastorm reader over this rank's row groups, restricted to ``guids``, as tf.data of
+    (guid, image uint8 HxWx3). Returns (reader, dataset); close the reader when done."""
+    from petastorm.predicates import in_set
+    from petastorm.tf_utils import make_petastorm_dataset
+
+    reader = petastorm_io.make_reader(
+        job.dataset_url,
+        job.s3,
+        schema_fields=["guid", "image"],
+        predicate=in_set(set(guids), "guid"),
+        cur_shard=rank,
+        shard_count=size,
+        num_epochs=num_epochs,
+        shuffle_row_groups=shuffle,
+        seed=seed,
+        workers_count=job.settings.reader_workers,
+        reader_pool_type="thread",
+    )
+    dataset = make_petastorm_dataset(reader).map(lambda row: (row.guid, row.image))
+    return reader, dataset
+
+
+def _label_table(labels: Mapping[str, int]):
+    import tensorflow as tf
+
+    keys = tf.constant(list(labels.keys()), tf.string)
+    values = tf.constant(list(labels.values()), tf.int64)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
+
+
+def extract_features(job: WorkerJob, backbone, rank: int, size: int) -> tuple[list[str], np.ndarray]:
+    """This rank's labelled images -> (guids, features), streamed in batches; pixels are dropped
+    as soon as their features exist."""
+    import tensorflow as tf
+
+    s = job.settings
+
+    @tf.function(reduce_retracing=True)
+    def features(images):
+        out = backbone(images, training=False)
+        if s.tta_flip:
+            out = (out + backbone(tf.image.flip_left_right(images), training=False)) / 2.0
+        return out
+
+    reader, dataset = shard_dataset(job, rank, size, job.labels.keys())
+    guids, chunks = [], []
+    with reader:
+        for guid_batch, image_batch in dataset.map(lambda g, img: (g, resize(img, s.image_size))).batch(s.batch_size):
+            guids.extend(g.decode() for g in guid_batch.numpy())
+            chunks.append(features(image_batch).numpy())
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, backbone_lib.FEATURES), np.float32)
+    order = np.argsort(guids, kind="stable")
+    return [guids[i] for i in order], feats[order]
+
+
+# ---------------------------------------------------------------- checkpoints (rank 0 writes)
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def save_head_checkpoint(url: str, fold: int, head, history: dict[str, list[float]], s3: S3Options | None) -> None:
+    arrays = {f"w{i}": w for i, w in enumerate(head.get_weights())}
+    storage.write_bytes(storage.join(url, f"fold{fold}.npz"), _npz_bytes(arrays), s3)
+    storage.write_bytes(storage.join(url, f"fold{fold}.json"), json.dumps({"fold": fold, "history": history}).encode(), s3)
+
+
+def load_head_checkpoint(url: str, fold: int, s3: S3Options | None) -> tuple[list[np.ndarray], dict[str, list[float]]] | None:
+    weights_url, meta_url = storage.join(url, f"fold{fold}.npz"), storage.join(url, f"fold{fold}.json")
+    if not (storage.exists(meta_url, s3) and storage.exists(weights_url, s3)):
+        return None
+    loaded = np.load(io.BytesIO(storage.read_bytes(weights_url, s3)))
+    return [loaded[f"w{i}"] for i in range(len(loaded.files))], json.loads(storage.read_bytes(meta_url, s3))["history"]
+
+
+# ---------------------------------------------------------------- fold mode
+
+
+def fold_worker(job: WorkerJob) -> dict[str, Any]:
+    """One Horovod process of the fold job. Returns its guids, out-of-fold rows and curves."""
+    started = time.time()
+    hvd, _ = _init_horovod()
+    import tensorflow as tf
+
+    rank, size = hvd.rank(), hvd.size()
+    s = job.settings
+    tf.keras.utils.set_random_seed(s.seed)
+    backbone = backbone_lib.imagenet_backbone(s.variant)
+    guids, feats = extract_features(job, backbone, rank, size)
+    feature_seconds = time.time() - started
+    y = np.array([job.labels[g] for g in guids], dtype=np.int64)
+    fold_of = np.array([job.folds[g] for g in guids], dtype=np.int64)
+    hashes = stable_hash(guids)
+    class_weights = tf.constant(job.class_weights, tf.float32)
+    epochs = job.epochs if job.epochs is not None else s.head_epochs
+    lr = s.head_lr * size  # the global batch grows with the number of processes
+    global_batch = s.batch_size * size
+
+    oof_rows: list[dict[str, Any]] = []
+    histories: dict[int, dict[str, list[float]]] = {}
+    for k in range(s.folds):
+        train_mask, held_mask = fold_of != k, fold_of == k
+        head = build_head(s, seed=s.seed + 1000 * k)
+        resumed = load_head_checkpoint(job.checkpoint_url, k, job.s3)
+        if resumed is not None:
+            head.set_weights(resumed[0])
+            histories[k] = resumed[1]
+        else:
+            histories[k] = _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weights, k, epochs, lr, global_batch, s)
+            if rank == 0:
+                save_head_checkpoint(job.checkpoint_url, k, head, histories[k], job.s3)
+        if held_mask.any():
+            proba = tf.nn.softmax(head(feats[held_mask], training=False)).numpy()
+            for g, label, p in zip(np.array(guids)[held_mask], y[held_mask], proba):
+                oof_rows.append({"guid": str(g), "label": int(label), "fold": k, "proba": p.astype(np.float32).tolist()})
+    return {
+        "rank": rank,
+        "size": size,
+        "guids": guids,
+        "oof": oof_rows,
+        "histories": histories if rank == 0 else {},
+        "feature_seconds": feature_seconds,
+        "seconds": time.time() - started,
+    }
+
+
+def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weights, fold: int, epochs: int, lr: float, global_batch: int, s: ImageSettings) -> dict[str, list[float]]:
+    """Global-minibatch Adam on cached features; gradients summed across ranks (see module doc)."""
+    import tensorflow as tf
+
+    optimizer = tf.keras.optimizers.Adam(lr)
+    # Same seeded initial weights everywhere; broadcast anyway so a rank can never drift.
+    hvd.broadcast_variables(head.variables, root_rank=0)
+    n_train = int(hvd.allreduce(tf.constant(float(train_mask.sum())), op=hvd.Sum).numpy())
+    n_batches = max(1, int(np.ceil(n_train / global_batch)))
+    x_train, y_train, h_train = tf.constant(feats[train_mask]), y[train_mask], hashes[train_mask]
+    loss_fn = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s.label_smoothing, reduction="none")
+
+    def weighted_loss(x, labels, training):
+        logits = head(x, training=training)
+        per_row = loss_fn(tf.one_hot(labels, NUM_CLASSES), logits) * tf.gather(class_weights, labels)
+        return tf.reduce_sum(per_row)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, backbone_lib.FEATURES], tf.float32), tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.float32)])
+    def step(x, labels, denominator):
+        with tf.GradientTape() as tape:
+            loss = weighted_loss(x, labels, True) / denominator
+            reg = tf.add_n(head.losses) / tf.cast(hvd.size(), tf.float32) if head.losses else 0.0
+            total = loss + reg
+        grads = tape.gradient(total, head.trainable_variables)
+        grads = [hvd.allreduce(g, op=hvd.Sum) for g in grads]
+        optimizer.apply_gradients(zip(grads, head.trainable_variables))
+        return loss
+
+    history: dict[str, list[float]] = {"train_loss": [], "held_loss": [], "held_macro_f1": []}
+    for epoch in range(epochs):
+        batch_of = batch_ids(h_train, s.seed, fold, epoch, n_batches)
+        weights_of = np.asarray(class_weights)[y_train]
+        local_weight = np.bincount(batch_of, weights=weights_of, minlength=n_batches).astype(np.float32)
+        global_weight = hvd.allreduce(tf.constant(local_weight), op=hvd.Sum).numpy()
+        epoch_loss = 0.0
+        for b in range(n_batches):
+            rows = np.where(batch_of == b)[0]
+            denominator = tf.constant(max(float(global_weight[b]), 1e-6), tf.float32)
+            if rows.size:
+                epoch_loss += float(step(tf.gather(x_train, rows), tf.constant(y_train[rows], tf.int64), denominator))
+            else:  # no local rows in this batch: still take part in the allreduce, with zeros
+                epoch_loss += float(step(tf.zeros((0, backbone_lib.FEATURES), tf.float32), tf.zeros((0,), tf.int64), denominator))
+        history["train_loss"].append(float(hvd.allreduce(tf.constant(epoch_loss), op=hvd.Sum).numpy()) / n_batches)
+        # Held-out curve (never used to choose anything: the head trains a fixed number of epochs).
+        held_x = tf.constant(feats[held_mask])
+        held_y = y[held_mask]
+        logits = head(held_x, training=False)
+        held_sum = float(tf.reduce_sum(loss_fn(tf.one_hot(held_y, NUM_CLASSES), logits))) if held_y.size else 0.0
+        n_held = float(hvd.allreduce(tf.constant(float(held_y.size)), op=hvd.Sum).numpy())
+        history["held_loss"].append(float(hvd.allreduce(tf.constant(held_sum), op=hvd.Sum).numpy()) / max(n_held, 1.0))
+        pred = tf.argmax(logits, axis=1) if held_y.size else tf.zeros((0,), tf.int64)
+        all_y = hvd.allgather(tf.constant(held_y, tf.int64)).numpy()
+        all_pred = hvd.allgather(tf.cast(pred, tf.int64)).numpy()
+        history["held_macro_f1"].append(macro_f1_present(all_y, all_pred) if all_y.size else 0.0)
+    return history
+
+
+# ---------------------------------------------------------------- final mode
+
+
+def _augment_fn(s: ImageSettings):
+    import tensorflow as tf
+
+    size = s.image_size
+
+    def augment(image):
+        image = tf.cast(image, tf.float32)
+        shape = tf.shape(image)
+        area = tf.random.uniform([], s.crop_min_area, 1.0)
+        aspect = tf.exp(tf.random.uniform([], np.log(3 / 4), np.log(4 / 3)))
+        h = tf.cast(shape[0], tf.float32)
+        w = tf.cast(shape[1], tf.float32)
+        ch = tf.clip_by_value(tf.cast(tf.round(h * tf.sqrt(area / aspect)), tf.int32), 1, shape[0])
+        cw = tf.clip_by_value(tf.cast(tf.round(w * tf.sqrt(area * aspect)), tf.int32), 1, shape[1])
+        image = tf.image.random_crop(image, tf.stack([ch, cw, 3]))
+        image = tf.image.resize(image, [size, size], antialias=True)
+        image = tf.image.random_flip_left_right(image)
+        if s.color_jitter:
+            c = s.color_jitter
+            image = tf.image.random_brightness(image, 255.0 * c / 2)
+            image = tf.image.random_contrast(image, 1 - c, 1 + c)
+            image = tf.image.random_saturation(image, 1 - c, 1 + c)
+        return tf.clip_by_value(image, 0.0, 255.0)
+
+    return augment
+
+
+def build_final_model(s: ImageSettings, use_mixed_precision: bool):
+    """ImageNet backbone with blocks >= finetune_from_block trainable (BN stays in inference mode)
+    and a head; returns (model, backbone, head)."""
+    import tensorflow as tf
+
+    if use_mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    backbone = backbone_lib.imagenet_backbone(s.variant)
+    backbone.trainable = True
+    upper = {layer.name for layer in backbone_lib.upper_block_layers(backbone, s.variant, s.finetune_from_block)}
+    for layer in backbone.layers:
+        layer.trainable = layer.name in upper
+    head = build_head(s, seed=s.seed)
+    inputs = tf.keras.Input((s.image_size, s.image_size, 3), name="pixels")
+    logits = head(backbone(inputs, training=False))
+    model = tf.keras.Model(inputs, logits, name="image_final")
+    return model, backbone, head
+
+
+def final_worker(job: WorkerJob) -> dict[str, Any]:
+    started = time.time()
+    hvd, has_gpu = _init_horovod()
+    import tensorflow as tf
+
+    rank, size = hvd.rank(), hvd.size()
+    s = job.settings
+    tf.keras.utils.set_random_seed(s.seed + rank)  # different augmentation per rank
+    mixed = s.mixed_precision == "on" or (s.mixed_precision == "auto" and has_gpu)
+    model, backbone, head = build_final_model(s, mixed)
+    train_guids = [g for g, f in job.folds.items() if f != 0]
+    val_guids = [g for g, f in job.folds.items() if f == 0]
+    train_labels = [job.labels[g] for g in train_guids]
+    factors = upsample_factors(train_labels, s.max_upsample)
+    epoch_images = sum(factors[c] for c in train_labels)
+    steps = max(1, int(np.ceil(epoch_images / (s.batch_size * size))))
+    if job.max_steps:
+        steps = min(steps, job.max_steps)
+    epochs = job.epochs if job.epochs is not None else s.final_epochs
+
+    table = _label_table(job.labels)
+    factor_table = tf.constant(factors, tf.float32)
+    augment = _augment_fn(s)
+    rotate = tf.keras.layers.RandomRotation(s.rotation_degrees / 360.0, fill_mode="reflect", seed=s.seed + rank) if s.rotation_degrees else None
+
+    def repeat_by_class(guid, image):
+        label = table.lookup(guid)
+        factor = tf.gather(factor_table, label)
+        n = tf.cast(tf.floor(factor + tf.random.uniform([])), tf.int64)  # stochastic rounding
+        return tf.data.Dataset.from_tensors((image, label)).repeat(n)
+
+    reader, dataset = shard_dataset(job, rank, size, train_guids, num_epochs=None, shuffle=True, seed=s.seed + rank)
+    train_ds = (
+        dataset.flat_map(repeat_by_class)
+        .shuffle(s.shuffle_buffer, seed=s.seed + rank)
+        .map(lambda img, label: (augment(img), label), num_parallel_calls=2)
+        .batch(s.batch_size, drop_remainder=True)
+        .prefetch(2)
+    )
+    optimizer = tf.keras.optimizers.Adam(s.final_lr * size)
+    if mixed:
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    class_weights = tf.constant(job.class_weights, tf.float32)
+    loss_fn = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s.label_smoothing)
+
+    use_weights = s.class_weight == "balanced" and max(factors) <= 1.0  # upsampling already balances
+
+    @tf.function
+    def train_step(images, labels):
+        if rotate is not None:
+            images = rotate(images, training=True)
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            loss = loss_fn(tf.one_hot(labels, NUM_CLASSES), logits, sample_weight=tf.gather(class_weights, labels) if use_weights else None)
+            scaled = optimizer.get_scaled_loss(loss) if mixed else loss
+        tape = hvd.DistributedGradientTape(tape)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if mixed:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    state_url = storage.join(job.checkpoint_url, "state.json")
+    weights_url = storage.join(job.checkpoint_url, "weights.h5")
+    best_url = storage.join(job.checkpoint_url, "best.h5")
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": {"train_loss": [], "val_macro_f1": [], "images_per_s": []}}
+    if storage.exists(state_url, job.s3) and storage.exists(weights_url, job.s3):
+        state = json.loads(storage.read_bytes(state_url, job.s3))
+        _load_weights(model, weights_url, job.s3)
+
+    hvd.broadcast_variables(model.variables, root_rank=0)  # identical start (also after a resume)
+    iterator = iter(train_ds)
+    with reader:
+        while state["epoch"] < epochs and state["bad_epochs"] < s.patience:
+            losses, t0, timed_images = [], None, 0
+            for i in range(steps):
+                images, labels = next(iterator)
+                loss = train_step(images, labels)
+                losses.append(float(loss))
+                if i == 0:
+                    t0 = time.time()  # the first step traces the graph: not timed
+                else:
+                    timed_images += int(images.shape[0])
+            rate = (timed_images * size / (time.time() - t0)) if t0 and timed_images else float("nan")
+            val_f1 = _validate(job, model, val_guids, hvd, rank, size)
+            state["history"]["train_loss"].append(float(hvd.allreduce(tf.constant(np.mean(losses)), op=hvd.Average).numpy()))
+            state["history"]["val_macro_f1"].append(val_f1)
+            state["history"]["images_per_s"].append(rate)
+            if val_f1 > state["best_f1"]:
+                state.update(best_f1=val_f1, best_epoch=state["epoch"], bad_epochs=0)
+                if rank == 0:
+                    _save_weights(model, best_url, job.s3)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] += 1
+            if rank == 0:
+                _save_weights(model, weights_url, job.s3)
+                storage.write_bytes(state_url, json.dumps(state).encode(), job.s3)
+            hvd.allreduce(tf.constant(0.0), name="epoch_barrier")  # rank 0's checkpoint is written
+    return {"rank": rank, "size": size, "state": state, "steps_per_epoch": steps, "seconds": time.time() - started, "mixed_precision": mixed}
+
+
+def _validate(job: WorkerJob, model, val_guids, hvd, rank: int, size: int) -> float:
+    import tensorflow as tf
+
+    s = job.settings
+    ys, preds = [], []
+    if val_guids:
+        reader, dataset = shard_dataset(job, rank, size, val_guids)
+        with reader:
+            for guid_batch, images in dataset.map(lambda g, img: (g, resize(img, s.image_size))).batch(s.batch_size):
+                logits = model(images, training=False)
+                ys.extend(job.labels[g.decode()] for g in guid_batch.numpy())
+                preds.extend(np.argmax(logits.numpy(), axis=1).tolist())
+    all_y = hvd.allgather(tf.constant(np.array(ys, dtype=np.int64))).numpy()
+    all_pred = hvd.allgather(tf.constant(np.array(preds, dtype=np.int64))).numpy()
+    return macro_f1_present(all_y, all_pred) if all_y.size else 0.0
+
+
+def _save_weights(model, url: str, s3: S3Options | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.h5"
+        model.save_weights(str(path))
+        storage.write_bytes(url, path.read_bytes(), s3)
+
+
+def _load_weights(model, url: str, s3: S3Options | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "w.h5"
+        path.write_bytes(storage.read_bytes(url, s3))
+        model.load_weights(str(path))
+
+
+# ---------------------------------------------------------------- the bundle, for scoring
+
+
+class ImageBundle:
+    """A trained image model loaded from its bundle directory: ``predict_proba(images)`` is the
+    mean softmax of its heads (K fold heads, or the one final head) in CLASSES order."""
+
+    def __init__(self, directory: str | Path):
+        import tensorflow as tf
+
+        directory = Path(directory)
+        self.meta = json.loads((directory / "model.json").read_text())
+        self.settings = ImageSettings(**self.meta["settings"])
+        self.version = self.meta["version"]
+        self.backbone = backbone_lib.build_backbone(self.settings.variant)
+        self.backbone.load_weights(str(directory / "backbone.weights.h5"))
+        self.heads = []
+        for name in self.meta["heads"]:
+            head = build_head(self.settings, seed=0)
+            head.load_weights(str(directory / name))
+            self.heads.append(head)
+        self._tf = tf
+
+    def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        tf = self._tf
+        batch = tf.stack([resize(img, self.settings.image_size) for img in images])
+        out = self.backbone(batch, training=False)
+        if self.settings.tta_flip:
+            out = (out + self.backbone(tf.image.flip_left_right(batch), training=False)) / 2.0
+        return out.numpy()
+
+    def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        tf = self._tf
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            feats = self.features(images[i : i + batch_size])
+            chunks.append(np.mean([tf.nn.softmax(h(feats, training=False)).numpy() for h in self.heads], axis=0))
+        return np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), np.float32)

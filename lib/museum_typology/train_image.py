@@ -1,0 +1,348 @@
+"""train-image job: the image model trained with Horovod on Spark from the petastorm dataset.
+
+driver: read the plain columns of the dataset (guid, typology, sha256; no pixels) -> labels (from
+a cleaned manifest when given) -> K stratified folds -> ``horovod.spark.run`` of
+``image_model.fold_worker`` (or ``final_worker`` with ``--final``) on ``num_proc`` Spark tasks ->
+out-of-fold probabilities (fold mode) -> the versioned bundle under ``models/image/<version>/``
+with a ``latest`` pointer, and a report, each written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import backbone as backbone_lib
+from . import image_model, report, storage
+from .config import Settings
+from .image_model import ImageSettings, WorkerJob
+from .log import get_logger
+from .schema import CLASS_INDEX, CLASSES
+from .storage import S3Options
+
+log = get_logger(__name__)
+LATEST = "latest"
+
+
+class TrainImageError(RuntimeError):
+    """The job cannot run (too few labelled images, fewer row groups than processes, ...)."""
+
+
+def make_version(digest: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}"
+
+
+def stratified_folds(guids: list[str], y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold id per row: stratified by class, seeded, independent of the input order. A class with
+    fewer than k images spreads over as many folds as it has images."""
+    from sklearn.model_selection import StratifiedKFold
+
+    order = np.argsort(guids, kind="stable")
+    fold = np.zeros(len(guids), dtype=np.int64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The least populated class has only n members"
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        for f, (_, held) in enumerate(splitter.split(np.zeros(len(order)), y[order])):
+            fold[order[held]] = f
+    return fold
+
+
+def read_labels(dataset_url: str, manifest: str | None, s3: S3Options | None) -> tuple[dict[str, int], str]:
+    """guid -> class index of the labelled images in the dataset (the cleaned manifest's label
+    when one is given), and a hash of (guid, label, image sha256) over them."""
+    from . import petastorm_io
+
+    table = petastorm_io.read_columns(dataset_url, ["guid", "typology", "sha256"], s3).to_pylist()
+    labels = {r["guid"]: r["typology"] for r in table if r["typology"] is not None}
+    sha = {r["guid"]: r["sha256"] for r in table}
+    if manifest:
+        cleaned = pq.read_table(storage.open_input_file(manifest, s3)).to_pylist()
+        if not cleaned or "guid" not in cleaned[0] or "typology" not in cleaned[0]:
+            raise TrainImageError(f"{manifest}: a cleaned manifest needs guid and typology columns")
+        keep = {r["guid"]: r["typology"] for r in cleaned if r.get("typology") and r.get("keep", True) and r["guid"] in sha}
+        log.info("cleaned manifest %s: %d of %d dataset images kept with their cleaned label", manifest, len(keep), len(sha))
+        labels = keep
+    unknown = sorted({t for t in labels.values() if t not in CLASS_INDEX})
+    if unknown:
+        raise TrainImageError(f"unknown typology in the labels: {unknown[:3]}")
+    digest = hashlib.sha256("\n".join(f"{g}\t{labels[g]}\t{sha[g]}" for g in sorted(labels)).encode()).hexdigest()
+    return {g: CLASS_INDEX[t] for g, t in labels.items()}, digest
+
+
+def row_group_count(dataset_url: str, s3: S3Options | None) -> int:
+    fs, path = storage.filesystem(dataset_url, s3)
+    total = 0
+    for name in storage.list_files(dataset_url, s3):
+        if name.endswith(".parquet"):
+            with fs.open_input_file(f"{path}/{name}") as f:
+                total += pq.ParquetFile(f).metadata.num_row_groups
+    return total
+
+
+def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) -> list[dict[str, Any]]:
+    import horovod.spark
+
+    log.info("horovod.spark.run: %d processes (%s mode), Gloo", num_proc, job.mode)
+    results = horovod.spark.run(fn, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0, start_timeout=start_timeout, stdout=sys.stderr, stderr=sys.stderr)
+    return sorted(results, key=lambda r: r["rank"])
+
+
+def run(
+    spark,
+    settings: Settings,
+    dataset_url: str,
+    model_dir: str,
+    oof_url: str,
+    folds: int | None = None,
+    num_proc: int | None = None,
+    final: bool = False,
+    manifest: str | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    started = time.time()
+    s3 = S3Options.from_settings(settings.section("s3"))
+    if folds:
+        settings = settings.set(["image", "folds"], int(folds), "--folds")
+    if num_proc:
+        settings = settings.set(["image", "num_proc"], int(num_proc), "--num-proc")
+    s = ImageSettings.from_settings(settings)
+    if not storage.exists(storage.join(dataset_url, "_common_metadata"), s3):
+        raise storage.StorageError(f"{dataset_url}: no petastorm dataset (run ingest first)")
+    n_proc = s.num_proc or spark.sparkContext.defaultParallelism
+    groups = row_group_count(dataset_url, s3)
+    if groups < n_proc:
+        raise TrainImageError(f"{dataset_url}: {groups} row groups < {n_proc} processes; each Horovod rank reads whole row groups (use fewer processes or re-ingest with more partitions)")
+
+    labels, digest = read_labels(dataset_url, manifest, s3)
+    if len(labels) < s.folds * 2:
+        raise TrainImageError(f"{dataset_url}: only {len(labels)} labelled images; need at least {s.folds * 2}")
+    guids = sorted(labels)
+    y = np.array([labels[g] for g in guids], dtype=np.int64)
+    fold = stratified_folds(guids, y, s.folds, s.seed)
+    conf_digest = hashlib.sha256(json.dumps({"image": image_model.settings_dict(s), "final": final, "epochs": epochs, "max_steps": max_steps}, sort_keys=True).encode()).hexdigest()
+    run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
+    version = make_version(run_key) + ("-final" if final else "")
+    checkpoint_url = storage.join(model_dir, "_checkpoints", ("final-" if final else "folds-") + run_key[:16])
+    weights = image_model.balanced_class_weights(y) if s.class_weight == "balanced" else [1.0] * len(CLASSES)
+    job = WorkerJob(
+        dataset_url=dataset_url,
+        s3=s3,
+        settings=s,
+        labels=dict(zip(guids, y.tolist())),
+        folds=dict(zip(guids, fold.tolist())),
+        class_weights=weights,
+        checkpoint_url=checkpoint_url,
+        mode="final" if final else "folds",
+        epochs=epochs,
+        max_steps=max_steps,
+    )
+    log.info("train-image (%s): %d labelled images, %d classes, %d folds, %d processes, checkpoints %s", job.mode, len(guids), len(set(y.tolist())), s.folds, n_proc, checkpoint_url)
+    results = run_horovod(spark, image_model.final_worker if final else image_model.fold_worker, job, n_proc, s.start_timeout)
+
+    if final:
+        outcome = _finish_final(results, job, settings, model_dir, version, digest, s3, started)
+    else:
+        outcome = _finish_folds(results, job, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started)
+    storage.delete_dir(checkpoint_url, s3)  # the bundle is committed: the run's checkpoints are done
+    outcome["results"] = results
+    return outcome
+
+
+def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started) -> dict[str, Any]:
+    s = job.settings
+    rows = [r for result in results for r in result["oof"]]
+    by_guid = {r["guid"]: r for r in rows}
+    if len(rows) != len(by_guid) or set(by_guid) != set(guids):
+        raise TrainImageError(f"out-of-fold rows do not reconcile: {len(rows)} rows, {len(by_guid)} distinct guids, {len(guids)} labelled images")
+    proba = np.array([by_guid[g]["proba"] for g in guids], dtype=np.float32)
+    pred = proba.argmax(axis=1)
+    histories = next(r["histories"] for r in results if r["rank"] == 0)
+    metrics = {
+        "version": version,
+        "mode": "folds",
+        "data_hash": digest,
+        "rows": len(guids),
+        "folds": s.folds,
+        "processes": results[0]["size"],
+        "macro_f1": report.macro_f1(y, pred),
+        "accuracy": float((pred == y).mean()),
+        "per_class": report.per_class_table(y, pred),
+        "per_fold_macro_f1": [report.macro_f1(y[fold == k], pred[fold == k]) for k in range(s.folds)],
+        "feature_seconds_per_rank": [round(r["feature_seconds"], 1) for r in results],
+        "seconds": round(time.time() - started, 1),
+    }
+    head_files = []
+    with tempfile.TemporaryDirectory(prefix="image-bundle-") as tmp:
+        local = Path(tmp) / version
+        (local / "heads").mkdir(parents=True)
+        for k in range(s.folds):
+            loaded = image_model.load_head_checkpoint(job.checkpoint_url, k, s3)
+            assert loaded is not None, f"fold {k}: no head checkpoint"
+            head = image_model.build_head(s, seed=0)
+            head.set_weights(loaded[0])
+            head.save_weights(str(local / "heads" / f"fold{k}.weights.h5"))
+            head_files.append(f"heads/fold{k}.weights.h5")
+        _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone_lib.imagenet_backbone(s.variant))
+        write_report(local / "report", y, pred, metrics, histories, "fold ensemble, out-of-fold")
+        bundle_url = _commit_bundle(local, model_dir, version, s3)
+    write_oof(oof_url, guids, y, fold, proba, version, s3)
+    log.info("train-image: out-of-fold macro-F1 %.3f on %d images, bundle %s, oof %s", metrics["macro_f1"], len(guids), bundle_url, oof_url)
+    return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
+
+
+def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest, s3, started) -> dict[str, Any]:
+    s = job.settings
+    state = results[0]["state"]
+    metrics = {
+        "version": version,
+        "mode": "final",
+        "data_hash": digest,
+        "rows": len(job.labels),
+        "validation_rows": sum(1 for f in job.folds.values() if f == 0),
+        "processes": results[0]["size"],
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "validation_macro_f1": state["best_f1"],
+        "history": state["history"],
+        "steps_per_epoch": results[0]["steps_per_epoch"],
+        "mixed_precision": results[0]["mixed_precision"],
+        "seconds": round(time.time() - started, 1),
+    }
+    model, backbone, head = image_model.build_final_model(s, use_mixed_precision=False)
+    best = storage.join(job.checkpoint_url, "best.h5")
+    image_model._load_weights(model, best if storage.exists(best, s3) else storage.join(job.checkpoint_url, "weights.h5"), s3)
+    with tempfile.TemporaryDirectory(prefix="image-bundle-") as tmp:
+        local = Path(tmp) / version
+        (local / "heads").mkdir(parents=True)
+        head.save_weights(str(local / "heads" / "final.weights.h5"))
+        _write_bundle(local, job, settings, version, digest, ["heads/final.weights.h5"], metrics, backbone)
+        write_report(local / "report", None, None, metrics, {0: {"train_loss": state["history"]["train_loss"], "val_macro_f1": state["history"]["val_macro_f1"]}}, "final model")
+        bundle_url = _commit_bundle(local, model_dir, version, s3)
+    log.info("train-image --final: validation macro-F1 %.3f (best epoch %d of %d), bundle %s", state["best_f1"], state["best_epoch"], state["epoch"], bundle_url)
+    return {"bundle": bundle_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
+
+
+def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str, digest: str, heads: list[str], metrics: dict[str, Any], backbone) -> None:
+    s = job.settings
+    backbone.save_weights(str(local / "backbone.weights.h5"))
+    weights_file = backbone_lib.weights_path(s.variant)
+    (local / "model.json").write_text(
+        json.dumps(
+            {
+                "version": version,
+                "kind": job.mode,
+                "heads": heads,
+                "settings": image_model.settings_dict(s),
+                "backbone": {"variant": s.variant, "imagenet_weights": weights_file.name, "imagenet_weights_sha256": backbone_lib.file_sha256(weights_file), "fine_tuned": job.mode == "final"},
+            },
+            indent=2,
+        )
+    )
+    (local / "preprocessing.json").write_text(json.dumps(image_model.preprocessing_spec(s), indent=2))
+    (local / "classes.json").write_text(json.dumps(list(CLASSES), ensure_ascii=False, indent=2))
+    (local / "conf.json").write_text(json.dumps({"image": image_model.settings_dict(s), "settings": settings.values}, ensure_ascii=False, indent=2))
+    (local / "data.json").write_text(json.dumps({"data_hash": digest, "dataset": job.dataset_url, "labelled_images": len(job.labels)}, indent=2))
+    (local / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
+
+
+def _commit_bundle(local: Path, model_dir: str, version: str, s3) -> str:
+    bundle_url = storage.join(model_dir, version)
+    with storage.atomic_directory(bundle_url, s3) as staging:
+        storage.upload_directory(str(local), staging, s3)
+    storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
+    return bundle_url
+
+
+def curves_png(histories: dict[int, dict[str, list[float]]], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _figure_png
+
+    keys = sorted({k for h in histories.values() for k in h})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for fold, history in sorted(histories.items()):
+            if history.get(key):
+                ax.plot(range(1, len(history[key]) + 1), history[key], label=f"fold {fold}" if len(histories) > 1 else key)
+        ax.set_title(key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _figure_png(fig)
+
+
+def write_report(directory: Path, y, pred, metrics: dict[str, Any], histories, title: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "curves.png").write_bytes(curves_png({int(k): v for k, v in histories.items()}, f"image model {metrics['version']}: training curves"))
+    lines = [f"# Image model {metrics['version']} ({metrics['mode']})", ""]
+    if y is not None:
+        (directory / "confusion.png").write_bytes(report.confusion_png(y, pred, f"image {title} (macro-F1 {metrics['macro_f1']:.3f})"))
+        lines += [
+            f"{metrics['folds']}-fold stratified cross-validation on {metrics['rows']} labelled images, {metrics['processes']} Horovod processes.",
+            "",
+            f"Out-of-fold macro-F1 **{metrics['macro_f1']:.3f}** (classes present), accuracy {metrics['accuracy']:.3f}; per fold: "
+            + ", ".join(f"{v:.3f}" for v in metrics["per_fold_macro_f1"]),
+            "",
+            report.markdown_table([r for r in metrics["per_class"] if r["support"]], ["class", "support", "f1", "precision", "recall"]),
+            "",
+            "![confusion](confusion.png) ![curves](curves.png)",
+        ]
+    else:
+        lines += [
+            f"Fine-tuned on {metrics['rows'] - metrics['validation_rows']} images, validated on {metrics['validation_rows']} (a stratified fold), {metrics['processes']} processes, mixed precision {metrics['mixed_precision']}.",
+            "",
+            f"Best validation macro-F1 **{metrics['validation_macro_f1']:.3f}** at epoch {metrics['best_epoch'] + 1} of {metrics['epochs_run']}.",
+            "",
+            "![curves](curves.png)",
+        ]
+    (directory / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_oof(url: str, guids, y, fold, proba, version: str, s3) -> None:
+    """oof/image.parquet: guid, label (given), fold, proba (15 floats, CLASSES order), model_version."""
+    table = pa.table(
+        {
+            "guid": pa.array(list(guids), pa.string()),
+            "label": pa.array([CLASSES[i] for i in y], pa.string()),
+            "fold": pa.array(np.asarray(fold).astype(np.int32), pa.int32()),
+            "proba": pa.array(np.asarray(proba, dtype=np.float32).tolist(), pa.list_(pa.float32())),
+            "model_version": pa.array([version] * len(guids), pa.string()),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes(url, sink.getvalue().to_pybytes(), s3)
+
+
+def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
+    """The newest image bundle under ``model_dir`` (or ``model_dir`` itself), as a local directory."""
+    if storage.exists(storage.join(model_dir, "model.json"), s3):
+        bundle_url = model_dir
+    else:
+        latest = storage.join(model_dir, LATEST)
+        if not storage.exists(latest, s3):
+            raise storage.StorageError(f"{model_dir}: no image model bundle (run train-image first)")
+        bundle_url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
+    if not storage.is_s3(bundle_url):
+        return Path(storage.filesystem(bundle_url)[1])
+    version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
+    local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / version
+    if not (local / "model.json").is_file():
+        storage.download_directory(bundle_url, str(local), s3)
+    return local

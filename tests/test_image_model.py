@@ -1,0 +1,150 @@
+"""The train-image job on a tiny synthetic data set (30 colour-coded images of 3 classes, ingested
+by the ingest job into 2 row groups): Horovod on Spark with 2 local processes against 1."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from museum_typology import image_model, ingest, train_image
+from museum_typology.schema import CLASSES
+
+COLOURS = {0: (200, 30, 30), 6: (30, 180, 40), 12: (30, 40, 200)}  # class index -> colour
+
+
+def _image(colour, rng) -> bytes:
+    pixels = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 25, (48 + rng.integers(0, 32), 64, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(spark, tmp_path_factory):
+    from museum_typology.config import load_settings
+
+    root = tmp_path_factory.mktemp("image-data")
+    rng = np.random.default_rng(0)
+    rows = ["guid,description,typology"]
+    with zipfile.ZipFile(root / "images.zip", "w") as archive:
+        for n in range(30):
+            label = list(COLOURS)[n % 3]
+            guid = f"img{n:02d}"
+            rows.append(f"{guid},,{CLASSES[label]}")
+            archive.writestr(f"images/{guid}.jpg", _image(COLOURS[label], rng))
+    (root / "train_images.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (root / "train.csv").write_text("guid,description,typology\n", encoding="utf-8")
+    (root / "test.csv").write_text("guid,description,typology\n", encoding="utf-8")
+    settings = load_settings(overrides=["ingest.partitions=2"], environ={})
+    ingest.run(spark, settings, str(root), str(root / "ingest"))
+    return root / "ingest" / "dataset"
+
+
+def _settings(tmp_path, batch_size, head_lr, extra=()):
+    from museum_typology.config import load_settings
+
+    return load_settings(
+        overrides=[
+            f"paths.work_dir={tmp_path}",
+            "image.image_size=64",
+            "image.folds=3",
+            "image.head_hidden=16",
+            "image.head_epochs=1",
+            f"image.batch_size={batch_size}",
+            f"image.head_lr={head_lr}",
+            "image.reader_workers=1",
+            "image.start_timeout=180",
+            *extra,
+        ],
+        environ={},
+    )
+
+
+def test_two_processes_disjoint_shards_and_same_result_as_one(spark, tiny_dataset, tmp_path):
+    labelled = sorted(f"img{n:02d}" for n in range(30))
+    runs = {}
+    # 2 processes x batch 4 with the learning rate scaled x2 == 1 process with the global batch 8.
+    for procs, batch, lr in ((2, 4, 0.01), (1, 8, 0.02)):  # the job scales head_lr by the processes
+        work = tmp_path / f"p{procs}"
+        settings = _settings(work, batch, lr)
+        runs[procs] = train_image.run(  # head_lr x processes = 0.02 in both runs
+spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "oof" / "image.parquet"), num_proc=procs)
+
+    seen = [set(r["guids"]) for r in runs[2]["results"]]
+    assert [r["rank"] for r in runs[2]["results"]] == [0, 1]
+    assert seen[0] and seen[1] and not (seen[0] & seen[1])  # disjoint shards
+    assert sorted(seen[0] | seen[1]) == labelled  # covering the data
+
+    oof = {p: pq.read_table(tmp_path / f"p{p}" / "oof" / "image.parquet").to_pylist() for p in runs}
+    for p in runs:
+        assert sorted(r["guid"] for r in oof[p]) == labelled  # every labelled image exactly once
+        assert all(len(r["proba"]) == len(CLASSES) and abs(sum(r["proba"]) - 1) < 1e-4 for r in oof[p])
+        assert {r["fold"] for r in oof[p]} == {0, 1, 2}
+    two = {r["guid"]: np.array(r["proba"]) for r in oof[2]}
+    one = {r["guid"]: np.array(r["proba"]) for r in oof[1]}
+    assert [r["fold"] for r in sorted(oof[2], key=lambda r: r["guid"])] == [r["fold"] for r in sorted(oof[1], key=lambda r: r["guid"])]
+    assert max(np.abs(two[g] - one[g]).max() for g in labelled) < 1e-4
+    assert runs[1]["metrics"]["macro_f1"] == pytest.approx(runs[2]["metrics"]["macro_f1"])
+
+    bundle = Path(runs[2]["bundle"])
+    assert (bundle.parent / "latest").read_text() == bundle.name
+    for name in ("backbone.weights.h5", "model.json", "preprocessing.json", "classes.json", "conf.json", "data.json", "metrics.json", "report/report.md", "report/confusion.png", "report/curves.png", "_SUCCESS"):
+        assert (bundle / name).is_file(), name
+    assert json.loads((bundle / "classes.json").read_text()) == list(CLASSES)
+    assert len(json.loads((bundle / "model.json").read_text())["heads"]) == 3
+    assert not (bundle.parent / "_checkpoints").exists() or not any((bundle.parent / "_checkpoints").iterdir())
+
+    # The bundle scores images: the fold heads' mean, the same numbers as the out-of-fold rows' models.
+    model = image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)))
+    proba = model.predict_proba([np.full((40, 50, 3), COLOURS[0], np.uint8)])
+    assert proba.shape == (1, len(CLASSES)) and abs(proba.sum() - 1) < 1e-4
+
+
+def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path):
+    settings = _settings(tmp_path, 4, 0.001, ["image.finetune_from_block=14", "image.shuffle_buffer=8"])
+    result = train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models" / "image"), str(tmp_path / "unused.parquet"), num_proc=2, final=True, epochs=1, max_steps=2)
+    metrics = result["metrics"]
+    assert metrics["mode"] == "final" and metrics["processes"] == 2 and metrics["epochs_run"] == 1
+    assert metrics["validation_rows"] == 10  # fold 0 of 3 stratified folds
+    assert 0.0 <= metrics["validation_macro_f1"] <= 1.0
+    bundle = Path(result["bundle"])
+    assert bundle.name.endswith("-final") and (bundle / "heads" / "final.weights.h5").is_file()
+    assert json.loads((bundle / "model.json").read_text())["backbone"]["fine_tuned"] is True
+    assert not (tmp_path / "unused.parquet").exists()
+
+
+def test_batch_assignment_is_the_same_whatever_the_sharding():
+    guids = [f"g{i}" for i in range(100)]
+    hashes = image_model.stable_hash(guids)
+    whole = image_model.batch_ids(hashes, 13, 0, 0, 7)
+    halves = np.concatenate([image_model.batch_ids(hashes[:37], 13, 0, 0, 7), image_model.batch_ids(hashes[37:], 13, 0, 0, 7)])
+    assert (whole == halves).all() and set(whole) == set(range(7))
+    assert not (whole == image_model.batch_ids(hashes, 13, 0, 1, 7)).all()  # reshuffled per epoch
+
+
+def test_stratified_folds_are_balanced_and_order_free():
+    guids = [f"g{i}" for i in range(40)]
+    y = np.array([i % 4 for i in range(40)])
+    fold = train_image.stratified_folds(guids, y, 5, 13)
+    assert sorted(np.bincount(fold).tolist()) == [8] * 5
+    for k in range(5):
+        assert sorted(np.bincount(y[fold == k], minlength=4).tolist()) == [2, 2, 2, 2]
+    rev = train_image.stratified_folds(guids[::-1], y[::-1], 5, 13)[::-1]
+    assert (rev == fold).all()
+
+
+def test_cli_train_image_help():
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("museum-typology")
+    result = subprocess.run([str(script), "train-image", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage: museum-typology train-image" in result.stdout
+    for option in ("--dataset", "--model-dir", "--folds", "--num-proc", "--final", "--manifest"):
+        assert option in result.stdout
