@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Image model benchmark: the train-image fold job against a simple probe, same folds, one run;
+and training throughput with 1 and 2 local Horovod processes.
+
+(a) probe: frozen EfficientNet-Lite0 pooled features of each image (plain, no mirror) +
+    scikit-learn logistic regression (class_weight="balanced"), trained on each fold's training
+    part and predicting its held-out part.
+(b) the job: ``museum_typology.train_image.run`` (Horovod on Spark, ``--num-proc`` processes),
+    K stratified folds of a dense head on the frozen backbone features (image + mirror mean),
+    out-of-fold probabilities read back from ``oof/image.parquet``.
+Both use the folds of ``train_image.stratified_folds`` over the same labelled images, so the
+out-of-fold macro-F1 (over the classes present) and the per-class F1 compare like for like.
+
+Throughput: ``train_image.run(final=True)`` (fine-tuning the upper blocks with augmentation) for
+one short epoch with 1 and then 2 processes; images/s is the global rate of the timed steps
+(the first step, which traces the graph, is not timed), as the workers report it.
+
+Input: the shared labelled images (``../shared/data``), ingested into a temp dir with
+``museum_typology.ingest.run``.
+
+    .venv/bin/python benchmarks/train_image.py [--data DIR] [--folds 5] [--steps 6] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("MUSEUM_NO_PROGRESS", "1")
+
+
+def probe_features(dataset_url: str, guids: list[str], image_size: int) -> np.ndarray:
+    """Plain pooled backbone features of each labelled image, in ``guids`` order."""
+    import tensorflow as tf
+
+    from museum_typology import backbone, image_model, petastorm_io
+
+    model = backbone.imagenet_backbone("efficientnet-lite0")
+    wanted = set(guids)
+    feats = {}
+    with petastorm_io.make_reader(dataset_url, schema_fields=["guid", "image"], num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+        batch_g, batch_x = [], []
+        for row in reader:
+            if row.guid not in wanted:
+                continue
+            batch_g.append(row.guid)
+            batch_x.append(image_model.resize(row.image, image_size))
+            if len(batch_g) == 32:
+                feats.update(zip(batch_g, model(tf.stack(batch_x), training=False).numpy()))
+                batch_g, batch_x = [], []
+        if batch_g:
+            feats.update(zip(batch_g, model(tf.stack(batch_x), training=False).numpy()))
+    return np.stack([feats[g] for g in guids])
+
+
+def probe_oof(x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pred = np.zeros(len(y), dtype=np.int64)
+    for f in range(k):
+        train, held = fold != f, fold == f
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000, class_weight="balanced"))
+        clf.fit(x[train], y[train])
+        pred[held] = clf.predict(x[held])
+    return pred
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per throughput run (plus one untimed)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    args = parser.parse_args()
+
+    from museum_typology import ingest, report, train_image
+    from museum_typology.config import load_settings
+    from museum_typology.log import setup_logging
+    from museum_typology.schema import CLASSES
+    from museum_typology.session import build_spark
+
+    setup_logging("WARNING")
+    results: dict = {"cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as tmp:
+        settings = load_settings(overrides=[f"paths.work_dir={tmp}", 'spark.conf."spark.driver.memory"="3g"', *args.overrides], environ={})
+        spark = build_spark(settings, "bench-image", master="local[2]")
+        summary = ingest.run(spark, settings, args.data, f"{tmp}/ingest")
+        dataset = f"{tmp}/ingest/dataset"
+        image_size = int(settings.get("image.image_size"))
+        print(f"ingested {summary['dataset_rows']} images", flush=True)
+
+        # (b) the job, 2 processes.
+        t0 = time.time()
+        job = train_image.run(spark, settings, dataset, f"{tmp}/models/image", f"{tmp}/oof/image.parquet", folds=args.folds, num_proc=2)
+        job_seconds = time.time() - t0
+        import pyarrow.parquet as pq
+
+        oof = sorted(pq.read_table(f"{tmp}/oof/image.parquet").to_pylist(), key=lambda r: r["guid"])
+        guids = [r["guid"] for r in oof]
+        y = np.array([CLASSES.index(r["label"]) for r in oof])
+        fold = np.array([r["fold"] for r in oof])
+        job_pred = np.array([int(np.argmax(r["proba"])) for r in oof])
+        assert (fold == train_image.stratified_folds(guids, y, args.folds, int(settings.get("image.seed")))).all()
+
+        # (a) the probe on the same folds.
+        t0 = time.time()
+        x = probe_features(dataset, guids, image_size)
+        probe_pred = probe_oof(x, y, fold, args.folds)
+        probe_seconds = time.time() - t0
+
+        counts = np.bincount(y, minlength=len(CLASSES))
+        five = [c for c in range(len(CLASSES)) if counts[c] >= 5]
+        table = []
+        job_rows, probe_rows = report.per_class_table(y, job_pred), report.per_class_table(y, probe_pred)
+        for c in range(len(CLASSES)):
+            if counts[c]:
+                table.append({"class": CLASSES[c], "support": int(counts[c]), "probe_f1": probe_rows[c]["f1"], "job_f1": job_rows[c]["f1"]})
+        results["cv"] = {
+            "images": len(y),
+            "folds": args.folds,
+            "macro_f1_all_present": {"probe": report.macro_f1(y, probe_pred), "job": report.macro_f1(y, job_pred)},
+            "macro_f1_classes_ge5": {"probe": report.macro_f1(y, probe_pred, labels=five), "job": report.macro_f1(y, job_pred, labels=five)},
+            "accuracy": {"probe": float((probe_pred == y).mean()), "job": float((job_pred == y).mean())},
+            "per_class": table,
+            "seconds": {"probe": round(probe_seconds, 1), "job_2proc": round(job_seconds, 1)},
+        }
+        print(report.markdown_table(table, ["class", "support", "probe_f1", "job_f1"]), flush=True)
+        print(json.dumps({k: v for k, v in results["cv"].items() if k != "per_class"}, indent=1), flush=True)
+
+        # Throughput: the fine-tuning (--final) loop, 1 then 2 processes, same settings.
+        results["throughput"] = {}
+        for procs in (1, 2):
+            t0 = time.time()
+            final = train_image.run(spark, settings, dataset, f"{tmp}/models/final{procs}", f"{tmp}/unused.parquet", num_proc=procs, final=True, epochs=1, max_steps=args.steps + 1)
+            rate = final["metrics"]["history"]["images_per_s"][0]
+            results["throughput"][f"{procs}_proc"] = {"images_per_s": rate, "global_batch": int(settings.get("image.batch_size")) * procs, "wall_seconds": round(time.time() - t0, 1), "load_avg": os.getloadavg()[0]}
+            print(f"throughput, {procs} process(es): {rate:.1f} images/s (image {image_size}px, batch {settings.get('image.batch_size')} per process)", flush=True)
+        spark.stop()
+    results["load_avg_end"] = os.getloadavg()[0]
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, ensure_ascii=False, indent=2))
+    print(json.dumps(results["throughput"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
