@@ -359,3 +359,27 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
 def test_cli_help():
     result = subprocess.run([str(SCRIPT), "crawl", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--resume" in result.stdout and "--input" in result.stdout
+
+
+def test_rehearsal_csv_and_server(tmp_path):
+    from museum_typology.crawl_rehearsal import ImageServer, make_jpeg, write_url_csv
+    from museum_typology.fetcher import FetchSettings, Fetcher
+
+    big = make_jpeg(0, 0)
+    with Image.open(io.BytesIO(big)) as image:
+        assert 800 <= max(image.size) <= 3000 and image.format == "JPEG"
+    assert 100 * 1024 <= len(big) <= 600 * 1024
+
+    server = ImageServer([image_bytes("JPEG"), image_bytes("PNG")], delay_s=0.0).start()
+    try:
+        counts = write_url_csv(tmp_path / "urls.csv", 400, server.base_url, seed=3, shared_rate=0.05, missing_rate=0.05)
+        rows, _ = crawl.read_url_rows(str(tmp_path / "urls.csv"), _settings(tmp_path))
+        assert len(rows) == 400 and not any(r.rejected_reason for r in rows)
+        tasks, finished = crawl.plan(rows)
+        assert not finished and len(tasks) == 400 - counts["shared"] and counts["shared"] > 5 and counts["missing"] > 5
+        with Fetcher(FetchSettings(retries=0)) as f:
+            assert f.fetch(f"{server.base_url}/img/3.jpg").body == image_bytes("PNG")
+            assert f.fetch(f"{server.base_url}/missing/3.jpg").http_status == 404
+        assert server.requests == 2
+    finally:
+        server.stop()
