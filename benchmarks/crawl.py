@@ -165,6 +165,7 @@ def bench_crawler(spark, settings, csv_path: str, output: str, n: int, exclude: 
     seconds = time.perf_counter() - started
     ok = summary["status_counts"].get("ok", 0)
     return {"images": ok, "rows": n, "seconds": round(seconds, 2), "images_per_s": round(ok / seconds, 1),
+            "images_per_s_fetch_phase": summary["urls_per_second"],
             "mb_per_s": round(summary["bytes_this_run"] / MB / seconds, 1), "peak_rss_mb": round(rss.peak / MB),
             "partitions": summary["partitions"], "status_counts": summary["status_counts"], "load_at_start": load}
 
@@ -202,10 +203,15 @@ def bench_img2dataset(venv: Path, csv_path: str, output: str, n: int, max_side: 
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         return {"failed": f"exit code {process.returncode}", "log_tail": log_text[-2000:]}
-    successes, nbytes = 0, 0
-    for stats in Path(output).glob("*_stats.json"):
-        successes += json.loads(stats.read_text()).get("successes", 0)
+    successes, starts, ends = 0, [], []
+    for stats_file in Path(output).glob("*_stats.json"):
+        stats = json.loads(stats_file.read_text())
+        successes += stats.get("successes", 0)
+        starts.append(stats["start_time"])
+        ends.append(stats["end_time"])
+    shard_span = (max(ends) - min(starts)) if starts else float("nan")
     return {"images": successes, "seconds": round(seconds, 2), "images_per_s": round(successes / seconds, 1),
+            "images_per_s_download_phase": round(successes / shard_span, 1) if starts else None,
             "peak_rss_mb": round(rss.peak / MB), "threads_per_process": threads, "shards": shards,
             "note": "wall time includes its own Spark session start", "load_at_start": load}
 
@@ -285,7 +291,8 @@ def main() -> int:
         for n in sizes[1:]:
             print(f"crawler memory at {n} URLs ...", flush=True)
             run = bench_crawler(spark, settings, csvs[n], str(work / f"crawl-{n}"), n, exclude)
-            results["memory"].append({"rows": n, "peak_rss_mb": run["peak_rss_mb"], "images_per_s": run["images_per_s"], "seconds": run["seconds"]})
+            results["memory"].append({"rows": n, "peak_rss_mb": run["peak_rss_mb"], "images_per_s": run["images_per_s"], "seconds": run["seconds"],
+                                      "load_at_start": run["load_at_start"]})
         spark.stop()
         server.terminate()
     finally:
@@ -309,6 +316,8 @@ def main() -> int:
             continue
         print(f"{name:28s} {row['images_per_s']:9.1f} {row.get('mb_per_s', float('nan')):7.1f} {row.get('peak_rss_mb', float('nan')):12} {row['load_at_start']:6}")
     print(f"Spark session start (not in (b)): {results['spark_start_seconds']} s")
+    print(f"without fixed costs: crawler fetch phase {b['images_per_s_fetch_phase']}/s (without the final assembly); "
+          f"img2dataset download phase {c.get('images_per_s_download_phase')}/s (first shard start to last shard end, without its Spark start)")
     print("ratios:", json.dumps(results["ratios"]))
     print("crawler peak memory by corpus size:", ", ".join(f"{m['rows']} URLs: {m['peak_rss_mb']} MB ({m['images_per_s']}/s)" for m in results["memory"]))
     if args.json:

@@ -383,3 +383,13 @@ def test_rehearsal_csv_and_server(tmp_path):
         assert server.requests == 2
     finally:
         server.stop()
+
+
+def test_describe_plan(tmp_path):
+    rows = [(f"g{i}", "", CLASSES[0], f"http://h{i % 50 % 3}.example/{i % 50}.jpg") for i in range(60)]
+    rows.append(("bad", "", CLASSES[0], "file:///x"))
+    plan = crawl.describe_plan(_settings(tmp_path, "crawl.commit_rows=10", "crawl.host_connections=12"), _write_csv(tmp_path / "u.csv", rows), parallelism=2)
+    assert plan["input_rows"] == 61 and plan["distinct_urls"] == 50 and plan["rows_sharing_a_url"] == 10
+    assert plan["finished_at_planning"] == {"bad_url": 1} and plan["hosts"] == 3
+    assert plan["partitions"] == 4 and sum(plan["urls_per_partition_min_median_max"]) > 0
+    assert plan["per_task"]["connections_per_host"] == 6 and plan["tasks_at_once"] == 2

@@ -66,6 +66,10 @@ def cmd_crawl(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     output = args.output or storage.join(settings.get("paths.work_dir"), "crawl")
     spark = _spark(settings, args, "crawl")
+    if args.plan_only:
+        plan = crawl.describe_plan(settings, args.input, spark.sparkContext.defaultParallelism)
+        print(json.dumps(plan, ensure_ascii=False, indent=2))
+        return plan
     summary = crawl.run(spark, settings, args.input, output, resume=args.resume)
     if summary.get("already_complete"):
         print(f"crawl: {output} is already complete for this input; nothing to do")
@@ -83,6 +87,7 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="CSV", help="URL CSV with columns guid,description,typology,url (local or s3://)")
     parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/crawl)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted crawl into the same --output, fetching only what is not stored yet")
+    parser.add_argument("--plan-only", action="store_true", help="print the plan (rows, distinct URLs, partitions, chunks, per-task limits) and fetch nothing")
 
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -421,6 +421,31 @@ def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], r
     return work_url, count, False
 
 
+def describe_plan(settings: Settings, input_url: str, parallelism: int) -> dict[str, Any]:
+    """What a crawl of ``input_url`` would do (no request is made): rows, distinct URLs, hosts,
+    partitions, chunks and the per-task limits. For ``museum-typology crawl --plan-only``."""
+    s3 = S3Options.from_settings(settings.section("s3"))
+    crawl_conf = settings.section("crawl")
+    rows, _ = read_url_rows(input_url, settings, s3)
+    tasks, finished = plan(rows)
+    partitions = int(crawl_conf["partitions"]) or auto_partitions(len(tasks), int(crawl_conf["urls_per_partition"]), parallelism)
+    sizes = sorted(len(g) for g in group_tasks(tasks, partitions).values()) or [0]
+    commit_rows = max(1, int(crawl_conf["commit_rows"]))
+    fetch = FetchSettings.from_settings(crawl_conf, int(crawl_conf["max_bytes"]), parallel_tasks=min(parallelism, partitions))
+    return {
+        "input_rows": len(rows),
+        "distinct_urls": len(tasks),
+        "rows_sharing_a_url": sum(len(t["rows"]) for t in tasks) - len(tasks),
+        "finished_at_planning": dict(Counter(r["status"] for r in finished)),
+        "hosts": len({fetcher.host_key(t["url"]) for t in tasks}),
+        "partitions": partitions,
+        "urls_per_partition_min_median_max": [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
+        "chunks_about": sum(-(-n // commit_rows) for n in sizes),
+        "tasks_at_once": min(parallelism, partitions),
+        "per_task": {"threads": fetch.threads, "connections_per_host": fetch.host_connections, "requests_per_s_per_host": fetch.host_rate or None},
+    }
+
+
 def run(spark, settings: Settings, input_url: str, output: str, resume: bool = False) -> dict[str, Any]:
     """Run the crawl; returns the summary also written to ``OUTPUT/summary.json``."""
     started = time.time()
