@@ -104,12 +104,63 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         "manifest": storage.join(ingest_dir, "manifest.parquet"),
         "summary": storage.join(ingest_dir, "summary.json"),
     }
-    print(f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)})")
+    from . import score, train_text
+
+    text = train_text.run(settings, settings.get("paths.data"), _models_dir(settings, "text"), storage.join(work_dir, "oof", "text.parquet"))
+    outputs["train-text"] = {"bundle": text["bundle"], "oof": text["oof"], "report": text["report"]}
+    test_csv = storage.join(settings.get("paths.data"), settings.get("ingest.test_csv"))
+    predictions = storage.join(work_dir, "predictions", "test_text.csv")
+    scored = score.run(settings, test_csv, predictions, _models_dir(settings, "text"))
+    outputs["score"] = {"test": predictions}
+    print(f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}); "
+          f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}); "
+          f"{scored['rows']} test rows scored")
     print("outputs:")
     for stage, paths in outputs.items():
         for name, path in paths.items():
             print(f"  {stage:10s} {name:9s} {path}")
     return outputs
+
+
+def _models_dir(settings: Settings, kind: str) -> str:
+    return storage.join(settings.get("paths.work_dir"), "models", kind)
+
+
+def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from . import train_text
+
+    result = train_text.run(
+        settings,
+        settings.get("paths.data"),
+        args.model_dir or _models_dir(settings, "text"),
+        args.oof or storage.join(settings.get("paths.work_dir"), "oof", "text.parquet"),
+        folds=args.folds,
+    )
+    macro = result["metrics"]["macro_f1"]
+    print(f"train-text: out-of-fold macro-F1 {macro['final']:.3f} (baseline {macro['baseline']:.3f}, tfidf {macro['tfidf']:.3f}, bilstm {macro['bilstm']:.3f})")
+    for name in ("bundle", "oof", "report"):
+        print(f"  {name + ':':8s} {result[name]}")
+    return result
+
+
+def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/text)")
+    parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/text.parquet)")
+    parser.add_argument("--folds", type=int, metavar="K", help="number of folds (default: text.folds)")
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from . import score
+
+    result = score.run(settings, args.input, args.output, args.model or _models_dir(settings, "text"))
+    print(f"score: {result['rows']} rows scored with text bundle {result['model_version']} ({result['sources']}) -> {result['output']}")
+    return result
+
+
+def _score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, metavar="CSV", help="rows to score: guid,description[,...]")
+    parser.add_argument("--output", required=True, metavar="CSV", help="guid,typology,confidence,source,model_version,note")
+    parser.add_argument("--model", metavar="DIR", help="a bundle, or a models directory whose newest bundle is used (default: WORK_DIR/models/text)")
 
 
 def cmd_show_conf(args: argparse.Namespace, settings: Settings) -> None:
@@ -174,6 +225,8 @@ class Job:
 JOBS: dict[str, Job] = {
     "ingest": Job("CSVs + images -> petastorm dataset and manifest", cmd_ingest, _ingest_arguments),
     "crawl": Job("URL CSV -> fetched images as a petastorm dataset and manifest (resumable)", cmd_crawl, _crawl_arguments),
+    "train-text": Job("cross-validated text model: bundle, out-of-fold probabilities, report", cmd_train_text, _train_text_arguments),
+    "score": Job("classify the rows of a CSV with the newest text bundle", cmd_score, _score_arguments),
     "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments),
     "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
     "show-conf": Job("print the resolved settings as JSON", cmd_show_conf),

@@ -1,0 +1,173 @@
+"""The text model on a small synthetic catalogue: CV, calibration, bundle, OOF and scoring."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from museum_typology import score, train_text
+from museum_typology.config import load_settings
+from museum_typology.schema import CLASSES
+from museum_typology.text_model import TextModel, calibrate, fit_temperature, fold_ids, labelled_texts
+from museum_typology.catalogue import InputRow
+
+# Four classes, each with its own vocabulary plus shared filler words and typos.
+VOCAB = {
+    7: ["монета", "копейка", "рубль", "денга", "полушка"],
+    14: ["фотография", "негатив", "фотооткрытка", "снимок", "фото"],
+    12: ["книга", "евангелие", "псалтырь", "издание", "типография"],
+    3: ["сабля", "кинжал", "шашка", "ружье", "штык"],
+}
+FILLER = ["старый", "большой", "XIX в.", "1905 г.", "Москва", "№ 3", "копия", "фрагмент"]
+
+
+def _title(rng: random.Random, label: int) -> str:
+    words = rng.sample(VOCAB[label], 2) + rng.sample(FILLER, 2)
+    rng.shuffle(words)
+    title = " ".join(words).capitalize()
+    if rng.random() < 0.2:  # a typo: the character n-grams and FastText subwords must cope
+        i = rng.randrange(1, len(title) - 1)
+        title = title[:i] + title[i + 1 :]
+    return title
+
+
+def make_catalogue(root: Path, per_class: int = 40, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["guid", "description", "typology"])
+        for label in VOCAB:
+            for i in range(per_class):
+                writer.writerow([f"g{label}-{i}", _title(rng, label), CLASSES[label]])
+        writer.writerow(["dup-a", "Сабля казачья", CLASSES[3]])
+        writer.writerow(["dup-b", "Сабля казачья", CLASSES[3]])  # an identical title: same fold
+    with open(root / "test.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["guid", "description", "typology"])
+        writer.writerow(["t1", "Монета копейка 1799 г.", ""])
+        writer.writerow(["t2", "", ""])
+        writer.writerow(["t3", "Фотоrрафия. Снимок завода", ""])
+        writer.writerow(["t1", "Дубликат guid: тоже оценивается", ""])
+        writer.writerow(["t5", "...", ""])
+
+
+TINY = [
+    "text.folds=3",
+    "text.epochs=6",
+    "text.w2v_epochs=3",
+    "text.w2v_dim=16",
+    "text.w2v_buckets=2000",
+    "text.lstm_units=16",
+    "text.projection_dim=16",
+    "text.max_len=12",
+    "text.batch_size=32",
+    "text.learning_rate=0.01",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    make_catalogue(root / "data")
+    settings = load_settings(overrides=[*TINY, f"paths.work_dir={root / 'work'}"], environ={})
+    result = train_text.run(settings, str(root / "data"), str(root / "models"), str(root / "oof" / "text.parquet"))
+    return root, settings, result
+
+
+def test_cross_validation_learns_and_beats_chance(trained):
+    _, _, result = trained
+    macro = result["metrics"]["macro_f1"]
+    assert macro["final"] > 0.85, macro  # the classes are separable by vocabulary
+    assert macro["baseline"] > 0.85, macro
+    per_class = {row["class"]: row for row in result["metrics"]["per_class"]}
+    assert per_class[CLASSES[3]]["support"] == 42
+
+
+def test_oof_has_every_labelled_row_once_in_class_order(trained):
+    root, _, result = trained
+    table = pq.read_table(root / "oof" / "text.parquet").to_pylist()
+    assert len(table) == 4 * 40 + 2 and len({r["guid"] for r in table}) == len(table)
+    assert {r["fold"] for r in table} == {0, 1, 2}
+    by_guid = {r["guid"]: r for r in table}
+    assert by_guid["dup-a"]["fold"] == by_guid["dup-b"]["fold"]  # duplicates never straddle folds
+    for row in table:
+        assert len(row["proba"]) == len(CLASSES)
+        assert abs(sum(row["proba"]) - 1) < 1e-4
+        assert row["model_version"] == result["metrics"]["version"]
+
+
+def test_bundle_is_versioned_and_complete(trained):
+    root, _, result = trained
+    bundle = Path(result["bundle"])
+    assert (root / "models" / "latest").read_text() == bundle.name
+    for name in ["classes.json", "conf.json", "metrics.json", "calibration.json", "tfidf_folds.pkl", "fasttext.kv", "lstm_fold0.npz", "_SUCCESS", "report/report.md", "report/confusion.png", "report/reliability.png"]:
+        assert (bundle / name).is_file(), name
+    assert json.loads((bundle / "classes.json").read_text()) == list(CLASSES)
+    assert json.loads((bundle / "metrics.json").read_text())["data_hash"] == result["metrics"]["data_hash"]
+
+
+def test_score_one_row_per_input_row_in_order(trained):
+    root, settings, _ = trained
+    output = root / "scored.csv"
+    summary = score.run(settings, str(root / "data" / "test.csv"), str(output), str(root / "models"))
+    rows = list(csv.DictReader(open(output, encoding="utf-8")))
+    assert [r["guid"] for r in rows] == ["t1", "t2", "t3", "t1", "t5"]
+    assert summary["rows"] == 5
+    assert rows[0]["typology"] == CLASSES[7] and rows[0]["source"] == "text"
+    assert rows[2]["typology"] == CLASSES[14]  # a typo'd title still lands in its class
+    assert rows[1]["source"] == "default" and rows[1]["note"] == "no description"
+    assert rows[4]["source"] == "default" and "no words" in rows[4]["note"]
+    assert 0 < float(rows[0]["confidence"]) <= 1
+
+
+def test_loaded_bundle_reproduces_in_memory_predictions(trained):
+    _, _, result = trained
+    model = TextModel.load(Path(result["bundle"]))
+    proba = model.predict_proba(["монета копейка рубль", "сабля кинжал"])
+    assert np.allclose(proba.sum(axis=1), 1)
+    assert [CLASSES[i] for i in proba.argmax(axis=1)] == [CLASSES[7], CLASSES[3]]
+
+
+def test_temperature_scaling_fixes_overconfidence():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 2000)
+    # A model that is right 60% of the time but always says 0.98.
+    pred = np.where(rng.random(2000) < 0.6, y, (y + 1) % 3)
+    proba = np.full((2000, 3), 0.01)
+    proba[np.arange(2000), pred] = 0.98
+    t = fit_temperature(proba, y)
+    calibrated = calibrate(proba, t)
+    assert t > 1
+    assert abs(calibrated.max(axis=1).mean() - 0.6) < 0.05
+
+
+def test_folds_are_stratified_and_grouped():
+    rows = [InputRow(f"g{i}", "train", "train.csv", i, i, f"title {'abcdefghijklmnopqrstuvwxyzабвг'[i % 30]}", CLASSES[i % 3]) for i in range(300)]
+    data = labelled_texts(rows)
+    folds = fold_ids(data, 5, 0)
+    for title in set(data.texts):
+        assert len({folds[i] for i, t in enumerate(data.texts) if t == title}) == 1
+    for k in range(5):
+        assert len(set(data.y[folds == k].tolist())) == 3
+
+
+def test_class_offsets_recover_a_suppressed_rare_class():
+    from museum_typology.report import macro_f1
+    from museum_typology.text_model import cross_fitted_offsets_predictions, fit_class_offsets
+
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 900 + [1] * 100)
+    # Class 1's evidence is real but its probabilities sit 1.5 nats too low: argmax never picks it.
+    logits = np.stack([np.zeros(1000), np.where(y == 1, 1.0, -1.0) + rng.normal(0, 0.5, 1000) - 1.5], axis=1)
+    before = macro_f1(y, logits.argmax(1))
+    offsets = fit_class_offsets(logits, y)
+    assert offsets[1] - offsets[0] > 0.8
+    assert macro_f1(y, (logits + offsets).argmax(1)) > before + 0.3
+    honest = cross_fitted_offsets_predictions(logits, y, np.arange(1000) % 5)
+    assert macro_f1(y, honest) > before + 0.3
