@@ -17,7 +17,10 @@ def _run(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.Complet
     return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("job", ["ingest", "pipeline", "show-conf"])
+from museum_typology.cli import JOBS
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
 def test_help_per_job(job):
     result = _run(job, "--help")
     assert result.returncode == 0

@@ -92,7 +92,7 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Every stage that exists, end to end; prints where each output went."""
-    from . import ingest
+    from . import ingest, score, train_image, train_text
 
     work_dir = settings.get("paths.work_dir")
     spark = _spark(settings, args, "pipeline")
@@ -104,21 +104,24 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         "manifest": storage.join(ingest_dir, "manifest.parquet"),
         "summary": storage.join(ingest_dir, "summary.json"),
     }
-    from . import score, train_text
-
+    image = train_image.run(spark, settings, outputs["ingest"]["dataset"], _models_dir(settings, "image"), storage.join(work_dir, "oof", "image.parquet"))
+    outputs["train-image"] = {name: image[name] for name in ("bundle", "oof", "report") if name in image}
     text = train_text.run(settings, settings.get("paths.data"), _models_dir(settings, "text"), storage.join(work_dir, "oof", "text.parquet"))
     outputs["train-text"] = {"bundle": text["bundle"], "oof": text["oof"], "report": text["report"]}
     test_csv = storage.join(settings.get("paths.data"), settings.get("ingest.test_csv"))
     predictions = storage.join(work_dir, "predictions", "test_text.csv")
     scored = score.run(settings, test_csv, predictions, _models_dir(settings, "text"))
     outputs["score"] = {"test": predictions}
-    print(f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}); "
-          f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}); "
-          f"{scored['rows']} test rows scored")
+    print(
+        f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}); "
+        f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}; "
+        f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}); "
+        f"{scored['rows']} test rows scored"
+    )
     print("outputs:")
     for stage, paths in outputs.items():
         for name, path in paths.items():
-            print(f"  {stage:10s} {name:9s} {path}")
+            print(f"  {stage:11s} {name:9s} {path}")
     return outputs
 
 

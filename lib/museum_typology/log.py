@@ -31,6 +31,8 @@ def setup_logging(level: str | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(legacy|deprecated as of).*")
     # py4j logs every gateway call at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    # gensim logs every epoch and lifecycle event at INFO.
+    logging.getLogger("gensim").setLevel(logging.WARNING)
     _CONFIGURED = True
 
 

@@ -13,7 +13,6 @@ import json
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import backbone as backbone_lib
-from . import image_model, report, storage
+from . import bundles, image_model, report, storage
 from .config import Settings
 from .image_model import ImageSettings, WorkerJob
 from .log import get_logger
@@ -30,16 +29,10 @@ from .schema import CLASS_INDEX, CLASSES
 from .storage import S3Options
 
 log = get_logger(__name__)
-LATEST = "latest"
 
 
 class TrainImageError(RuntimeError):
     """The job cannot run (too few labelled images, fewer row groups than processes, ...)."""
-
-
-def make_version(digest: str, now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}"
 
 
 def stratified_folds(guids: list[str], y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -134,7 +127,7 @@ def run(
     fold = stratified_folds(guids, y, s.folds, s.seed)
     conf_digest = hashlib.sha256(json.dumps({"image": image_model.settings_dict(s), "final": final, "epochs": epochs, "max_steps": max_steps}, sort_keys=True).encode()).hexdigest()
     run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
-    version = make_version(run_key) + ("-final" if final else "")
+    version = bundles.make_version(run_key) + ("-final" if final else "")
     checkpoint_url = storage.join(model_dir, "_checkpoints", ("final-" if final else "folds-") + run_key[:16])
     weights = image_model.balanced_class_weights(y) if s.class_weight == "balanced" else [1.0] * len(CLASSES)
     job = WorkerJob(
@@ -262,7 +255,7 @@ def _commit_bundle(local: Path, model_dir: str, version: str, s3) -> str:
     bundle_url = storage.join(model_dir, version)
     with storage.atomic_directory(bundle_url, s3) as staging:
         storage.upload_directory(str(local), staging, s3)
-    storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
+    bundles.publish_latest(model_dir, version, s3)
     return bundle_url
 
 
@@ -332,17 +325,4 @@ def write_oof(url: str, guids, y, fold, proba, version: str, s3) -> None:
 
 def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
     """The newest image bundle under ``model_dir`` (or ``model_dir`` itself), as a local directory."""
-    if storage.exists(storage.join(model_dir, "model.json"), s3):
-        bundle_url = model_dir
-    else:
-        latest = storage.join(model_dir, LATEST)
-        if not storage.exists(latest, s3):
-            raise storage.StorageError(f"{model_dir}: no image model bundle (run train-image first)")
-        bundle_url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
-    if not storage.is_s3(bundle_url):
-        return Path(storage.filesystem(bundle_url)[1])
-    version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
-    local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / version
-    if not (local / "model.json").is_file():
-        storage.download_directory(bundle_url, str(local), s3)
-    return local
+    return bundles.resolve_bundle(model_dir, "model.json", "image", s3, cache_dir)

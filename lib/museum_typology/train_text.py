@@ -11,7 +11,6 @@ import hashlib
 import json
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import report, storage
+from . import bundles, report, storage
 from .config import Settings
 from .ingest import read_input_rows
 from .log import get_logger, progress
@@ -49,12 +48,6 @@ from .text_model import (
 )
 
 log = get_logger(__name__)
-LATEST = "latest"
-
-
-def make_version(digest: str, now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}"
 
 
 def choose_weight(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, grid: tuple[float, ...]) -> tuple[float, dict[float, float]]:
@@ -126,7 +119,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
 
     digest = data_hash(data)
     conf_digest = hashlib.sha256(json.dumps(settings_dict(ts), sort_keys=True).encode()).hexdigest()
-    version = make_version(hashlib.sha256((digest + conf_digest).encode()).hexdigest())
+    version = bundles.make_version(hashlib.sha256((digest + conf_digest).encode()).hexdigest())
     metrics = build_metrics(data.y, baseline_pred, oof, blended, calibrated, honest_pred, weight, weight_scores, temperature)
     metrics["class_offsets"] = dict(zip(CLASSES, offsets.round(3).tolist()))
     metrics.update(version=version, data_hash=digest, rows=len(data), folds=ts.folds, seconds=round(time.time() - started, 1))
@@ -141,7 +134,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         write_report(local / "report", data.y, baseline_pred, honest_pred, calibrated, blended, metrics)
         with storage.atomic_directory(bundle_url, s3) as staging:
             storage.upload_directory(str(local), staging, s3)
-    storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
+    bundles.publish_latest(model_dir, version, s3)
     write_oof(oof_url, data, fold, calibrated, version, s3)
     log.info("train-text: macro-F1 %.3f (baseline %.3f), bundle %s", metrics["macro_f1"]["final"], metrics["macro_f1"]["baseline"], bundle_url)
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics}
@@ -224,19 +217,5 @@ def write_oof(url: str, data, fold: np.ndarray, proba: np.ndarray, version: str,
 
 
 def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
-    """The newest bundle under ``model_dir`` (or ``model_dir`` itself if it is a bundle), as a
-    local directory (S3 bundles are downloaded once into a cache keyed by version)."""
-    if storage.exists(storage.join(model_dir, "calibration.json"), s3):
-        bundle_url = model_dir
-    else:
-        latest = storage.join(model_dir, LATEST)
-        if not storage.exists(latest, s3):
-            raise storage.StorageError(f"{model_dir}: no text model bundle (run train-text first)")
-        bundle_url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
-    if not storage.is_s3(bundle_url):
-        return Path(storage.filesystem(bundle_url)[1])
-    version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
-    local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / version
-    if not (local / "calibration.json").is_file():
-        storage.download_directory(bundle_url, str(local), s3)
-    return local
+    """The newest text bundle under ``model_dir`` (or ``model_dir`` itself), as a local directory."""
+    return bundles.resolve_bundle(model_dir, "calibration.json", "text", s3, cache_dir)

@@ -1,0 +1,44 @@
+"""Model bundles: versioned directories ``models/<kind>/<version>/`` and the ``latest`` pointer.
+
+``<version>`` is the UTC time plus a short content hash, so versions sort by age and two runs on
+the same data and settings are recognisable.
+"""
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import storage
+from .storage import S3Options
+
+LATEST = "latest"
+
+
+def make_version(digest: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}"
+
+
+def publish_latest(model_dir: str, version: str, s3: S3Options | None = None) -> None:
+    """Point ``model_dir/latest`` at a committed bundle (one atomic write)."""
+    storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
+
+
+def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
+    """The newest ``kind`` bundle under ``model_dir`` (or ``model_dir`` itself when it holds
+    ``marker``), as a local directory: S3 bundles are downloaded once into a cache keyed by version."""
+    if storage.exists(storage.join(model_dir, marker), s3):
+        bundle_url = model_dir
+    else:
+        latest = storage.join(model_dir, LATEST)
+        if not storage.exists(latest, s3):
+            raise storage.StorageError(f"{model_dir}: no {kind} model bundle (run train-{kind} first)")
+        bundle_url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
+    if not storage.is_s3(bundle_url):
+        return Path(storage.filesystem(bundle_url)[1])
+    version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
+    local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / kind / version
+    if not (local / marker).is_file():
+        storage.download_directory(bundle_url, str(local), s3)
+    return local
