@@ -159,7 +159,8 @@ def test_folds_are_stratified_and_grouped():
 
 def test_class_offsets_recover_a_suppressed_rare_class():
     from museum_typology.report import macro_f1
-    from museum_typology.text_model import cross_fitted_offsets_predictions, fit_class_offsets
+    from museum_typology.text_model import fit_class_offsets, softmax
+    from museum_typology.train_text import cross_fitted_predictions
 
     rng = np.random.default_rng(1)
     y = np.array([0] * 900 + [1] * 100)
@@ -169,5 +170,7 @@ def test_class_offsets_recover_a_suppressed_rare_class():
     offsets = fit_class_offsets(logits, y)
     assert offsets[1] - offsets[0] > 0.8
     assert macro_f1(y, (logits + offsets).argmax(1)) > before + 0.3
-    honest = cross_fitted_offsets_predictions(logits, y, np.arange(1000) % 5)
-    assert macro_f1(y, honest) > before + 0.3
+    proba = softmax(logits)
+    honest = cross_fitted_predictions(proba, proba, y, np.arange(1000) % 5, (0.5,))
+    assert macro_f1(y, honest["blend"]) == pytest.approx(before)
+    assert macro_f1(y, honest["offsets"]) > before + 0.3

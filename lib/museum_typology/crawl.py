@@ -43,6 +43,7 @@ from . import fetcher, images, petastorm_io, storage
 from .catalogue import InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
 from .config import Settings
 from .fetcher import FetchResult, FetchSettings, Fetcher
+from . import ingest
 from .ingest import DecodeSettings, IngestError, _write_empty_part, _write_parquet, partition_of
 from .log import get_logger
 from .schema import (
@@ -95,25 +96,8 @@ def read_url_rows(input_url: str, settings: Settings, s3: S3Options | None = Non
 
 
 def manifest_record(row: InputRow) -> dict[str, Any]:
-    return {
-        "guid": row.guid,
-        "split": row.split,
-        "source_file": row.source_file,
-        "source_row": row.source_row,
-        "typology": row.typology,
-        "has_description": row.description is not None,
-        "status": None,
-        "reason": None,
-        "image_member": None,
-        "orig_width": None,
-        "orig_height": None,
-        "sha256": None,
-        "image_bytes": None,
-        "url": row.url,
-        "http_status": None,
-        "attempts": 0,
-        "bytes": None,
-    }
+    """The ingest manifest record plus the crawl's own columns."""
+    return {**ingest.manifest_record(row), "url": row.url, "http_status": None, "attempts": 0, "bytes": None}
 
 
 def plan(rows: list[InputRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

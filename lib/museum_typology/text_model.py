@@ -374,7 +374,7 @@ class TextModel:
             else:
                 lstm = 0.0
             logits = np.log(np.clip(blend(lstm, tfidf, self.weight), 1e-9, 1.0))
-            if self.offsets is not None:
+            if self.offsets is not None:  # zeros when the training run found they did not help
                 logits = logits + self.offsets
             out[start : start + len(chunk)] = softmax(logits, self.temperature)
         return out
@@ -461,12 +461,3 @@ def fit_class_offsets(log_proba: np.ndarray, y: np.ndarray, rounds: int = 3, gri
             break
     return offsets
 
-
-def cross_fitted_offsets_predictions(log_proba: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Honest predictions with offsets: each fold's offsets are fitted on the other folds only."""
-    predictions = np.zeros(len(y), dtype=np.int64)
-    for k in np.unique(fold):
-        inside, outside = fold == k, fold != k
-        offsets = fit_class_offsets(log_proba[outside], y[outside])
-        predictions[inside] = (log_proba[inside] + offsets).argmax(1)
-    return predictions
