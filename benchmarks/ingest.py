@@ -56,6 +56,7 @@ except ImportError:  # a checkout without the editable install: use the sources
     sys.path.insert(0, str(ROOT / "lib"))
 
 from museum_typology.config import Settings, load_settings  # noqa: E402
+from museum_typology.crawl_rehearsal import encode_jpeg_near  # noqa: E402
 from museum_typology.log import get_logger, setup_logging  # noqa: E402
 from museum_typology.schema import CLASSES, make_image_schema  # noqa: E402
 
@@ -103,19 +104,7 @@ def _make_jpeg(seed: int, index: int) -> tuple[str, bytes, dict[str, Any]]:
     exif = Image.Exif()
     if rotated:
         exif[0x0112] = 6  # Orientation: rotate 90 CW to display
-    # Bisect the JPEG quality towards the target size; a few encodes at most.
-    low_q, high_q, quality = 50, 96, 88
-    for _ in range(6):
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality, progressive=progressive, exif=exif.tobytes())
-        data = buffer.getvalue()
-        if abs(len(data) - target) < 0.15 * target and MIN_KB * 1024 <= len(data) <= MAX_KB * 1024:
-            break
-        if len(data) > target:
-            high_q = quality
-        else:
-            low_q = quality
-        quality = (low_q + high_q) // 2
+    data, quality = encode_jpeg_near(image, target, (MIN_KB * 1024, MAX_KB * 1024), progressive=progressive, exif=exif.tobytes())
     info = {"width": width, "height": height, "bytes": len(data), "quality": quality, "grey": grey, "progressive": progressive, "exif_rotated": rotated}
     return guid, data, info
 

@@ -125,6 +125,12 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     return outputs
 
 
+def _print_paths(result: dict[str, Any], names: tuple[str, ...] = ("bundle", "oof", "report")) -> None:
+    for name in names:
+        if name in result:
+            print(f"  {name + ':':8s} {result[name]}")
+
+
 def _models_dir(settings: Settings, kind: str) -> str:
     return storage.join(settings.get("paths.work_dir"), "models", kind)
 
@@ -141,8 +147,7 @@ def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, An
     )
     macro = result["metrics"]["macro_f1"]
     print(f"train-text: out-of-fold macro-F1 {macro['final']:.3f} (baseline {macro['baseline']:.3f}, tfidf {macro['tfidf']:.3f}, bilstm {macro['bilstm']:.3f})")
-    for name in ("bundle", "oof", "report"):
-        print(f"  {name + ':':8s} {result[name]}")
+    _print_paths(result)
     return result
 
 
@@ -200,9 +205,7 @@ def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, A
         print(f"train-image --final: validation macro-F1 {metrics['validation_macro_f1']:.3f} (best epoch {metrics['best_epoch'] + 1} of {metrics['epochs_run']}, {metrics['processes']} processes)")
     else:
         print(f"train-image: out-of-fold macro-F1 {metrics['macro_f1']:.3f} on {metrics['rows']} labelled images ({metrics['folds']} folds, {metrics['processes']} processes)")
-    for name in ("bundle", "oof", "report"):
-        if name in result:
-            print(f"  {name + ':':8s} {result[name]}")
+    _print_paths(result)
     return result
 
 

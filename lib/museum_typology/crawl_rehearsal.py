@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -50,20 +51,26 @@ def make_jpeg(seed: int, index: int) -> bytes:
     low = low + rng.normal(0, 12, (low_h, low_w, 1)).astype(np.int16)
     image = Image.fromarray(np.clip(low, 0, 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
     target = float(np.clip((MIN_KB + (MAX_KB - MIN_KB) * span) * rng.uniform(0.8, 1.2), MIN_KB * 1.1, MAX_KB * 0.9)) * 1024
+    return encode_jpeg_near(image, target)[0]
+
+
+def encode_jpeg_near(image: Image.Image, target: float, bounds: tuple[int, int] | None = None, **save_options: Any) -> tuple[bytes, int]:
+    """JPEG bytes within 15% of ``target`` bytes (and inside ``bounds`` if given), by bisecting the
+    quality: a few encodes at most. Returns (bytes, the quality used)."""
     low_q, high_q, quality = 50, 96, 88
     data = b""
     for _ in range(6):
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality)
+        image.save(buffer, "JPEG", quality=quality, **save_options)
         data = buffer.getvalue()
-        if abs(len(data) - target) < 0.15 * target:
+        if abs(len(data) - target) < 0.15 * target and (bounds is None or bounds[0] <= len(data) <= bounds[1]):
             break
         if len(data) > target:
             high_q = quality
         else:
             low_q = quality
         quality = (low_q + high_q) // 2
-    return data
+    return data, quality
 
 
 def make_pool(size: int, seed: int = 0, workers: int = 2) -> list[bytes]:

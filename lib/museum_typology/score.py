@@ -35,12 +35,12 @@ def read_rows(url: str, s3: S3Options | None = None) -> list[InputRow]:
     return parse_catalogue_csv(text, name, split="score", required=("guid", "description"), labelled=False)
 
 
-def decide(rows: Sequence[InputRow], proba: np.ndarray, default_class: str, version: str) -> list[dict[str, Any]]:
-    """Rows + text probabilities (rows without a description are ignored in ``proba``) -> output
-    records. Pure."""
+def decide(rows: Sequence[InputRow], texts: Sequence[str], proba: np.ndarray, default_class: str, version: str) -> list[dict[str, Any]]:
+    """Rows, their normalised texts and text probabilities (ignored where the text is empty) ->
+    output records. Pure."""
     records = []
-    for row, p in zip(rows, proba):
-        if not normalize(row.description):
+    for row, text, p in zip(rows, texts, proba):
+        if not text:
             note = "no description" if not row.description else "description has no words"
             records.append(_record(row, default_class, 0.0, SOURCE_DEFAULT, version, note))
         else:
@@ -71,7 +71,7 @@ def run(settings: Settings, input_url: str, output_url: str, model_dir: str) -> 
     model = TextModel.load(bundle)
     texts = [normalize(r.description) for r in rows]
     proba = model.predict_proba(texts, batch_size=int(settings.get("score.batch_size")))
-    records = decide(rows, proba, settings.get("score.default_class"), model.version)
+    records = decide(rows, texts, proba, settings.get("score.default_class"), model.version)
     storage.write_bytes(output_url, to_csv(records), s3)
     counts: dict[str, int] = {}
     for record in records:

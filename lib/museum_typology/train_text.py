@@ -39,8 +39,7 @@ from .text_model import (
     softmax,
     labelled_texts,
     load_navec_table,
-    make_baseline_model,
-    make_tfidf_model,
+    make_linear_svc,
     seed_everything,
     settings_dict,
     train_word_vectors,
@@ -101,9 +100,10 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         train, held = np.where(fold != k)[0], np.where(fold == k)[0]
         train_texts = [data.texts[i] for i in train]
         held_texts = [data.texts[i] for i in held]
-        baseline = make_baseline_model(ts.baseline_C, ts.seed).fit(train_texts, data.y[train])
+        tfidf = make_linear_svc(ts.tfidf_C, ts.seed).fit(train_texts, data.y[train])
+        # The member and the baseline are one model unless their C differ: fit it once then.
+        baseline = tfidf if ts.baseline_C == ts.tfidf_C else make_linear_svc(ts.baseline_C, ts.seed).fit(train_texts, data.y[train])
         baseline_pred[held] = baseline.predict(held_texts)
-        tfidf = make_tfidf_model(ts.tfidf_C, ts.seed).fit(train_texts, data.y[train])
         oof["tfidf_margin"][held] = margins(tfidf, held_texts)
         lstm = runner.fit(x[train], data.y[train])
         oof["lstm"][held] = runner.predict(lstm, x[held])
