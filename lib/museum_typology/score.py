@@ -70,7 +70,11 @@ def run(settings: Settings, input_url: str, output_url: str, model_dir: str) -> 
     bundle = resolve_bundle(model_dir, s3)
     model = TextModel.load(bundle)
     texts = [normalize(r.description) for r in rows]
-    proba = model.predict_proba(texts, batch_size=int(settings.get("score.batch_size")))
+    # Only rows with words reach the model; the others get the default class in decide().
+    with_text = [i for i, text in enumerate(texts) if text]
+    proba = np.zeros((len(texts), len(CLASSES)))
+    if with_text:
+        proba[with_text] = model.predict_proba([texts[i] for i in with_text], batch_size=int(settings.get("score.batch_size")))
     records = decide(rows, texts, proba, settings.get("score.default_class"), model.version)
     storage.write_bytes(output_url, to_csv(records), s3)
     counts: dict[str, int] = {}
