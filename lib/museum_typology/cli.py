@@ -218,6 +218,31 @@ def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest (guid, typology[, keep]) whose labels replace the dataset's")
 
 
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Predictions against known labels (on the driver: pandas, no Spark)."""
+    from . import evaluate
+
+    output = args.output or storage.join(settings.get("paths.work_dir"), "evaluate")
+    result = evaluate.run(settings, args.truth, args.pred, output)
+    m = result["metrics"]
+    missing = m["coverage"]["missing_from_pred"]["count"]
+    by_source = ", ".join(f"{r['source']} {r['macro_f1']:.3f} ({r['rows']})" for r in m["by_source"])
+    print(
+        f"evaluate: macro-F1 {m['macro_f1']:.3f}, accuracy {m['accuracy']:.3f} on {m['rows']} truth guids"
+        + (f" ({missing} without a prediction, scored as wrong)" if missing else "")
+        + f"; by source (macro-F1, rows): {by_source}"
+    )
+    for name, url in result["files"].items():
+        print(f"  {name + ':':14s} {url}")
+    return result
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", required=True, metavar="CSV|PARQUET", help="known labels: guid,typology (local or s3://)")
+    parser.add_argument("--pred", required=True, metavar="CSV|PARQUET", help="predictions: guid,typology[,source,...] (the score job's output, or a submission)")
+    parser.add_argument("--output", metavar="DIR", help="where metrics.json, per_class.csv, confusion.png, report.md go (default: WORK_DIR/evaluate)")
+
+
 @dataclass(frozen=True)
 class Job:
     """One subcommand: its help line, its own options, and what it runs (args, settings)."""
@@ -234,6 +259,7 @@ JOBS: dict[str, Job] = {
     "train-text": Job("cross-validated text model: bundle, out-of-fold probabilities, report", cmd_train_text, _train_text_arguments),
     "score": Job("classify the rows of a CSV with the newest text bundle", cmd_score, _score_arguments),
     "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments),
+    "evaluate": Job("predictions against known labels: macro-F1, per-class table, confusion matrix, by source", cmd_evaluate, _evaluate_arguments),
     "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
     "show-conf": Job("print the resolved settings as JSON", cmd_show_conf),
 }

@@ -1,0 +1,171 @@
+"""evaluate: metrics on tiny tables with F1s worked out by hand, coverage of the guid join, clear
+errors, and the CLI job writing its files."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from museum_typology import cli
+from museum_typology.catalogue import CsvError
+from museum_typology.evaluate import NO_PREDICTION, EvaluateError, evaluate, read_table
+from museum_typology.schema import CLASSES
+
+A, B, C = CLASSES[0], CLASSES[1], CLASSES[2]  # графика, документы, живопись
+
+
+def _truth() -> pd.DataFrame:
+    return pd.DataFrame({"guid": ["g1", "g2", "g3", "g4", "g5"], "typology": [A, A, B, B, C]})
+
+
+def _pred() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "guid": ["g1", "g2", "g3", "g4", "g5"],
+            "typology": [A, B, B, B, A],
+            "confidence": ["0.9", "0.6", "0.8", "0.7", "0.0"],
+            "source": ["text", "text", "image", "image", "default"],
+        }
+    )
+
+
+def _by_source(metrics: dict) -> dict[str, dict]:
+    return {row["source"]: row for row in metrics["by_source"]}
+
+
+def test_macro_f1_per_class_and_accuracy_by_hand():
+    m = evaluate(_truth(), _pred())
+    # A: TP 1 (g1), FP 1 (g5), FN 1 (g2) -> P 1/2, R 1/2, F1 1/2
+    # B: TP 2 (g3, g4), FP 1 (g2), FN 0  -> P 2/3, R 1,   F1 4/5
+    # C: TP 0, FN 1 (g5)                  -> F1 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["classes_scored"] == [A, B, C]
+    table = {row["class"]: row for row in m["per_class"]}
+    assert len(table) == 15
+    assert table[A] == pytest.approx({"class": A, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "predicted": 2})
+    assert table[B]["precision"] == pytest.approx(2 / 3) and table[B]["recall"] == 1.0 and table[B]["f1"] == pytest.approx(0.8)
+    assert table[C]["f1"] == 0.0 and table[C]["support"] == 1 and table[C]["predicted"] == 0
+    assert table[CLASSES[5]]["support"] == 0
+    assert m["confusion"][0][:3] == [1, 1, 0] and m["confusion"][1][:3] == [0, 2, 0] and m["confusion"][2][:3] == [1, 0, 0]
+    assert m["coverage"]["missing_from_pred"]["count"] == 0 and m["macro_f1_matched"] == pytest.approx(m["macro_f1"])
+
+
+def test_by_source_rows_accuracy_and_macro_f1():
+    by = _by_source(evaluate(_truth(), _pred()))
+    assert list(by) == ["default", "image", "text"]
+    # text: g1 A->A, g2 A->B. A: P 1, R 1/2, F1 2/3; B: FP only, F1 0 -> macro 1/3.
+    assert by["text"]["rows"] == 2 and by["text"]["accuracy"] == 0.5 and by["text"]["macro_f1"] == pytest.approx(1 / 3)
+    assert by["image"]["rows"] == 2 and by["image"]["accuracy"] == 1.0 and by["image"]["macro_f1"] == 1.0
+    assert by["default"]["rows"] == 1 and by["default"]["accuracy"] == 0.0 and by["default"]["macro_f1"] == 0.0
+    assert sum(row["share"] for row in by.values()) == pytest.approx(1.0)
+
+
+def test_missing_extra_duplicate_and_guidless_rows_are_reported_not_dropped():
+    truth = pd.concat([_truth(), pd.DataFrame({"guid": ["g1"], "typology": [A]})], ignore_index=True)
+    pred = _pred()
+    pred = pred[pred["guid"] != "g5"]
+    pred = pd.concat(
+        [
+            pred,
+            pd.DataFrame(
+                {"guid": ["g2", "gX", ""], "typology": [A, A, C], "confidence": ["1", "1", "0"], "source": ["image", "text", "default"]}
+            ),
+        ],
+        ignore_index=True,
+    )
+    m = evaluate(truth, pred)
+    cov = m["coverage"]
+    assert cov["truth_rows"] == 6 and cov["pred_rows"] == 7 and cov["scored_rows"] == 5 and cov["matched"] == 4
+    assert cov["missing_from_pred"] == {"count": 1, "examples": ["g5"]}
+    assert cov["not_in_truth"] == {"count": 1, "examples": ["gX"]}
+    assert cov["duplicate_truth"] == {"guids": 1, "extra_rows": 1, "conflicting": 0, "examples": ["g1"]}
+    assert cov["duplicate_pred"] == {"guids": 1, "extra_rows": 1, "conflicting": 1, "examples": ["g2"]}
+    assert cov["pred_rows_without_guid"] == 1 and cov["truth_rows_without_guid"] == 0
+    # g2's first prediction (B) is scored; g5 has none and counts as wrong: it lowers C's recall
+    # (and nothing's precision). A: P 1, R 1/2 -> 2/3; B: 4/5; C: 0.
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["macro_f1_matched"] == pytest.approx((2 / 3 + 0.8) / 2)
+    by = _by_source(m)
+    assert by[NO_PREDICTION]["rows"] == 1 and by[NO_PREDICTION]["accuracy"] == 0.0
+    assert sum(row["rows"] for row in by.values()) == m["rows"] == 5
+
+
+def test_predictions_without_a_source_column_can_be_evaluated():
+    m = evaluate(_truth(), _pred()[["guid", "typology"]])
+    assert m["macro_f1"] == pytest.approx(1.3 / 3)
+    assert [row["rows"] for row in m["by_source"]] == [5] and m["coverage"]["has_source"] is False
+
+
+def test_whitespace_around_values_is_ignored():
+    pred = _pred().assign(guid=lambda f: " " + f["guid"] + " ", typology=lambda f: f["typology"] + "  ")
+    assert evaluate(_truth(), pred)["macro_f1"] == pytest.approx(1.3 / 3)
+
+
+def test_unknown_class_names_the_table_row_guid_and_value():
+    pred = _pred()
+    pred.loc[1, "typology"] = "картина"
+    with pytest.raises(EvaluateError, match=r"^predictions p\.csv: unknown typology 'картина' in 1 row\(s\) \(first: row 2, guid g2\); expected one of the 15 classes"):
+        evaluate(_truth(), pred, pred_name="predictions p.csv")
+    truth = _truth()
+    truth.loc[4, "typology"] = ""
+    with pytest.raises(EvaluateError, match=r"^truth t\.csv: unknown typology '' in 1 row\(s\) \(first: row 5, guid g5\)"):
+        evaluate(truth, _pred(), truth_name="truth t.csv")
+
+
+def test_missing_column_is_an_error():
+    with pytest.raises(EvaluateError, match=r"^truth: missing column\(s\) typology \(found: guid, label\)"):
+        evaluate(pd.DataFrame({"guid": ["g1"], "label": [A]}), _pred())
+
+
+def test_read_table_csv_parquet_and_errors(tmp_path):
+    csv_path = tmp_path / "pred.csv"
+    csv_path.write_text("\ufeffGUID, Typology ,source\n001,\"" + CLASSES[9] + "\",text\nNA,графика,image\n", encoding="utf-8")
+    frame = read_table(str(csv_path), ("guid", "typology"), "predictions")
+    assert frame["guid"].tolist() == ["001", "NA"] and frame["typology"].tolist() == [CLASSES[9], A]
+    parquet_path = tmp_path / "pred.parquet"
+    _pred().to_parquet(parquet_path)
+    assert read_table(str(parquet_path), ("guid", "typology"), "predictions")["source"].tolist() == _pred()["source"].tolist()
+
+    with pytest.raises(EvaluateError, match=r"^truth .*nowhere\.csv: no such file$"):
+        read_table(str(tmp_path / "nowhere.csv"), ("guid",), "truth")
+    (tmp_path / "pred.txt").write_text("guid\n")
+    with pytest.raises(EvaluateError, match=r"pred\.txt: unknown file type \(expected \.csv or \.parquet\)"):
+        read_table(str(tmp_path / "pred.txt"), ("guid",), "predictions")
+    with pytest.raises(EvaluateError, match=r"^predictions .*pred\.csv: missing column\(s\) confidence \(found: guid, typology, source\)$"):
+        read_table(str(csv_path), ("guid", "confidence"), "predictions")
+    (tmp_path / "bad.csv").write_bytes(b"guid,typology\n\xff,x\n")
+    with pytest.raises(CsvError, match=r"^truth .*bad\.csv, line 2: not UTF-8"):
+        read_table(str(tmp_path / "bad.csv"), ("guid",), "truth")
+
+
+def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):
+    truth, pred = tmp_path / "truth.csv", tmp_path / "pred.parquet"
+    _truth().to_csv(truth, index=False)
+    _pred().to_parquet(pred)
+    assert cli.main(["evaluate", "--truth", str(truth), "--pred", str(pred), "--work-dir", str(tmp_path / "work")]) == 0
+    out = tmp_path / "work" / "evaluate"
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "confusion.png", "metrics.json", "per_class.csv", "report.md"]
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["macro_f1"] == pytest.approx(1.3 / 3) and metrics["truth"] == str(truth) and metrics["pred"] == str(pred)
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert per_class.columns.tolist() == ["class", "precision", "recall", "f1", "support", "predicted"] and len(per_class) == 15
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "**macro-F1 0.433**" in report and "| image | 2 |" in report and "![confusion](confusion.png)" in report
+    stdout = capsys.readouterr().out
+    assert "evaluate: macro-F1 0.433, accuracy 0.600 on 5 truth guids; by source" in stdout and "metrics.json" in stdout
+
+
+def test_cli_evaluate_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    truth, pred = tmp_path / "truth.csv", tmp_path / "pred.csv"
+    _truth().to_csv(truth, index=False)
+    _pred().rename(columns={"typology": "label"}).to_csv(pred, index=False)
+    out = tmp_path / "out"
+    assert cli.main(["evaluate", "--truth", str(truth), "--pred", str(pred), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"evaluate: error: predictions {pred}: missing column(s) typology" in err
+    assert not out.exists()
