@@ -112,17 +112,24 @@ def test_bundle_is_versioned_and_complete(trained):
     assert json.loads((bundle / "metrics.json").read_text())["data_hash"] == result["metrics"]["data_hash"]
 
 
-def test_score_one_row_per_input_row_in_order(trained):
+def test_score_one_row_per_input_row_in_order(trained, spark):
     root, settings, _ = trained
     output = root / "scored.csv"
-    summary = score.run(settings, str(root / "data" / "test.csv"), str(output), str(root / "models"))
+    spec = score.resolve_models(settings, str(root / "models"))
+    assert spec.image_bundle is None and spec.text_bundle.endswith(result_version(root))
+    summary = score.run(spark, settings, str(root / "data" / "test.csv"), str(output), spec)
     rows = list(csv.DictReader(open(output, encoding="utf-8")))
     assert [r["guid"] for r in rows] == ["t1", "t2", "t3", "t1", "t5"]
     assert summary["rows"] == 5
     assert rows[0]["typology"] == CLASSES[7] and rows[0]["source"] == "text"
     assert rows[2]["typology"] == CLASSES[14]  # a typo'd title still lands in its class
-    assert rows[1]["source"] == "default" and rows[1]["note"] == "no description"
+    assert rows[1]["source"] == "default" and rows[1]["note"] == "no description; no image"
     assert rows[4]["source"] == "default" and "no words" in rows[4]["note"]
+    assert "duplicate guid" in rows[3]["note"] and rows[3]["source"] == "text"
+
+
+def result_version(root: Path) -> str:
+    return (root / "models" / "latest").read_text().strip()
     assert 0 < float(rows[0]["confidence"]) <= 1
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,37 +92,50 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Every stage that exists, end to end; prints where each output went."""
-    from . import ingest, score, train_image, train_text
+    """Every stage end to end: ingest -> image folds -> text model -> cascade tuning -> score the
+    test file -> submission -> the run's HTML report. Prints where each output went."""
+    from . import ingest, run_report, score, submission, train_image, train_text, tune_cascade
 
     work_dir = settings.get("paths.work_dir")
+    data = settings.get("paths.data")
     spark = _spark(settings, args, "pipeline")
     outputs: dict[str, dict[str, str]] = {}
+    timings: dict[str, float] = {}
+
+    def stage(name: str, run: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        result = run()
+        timings[name] = time.monotonic() - started
+        return result
+
     ingest_dir = storage.join(work_dir, "ingest")
-    summary = ingest.run(spark, settings, settings.get("paths.data"), ingest_dir)
-    outputs["ingest"] = {
-        "dataset": storage.join(ingest_dir, "dataset"),
-        "manifest": storage.join(ingest_dir, "manifest.parquet"),
-        "summary": storage.join(ingest_dir, "summary.json"),
-    }
-    image = train_image.run(spark, settings, outputs["ingest"]["dataset"], _models_dir(settings, "image"), storage.join(work_dir, "oof", "image.parquet"))
+    summary = stage("ingest", lambda: ingest.run(spark, settings, data, ingest_dir))
+    outputs["ingest"] = {name: storage.join(ingest_dir, path) for name, path in (("dataset", "dataset"), ("manifest", "manifest.parquet"), ("summary", "summary.json"))}
+    oof = {kind: storage.join(work_dir, "oof", f"{kind}.parquet") for kind in ("image", "text")}
+    image = stage("train-image", lambda: train_image.run(spark, settings, outputs["ingest"]["dataset"], _models_dir(settings, "image"), oof["image"]))
     outputs["train-image"] = {name: image[name] for name in ("bundle", "oof", "report") if name in image}
-    text = train_text.run(settings, settings.get("paths.data"), _models_dir(settings, "text"), storage.join(work_dir, "oof", "text.parquet"))
+    text = stage("train-text", lambda: train_text.run(settings, data, _models_dir(settings, "text"), oof["text"]))
     outputs["train-text"] = {"bundle": text["bundle"], "oof": text["oof"], "report": text["report"]}
-    test_csv = storage.join(settings.get("paths.data"), settings.get("ingest.test_csv"))
-    predictions = storage.join(work_dir, "predictions", "test_text.csv")
-    scored = score.run(settings, test_csv, predictions, _models_dir(settings, "text"))
+    cascade = stage("tune-cascade", lambda: tune_cascade.run(settings, oof["text"], oof["image"], _models_dir(settings, "cascade")))
+    outputs["tune-cascade"] = {"bundle": cascade["bundle"]}
+    predictions = storage.join(work_dir, "predictions", "test.csv")
+    spec = score.resolve_models(settings, storage.join(work_dir, "models"))
+    scored = stage("score", lambda: score.run(spark, settings, storage.join(data, settings.get("ingest.test_csv")), predictions, spec))
     outputs["score"] = {"test": predictions}
+    submitted = stage("submission", lambda: submission.run(settings, predictions, storage.join(work_dir, "submission.csv")))
+    outputs["submission"] = {"csv": submitted["output"]}
+    outputs["report"] = {"html": run_report.build_run_report(work_dir, timings, outputs, storage.S3Options.from_settings(settings.section("s3")))}
     print(
         f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}); "
         f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}; "
         f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}); "
-        f"{scored['rows']} test rows scored"
+        f"cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}; "
+        f"{scored['rows']} test rows scored ({_source_counts(scored['sources'])}); {sum(timings.values()) / 60:.1f} min"
     )
     print("outputs:")
-    for stage, paths in outputs.items():
+    for stage_name, paths in outputs.items():
         for name, path in paths.items():
-            print(f"  {stage:11s} {name:9s} {path}")
+            print(f"  {stage_name:12s} {name:9s} {path}")
     return outputs
 
 
@@ -160,15 +174,47 @@ def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import score
 
-    result = score.run(settings, args.input, args.output, args.model or _models_dir(settings, "text"))
-    print(f"score: {result['rows']} rows scored with text bundle {result['model_version']} ({result['sources']}) -> {result['output']}")
+    spec = score.resolve_models(settings, args.model or storage.join(settings.get("paths.work_dir"), "models"), args.text_model, args.image_model)
+    spark = _spark(settings, args, "score")
+    result = score.run(spark, settings, args.input, args.output, spec, images_dir=args.images, image_dataset=args.image_dataset)
+    print(f"score: {result['rows']} rows ({_source_counts(result['sources'])}) with {result['model_version']} -> {result['output']}")
     return result
 
 
+def _source_counts(sources: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(sources.items()))
+
+
 def _score_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, metavar="CSV", help="rows to score: guid,description[,...]")
-    parser.add_argument("--output", required=True, metavar="CSV", help="guid,typology,confidence,source,model_version,note")
-    parser.add_argument("--model", metavar="DIR", help="a bundle, or a models directory whose newest bundle is used (default: WORK_DIR/models/text)")
+    parser.add_argument("--input", required=True, metavar="CSV|PARQUET", help="rows to score: guid,description[,...] (either may be empty)")
+    parser.add_argument("--output", required=True, metavar="CSV|PARQUET", help="guid,typology,confidence,source,model_version,note (Parquet adds confidences and input hashes)")
+    parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension")
+    parser.add_argument("--image-dataset", metavar="DIR", help="images from a petastorm dataset written by ingest or crawl")
+    parser.add_argument("--model", metavar="DIR", help="models root with text/, image/, cascade/ (default: WORK_DIR/models), or one bundle")
+    parser.add_argument("--text-model", metavar="DIR", help="a text bundle or text models directory (overrides --model's)")
+    parser.add_argument("--image-model", metavar="DIR", help="an image bundle or image models directory (overrides --model's)")
+
+
+def cmd_tune_cascade(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from . import tune_cascade
+
+    work_dir = settings.get("paths.work_dir")
+    result = tune_cascade.run(
+        settings,
+        args.text_oof or storage.join(work_dir, "oof", "text.parquet"),
+        args.image_oof or storage.join(work_dir, "oof", "image.parquet"),
+        args.model_dir or _models_dir(settings, "cascade"),
+    )
+    f1 = result["metrics"]["paired_macro_f1"]
+    print(f"tune-cascade: {result['params']} paired macro-F1 {f1['tuned']:.3f} (baseline thresholds {f1['baseline']:.3f}, text alone {f1['text_only']:.3f}, image alone {f1['image_only']:.3f})")
+    _print_paths(result, ("bundle",))
+    return result
+
+
+def _tune_cascade_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text-oof", metavar="FILE", help="default: WORK_DIR/oof/text.parquet")
+    parser.add_argument("--image-oof", metavar="FILE", help="default: WORK_DIR/oof/image.parquet")
+    parser.add_argument("--model-dir", metavar="DIR", help="where cascade bundles go (default: WORK_DIR/models/cascade)")
 
 
 def cmd_show_conf(args: argparse.Namespace, settings: Settings) -> None:
@@ -257,7 +303,8 @@ JOBS: dict[str, Job] = {
     "ingest": Job("CSVs + images -> petastorm dataset and manifest", cmd_ingest, _ingest_arguments),
     "crawl": Job("URL CSV -> fetched images as a petastorm dataset and manifest (resumable)", cmd_crawl, _crawl_arguments),
     "train-text": Job("cross-validated text model: bundle, out-of-fold probabilities, report", cmd_train_text, _train_text_arguments),
-    "score": Job("classify the rows of a CSV with the newest text bundle", cmd_score, _score_arguments),
+    "tune-cascade": Job("fit the cascade's thresholds and blend weight on out-of-fold predictions", cmd_tune_cascade, _tune_cascade_arguments),
+    "score": Job("the text/image cascade over a CSV or Parquet of rows (Spark)", cmd_score, _score_arguments),
     "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments),
     "evaluate": Job("predictions against known labels: macro-F1, per-class table, confusion matrix, by source", cmd_evaluate, _evaluate_arguments),
     "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
@@ -282,12 +329,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         JOBS[args.job].run(args, _settings(args))
         return 0
-    except USER_ERRORS as exc:
+    except USER_ERRORS + _input_errors() as exc:
         print(f"museum-typology {args.job}: error: {exc}", file=sys.stderr)
         return 2
     except _job_errors() as exc:
         print(f"museum-typology {args.job}: failed: {exc}", file=sys.stderr)
         return 1
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """User errors of the jobs' own modules (imported late: they pull in pandas and pyarrow)."""
+    from .score import ScoreError
+    from .tune_cascade import TuneError
+
+    return (ScoreError, TuneError)
 
 
 def _job_errors() -> tuple[type[BaseException], ...]:

@@ -1,84 +1,423 @@
-"""score job: classify rows of a CSV with the newest text bundle.
+"""score job: the text/image cascade over a CSV or Parquet of catalogue rows, as a Spark job.
 
-Output: ``guid,typology,confidence,source,model_version,note``, one row per input row in input
-order. ``source`` is ``text`` when the description decided, ``default`` when there was nothing to
-score (``note`` says why). The scoring issue grows this into the full text/image cascade.
+Output: one row per input row, in input order: ``guid,typology,confidence,source,model_version,note``
+(Parquet output adds the per-modality confidences and the input hashes that ``rescore`` compares).
+``source`` is ``text``, ``image``, ``blend`` or ``default`` (see ``cascade``); ``note`` says what was
+missing or broken (no description, image unreadable and why, duplicate guid, ...).
+
+Shape: the driver reads and checks the input (clear errors, nothing dropped), finds each row's
+image (a ``DIR/<guid>[.ext]`` file or a row of a petastorm dataset) without reading it, and hands
+small rows to ``mapInPandas``. Each executor process loads the models once (``Scorer.cached``) and
+reads, decodes and scores its rows in batches. The driver collects the small result rows, puts
+them back in input order and writes the output atomically.
 """
 from __future__ import annotations
 
-import csv
+import hashlib
 import io
-from collections.abc import Sequence
+import json
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from . import storage
-from .catalogue import InputRow, decode_csv_bytes, parse_catalogue_csv
+from . import bundles, storage
+from .cascade import CascadeParams, decide
+from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv
 from .config import Settings
+from .image_source import guid_of
+from .images import decode_image
 from .log import get_logger
 from .schema import CLASSES
 from .storage import S3Options
 from .text import normalize
 
 log = get_logger(__name__)
+
 OUTPUT_COLUMNS = ("guid", "typology", "confidence", "source", "model_version", "note")
-SOURCE_TEXT, SOURCE_DEFAULT = "text", "default"
+# Extra columns of Parquet output (and of the Spark DataFrame): what rescore needs to skip rows.
+DETAIL_COLUMNS = ("text_confidence", "image_confidence", "description_hash", "image_sha256")
+TEXT_MARKER, IMAGE_MARKER = "calibration.json", "model.json"
+IMAGE_FILE, IMAGE_DATASET = "file", "dataset"
+
+# Columns handed to the executors, and what they send back.
+TASK_SCHEMA = "row long, guid string, text string, image_kind string, image_ref string, note string"
+RESULT_SCHEMA = (
+    "row long, guid string, typology string, confidence double, source string, model_version string, note string, "
+    "text_confidence double, image_confidence double, description_hash string, image_sha256 string"
+)
+RESULT_COLUMNS = tuple(part.strip().split(" ")[0] for part in RESULT_SCHEMA.split(","))
+
+
+class ScoreError(ValueError):
+    """The input or the models cannot be scored (a user error: one clear line)."""
+
+
+# ---------------------------------------------------------------- input
 
 
 def read_rows(url: str, s3: S3Options | None = None) -> list[InputRow]:
-    """Rows to score: ``guid`` and ``description`` are required, anything else is ignored."""
+    """Rows to score from a CSV or a Parquet file: ``guid`` and ``description`` columns are
+    required (either value may be empty); anything else (``typology`` included) is ignored."""
     name = url.rstrip("/").rsplit("/", 1)[-1]
     if not storage.exists(url, s3):
         raise storage.StorageError(f"{url}: no such file")
+    if name.lower().endswith((".parquet", ".pq")) or storage.is_dir(url, s3):
+        return _parquet_rows(url, name, s3)
     text = decode_csv_bytes(storage.read_bytes(url, s3), name)
     return parse_catalogue_csv(text, name, split="score", required=("guid", "description"), labelled=False)
 
 
-def decide(rows: Sequence[InputRow], texts: Sequence[str], proba: np.ndarray, default_class: str, version: str) -> list[dict[str, Any]]:
-    """Rows, their normalised texts and text probabilities (ignored where the text is empty) ->
-    output records. Pure."""
+def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
+    fs, path = storage.filesystem(url, s3)
+    try:
+        table = pq.read_table(path, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CsvError(f"{name}: not a readable Parquet file ({exc})") from None
+    missing = [c for c in ("guid", "description") if c not in table.column_names]
+    if missing:
+        raise CsvError(f"{name}: missing column(s) {', '.join(missing)} (found: {', '.join(table.column_names) or 'nothing'})")
+    rows = []
+    for number, (guid, description) in enumerate(zip(table.column("guid").to_pylist(), table.column("description").to_pylist()), start=1):
+        guid = str(guid).strip() if guid is not None and str(guid).strip() else None
+        description = str(description).strip() if description is not None and str(description).strip() else None
+        reason = None if guid else f"{name} row {number}: empty guid"
+        rows.append(InputRow(guid=guid, split="score", source_file=name, source_row=number, source_line=number, description=description, typology=None, rejected_reason=reason))
+    return rows
+
+
+def find_image_files(images_dir: str, s3: S3Options | None = None) -> dict[str, str]:
+    """guid -> URL of ``DIR/<guid>`` or ``DIR/<guid>.<any extension>`` (the content decides the
+    format, never the name). With several files for one guid the first in name order is used."""
+    if not storage.is_dir(images_dir, s3):
+        raise storage.StorageError(f"{images_dir}: --images must be a directory of <guid>[.ext] files")
+    found: dict[str, str] = {}
+    for name in sorted(storage.list_files(images_dir, s3, recursive=False)):
+        if name.rsplit("/", 1)[-1].startswith("."):
+            continue
+        found.setdefault(guid_of(name), storage.join(images_dir, name))
+    return found
+
+
+def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[str, str]:
+    """guid -> URL of the part file that holds its image in a petastorm dataset (ingest/crawl
+    output). Reads only the guid column of each part, never the images."""
+    fs, root = storage.filesystem(dataset_url, s3)
+    parts = sorted(info.path for info in fs.get_file_info(pa.fs.FileSelector(root, recursive=True)) if info.path.endswith(".parquet") and "/_" not in info.path[len(root):])
+    if not parts:
+        raise storage.StorageError(f"{dataset_url}: no Parquet part files (expected an ingest or crawl dataset/)")
+    found: dict[str, str] = {}
+    for part in parts:
+        guids = pq.read_table(part, columns=["guid"], filesystem=fs).column("guid").to_pylist()
+        url = part if not storage.is_s3(dataset_url) else "s3://" + part
+        for guid in guids:
+            found.setdefault(guid, url)
+    return found
+
+
+def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_images: dict[str, str]) -> pd.DataFrame:
+    """The rows handed to the executors (TASK_SCHEMA): normalised text, where the image is, and
+    what the driver already knows is wrong (duplicate guid, rejected row). Pure."""
+    seen: dict[str, int] = {}
     records = []
-    for row, text, p in zip(rows, texts, proba):
+    for index, row in enumerate(rows):
+        notes = [row.rejected_reason] if row.rejected_reason else []
+        if row.guid is not None:
+            if row.guid in seen:
+                notes.append(f"duplicate guid (first at row {seen[row.guid]})")
+            else:
+                seen[row.guid] = row.source_row
+        kind = ref = None
+        if row.guid is not None and row.guid in image_files:
+            kind, ref = IMAGE_FILE, image_files[row.guid]
+        elif row.guid is not None and row.guid in dataset_images:
+            kind, ref = IMAGE_DATASET, dataset_images[row.guid]
+        text = normalize(row.description)
         if not text:
-            note = "no description" if not row.description else "description has no words"
-            records.append(_record(row, default_class, 0.0, SOURCE_DEFAULT, version, note))
-        else:
-            best = int(np.argmax(p))
-            records.append(_record(row, CLASSES[best], float(p[best]), SOURCE_TEXT, version, row.rejected_reason))
-    return records
+            notes.append("no description" if not row.description else "description has no words")
+        records.append({"row": index, "guid": row.guid or "", "text": text, "image_kind": kind, "image_ref": ref, "note": "; ".join(notes)})
+    return pd.DataFrame.from_records(records, columns=["row", "guid", "text", "image_kind", "image_ref", "note"])
 
 
-def _record(row: InputRow, typology: str, confidence: float, source: str, version: str, note: str | None) -> dict[str, Any]:
-    return {"guid": row.guid or "", "typology": typology, "confidence": round(confidence, 6), "source": source, "model_version": version, "note": note or ""}
+# ---------------------------------------------------------------- models
 
 
-def to_csv(records: Sequence[dict[str, Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=OUTPUT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return buffer.getvalue().encode("utf-8")
+@dataclass(frozen=True)
+class ScorerSpec:
+    """Everything an executor needs to build a Scorer: concrete bundle URLs (resolved once on the
+    driver, so every executor uses the same versions), the cascade and the image limits."""
+
+    text_bundle: str | None
+    image_bundle: str | None
+    cascade: tuple[tuple[str, Any], ...]
+    cascade_version: str
+    s3: S3Options | None = None
+    max_side: int = 512
+    max_pixels: int = 80_000_000
+    max_bytes: int = 50_000_000
+    text_batch: int = 4096
+    image_batch: int = 32
+
+    @property
+    def params(self) -> CascadeParams:
+        return CascadeParams.from_dict(dict(self.cascade))
+
+    @property
+    def model_version(self) -> str:
+        def name(url: str | None) -> str:
+            return url.rstrip("/").rsplit("/", 1)[-1] if url else "none"
+
+        return f"text={name(self.text_bundle)};image={name(self.image_bundle)};cascade={self.cascade_version}"
 
 
-def run(settings: Settings, input_url: str, output_url: str, model_dir: str) -> dict[str, Any]:
-    from .text_model import TextModel
-    from .train_text import resolve_bundle
+def _concrete_bundle(model_dir: str, marker: str, s3: S3Options | None) -> str | None:
+    """``model_dir`` itself when it is a bundle, else the bundle its ``latest`` names, else None."""
+    if storage.exists(storage.join(model_dir, marker), s3):
+        return model_dir
+    latest = storage.join(model_dir, bundles.LATEST)
+    if storage.exists(latest, s3):
+        url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
+        if storage.exists(storage.join(url, marker), s3):
+            return url
+    return None
 
+
+def resolve_models(settings: Settings, model_dir: str, text_model: str | None = None, image_model: str | None = None) -> ScorerSpec:
+    """The models to score with. ``model_dir`` is a models root (``text/``, ``image/``,
+    ``cascade/`` below it), or one kind's directory or bundle; ``text_model``/``image_model``
+    name a bundle or kind directory explicitly."""
+    s3 = S3Options.from_settings(settings.section("s3"))
+    text = _concrete_bundle(text_model, TEXT_MARKER, s3) if text_model else None
+    image = _concrete_bundle(image_model, IMAGE_MARKER, s3) if image_model else None
+    text = text or _concrete_bundle(storage.join(model_dir, "text"), TEXT_MARKER, s3) or (None if text_model else _concrete_bundle(model_dir, TEXT_MARKER, s3))
+    image = image or _concrete_bundle(storage.join(model_dir, "image"), IMAGE_MARKER, s3) or (None if image_model else _concrete_bundle(model_dir, IMAGE_MARKER, s3))
+    if text is None and image is None:
+        raise ScoreError(f"{model_dir}: no text or image model bundle found (run train-text / train-image, or pass --model)")
+    params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3)
+    images = settings.section("images")
+    return ScorerSpec(
+        text, image, tuple(sorted(params.to_dict().items())), version, s3,
+        int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),
+        int(settings.get("score.batch_size")), int(settings.get("score.image_batch_size")),
+    )
+
+
+def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None) -> tuple[CascadeParams, str]:
+    """The newest tuned cascade (``tune-cascade``) when there is one, else the conf's [cascade]."""
+    bundle = _concrete_bundle(cascade_dir, "cascade.json", s3)
+    if bundle is not None:
+        values = json.loads(storage.read_bytes(storage.join(bundle, "cascade.json"), s3))
+        return CascadeParams.from_dict(values["params"]), bundle.rstrip("/").rsplit("/", 1)[-1]
+    return CascadeParams.from_dict(settings.section("cascade")), "conf"
+
+
+class Scorer:
+    """Loaded models plus the cascade: ``score_frame`` turns task rows into result rows.
+
+    One per executor process (``cached``): TensorFlow graphs and 100 MB of vectors are loaded once,
+    not per row or per batch. Also used directly by the PySpark Transformer and in tests."""
+
+    _cache: dict[ScorerSpec, Scorer] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, spec: ScorerSpec, text_model: Any = None, image_model: Any = None):
+        """Models are anything with ``predict_proba`` (``TextModel``: normalised texts ->
+        [n, 15]; ``ImageBundle``: RGB arrays -> [n, 15]). Left as None, a model named by the spec
+        is loaded from its bundle on first use: a text-only input never loads the CNN."""
+        self.spec = spec
+        self.params = spec.params
+        self.version = spec.model_version
+        self._text = text_model
+        self._image = image_model
+
+    @property
+    def text(self) -> Any:
+        if self._text is None and self.spec.text_bundle:
+            from .text_model import TextModel
+
+            self._text = TextModel.load(bundles.resolve_bundle(self.spec.text_bundle, TEXT_MARKER, "text", self.spec.s3))
+        return self._text
+
+    @property
+    def image(self) -> Any:
+        if self._image is None and self.spec.image_bundle:
+            from .image_model import ImageBundle
+
+            self._image = ImageBundle(bundles.resolve_bundle(self.spec.image_bundle, IMAGE_MARKER, "image", self.spec.s3))
+        return self._image
+
+    @classmethod
+    def cached(cls, spec: ScorerSpec) -> Scorer:
+        """The process's Scorer for ``spec``, loaded on first use (Python workers are reused
+        across tasks, so an executor loads each bundle once)."""
+        with cls._lock:
+            if spec not in cls._cache:
+                cls._cache[spec] = cls(spec)
+            return cls._cache[spec]
+
+    def score_frame(self, tasks: pd.DataFrame) -> pd.DataFrame:
+        """TASK_SCHEMA rows -> RESULT_SCHEMA rows (same order)."""
+        n = len(tasks)
+        notes = [[note] if note else [] for note in tasks["note"].fillna("")]
+        texts = tasks["text"].fillna("").tolist()
+        has_text = np.array([bool(t) for t in texts])
+        text_proba = np.zeros((n, len(CLASSES)))
+        if has_text.any():
+            if self.text is None:
+                has_text[:] = False
+                for i in np.flatnonzero([bool(t) for t in texts]):
+                    notes[i].append("no text model")
+            else:
+                idx = np.flatnonzero(has_text)
+                text_proba[idx] = self.text.predict_proba([texts[i] for i in idx], batch_size=self.spec.text_batch)
+        pixels, shas = self._read_images(tasks, notes)
+        has_image = np.array([p is not None for p in pixels])
+        image_proba = np.zeros((n, len(CLASSES)))
+        if has_image.any():
+            if self.image is None:
+                for i in np.flatnonzero(has_image):
+                    notes[i].append("no image model")
+                has_image[:] = False
+            else:
+                idx = np.flatnonzero(has_image)
+                image_proba[idx] = self.image.predict_proba([pixels[i] for i in idx], batch_size=self.spec.image_batch)
+        decision = decide(text_proba, image_proba, has_text, has_image, self.params)
+        return pd.DataFrame({
+            "row": tasks["row"].to_numpy(),
+            "guid": tasks["guid"].to_numpy(),
+            "typology": decision.typologies(),
+            "confidence": np.round(decision.confidence, 6),
+            "source": decision.source.astype(str),
+            "model_version": self.version,
+            "note": ["; ".join(parts) for parts in notes],
+            "text_confidence": np.where(has_text, text_proba.max(axis=1), np.nan),
+            "image_confidence": np.where(has_image, image_proba.max(axis=1), np.nan),
+            "description_hash": [description_hash(t) if t else None for t in texts],
+            "image_sha256": shas,
+        })
+
+    def _read_images(self, tasks: pd.DataFrame, notes: list[list[str]]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        """Read and decode each row's image (the one decode path); failures become notes."""
+        n = len(tasks)
+        raws: list[bytes | None] = [None] * n
+        kinds, refs, guids = tasks["image_kind"].tolist(), tasks["image_ref"].tolist(), tasks["guid"].tolist()
+        by_part: dict[str, list[int]] = defaultdict(list)
+        for i in range(n):
+            if kinds[i] == IMAGE_FILE:
+                try:
+                    raws[i] = storage.read_bytes(refs[i], self.spec.s3)
+                except OSError as exc:
+                    notes[i].append(f"image unreadable: {refs[i]}: {exc}")
+            elif kinds[i] == IMAGE_DATASET:
+                by_part[refs[i]].append(i)
+            else:
+                notes[i].append("no image")
+        for part, rows in by_part.items():
+            found = read_dataset_images(part, {guids[i] for i in rows}, self.spec.s3)
+            for i in rows:
+                raws[i] = found.get(guids[i])
+                if raws[i] is None:
+                    notes[i].append(f"image missing from {part}")
+        pixels: list[np.ndarray | None] = [None] * n
+        shas: list[str | None] = [None] * n
+        for i, raw in enumerate(raws):
+            if raw is None:
+                continue
+            decoded = decode_image(raw, self.spec.max_side, self.spec.max_pixels, self.spec.max_bytes)
+            shas[i] = decoded.sha256
+            if decoded.ok:
+                pixels[i] = decoded.pixels
+            else:
+                notes[i].append(f"image unusable: {decoded.reason}")
+        return pixels, shas
+
+
+def read_dataset_images(part_url: str, guids: set[str], s3: S3Options | None) -> dict[str, bytes]:
+    """guid -> stored image bytes (the codec's JPEG/PNG) of the given guids in one part file."""
+    fs, path = storage.filesystem(part_url, s3)
+    table = pq.read_table(path, columns=["guid", "image"], filesystem=fs, filters=[("guid", "in", sorted(guids))])
+    return dict(zip(table.column("guid").to_pylist(), table.column("image").to_pylist()))
+
+
+def description_hash(text: str) -> str:
+    """Of the normalised description: a change of case or spacing does not trigger a re-score."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+ScorerFactory = Callable[[ScorerSpec], Scorer]
+
+
+def score_partition(spec: ScorerSpec, factory: ScorerFactory = Scorer.cached):
+    """The mapInPandas function: one Scorer per executor process, batches in, results out."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        scorer = factory(spec)
+        for batch in batches:
+            yield scorer.score_frame(batch)
+
+    return run
+
+
+# ---------------------------------------------------------------- the job
+
+
+def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition: int, factory: ScorerFactory = Scorer.cached) -> pd.DataFrame:
+    """Score planned task rows on Spark; results back in ``row`` order."""
+    if tasks.empty:
+        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+    partitions = max(1, min(len(tasks), max(spark.sparkContext.defaultParallelism, -(-len(tasks) // rows_per_partition))))
+    # Rows whose images share a dataset part file go to one task, so each part is read once.
+    key = tasks["image_ref"].where(tasks["image_kind"] == IMAGE_DATASET, tasks["row"].mod(partitions).astype(str))
+    frame = spark.createDataFrame(tasks.assign(key=key.astype(str)), TASK_SCHEMA + ", key string")
+    scored = frame.repartition(partitions, "key").drop("key").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
+    result = scored.toPandas().sort_values("row", kind="stable").reset_index(drop=True)
+    if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
+        raise ScoreError(f"internal error: {len(tasks)} rows planned, {len(result)} scored")
+    return result
+
+
+
+def to_csv(result: pd.DataFrame) -> bytes:
+    return result.loc[:, list(OUTPUT_COLUMNS)].to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def to_parquet(result: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(result.loc[:, [*OUTPUT_COLUMNS, *DETAIL_COLUMNS]], preserve_index=False), buffer)
+    return buffer.getvalue()
+
+
+def write_output(url: str, result: pd.DataFrame, s3: S3Options | None) -> None:
+    """CSV or Parquet by the extension, written atomically."""
+    data = to_parquet(result) if url.lower().endswith((".parquet", ".pq")) else to_csv(result)
+    storage.write_bytes(url, data, s3)
+
+
+def run(
+    spark,
+    settings: Settings,
+    input_url: str,
+    output_url: str,
+    spec: ScorerSpec,
+    images_dir: str | None = None,
+    image_dataset: str | None = None,
+    factory: ScorerFactory = Scorer.cached,
+) -> dict[str, Any]:
+    """Score ``input_url`` into ``output_url`` (CSV or Parquet by extension): one row per input row."""
     s3 = S3Options.from_settings(settings.section("s3"))
     rows = read_rows(input_url, s3)
-    bundle = resolve_bundle(model_dir, s3)
-    model = TextModel.load(bundle)
-    texts = [normalize(r.description) for r in rows]
-    # Only rows with words reach the model; the others get the default class in decide().
-    with_text = [i for i, text in enumerate(texts) if text]
-    proba = np.zeros((len(texts), len(CLASSES)))
-    if with_text:
-        proba[with_text] = model.predict_proba([texts[i] for i in with_text], batch_size=int(settings.get("score.batch_size")))
-    records = decide(rows, texts, proba, settings.get("score.default_class"), model.version)
-    storage.write_bytes(output_url, to_csv(records), s3)
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record["source"]] = counts.get(record["source"], 0) + 1
-    log.info("score: %d rows -> %s (%s) with text bundle %s", len(records), output_url, counts, model.version)
-    return {"rows": len(records), "sources": counts, "output": output_url, "model_version": model.version}
+    image_files = find_image_files(images_dir, s3) if images_dir else {}
+    dataset_images = find_dataset_images(image_dataset, s3) if image_dataset else {}
+    tasks = plan_tasks(rows, image_files, dataset_images)
+    log.info("score: %d rows (%d with words, %d with an image) with %s", len(tasks), int((tasks["text"] != "").sum()), int(tasks["image_kind"].notna().sum()), spec.model_version)
+    result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
+    write_output(output_url, result, s3)
+    sources = dict(Counter(result["source"]))
+    log.info("score: %d rows -> %s (%s)", len(result), output_url, sources)
+    return {"rows": len(result), "sources": sources, "output": output_url, "model_version": spec.model_version, "result": result}

@@ -1,0 +1,164 @@
+"""The score job on Spark with stand-in models: every input row comes out once, in order, with a
+sensible source and a note, whatever is wrong with it; clear errors for unusable inputs.
+
+The models here are small stand-ins (keyword and colour rules) shipped to the executors with
+cloudpickle, so these tests exercise the job's plumbing; the real bundles are scored in
+test_text_model.py and test_image_model.py."""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pyspark import cloudpickle
+
+from museum_typology import cli, score
+from museum_typology.catalogue import CsvError
+from museum_typology.schema import CLASSES
+
+K = len(CLASSES)
+COIN, SWORD, PAINTING, BOOK = CLASSES.index("предметы нумизматики"), CLASSES.index("оружие"), CLASSES.index("живопись"), CLASSES.index("редкие книги")
+
+
+def rows_with_top(labels_and_tops) -> np.ndarray:
+    out = np.empty((len(labels_and_tops), K))
+    for i, (label, top) in enumerate(labels_and_tops):
+        out[i] = (1.0 - top) / (K - 1)
+        out[i, label] = top
+    return out
+
+
+class KeywordText:
+    """монета -> нумизматика (0.9), сабля -> оружие (0.45), anything else -> редкие книги (0.5)."""
+
+    def predict_proba(self, texts, batch_size=0):
+        return rows_with_top([(COIN, 0.9) if "монета" in t else (SWORD, 0.45) if "сабля" in t else (BOOK, 0.5) for t in texts])
+
+
+class ColourImage:
+    """Red images -> живопись (0.95), others -> редкие книги (0.65)."""
+
+    def predict_proba(self, images, batch_size=0):
+        return rows_with_top([(PAINTING, 0.95) if p[..., 0].mean() > p[..., 2].mean() + 50 else (BOOK, 0.65) for p in images])
+
+
+def stand_in(spec):
+    return score.Scorer(spec, KeywordText(), ColourImage())
+
+
+# Executors import modules by name; this test module is not importable there, so ship it by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def spec(**params) -> score.ScorerSpec:
+    cascade = {"t_text": 0.7, "t_image": 0.7, "w_text": 0.5, "default_class": CLASSES[14], **params}
+    return score.ScorerSpec("models/text/v1", "models/image/v2", tuple(sorted(cascade.items())), "conf")
+
+
+def jpeg(colour, fmt="JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_csv(path, rows, header=("guid", "description", "typology")):
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def bad_rows(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "b.jpg").write_bytes(jpeg((220, 10, 10)))  # red: a confident image
+    (images / "d").write_bytes(jpeg((220, 10, 10))[:200])  # truncated, no extension
+    (images / "e.xyz").write_bytes(jpeg((10, 10, 220), "PNG"))  # unknown extension, PNG inside
+    (images / "f.jpg").write_bytes(b"")  # an empty file
+    (images / "g.png").write_bytes(jpeg((220, 10, 10)))  # a JPEG named .png: content decides
+    rows = [
+        ("a", "Монета. Копейка 1799 г.", "ignored"),  # text only, confident
+        ("b", "", ""),  # image only
+        ("c", "", ""),  # nothing at all
+        ("d", "", ""),  # a broken image and no text
+        ("e", "Сабля казачья", ""),  # weak text + weak image -> blend
+        ("a", "Монета вторая", ""),  # duplicate guid: scored too, and said so
+        ("f", "Монета", ""),  # empty image file: the text decides
+        ("g", "...", ""),  # no words but an image
+        ("", "Монета без guid", ""),  # an empty guid
+    ]
+    write_csv(tmp_path / "in.csv", rows)
+    return tmp_path
+
+
+def test_every_bad_row_comes_out_once_in_order_with_a_source_and_a_note(spark, settings, bad_rows):
+    out = bad_rows / "out.csv"
+    summary = score.run(spark, settings, str(bad_rows / "in.csv"), str(out), spec(), images_dir=str(bad_rows / "images"), factory=stand_in)
+    got = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert [r["guid"] for r in got] == ["a", "b", "c", "d", "e", "a", "f", "g", ""]
+    by = {i: r for i, r in enumerate(got)}
+    assert (by[0]["typology"], by[0]["source"]) == (CLASSES[COIN], "text")
+    assert (by[1]["typology"], by[1]["source"]) == (CLASSES[PAINTING], "image") and by[1]["note"] == "no description"
+    assert (by[2]["typology"], by[2]["source"], float(by[2]["confidence"])) == (CLASSES[14], "default", 0.0)
+    assert by[2]["note"] == "no description; no image"
+    assert by[3]["source"] == "default" and "image unusable: corrupt image" in by[3]["note"]
+    # neither is sure (0.45 sword, 0.65 book): the blend 0.5 * text + 0.5 * image says book
+    assert by[4]["source"] == "blend" and by[4]["typology"] == CLASSES[BOOK]
+    assert by[5]["source"] == "text" and "duplicate guid (first at row 1)" in by[5]["note"]
+    assert by[6]["source"] == "text" and "image unusable: empty file" in by[6]["note"]
+    assert by[7]["source"] == "image" and by[7]["typology"] == CLASSES[PAINTING] and "no words" in by[7]["note"]
+    assert by[8]["source"] == "text" and "empty guid" in by[8]["note"]
+    assert summary["rows"] == 9 and sum(summary["sources"].values()) == 9
+    assert {r["model_version"] for r in got} == {"text=v1;image=v2;cascade=conf"}
+
+
+def test_parquet_in_and_out_with_images_from_a_dataset(spark, settings, tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    pq.write_table(pa.table({"guid": ["p1", "p2"], "image": [jpeg((230, 0, 0)), jpeg((0, 0, 230))]}), dataset / "part-0.parquet")
+    pq.write_table(pa.table({"guid": ["p3"], "image": [jpeg((0, 0, 230))[:100]]}), dataset / "part-1.parquet")
+    pd.DataFrame({"guid": ["p1", "p2", "p3", "p4"], "description": [None, "монета", None, None], "typology": "x"}).to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    score.run(spark, settings, str(tmp_path / "in.parquet"), str(out), spec(), image_dataset=str(dataset), factory=stand_in)
+    got = pd.read_parquet(out)
+    assert list(got["guid"]) == ["p1", "p2", "p3", "p4"]
+    assert list(got["source"]) == ["image", "text", "default", "default"]
+    assert got.loc[0, "typology"] == CLASSES[PAINTING] and got.loc[1, "typology"] == CLASSES[COIN]
+    assert "corrupt image" in got.loc[2, "note"] and got.loc[3, "note"] == "no description; no image"
+    # what rescore compares: the image's hash and the normalised description's hash
+    assert got.loc[0, "image_sha256"] and got.loc[3, "image_sha256"] is None
+    assert got.loc[1, "description_hash"] == score.description_hash("монета") and np.isnan(got.loc[0, "text_confidence"])
+
+
+def test_the_tuned_cascade_changes_the_decision(spark, settings, bad_rows):
+    out = bad_rows / "out.csv"
+    score.run(spark, settings, str(bad_rows / "in.csv"), str(out), spec(t_text=1.01, w_text=1.0), images_dir=str(bad_rows / "images"), factory=stand_in)
+    got = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert got[4]["source"] == "blend" and got[4]["typology"] == CLASSES[SWORD]  # all weight on the text
+
+
+def test_missing_column_and_missing_models_are_clear_errors(tmp_path, capsys):
+    write_csv(tmp_path / "no_description.csv", [("a", "")], header=("guid", "typology"))
+    with pytest.raises(CsvError, match="missing column.*description"):
+        score.read_rows(str(tmp_path / "no_description.csv"))
+    pd.DataFrame({"id": ["a"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(CsvError, match=r"bad.parquet: missing column\(s\) guid, description"):
+        score.read_rows(str(tmp_path / "bad.parquet"))
+    code = cli.main(["score", "--input", str(tmp_path / "no_description.csv"), "--output", str(tmp_path / "o.csv"), "--model", str(tmp_path / "models")])
+    assert code == 2 and "no text or image model bundle" in capsys.readouterr().err
+
+
+def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
+    for name in ["x.JPG", "y", "z.tar.gz", ".DS_Store"]:
+        (tmp_path / name).write_bytes(b"1")
+    found = score.find_image_files(str(tmp_path))
+    assert found == {"x": str(tmp_path / "x.JPG"), "y": str(tmp_path / "y"), "z": str(tmp_path / "z.tar.gz")}
+    with pytest.raises(OSError, match="must be a directory"):
+        score.find_image_files(str(tmp_path / "x.JPG"))
