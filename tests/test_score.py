@@ -122,7 +122,7 @@ def test_every_bad_row_comes_out_once_in_order_with_a_source_and_a_note(spark, s
 def test_parquet_in_and_out_with_images_from_a_dataset(spark, settings, tmp_path):
     dataset = tmp_path / "dataset"
     dataset.mkdir()
-    pq.write_table(pa.table({"guid": ["p1", "p2"], "image": [jpeg((230, 0, 0)), jpeg((0, 0, 230))]}), dataset / "part-0.parquet")
+    pq.write_table(pa.table({"guid": ["p1", "p2"], "image": [jpeg((230, 0, 0)), jpeg((0, 0, 230))], "sha256": ["orig-p1", "orig-p2"]}), dataset / "part-0.parquet")
     pq.write_table(pa.table({"guid": ["p3"], "image": [jpeg((0, 0, 230))[:100]]}), dataset / "part-1.parquet")
     pd.DataFrame({"guid": ["p1", "p2", "p3", "p4"], "description": [None, "монета", None, None], "typology": "x"}).to_parquet(tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"
@@ -133,7 +133,7 @@ def test_parquet_in_and_out_with_images_from_a_dataset(spark, settings, tmp_path
     assert got.loc[0, "typology"] == CLASSES[PAINTING] and got.loc[1, "typology"] == CLASSES[COIN]
     assert "corrupt image" in got.loc[2, "note"] and got.loc[3, "note"] == "no description; no image"
     # what rescore compares: the image's hash and the normalised description's hash
-    assert got.loc[0, "image_sha256"] and got.loc[3, "image_sha256"] is None
+    assert got.loc[0, "image_sha256"] == "orig-p1" and got.loc[3, "image_sha256"] is None  # the original file's hash
     assert got.loc[1, "description_hash"] == score.description_hash("монета") and np.isnan(got.loc[0, "text_confidence"])
 
 

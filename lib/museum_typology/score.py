@@ -318,19 +318,24 @@ class Scorer:
                 by_part[refs[i]].append(i)
             else:
                 notes[i].append("no image")
+        # A dataset row carries the sha256 of the original file (ingest/crawl), the same hash a
+        # DIR/<guid> file gets here, so rescore sees an unchanged image whichever way it came.
+        original_sha: dict[int, str] = {}
         for part, rows in by_part.items():
             found = read_dataset_images(part, {guids[i] for i in rows}, self.spec.s3)
             for i in rows:
-                raws[i] = found.get(guids[i])
+                raws[i], sha = found.get(guids[i], (None, None))
                 if raws[i] is None:
                     notes[i].append(f"image missing from {part}")
+                elif sha:
+                    original_sha[i] = sha
         pixels: list[np.ndarray | None] = [None] * n
         shas: list[str | None] = [None] * n
         for i, raw in enumerate(raws):
             if raw is None:
                 continue
             decoded = decode_image(raw, self.spec.max_side, self.spec.max_pixels, self.spec.max_bytes)
-            shas[i] = decoded.sha256
+            shas[i] = original_sha.get(i, decoded.sha256)
             if decoded.ok:
                 pixels[i] = decoded.pixels
             else:
@@ -338,11 +343,15 @@ class Scorer:
         return pixels, shas
 
 
-def read_dataset_images(part_url: str, guids: set[str], s3: S3Options | None) -> dict[str, bytes]:
-    """guid -> stored image bytes (the codec's JPEG/PNG) of the given guids in one part file."""
+def read_dataset_images(part_url: str, guids: set[str], s3: S3Options | None) -> dict[str, tuple[bytes, str | None]]:
+    """guid -> (stored image bytes (the codec's JPEG/PNG), sha256 of the original file or None)
+    for the given guids in one part file."""
     fs, path = storage.filesystem(part_url, s3)
-    table = pq.read_table(path, columns=["guid", "image"], filesystem=fs, filters=[("guid", "in", sorted(guids))])
-    return dict(zip(table.column("guid").to_pylist(), table.column("image").to_pylist()))
+    names = pq.read_schema(path, filesystem=fs).names
+    columns = ["guid", "image"] + (["sha256"] if "sha256" in names else [])
+    table = pq.read_table(path, columns=columns, filesystem=fs, filters=[("guid", "in", sorted(guids))])
+    shas = table.column("sha256").to_pylist() if "sha256" in names else [None] * table.num_rows
+    return {guid: (image, sha) for guid, image, sha in zip(table.column("guid").to_pylist(), table.column("image").to_pylist(), shas)}
 
 
 def description_hash(text: str) -> str:
