@@ -181,3 +181,29 @@ def test_class_offsets_recover_a_suppressed_rare_class():
     honest = cross_fitted_predictions(proba, proba, y, np.arange(1000) % 5, (0.5,))
     assert macro_f1(y, honest["blend"]) == pytest.approx(before)
     assert macro_f1(y, honest["offsets"]) > before + 0.3
+
+
+def test_typology_classifier_transformer_adds_columns_and_keeps_rows(trained, spark, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+
+    from museum_typology.spark import TypologyClassifier
+
+    root, _, _ = trained
+    items = spark.createDataFrame(
+        [("t1", "Монета копейка 1799 г.", 1, None), ("t2", None, 2, b"not an image"), ("t3", "Фотоrрафия. Снимок завода", 3, None), ("t4", "...", 4, None)],
+        "id string, title string, n int, picture binary",
+    )
+    clf = TypologyClassifier(modelPath=str(root / "models"), guidCol="id", descriptionCol="title", imageCol="picture")
+    scored = clf.transform(items).orderBy("n").collect()
+    assert [r["id"] for r in scored] == ["t1", "t2", "t3", "t4"] and [r["n"] for r in scored] == [1, 2, 3, 4]
+    assert scored[0]["typology"] == CLASSES[7] and scored[0]["typology_source"] == "text" and 0 < scored[0]["typology_confidence"] <= 1
+    assert scored[2]["typology"] == CLASSES[14]
+    # no text and an unusable image / no words at all -> the default class, never a lost row
+    assert scored[1]["typology_source"] == "default" and scored[3]["typology_source"] == "default"
+    # a pipeline stage that saves and loads with its params
+    path = str(tmp_path / "pipeline")
+    Pipeline(stages=[clf]).fit(items).write().overwrite().save(path)
+    loaded = PipelineModel.load(path).stages[0]
+    assert loaded.getOrDefault(loaded.descriptionCol) == "title" and loaded.getOrDefault(loaded.modelPath) == str(root / "models")
+    with pytest.raises(ValueError, match="descriptionCol='nope' is not a column"):
+        TypologyClassifier(modelPath=str(root / "models"), descriptionCol="nope").transform(items)

@@ -158,6 +158,7 @@ def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, An
         args.model_dir or _models_dir(settings, "text"),
         args.oof or storage.join(settings.get("paths.work_dir"), "oof", "text.parquet"),
         folds=args.folds,
+        manifest=args.manifest,
     )
     macro = result["metrics"]["macro_f1"]
     print(f"train-text: out-of-fold macro-F1 {macro['final']:.3f} (baseline {macro['baseline']:.3f}, tfidf {macro['tfidf']:.3f}, bilstm {macro['bilstm']:.3f})")
@@ -169,6 +170,7 @@ def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/text)")
     parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/text.parquet)")
     parser.add_argument("--folds", type=int, metavar="K", help="number of folds (default: text.folds)")
+    parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job: relabelled rows train on their new label, dropped rows are left out")
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -217,6 +219,33 @@ def _tune_cascade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", metavar="DIR", help="where cascade bundles go (default: WORK_DIR/models/cascade)")
 
 
+def cmd_clean(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Label noise: keep / relabel / drop per out-of-fold row, a cleaned manifest and a review page."""
+    from . import clean
+
+    work_dir = settings.get("paths.work_dir")
+    oof = [u.strip() for u in args.oof.split(",") if u.strip()] if args.oof else [storage.join(work_dir, "oof", f"{name}.parquet") for name in ("text", "image")]
+    output = args.output or storage.join(work_dir, "clean")
+    s3 = storage.S3Options.from_settings(settings.section("s3"))
+    for url in oof:
+        clean.read_oof(url, s3)  # a missing or malformed file fails here, before Spark starts
+    spark = _spark(settings, args, "clean")
+    summary = clean.run(spark, settings, oof, output, dataset_url=args.dataset)
+    actions = summary["actions"]
+    print(
+        f"clean: {summary['rows']} rows -> kept {actions['keep']}, relabelled {actions['relabel']}, dropped {actions['drop']} "
+        f"({summary['suspected']} suspected; {len(summary['suspicious_clusters'])} suspicious clusters)"
+    )
+    _print_paths(summary, ("manifest", "manifest_csv", "review"))
+    return summary
+
+
+def _clean_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--oof", metavar="FILE[,FILE]", help="out-of-fold probabilities, comma-separated (default: WORK_DIR/oof/text.parquet,WORK_DIR/oof/image.parquet)")
+    parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/clean)")
+    parser.add_argument("--dataset", metavar="DIR", help="petastorm dataset with the images for the review page (default: WORK_DIR/ingest/dataset)")
+
+
 def cmd_show_conf(args: argparse.Namespace, settings: Settings) -> None:
     print(json.dumps(settings.values, ensure_ascii=False, indent=2))
 
@@ -261,7 +290,7 @@ def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, metavar="K", help="number of stratified folds (default: image.folds)")
     parser.add_argument("--num-proc", type=int, metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
     parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on all labelled images (a stratified fold validates)")
-    parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest (guid, typology[, keep]) whose labels replace the dataset's")
+    parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job (guid, new_label, action; or guid, typology[, keep]): its labels replace the dataset's, dropped rows are left out")
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -306,6 +335,7 @@ JOBS: dict[str, Job] = {
     "tune-cascade": Job("fit the cascade's thresholds and blend weight on out-of-fold predictions", cmd_tune_cascade, _tune_cascade_arguments),
     "score": Job("the text/image cascade over a CSV or Parquet of rows (Spark)", cmd_score, _score_arguments),
     "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments),
+    "clean": Job("label noise: keep / relabel / drop per out-of-fold row, cleaned manifest and review page", cmd_clean, _clean_arguments),
     "evaluate": Job("predictions against known labels: macro-F1, per-class table, confusion matrix, by source", cmd_evaluate, _evaluate_arguments),
     "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
     "show-conf": Job("print the resolved settings as JSON", cmd_show_conf),

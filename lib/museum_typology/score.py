@@ -44,7 +44,8 @@ OUTPUT_COLUMNS = ("guid", "typology", "confidence", "source", "model_version", "
 # Extra columns of Parquet output (and of the Spark DataFrame): what rescore needs to skip rows.
 DETAIL_COLUMNS = ("text_confidence", "image_confidence", "description_hash", "image_sha256")
 TEXT_MARKER, IMAGE_MARKER = "calibration.json", "model.json"
-IMAGE_FILE, IMAGE_DATASET = "file", "dataset"
+# Where a row's image is: a file (URL), a row of a dataset part file, or bytes in the row itself.
+IMAGE_FILE, IMAGE_DATASET, IMAGE_BYTES = "file", "dataset", "bytes"
 
 # Columns handed to the executors, and what they send back.
 TASK_SCHEMA = "row long, guid string, text string, image_kind string, image_ref string, note string"
@@ -316,6 +317,8 @@ class Scorer:
                     notes[i].append(f"image unreadable: {refs[i]}: {exc}")
             elif kinds[i] == IMAGE_DATASET:
                 by_part[refs[i]].append(i)
+            elif kinds[i] == IMAGE_BYTES:
+                raws[i] = tasks["image_bytes"].iat[i]
             else:
                 notes[i].append("no image")
         # A dataset row carries the sha256 of the original file (ingest/crawl), the same hash a

@@ -61,12 +61,15 @@ def read_labels(dataset_url: str, manifest: str | None, s3: S3Options | None) ->
     labels = {r["guid"]: r["typology"] for r in table if r["typology"] is not None}
     sha = {r["guid"]: r["sha256"] for r in table}
     if manifest:
-        cleaned = pq.read_table(storage.open_input_file(manifest, s3)).to_pylist()
-        if not cleaned or "guid" not in cleaned[0] or "typology" not in cleaned[0]:
-            raise TrainImageError(f"{manifest}: a cleaned manifest needs guid and typology columns")
-        keep = {r["guid"]: r["typology"] for r in cleaned if r.get("typology") and r.get("keep", True) and r["guid"] in sha}
-        log.info("cleaned manifest %s: %d of %d dataset images kept with their cleaned label", manifest, len(keep), len(sha))
-        labels = keep
+        from .clean import read_cleaned_labels
+
+        # The clean job's manifest (guid, new_label, action) or a hand-made one (guid, typology[, keep]):
+        # the guids it names take its label or leave (drop); the others keep the dataset's label.
+        cleaned = read_cleaned_labels(manifest, s3)
+        keep = {g: cleaned.get(g, t) for g, t in labels.items()}
+        keep.update({g: t for g, t in cleaned.items() if g in sha and g not in labels})
+        labels = {g: t for g, t in keep.items() if t is not None}
+        log.info("cleaned manifest %s: %d of %d dataset images labelled after cleaning", manifest, len(labels), len(sha))
     unknown = sorted({t for t in labels.values() if t not in CLASS_INDEX})
     if unknown:
         raise TrainImageError(f"unknown typology in the labels: {unknown[:3]}")

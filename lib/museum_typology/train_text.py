@@ -69,7 +69,7 @@ def choose_weight(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, grid: tupl
     return best, scores
 
 
-def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: int | None = None) -> dict[str, Any]:
+def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: int | None = None, manifest: str | None = None) -> dict[str, Any]:
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     if folds:
@@ -79,6 +79,10 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
 
     rows = read_input_rows(data_dir, settings, s3)
     data = labelled_texts(rows)
+    if manifest:  # the clean job's decisions: relabelled rows get their new label, dropped rows leave
+        from .clean import apply_cleaned_labels, read_cleaned_labels
+
+        data = apply_cleaned_labels(data, read_cleaned_labels(manifest, s3))
     if len(data) < ts.folds * 2:
         raise ValueError(f"{data_dir}: only {len(data)} labelled rows with a description; need at least {ts.folds * 2}")
     corpus = [normalize(r.description) for r in rows if r.description]

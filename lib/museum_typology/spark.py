@@ -1,0 +1,106 @@
+"""The models for PySpark users: ``TypologyClassifier``, a ``pyspark.ml`` Transformer.
+
+    from museum_typology.spark import TypologyClassifier
+
+    clf = TypologyClassifier(modelPath="s3://bucket/museum/models", descriptionCol="title")
+    scored = clf.transform(items)  # items' columns + typology, typology_confidence, typology_source
+
+It adds the cascade's prediction, confidence and source to any DataFrame, keeping every input
+row and column. Text comes from ``descriptionCol``; an image, optionally, from ``imageCol``
+(binary: the file's bytes, e.g. ``spark.read.format("binaryFile")``'s ``content``) or
+``imagePathCol`` (a local or s3:// path per row). Models are resolved once on the driver (the
+newest bundles under ``modelPath``) and loaded once per executor process, as in the score job.
+It saves and loads with a Pipeline like any other stage (``DefaultParamsWritable``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pandas as pd
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame
+from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+
+from . import score
+from .config import load_settings
+from .text import normalize
+
+
+class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritable):
+    """Adds ``predictionCol`` (one of the 15 typologies), ``confidenceCol`` and ``sourceCol``
+    (text / image / blend / default) to a DataFrame. See the module docstring."""
+
+    modelPath = Param(Params._dummy(), "modelPath", "models root (text/, image/, cascade/ below it) or one bundle; local or s3://", TypeConverters.toString)
+    confPath = Param(Params._dummy(), "confPath", "settings file (TOML) over conf/default.toml, e.g. for S3 endpoints; empty = defaults", TypeConverters.toString)
+    guidCol = Param(Params._dummy(), "guidCol", "identifier column (only used in notes)", TypeConverters.toString)
+    descriptionCol = Param(Params._dummy(), "descriptionCol", "description column; empty string = no text", TypeConverters.toString)
+    imageCol = Param(Params._dummy(), "imageCol", "binary column with image file bytes; empty string = none", TypeConverters.toString)
+    imagePathCol = Param(Params._dummy(), "imagePathCol", "column with an image path per row; empty string = none", TypeConverters.toString)
+    predictionCol = Param(Params._dummy(), "predictionCol", "output: the typology", TypeConverters.toString)
+    confidenceCol = Param(Params._dummy(), "confidenceCol", "output: its confidence", TypeConverters.toString)
+    sourceCol = Param(Params._dummy(), "sourceCol", "output: text / image / blend / default", TypeConverters.toString)
+
+    @keyword_only
+    def __init__(self, *, modelPath: str = "var/models", confPath: str = "", guidCol: str = "guid", descriptionCol: str = "description",
+                 imageCol: str = "", imagePathCol: str = "", predictionCol: str = "typology", confidenceCol: str = "typology_confidence",
+                 sourceCol: str = "typology_source"):
+        super().__init__()
+        self._setDefault(modelPath="var/models", confPath="", guidCol="guid", descriptionCol="description", imageCol="", imagePathCol="",
+                         predictionCol="typology", confidenceCol="typology_confidence", sourceCol="typology_source")
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs) -> TypologyClassifier:
+        return self._set(**kwargs)
+
+    def _spec(self) -> score.ScorerSpec:
+        conf = self.getOrDefault(self.confPath)
+        return score.resolve_models(load_settings(conf_file=conf or None), self.getOrDefault(self.modelPath))
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        get = self.getOrDefault
+        columns = {name: get(getattr(self, name)) for name in ("guidCol", "descriptionCol", "imageCol", "imagePathCol")}
+        outputs = (get(self.predictionCol), get(self.confidenceCol), get(self.sourceCol))
+        for name, column in columns.items():
+            # guidCol is optional (it only names rows in notes); the inputs must exist.
+            if column and column not in dataset.columns and name != "guidCol":
+                raise ValueError(f"TypologyClassifier: {name}={column!r} is not a column of the DataFrame (columns: {', '.join(dataset.columns)})")
+        clash = [c for c in outputs if c in dataset.columns]
+        if clash:
+            raise ValueError(f"TypologyClassifier: output column(s) {', '.join(clash)} already exist; set predictionCol/confidenceCol/sourceCol")
+        schema = StructType([*dataset.schema.fields, StructField(outputs[0], StringType()), StructField(outputs[1], DoubleType()), StructField(outputs[2], StringType())])
+        return dataset.mapInPandas(_transform_batches(self._spec(), columns, outputs), schema)
+
+
+def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs: tuple[str, str, str]):
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        scorer = score.Scorer.cached(spec)
+        for batch in batches:
+            result = scorer.score_frame(tasks_of(batch, columns))
+            yield batch.assign(**{outputs[0]: result["typology"].to_numpy(), outputs[1]: result["confidence"].to_numpy(), outputs[2]: result["source"].to_numpy()})
+
+    return run
+
+
+def tasks_of(batch: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """A DataFrame batch -> the score job's task rows (TASK_SCHEMA, plus image bytes). Pure."""
+    n = len(batch)
+    guid = batch[columns["guidCol"]].astype("string").fillna("") if columns["guidCol"] in batch else pd.Series([""] * n)
+    description = batch[columns["descriptionCol"]] if columns["descriptionCol"] else pd.Series([None] * n)
+    texts = [normalize(d if isinstance(d, str) else None) for d in description]
+    kinds: list[str | None] = [None] * n
+    refs: list[str | None] = [None] * n
+    raw: list[bytes | None] = [None] * n
+    if columns["imageCol"]:
+        for i, value in enumerate(batch[columns["imageCol"]]):
+            if value is not None:
+                kinds[i], raw[i] = score.IMAGE_BYTES, bytes(value)
+    if columns["imagePathCol"]:
+        for i, value in enumerate(batch[columns["imagePathCol"]]):
+            if kinds[i] is None and isinstance(value, str) and value:
+                kinds[i], refs[i] = score.IMAGE_FILE, value
+    notes = ["" if t else "description has no words" if isinstance(d, str) and d.strip() else "no description" for d, t in zip(description, texts)]
+    return pd.DataFrame({"row": range(n), "guid": guid.to_numpy(), "text": texts, "image_kind": kinds, "image_ref": refs, "note": notes, "image_bytes": raw})
