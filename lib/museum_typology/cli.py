@@ -197,6 +197,43 @@ def _score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-model", metavar="DIR", help="an image bundle or image models directory (overrides --model's)")
 
 
+def cmd_rescore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Nightly incremental scoring: only new or changed catalogue rows, into predictions/date=DAY/."""
+    from . import rescore, score
+
+    work_dir = settings.get("paths.work_dir")
+    predictions = args.predictions or storage.join(work_dir, "predictions")
+    s3 = storage.S3Options.from_settings(settings.section("s3"))
+    date = rescore.check_arguments(args.catalogue, predictions, args.date, s3)  # before Spark starts
+    spec = score.resolve_models(settings, args.model or storage.join(work_dir, "models"), args.text_model, args.image_model)
+    spark = _spark(settings, args, "rescore")
+    result = rescore.run(spark, settings, args.catalogue, predictions, spec, date=date, images_dir=args.images, image_dataset=args.image_dataset, force=args.force)
+    reasons = ", ".join(f"{name} {count}" for name, count in result["reasons"].items())
+    not_scored = ", ".join(f"{name} {count}" for name, count in result["not_scored"].items())
+    if result["already_complete"]:
+        print(f"rescore {date}: {result['partition']} already holds this night's {result['rescored']} rows for this catalogue and these models; nothing scored")
+    else:
+        print(
+            f"rescore {date}: {result['rows']} catalogue rows -> {result['rescored']} scored ({reasons}), {result['unchanged']} unchanged, "
+            f"{sum(result['not_scored'].values())} not scored ({not_scored}); {result['absent_from_catalogue']} predicted guids no longer in the catalogue; "
+            f"model {result['model_version']}"
+        )
+    print(f"  partition: {result['partition']}")
+    return result
+
+
+def _rescore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalogue", required=True, metavar="FILE|DIR", help="guid,description rows: a CSV or Parquet file, or a directory of them")
+    parser.add_argument("--predictions", metavar="DIR", help="the dated partitions, date=YYYY-MM-DD/ (default: WORK_DIR/predictions)")
+    parser.add_argument("--date", metavar="YYYY-MM-DD", help="the night's partition (default: today, UTC); pass it explicitly from a scheduler so a retry writes the same one")
+    parser.add_argument("--force", action="store_true", help="score the night's delta again even when its partition is already complete")
+    parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension (hashed every night to see changes)")
+    parser.add_argument("--image-dataset", metavar="DIR", help="images from a petastorm dataset written by ingest or crawl (its sha256 column says what changed)")
+    parser.add_argument("--model", metavar="DIR", help="models root with text/, image/, cascade/ (default: WORK_DIR/models), or one bundle")
+    parser.add_argument("--text-model", metavar="DIR", help="a text bundle or text models directory (overrides --model's)")
+    parser.add_argument("--image-model", metavar="DIR", help="an image bundle or image models directory (overrides --model's)")
+
+
 def cmd_tune_cascade(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import tune_cascade
 
@@ -334,6 +371,7 @@ JOBS: dict[str, Job] = {
     "train-text": Job("cross-validated text model: bundle, out-of-fold probabilities, report", cmd_train_text, _train_text_arguments),
     "tune-cascade": Job("fit the cascade's thresholds and blend weight on out-of-fold predictions", cmd_tune_cascade, _tune_cascade_arguments),
     "score": Job("the text/image cascade over a CSV or Parquet of rows (Spark)", cmd_score, _score_arguments),
+    "rescore": Job("nightly: score only new or changed catalogue rows into predictions/date=YYYY-MM-DD/ (Spark)", cmd_rescore, _rescore_arguments),
     "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments),
     "clean": Job("label noise: keep / relabel / drop per out-of-fold row, cleaned manifest and review page", cmd_clean, _clean_arguments),
     "evaluate": Job("predictions against known labels: macro-F1, per-class table, confusion matrix, by source", cmd_evaluate, _evaluate_arguments),

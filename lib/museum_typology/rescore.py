@@ -1,0 +1,448 @@
+"""rescore job: the nightly incremental scoring of a catalogue into dated prediction partitions.
+
+``PREDICTIONS/date=YYYY-MM-DD/`` holds the rows scored that night only (a delta): the columns of
+score's Parquet output (``guid, typology, confidence, source, model_version, note,
+text_confidence, image_confidence, description_hash, image_sha256``) plus ``reason``, why the row
+was scored again. The current prediction of a guid is its row in the newest committed partition
+that has it (``current_predictions``).
+
+A catalogue row (``guid,description``; CSV or Parquet, one file or a directory of them) is scored
+when, against that current state:
+
+- ``new``: no committed partition before the run's date has its guid;
+- ``description``: the hash of its normalised description differs (``score.description_hash``, so
+  case, spacing and ё/е do not count);
+- ``model``: the state's ``model_version`` is not the current ``ScorerSpec.model_version`` (any
+  difference, a rollback included);
+- ``image``: its image's sha256 differs (an image that appeared or disappeared included).
+
+The first that applies is the row's ``reason``, in that order; the image is compared only for rows
+that nothing else sends to scoring. Image hashes: a petastorm dataset (``--image-dataset``) carries
+each original file's sha256 in its ``sha256`` column, read without the images; files
+(``--images DIR``) are read and hashed on the executors, every night, for the rows the other
+checks leave (size and mtime are not trusted: a copy can keep both and change the bytes).
+
+Catalogue rows that cannot be keyed by guid are not scored and are counted: an empty guid, and a
+guid already seen (the first row of a guid counts, in file order). Every catalogue row is
+rescored, unchanged or not scored; the summary reconciles the three with the row count.
+
+Re-running a night: the state is read from partitions dated before the run's date only, so the
+same night computes the same delta. When the night's partition is already committed with exactly
+the planned rows (guids, reasons, input hashes, model version) and the same counts, nothing is
+scored or written; otherwise (or with ``force``) the delta is scored again and replaces the
+partition whole (``storage.atomic_directory``). A date older than the newest committed partition
+is refused: the state only moves forward.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from . import storage
+from .catalogue import InputRow
+from .config import Settings
+from .log import get_logger
+from .score import (
+    DETAIL_COLUMNS,
+    OUTPUT_COLUMNS,
+    Scorer,
+    ScoreError,
+    ScorerFactory,
+    ScorerSpec,
+    description_hash,
+    find_dataset_images,
+    find_image_files,
+    plan_tasks,
+    read_dataset_images,
+    read_rows,
+    score_tasks,
+)
+from .storage import S3Options
+from .text import normalize
+
+log = get_logger(__name__)
+
+REASONS = ("new", "description", "model", "image")  # in the order they are tested
+NOT_SCORED = ("empty guid", "duplicate guid")
+PARTITION_COLUMNS = (*OUTPUT_COLUMNS, *DETAIL_COLUMNS, "reason")
+PARTITION_SCHEMA = pa.schema(
+    [(name, pa.float64() if name in ("confidence", "text_confidence", "image_confidence") else pa.string()) for name in PARTITION_COLUMNS]
+)
+STATE_COLUMNS = ("guid", "model_version", "description_hash", "image_sha256")
+PART_FILE, SUMMARY_FILE = "part-00000.parquet", "_summary.json"
+PARTITION_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
+# The summary keys that describe the plan (what a re-run compares before skipping).
+PLAN_KEYS = (
+    "date", "model_version", "rows", "rescored", "reasons", "unchanged", "not_scored", "not_scored_examples",
+    "absent_from_catalogue", "absent_examples", "state_partitions",
+)
+EXAMPLES = 20
+
+
+class RescoreError(ScoreError):
+    """Unusable arguments or predictions directory (a user error: one clear line, exit code 2)."""
+
+
+# ---------------------------------------------------------------- arguments and inputs
+
+
+def run_date(date: str | None) -> str:
+    """``date`` checked as YYYY-MM-DD, or today's UTC date."""
+    if date is None:
+        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+            raise ValueError
+        dt.date.fromisoformat(date)
+    except ValueError:
+        raise RescoreError(f"--date must be a date as YYYY-MM-DD, got {date!r}") from None
+    return date
+
+
+def check_arguments(catalogue_url: str, predictions_url: str, date: str | None, s3: S3Options | None = None) -> str:
+    """Fail early, before Spark starts, on what the user can fix; returns the run's date."""
+    date = run_date(date)
+    if not storage.exists(catalogue_url, s3):
+        raise storage.StorageError(f"{catalogue_url}: no such file or directory (--catalogue)")
+    if storage.exists(predictions_url, s3) and not storage.is_dir(predictions_url, s3):
+        raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
+    return date
+
+
+def read_catalogue(url: str, s3: S3Options | None = None) -> list[InputRow]:
+    """Rows of one CSV/Parquet file, or of every ``.csv``/``.parquet``/``.pq`` file under a
+    directory (sorted by path; hidden and ``_``-prefixed names skipped), through ``score.read_rows``."""
+    if not storage.exists(url, s3):
+        raise storage.StorageError(f"{url}: no such file or directory (--catalogue)")
+    if not storage.is_dir(url, s3):
+        return read_rows(url, s3)
+    names = [
+        name for name in storage.list_files(url, s3, recursive=True)
+        if name.lower().endswith(CATALOGUE_SUFFIXES) and not any(part.startswith((".", "_")) for part in name.split("/"))
+    ]
+    if not names:
+        raise RescoreError(f"{url}: no .csv or .parquet files in the catalogue directory")
+    rows: list[InputRow] = []
+    for name in names:
+        rows.extend(read_rows(storage.join(url, name), s3))
+    return rows
+
+
+# ---------------------------------------------------------------- the predictions directory
+
+
+def committed_partitions(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, str]]:
+    """``(date, url)`` of the committed ``date=YYYY-MM-DD`` partitions, oldest first. Temporary,
+    uncommitted (no ``_SUCCESS``) and other entries are ignored."""
+    if not storage.exists(predictions_url, s3):
+        return []
+    if not storage.is_dir(predictions_url, s3):
+        raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
+    fs, path = storage.filesystem(predictions_url, s3)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+        match = PARTITION_RE.fullmatch(name)
+        if info.type != pafs.FileType.Directory or not match:
+            continue
+        try:
+            dt.date.fromisoformat(match.group(1))
+        except ValueError:
+            continue
+        url = storage.join(predictions_url, name)
+        if storage.is_committed(url, s3):
+            found.append((match.group(1), url))
+        else:
+            log.warning("rescore: %s has no %s marker (an interrupted write?); ignored", url, storage.SUCCESS_MARKER)
+    return sorted(found)
+
+
+def read_partition(url: str, s3: S3Options | None = None, columns: Sequence[str] = PARTITION_COLUMNS) -> pa.Table:
+    """The rows of one partition (its Parquet files), with the partition schema's types."""
+    fs, path = storage.filesystem(url, s3)
+    files = [name for name in storage.list_files(url, s3) if name.endswith(".parquet") and not name.startswith((".", "_"))]
+    schema = pa.schema([PARTITION_SCHEMA.field(name) for name in columns])
+    tables = []
+    for name in files:
+        try:
+            table = pq.read_table(f"{path}/{name}", filesystem=fs)
+            tables.append(table.select(list(columns)).cast(schema))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, OSError) as exc:
+            raise RescoreError(f"{url}/{name}: not a predictions partition file ({exc})") from None
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def current_predictions(predictions_url: str, s3: S3Options | None = None, before: str | None = None, columns: Sequence[str] = PARTITION_COLUMNS) -> pd.DataFrame:
+    """The current prediction of every guid: its row in the newest committed partition that has
+    it (``before``: only partitions dated strictly earlier), plus ``date``, the partition it came
+    from. Sorted by guid. Guids that left the catalogue keep their last prediction."""
+    columns = list(dict.fromkeys(["guid", *columns]))
+    tables = []
+    for date, url in committed_partitions(predictions_url, s3):
+        if before is not None and date >= before:
+            continue
+        table = read_partition(url, s3, columns)
+        tables.append(table.append_column("date", pa.array([date] * table.num_rows, pa.string())))
+    if not tables:
+        tables.append(pa.schema([*(PARTITION_SCHEMA.field(name) for name in columns), ("date", pa.string())]).empty_table())
+    frame = pa.concat_tables(tables).to_pandas()
+    # Oldest partition first, rows in file order: the last row of a guid is its newest.
+    frame = frame.drop_duplicates("guid", keep="last")
+    return frame.sort_values("guid", kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- images
+
+
+class ImageHashes:
+    """Where score finds each guid's image (a ``DIR/<guid>`` file first, else a dataset row) and
+    the sha256 score will record for it, computed only for the guids asked about."""
+
+    def __init__(self, spark, images_dir: str | None, image_dataset: str | None, s3: S3Options | None):
+        self.spark, self.s3 = spark, s3
+        self.files = find_image_files(images_dir, s3) if images_dir else {}
+        self.dataset = find_dataset_images(image_dataset, s3) if image_dataset else {}
+
+    def __call__(self, guids: Sequence[str]) -> dict[str, str | None]:
+        result: dict[str, str | None] = {guid: None for guid in guids}
+        files = {guid: self.files[guid] for guid in guids if guid in self.files}
+        result.update(hash_files(self.spark, files, self.s3))
+        by_part: dict[str, list[str]] = {}
+        for guid in guids:
+            if guid not in self.files and guid in self.dataset:
+                by_part.setdefault(self.dataset[guid], []).append(guid)
+        for part, part_guids in by_part.items():
+            result.update(dataset_hashes(part, part_guids, self.s3))
+        return result
+
+
+def dataset_hashes(part_url: str, guids: Sequence[str], s3: S3Options | None) -> dict[str, str | None]:
+    """guid -> the sha256 score records for a dataset row: its ``sha256`` column (the original
+    file's hash, read without the images), or where that is empty, the hash of the stored bytes."""
+    fs, path = storage.filesystem(part_url, s3)
+    wanted = set(guids)
+    has_sha = "sha256" in pq.read_schema(path, filesystem=fs).names
+    found: dict[str, str | None] = {}
+    if has_sha:
+        table = pq.read_table(path, columns=["guid", "sha256"], filesystem=fs, filters=[("guid", "in", sorted(wanted))])
+        # Like score.read_dataset_images: the last row of a guid in the part file wins.
+        found = {guid: sha or None for guid, sha in zip(table.column("guid").to_pylist(), table.column("sha256").to_pylist())}
+    missing = {guid for guid in wanted if not found.get(guid)}
+    if missing:
+        for guid, (image, _) in read_dataset_images(part_url, missing, s3).items():
+            found[guid] = hashlib.sha256(image).hexdigest() if image is not None else None
+    return {guid: found.get(guid) for guid in guids}
+
+
+def _hash_partition(s3: S3Options | None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            shas = []
+            for url in batch["url"]:
+                try:
+                    shas.append(hashlib.sha256(storage.read_bytes(url, s3)).hexdigest())
+                except OSError:  # score notes "image unreadable" and records no hash
+                    shas.append(None)
+            yield pd.DataFrame({"guid": batch["guid"].to_numpy(), "sha256": shas})
+
+    return run
+
+
+def hash_files(spark, urls: Mapping[str, str], s3: S3Options | None) -> dict[str, str | None]:
+    """guid -> sha256 of the file's bytes (None when unreadable), read and hashed on the executors."""
+    if not urls:
+        return {}
+    partitions = max(1, min(len(urls), spark.sparkContext.defaultParallelism * 4))
+    frame = spark.createDataFrame(pd.DataFrame({"guid": list(urls), "url": list(urls.values())}), "guid string, url string")
+    hashed = frame.repartition(partitions).mapInPandas(_hash_partition(s3), "guid string, sha256 string").toPandas()
+    return dict(zip(hashed["guid"], hashed["sha256"].where(hashed["sha256"].notna(), None)))
+
+
+# ---------------------------------------------------------------- the plan (pure, given the image hashes)
+
+
+@dataclass
+class RescorePlan:
+    rescore: list[tuple[int, str]]  # (catalogue row index, reason), in catalogue order
+    unchanged: int
+    not_scored: list[tuple[int, str, str]]  # (catalogue row index, kind, message)
+    absent: list[str]  # guids of the state that the catalogue no longer has, sorted
+
+    def counts(self) -> dict[str, Any]:
+        reasons = Counter(reason for _, reason in self.rescore)
+        kinds = Counter(kind for _, kind, _ in self.not_scored)
+        return {
+            "rescored": len(self.rescore),
+            "reasons": {reason: reasons[reason] for reason in REASONS},
+            "unchanged": self.unchanged,
+            "not_scored": {kind: kinds[kind] for kind in NOT_SCORED},
+            "not_scored_examples": [message for _, _, message in self.not_scored[:EXAMPLES]],
+            "absent_from_catalogue": len(self.absent),
+            "absent_examples": self.absent[:EXAMPLES],
+        }
+
+
+def normalised_hash(description: str | None) -> str | None:
+    """The description hash score records: of the normalised text, None when it has no words."""
+    text = normalize(description)
+    return description_hash(text) if text else None
+
+
+def plan_rescore(
+    rows: Sequence[InputRow],
+    state: Mapping[str, Mapping[str, Any]],
+    model_version: str,
+    image_hashes: Callable[[list[str]], Mapping[str, str | None]],
+) -> RescorePlan:
+    """Which catalogue rows to score and why. ``state``: guid -> its current ``model_version``,
+    ``description_hash``, ``image_sha256``; ``image_hashes`` is asked once, for the rows whose
+    text and model are unchanged."""
+    first: dict[str, int] = {}
+    rescore: list[tuple[int, str]] = []
+    check: list[int] = []
+    not_scored: list[tuple[int, str, str]] = []
+    for index, row in enumerate(rows):
+        where = f"{row.source_file} row {row.source_row}"
+        if row.guid is None:
+            not_scored.append((index, "empty guid", f"{where}: empty guid"))
+            continue
+        if row.guid in first:
+            other = rows[first[row.guid]]
+            not_scored.append((index, "duplicate guid", f"{where}: duplicate guid {row.guid} (first at {other.source_file} row {other.source_row})"))
+            continue
+        first[row.guid] = index
+        old = state.get(row.guid)
+        if old is None:
+            rescore.append((index, "new"))
+        elif normalised_hash(row.description) != old.get("description_hash"):
+            rescore.append((index, "description"))
+        elif old.get("model_version") != model_version:
+            rescore.append((index, "model"))
+        else:
+            check.append(index)
+    unchanged = 0
+    if check:
+        current = image_hashes([rows[i].guid for i in check])  # type: ignore[misc]
+        for index in check:
+            guid = rows[index].guid
+            if current.get(guid) != state[guid].get("image_sha256"):  # type: ignore[index]
+                rescore.append((index, "image"))
+            else:
+                unchanged += 1
+    return RescorePlan(sorted(rescore), unchanged, not_scored, sorted(set(state) - set(first)))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def to_parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame.loc[:, list(PARTITION_COLUMNS)], schema=PARTITION_SCHEMA, preserve_index=False), buffer)
+    return buffer.getvalue()
+
+
+def summary_bytes(summary: Mapping[str, Any]) -> bytes:
+    return (json.dumps(summary, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_partition(url: str, frame: pd.DataFrame, summary: Mapping[str, Any], s3: S3Options | None) -> None:
+    """The night's rows and its summary, committed whole (``_SUCCESS`` last) or not at all."""
+    with storage.atomic_directory(url, s3) as tmp:
+        storage.write_bytes(storage.join(tmp, PART_FILE), to_parquet(frame), s3)
+        storage.write_bytes(storage.join(tmp, SUMMARY_FILE), summary_bytes(summary), s3)
+
+
+def _already_complete(url: str, planned: list[tuple], plan_summary: Mapping[str, Any], s3: S3Options | None) -> bool:
+    """The committed partition holds exactly the planned rows, made from the same inputs."""
+    if not storage.is_committed(url, s3):
+        return False
+    try:
+        stored = json.loads(storage.read_bytes(storage.join(url, SUMMARY_FILE), s3))
+        table = read_partition(url, s3, ("guid", "reason", "description_hash", "image_sha256", "model_version"))
+    except (OSError, ValueError):
+        return False
+    if any(stored.get(key) != plan_summary[key] for key in PLAN_KEYS):
+        return False
+    return list(zip(*(table.column(name).to_pylist() for name in table.column_names))) == planned
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run(
+    spark,
+    settings: Settings,
+    catalogue_url: str,
+    predictions_url: str,
+    spec: ScorerSpec,
+    date: str | None = None,
+    images_dir: str | None = None,
+    image_dataset: str | None = None,
+    force: bool = False,
+    factory: ScorerFactory = Scorer.cached,
+) -> dict[str, Any]:
+    """Score what changed in ``catalogue_url`` since the newest committed partitions of
+    ``predictions_url`` into ``predictions_url/date=DATE/`` (see the module docstring)."""
+    s3 = S3Options.from_settings(settings.section("s3"))
+    date = check_arguments(catalogue_url, predictions_url, date, s3)
+    partition_url = storage.join(predictions_url, f"date={date}")
+    partitions = committed_partitions(predictions_url, s3)
+    newer = [d for d, _ in partitions if d > date]
+    if newer:
+        raise RescoreError(
+            f"{predictions_url}: partition date={newer[-1]} is newer than --date {date}; rescore only moves forward "
+            f"(the state of {date} would ignore it). Re-run date {newer[-1]} or a later one."
+        )
+    rows = read_catalogue(catalogue_url, s3)
+    before = [(d, url) for d, url in partitions if d < date]
+    state_frame = current_predictions(predictions_url, s3, before=date, columns=STATE_COLUMNS)
+    state = {record["guid"]: record for record in state_frame.to_dict("records")}  # string columns: None for null
+    images = ImageHashes(spark, images_dir, image_dataset, s3)
+    version = spec.model_version
+    log.info("rescore %s: %d catalogue rows against %d guids from %d partition(s), model %s", date, len(rows), len(state), len(before), version)
+    plan = plan_rescore(rows, state, version, images)
+
+    counts = plan.counts()
+    summary: dict[str, Any] = {
+        "date": date,
+        "model_version": version,
+        "rows": len(rows),
+        **counts,
+        "state_partitions": [d for d, _ in before],
+        "catalogue": catalogue_url,
+        "partition": partition_url,
+    }
+    accounted = counts["rescored"] + counts["unchanged"] + sum(counts["not_scored"].values())
+    if accounted != len(rows):  # every catalogue row is rescored, unchanged or not scored
+        raise RescoreError(f"internal error: {len(rows)} catalogue rows, {accounted} accounted for")
+    delta = [rows[i] for i, _ in plan.rescore]
+    reasons = [reason for _, reason in plan.rescore]
+
+    if not force and storage.is_committed(partition_url, s3):
+        current = images([row.guid for row in delta]) if delta else {}  # type: ignore[misc]
+        planned = [(row.guid, reason, normalised_hash(row.description), current.get(row.guid), version) for row, reason in zip(delta, reasons)]
+        if _already_complete(partition_url, planned, summary, s3):
+            log.info("rescore %s: %s already holds this delta (%d rows); nothing to do", date, partition_url, len(delta))
+            stored = json.loads(storage.read_bytes(storage.join(partition_url, SUMMARY_FILE), s3))
+            return {**stored, "already_complete": True, "scored": 0}
+
+    tasks = plan_tasks(delta, images.files, images.dataset)
+    result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
+    frame = result.assign(reason=reasons)
+    summary["sources"] = dict(sorted(Counter(frame["source"]).items()))
+    write_partition(partition_url, frame, summary, s3)
+    log.info("rescore %s: %d rows scored (%s) -> %s", date, len(frame), summary["reasons"], partition_url)
+    return {**summary, "already_complete": False, "scored": len(frame)}

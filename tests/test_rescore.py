@@ -1,0 +1,272 @@
+"""The nightly rescore job on Spark with stand-in models: night 1 scores everything, a later night
+only what changed (with the reason), a model change everything, a re-run of the same night
+changes nothing; clear errors for unusable arguments.
+
+The stand-in models (keyword and colour rules, as in test_score.py) are shipped to the executors
+by value with cloudpickle."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pyspark import cloudpickle
+
+from museum_typology import cli, rescore, score, storage
+from museum_typology.catalogue import InputRow
+from museum_typology.schema import CLASSES
+
+K = len(CLASSES)
+COIN, SWORD, PAINTING, BOOK = CLASSES.index("предметы нумизматики"), CLASSES.index("оружие"), CLASSES.index("живопись"), CLASSES.index("редкие книги")
+
+
+def _proba(label: int, top: float) -> list[float]:
+    row = [(1.0 - top) / (K - 1)] * K
+    row[label] = top
+    return row
+
+
+class KeywordText:
+    """монета -> нумизматика (0.9), сабля -> оружие (0.9), anything else -> редкие книги (0.5)."""
+
+    def predict_proba(self, texts, batch_size=0):
+        return [_proba(COIN, 0.9) if "монета" in t else _proba(SWORD, 0.9) if "сабля" in t else _proba(BOOK, 0.5) for t in texts]
+
+
+class ColourImage:
+    """Red images -> живопись (0.95), others -> редкие книги (0.65)."""
+
+    def predict_proba(self, images, batch_size=0):
+        return [_proba(PAINTING, 0.95) if p[..., 0].mean() > p[..., 2].mean() + 50 else _proba(BOOK, 0.65) for p in images]
+
+
+def stand_in(spec):
+    return score.Scorer(spec, KeywordText(), ColourImage())
+
+
+def must_not_score(spec):
+    raise AssertionError("nothing should be scored")
+
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def spec(text="models/text/v1") -> score.ScorerSpec:
+    cascade = {"t_text": 0.7, "t_image": 0.7, "w_text": 0.5, "default_class": CLASSES[14]}
+    return score.ScorerSpec(text, "models/image/v2", tuple(sorted(cascade.items())), "conf")
+
+
+RED, BLUE = (220, 10, 10), (10, 10, 220)
+
+
+def jpeg(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def write_catalogue(path, rows):
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("guid", "description", "typology"))
+        writer.writerows(rows)
+
+
+NIGHT1 = [
+    ("a", "Монета. Копейка 1799 г.", ""),  # text, red image
+    ("b", "Сабля казачья", ""),  # text only
+    ("c", "", ""),  # image only (blue)
+    ("d", "Книга", ""),  # text only
+    ("", "без guid", ""),  # not scored: empty guid
+    ("a", "Монета вторая", ""),  # not scored: duplicate guid
+]
+
+
+@pytest.fixture
+def night1(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg(RED))
+    (images / "c").write_bytes(jpeg(BLUE))
+    write_catalogue(tmp_path / "catalogue.csv", NIGHT1)
+    return tmp_path
+
+
+def run(spark, settings, root, date, factory=stand_in, model=None, **kwargs):
+    return rescore.run(
+        spark, settings, str(root / "catalogue.csv"), str(root / "predictions"), model or spec(), date=date,
+        images_dir=str(root / "images"), factory=factory, **kwargs,
+    )
+
+
+def partition(root, date) -> pd.DataFrame:
+    return pd.read_parquet(root / "predictions" / f"date={date}" / rescore.PART_FILE)
+
+
+def snapshot(directory):
+    return {name: ((directory / name).read_bytes(), os.stat(directory / name).st_mtime_ns) for name in sorted(os.listdir(directory))}
+
+
+def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, settings, night1):
+    root = night1
+    first = run(spark, settings, root, "2026-03-01")
+    got = partition(root, "2026-03-01")
+    assert list(got.columns) == list(rescore.PARTITION_COLUMNS)
+    assert list(got["guid"]) == ["a", "b", "c", "d"] and set(got["reason"]) == {"new"}
+    assert list(got["typology"]) == [CLASSES[COIN], CLASSES[SWORD], CLASSES[BOOK], CLASSES[BOOK]]
+    assert got.loc[0, "image_sha256"] is not None and got.loc[1, "image_sha256"] is None
+    assert first["rows"] == 6 and first["rescored"] == 4 and first["unchanged"] == 0
+    assert first["not_scored"] == {"empty guid": 1, "duplicate guid": 1}
+    assert "catalogue.csv row 6: duplicate guid a (first at catalogue.csv row 1)" in first["not_scored_examples"]
+    assert storage.is_committed(str(root / "predictions" / "date=2026-03-01"))
+
+    # Night 2: b's description changes, c's image changes, f is new. a's description changes only
+    # in case and spacing, and a's image is rewritten with the same bytes (a new mtime): unchanged.
+    night2 = [("a", "МОНЕТА.   копейка 1799 г.", ""), ("b", "Монета серебряная", ""), ("c", "", ""), ("d", "Книга", ""), ("f", "Сабля", ""), ("", "без guid", "")]
+    write_catalogue(root / "catalogue.csv", night2)
+    (root / "images" / "c").write_bytes(jpeg(RED))
+    (root / "images" / "a.jpg").write_bytes(jpeg(RED))
+    second = run(spark, settings, root, "2026-03-02")
+    got = partition(root, "2026-03-02")
+    assert list(zip(got["guid"], got["reason"])) == [("b", "description"), ("c", "image"), ("f", "new")]
+    assert second["reasons"] == {"new": 1, "description": 1, "model": 0, "image": 1}
+    assert second["unchanged"] == 2 and second["not_scored"] == {"empty guid": 1, "duplicate guid": 0}
+    assert second["rows"] == 6 == second["rescored"] + second["unchanged"] + sum(second["not_scored"].values())
+    assert second["state_partitions"] == ["2026-03-01"]
+
+    current = rescore.current_predictions(str(root / "predictions"))
+    assert list(current["guid"]) == ["a", "b", "c", "d", "f"]
+    assert list(current["date"]) == ["2026-03-01", "2026-03-02", "2026-03-02", "2026-03-01", "2026-03-02"]
+    assert current.set_index("guid").loc["b", "typology"] == CLASSES[COIN]
+    assert current.set_index("guid").loc["c", "typology"] == CLASSES[PAINTING]
+
+    # The same night again: the partition is complete for these inputs, nothing is scored or written.
+    before = snapshot(root / "predictions" / "date=2026-03-02")
+    again = run(spark, settings, root, "2026-03-02", factory=must_not_score)
+    assert again["already_complete"] and again["scored"] == 0 and again["reasons"] == second["reasons"]
+    assert snapshot(root / "predictions" / "date=2026-03-02") == before
+    # Forced, it scores the same delta again and writes the same content.
+    forced = run(spark, settings, root, "2026-03-02", force=True)
+    assert not forced["already_complete"] and forced["scored"] == 3
+    after = snapshot(root / "predictions" / "date=2026-03-02")
+    assert {name: data for name, (data, _) in after.items()} == {name: data for name, (data, _) in before.items()}
+
+    # A night with nothing changed scores nothing and writes an empty partition with its summary.
+    third = run(spark, settings, root, "2026-03-03", factory=must_not_score)
+    assert third["rescored"] == 0 and third["unchanged"] == 5 and third["scored"] == 0
+    empty = partition(root, "2026-03-03")
+    assert len(empty) == 0 and list(empty.columns) == list(rescore.PARTITION_COLUMNS)
+    summary = json.loads((root / "predictions" / "date=2026-03-03" / rescore.SUMMARY_FILE).read_text())
+    assert summary["state_partitions"] == ["2026-03-01", "2026-03-02"] and summary["unchanged"] == 5
+    assert rescore.current_predictions(str(root / "predictions")).equals(current)
+
+    # A new model version rescores every guid; a guid gone from the catalogue keeps its prediction.
+    write_catalogue(root / "catalogue.csv", [r for r in night2 if r[0] != "d"])
+    fourth = run(spark, settings, root, "2026-03-04", model=spec("models/text/v9"))
+    got = partition(root, "2026-03-04")
+    assert list(got["guid"]) == ["a", "b", "c", "f"] and set(got["reason"]) == {"model"}
+    assert set(got["model_version"]) == {"text=v9;image=v2;cascade=conf"}
+    assert fourth["absent_from_catalogue"] == 1 and fourth["absent_examples"] == ["d"]
+    assert len(rescore.current_predictions(str(root / "predictions"))) == 5
+
+    # The PySpark way to read the current state gives the same rows.
+    from pyspark.sql import Window, functions as F
+
+    predictions = str(root / "predictions")
+    frame = (
+        spark.read.option("basePath", predictions).parquet(predictions + "/date=*")
+        .withColumn("_n", F.row_number().over(Window.partitionBy("guid").orderBy(F.col("date").desc())))
+        .filter("_n = 1").drop("_n")
+    ).toPandas().sort_values("guid").reset_index(drop=True)
+    expected = rescore.current_predictions(predictions)
+    assert list(frame["guid"]) == list(expected["guid"]) and list(frame["typology"]) == list(expected["typology"])
+    assert [str(d) for d in frame["date"]] == list(expected["date"])
+
+
+def test_dataset_images_are_compared_by_their_sha256_column(spark, settings, tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+
+    def write_dataset(rows):
+        guids, images, shas = zip(*rows)
+        pq.write_table(pa.table({"guid": list(guids), "image": list(images), "sha256": list(shas)}), dataset / "part-0.parquet")
+
+    write_dataset([("p1", jpeg(RED), "orig-1"), ("p2", jpeg(RED), "orig-2"), ("p3", jpeg(RED), None)])
+    write_catalogue(tmp_path / "catalogue.csv", [("p1", "", ""), ("p2", "", ""), ("p3", "", "")])
+    args = (spark, settings, str(tmp_path / "catalogue.csv"), str(tmp_path / "predictions"), spec())
+    rescore.run(*args, date="2026-03-01", image_dataset=str(dataset), factory=stand_in)
+    got = partition(tmp_path, "2026-03-01")
+    assert list(got["image_sha256"][:2]) == ["orig-1", "orig-2"]
+    # p1: re-encoded stored bytes, same original file -> unchanged; p2: another original file;
+    # p3: no sha256 in the dataset -> the stored bytes' hash, unchanged here.
+    write_dataset([("p1", jpeg(BLUE), "orig-1"), ("p2", jpeg(BLUE), "orig-2b"), ("p3", jpeg(RED), None)])
+    second = rescore.run(*args, date="2026-03-02", image_dataset=str(dataset), factory=stand_in)
+    got = partition(tmp_path, "2026-03-02")
+    assert list(zip(got["guid"], got["reason"], got["image_sha256"])) == [("p2", "image", "orig-2b")]
+    assert second["unchanged"] == 2
+
+
+def test_plan_is_pure_and_asks_for_image_hashes_only_where_needed():
+    rows = [
+        InputRow("x", "score", "c.csv", 1, 2, "Монета", None),
+        InputRow("y", "score", "c.csv", 2, 3, "Сабля", None),
+        InputRow("z", "score", "c.csv", 3, 4, "Ваза", None),
+        InputRow(None, "score", "c.csv", 4, 5, "Без guid", None, rejected_reason="c.csv row 4 (line 5): empty guid"),
+    ]
+    state = {
+        "x": {"model_version": "v1", "description_hash": rescore.normalised_hash("монета"), "image_sha256": None},
+        "y": {"model_version": "v0", "description_hash": rescore.normalised_hash("Сабля"), "image_sha256": None},
+        "gone": {"model_version": "v1", "description_hash": None, "image_sha256": None},
+    }
+    asked = []
+    plan = rescore.plan_rescore(rows, state, "v1", lambda guids: asked.extend(guids) or {"x": "new-image"})
+    assert asked == ["x"]  # y (model) and z (new) are scored anyway
+    assert plan.rescore == [(0, "image"), (1, "model"), (2, "new")] and plan.unchanged == 0
+    assert plan.not_scored == [(3, "empty guid", "c.csv row 4: empty guid")] and plan.absent == ["gone"]
+
+
+def test_catalogue_directory_of_csv_and_parquet(tmp_path):
+    directory = tmp_path / "catalogue"
+    (directory / "sub").mkdir(parents=True)
+    write_catalogue(directory / "a.csv", [("g1", "Монета", "")])
+    pd.DataFrame({"guid": ["g2"], "description": ["Сабля"]}).to_parquet(directory / "sub" / "b.parquet")
+    (directory / "_SUCCESS").write_bytes(b"")
+    (directory / "notes.txt").write_text("ignored")
+    assert [row.guid for row in rescore.read_catalogue(str(directory))] == ["g1", "g2"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(rescore.RescoreError, match="no .csv or .parquet files"):
+        rescore.read_catalogue(str(tmp_path / "empty"))
+
+
+def test_clear_errors(spark, settings, night1, capsys):
+    root = night1
+    with pytest.raises(storage.StorageError, match="nowhere.csv: no such file or directory \\(--catalogue\\)"):
+        rescore.run(spark, settings, str(root / "nowhere.csv"), str(root / "predictions"), spec(), date="2026-03-01")
+    (root / "not_a_dir").write_text("x")
+    with pytest.raises(rescore.RescoreError, match="not_a_dir: --predictions must be a directory"):
+        rescore.run(spark, settings, str(root / "catalogue.csv"), str(root / "not_a_dir"), spec(), date="2026-03-01")
+    with pytest.raises(rescore.RescoreError, match="--date must be a date as YYYY-MM-DD, got '2026-3-1'"):
+        rescore.run_date("2026-3-1")
+    # An interrupted write (no _SUCCESS) is ignored; a committed partition newer than --date is refused.
+    (root / "predictions" / "date=2026-03-09").mkdir(parents=True)
+    assert rescore.committed_partitions(str(root / "predictions")) == []
+    run(spark, settings, root, "2026-03-05")
+    with pytest.raises(rescore.RescoreError, match="date=2026-03-05 is newer than --date 2026-03-04"):
+        run(spark, settings, root, "2026-03-04")
+    # Through the CLI: one line, exit code 2, before Spark or the models are needed.
+    base = ["rescore", "--predictions", str(root / "predictions"), "--model", str(root / "no-models")]
+    assert cli.main([*base, "--catalogue", str(root / "nowhere.csv")]) == 2
+    assert "rescore: error: " in capsys.readouterr().err
+    assert cli.main(["rescore", "--catalogue", str(root / "catalogue.csv"), "--predictions", str(root / "not_a_dir")]) == 2
+    assert "--predictions must be a directory" in capsys.readouterr().err
+    assert cli.main([*base, "--catalogue", str(root / "catalogue.csv"), "--date", "tomorrow"]) == 2
+    assert "--date must be a date" in capsys.readouterr().err
+    assert cli.main([*base, "--catalogue", str(root / "catalogue.csv")]) == 2
+    assert "no text or image model bundle" in capsys.readouterr().err
