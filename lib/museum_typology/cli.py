@@ -92,9 +92,10 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """Every stage end to end: ingest -> image folds -> text model -> cascade tuning -> score the
-    test file -> submission -> the run's HTML report. Prints where each output went."""
-    from . import ingest, run_report, score, submission, train_image, train_text, tune_cascade
+    """Every stage end to end: ingest -> image folds -> text model -> label-noise review (clean) ->
+    cascade tuning -> score the test file -> submission -> the run's HTML report. Prints where
+    each output went."""
+    from . import clean, ingest, run_report, score, submission, train_image, train_text, tune_cascade
 
     work_dir = settings.get("paths.work_dir")
     data = settings.get("paths.data")
@@ -116,6 +117,8 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     outputs["train-image"] = {name: image[name] for name in ("bundle", "oof", "report") if name in image}
     text = stage("train-text", lambda: train_text.run(settings, data, _models_dir(settings, "text"), oof["text"]))
     outputs["train-text"] = {"bundle": text["bundle"], "oof": text["oof"], "report": text["report"]}
+    cleaned = stage("clean", lambda: clean.run(spark, settings, [oof["text"], oof["image"]], storage.join(work_dir, "clean"), dataset_url=outputs["ingest"]["dataset"]))
+    outputs["clean"] = {name: cleaned[name] for name in ("manifest", "manifest_csv", "review") if name in cleaned}
     cascade = stage("tune-cascade", lambda: tune_cascade.run(settings, oof["text"], oof["image"], _models_dir(settings, "cascade")))
     outputs["tune-cascade"] = {"bundle": cascade["bundle"]}
     predictions = storage.join(work_dir, "predictions", "test.csv")
@@ -129,7 +132,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}); "
         f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}; "
         f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}); "
-        f"cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}; "
+        f"clean: kept {cleaned['actions']['keep']}, relabelled {cleaned['actions']['relabel']}, dropped {cleaned['actions']['drop']}; cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}; "
         f"{scored['rows']} test rows scored ({_source_counts(scored['sources'])}); {sum(timings.values()) / 60:.1f} min"
     )
     print("outputs:")
