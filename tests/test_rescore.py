@@ -180,11 +180,9 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     from pyspark.sql import Window, functions as F
 
     predictions = str(root / "predictions")
-    frame = (
-        spark.read.option("basePath", predictions).parquet(predictions + "/date=*")
-        .withColumn("_n", F.row_number().over(Window.partitionBy("guid").orderBy(F.col("date").desc())))
-        .filter("_n = 1").drop("_n")
-    ).toPandas().sort_values("guid").reset_index(drop=True)
+    current = (spark.read.option("basePath", predictions).parquet(predictions + "/date=*")  # as in the README
+               .withColumn("n", F.row_number().over(Window.partitionBy("guid").orderBy(F.desc("date")))).filter("n = 1").drop("n"))
+    frame = current.toPandas().sort_values("guid").reset_index(drop=True)
     expected = rescore.current_predictions(predictions)
     assert list(frame["guid"]) == list(expected["guid"]) and list(frame["typology"]) == list(expected["typology"])
     assert [str(d) for d in frame["date"]] == list(expected["date"])
