@@ -24,7 +24,7 @@ from .storage import S3Options
 
 log = get_logger(__name__)
 
-TILE = 170  # thumbnail box in the montage, pixels
+TILE = 180  # thumbnail box in the montage, pixels
 CAPTION = 34  # caption height under each thumbnail
 COLUMNS = 6
 
@@ -103,7 +103,7 @@ def montage_png(tiles: list[tuple[Any, str, str]], columns: int = COLUMNS) -> by
     rows = (len(tiles) + columns - 1) // columns
     canvas = Image.new("RGB", (columns * (TILE + 8) + 8, rows * (TILE + CAPTION + 8) + 8), "white")
     draw = ImageDraw.Draw(canvas)
-    font = _font(11)
+    font = _font(10)
     for n, (image, line1, line2) in enumerate(tiles):
         x0 = 8 + (n % columns) * (TILE + 8)
         y0 = 8 + (n // columns) * (TILE + CAPTION + 8)
@@ -125,7 +125,7 @@ def _fit(text: str, font, width: int = TILE) -> str:
     return text + "…"
 
 
-# Short class names for captions under 170-pixel thumbnails (the full names run to 50 characters).
+# Short class names for captions under 180-pixel thumbnails (the full names run to 50 characters).
 SHORT = {
     "предметы археологии": "археология",
     "предметы естественнонаучной коллекции": "естественнонауч.",
