@@ -194,3 +194,34 @@ def test_ingest_reads_and_writes_s3(spark, s3_env, moto_endpoint):
     _check_output(s3_env, s3)
     assert "work/ingest/stale-from-before.txt" not in _keys(s3_env, "work/ingest/")
     assert _keys(s3_env, "work/ingest/") == first_keys, "a re-run writes the same set of objects"
+
+
+def test_score_reads_images_from_s3_and_writes_predictions_there(spark, s3_env, moto_endpoint):
+    """score with its input, a DIR/<guid> image folder, a petastorm dataset and its output on S3
+    (stand-in models, shipped to the executors by value: see test_score.py)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from museum_typology import ingest, score
+    from museum_typology.config import load_settings
+    from museum_typology.storage import S3Options, read_bytes
+    from test_score import spec, stand_in
+
+    settings = load_settings(overrides=[f"s3.endpoint_url={moto_endpoint}", "s3.region=us-east-1", "ingest.partitions=2", "images.max_side=128"], environ={})
+    s3 = S3Options.from_settings(settings.section("s3"))
+    on_s3 = dataclasses.replace(spec(), s3=s3)  # what resolve_models gives the executors
+    ingest.run(spark, settings, DATA_URL, OUTPUT_URL)
+    red, green, blue = IMAGES
+    s3_env.put_object(Bucket=BUCKET, Key="score/in.csv", Body=f"guid,description\n{red},\n{green},\n{blue},монета\nx-1,\n".encode())
+    s3_env.put_object(Bucket=BUCKET, Key="score/images/x-1.weird", Body=_image_bytes("PNG", (20, 20), (230, 0, 0)))
+
+    from_dataset = score.run(spark, settings, f"s3://{BUCKET}/score/in.csv", f"s3://{BUCKET}/score/out.parquet", on_s3, image_dataset=f"{OUTPUT_URL}/dataset", factory=stand_in)
+    got = pd.read_parquet(io.BytesIO(read_bytes(f"s3://{BUCKET}/score/out.parquet", s3)))
+    assert from_dataset["rows"] == 4 and list(got["guid"]) == [red, green, blue, "x-1"]
+    assert list(got["source"]) == ["image", "image", "text", "default"]  # x-1 is not in the dataset
+    assert got.loc[0, "typology"] == "живопись" and got.loc[0, "image_sha256"]  # the red one
+
+    score.run(spark, settings, f"s3://{BUCKET}/score/in.csv", f"s3://{BUCKET}/score/out.csv", on_s3, images_dir=f"s3://{BUCKET}/score/images", factory=stand_in)
+    rows = read_bytes(f"s3://{BUCKET}/score/out.csv", s3).decode().splitlines()
+    assert len(rows) == 5 and rows[4].startswith("x-1,живопись,") and ",image," in rows[4]
