@@ -141,6 +141,28 @@ def test_loaded_bundle_reproduces_in_memory_predictions(trained):
     assert [CLASSES[i] for i in proba.argmax(axis=1)] == [CLASSES[7], CLASSES[3]]
 
 
+def test_bundle_without_the_vectors_setting_still_loads(trained, tmp_path):
+    # Bundles written before text.tfidf_vectors_weight existed lack it in conf.json.
+    import shutil
+
+    _, _, result = trained
+    old = tmp_path / Path(result["bundle"]).name
+    shutil.copytree(result["bundle"], old)
+    conf = json.loads((old / "conf.json").read_text())
+    del conf["text"]["tfidf_vectors_weight"]
+    (old / "conf.json").write_text(json.dumps(conf))
+    model = TextModel.load(old)
+    assert model.settings.tfidf_vectors_weight == 0.0
+    assert np.allclose(model.predict_proba(["монета копейка рубль"]), TextModel.load(Path(result["bundle"])).predict_proba(["монета копейка рубль"]))
+
+
+def test_per_class_metrics_show_each_member(trained):
+    _, _, result = trained
+    row = result["metrics"]["per_class"][7]
+    assert set(row) >= {"class", "support", "baseline_f1", "linear_f1", "bilstm_f1", "f1"}
+    assert row["linear_f1"] > 0.8
+
+
 def test_temperature_scaling_fixes_overconfidence():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 2000)
@@ -207,3 +229,46 @@ def test_typology_classifier_transformer_adds_columns_and_keeps_rows(trained, sp
     assert loaded.getOrDefault(loaded.descriptionCol) == "title" and loaded.getOrDefault(loaded.modelPath) == str(root / "models")
     with pytest.raises(ValueError, match="descriptionCol='nope' is not a column"):
         TypologyClassifier(modelPath=str(root / "models"), descriptionCol="nope").transform(items)
+
+
+class _FakeVectors:
+    """Stands in for gensim's FastTextKeyedVectors: a fixed 2-d vector per known token."""
+
+    vector_size = 2
+    table = {"монета": [1.0, 0.0], "медная": [0.0, 1.0], "сабля": [-1.0, 0.0]}
+
+    def __getitem__(self, token):
+        return np.array(self.table.get(token, [0.5, 0.5]), dtype=np.float32)
+
+
+def test_pooled_vectors_are_mean_and_first_token_at_unit_length():
+    from museum_typology.text_model import Embedder
+
+    embedder = Embedder(_FakeVectors(), {"монета": np.array([2.0], dtype=np.float32)}, max_len=4)
+    pooled = embedder.pooled(["монета медная", "", "сабля"])
+    assert pooled.shape == (3, 6) and pooled.dtype == np.float32
+    # монета = [1, 0, 2], медная = [0, 1, 0 (not in navec)]: mean [0.5, 0.5, 1], first [1, 0, 2]
+    expected = np.array([0.5, 0.5, 1.0, 1.0, 0.0, 2.0])
+    assert np.allclose(pooled[0], expected / np.linalg.norm(expected))
+    assert np.allclose(pooled[1], 0)  # an empty title: zeros, not NaN
+    assert np.isclose(np.linalg.norm(pooled[2]), 1)
+    assert np.allclose(embedder.pooled(["монета медная"])[0], pooled[0])  # one title or many: the same row
+
+
+def test_linear_member_uses_the_vectors_and_needs_them():
+    from museum_typology.text_model import LinearMember, make_linear_svc, margins
+
+    texts = ["монета медная", "монета серебряная", "сабля казачья", "сабля кавалерийская", "снимок цветной", "снимок черно-белый", "рубль", "шашка", "негатив"] * 3
+    y = np.array([7, 7, 3, 3, 14, 14, 7, 3, 14] * 3)
+    # The vectors carry what the n-grams cannot: "рубль" and "шашка" share no n-gram with their class.
+    vectors = np.eye(3)[[0, 0, 1, 1, 2, 2, 0, 1, 2] * 3]
+    member = LinearMember(C=1.0, vectors_weight=1.0, seed=0).fit(texts, vectors, y)
+    scores = margins(member, ["денга", "кинжал", "диапозитив"], np.eye(3))
+    assert scores.shape == (3, len(CLASSES))
+    assert list(scores.argmax(1)) == [7, 3, 14]
+    with pytest.raises(ValueError, match="pooled word vectors"):
+        member.decision_function(["денга"])
+    # With weight 0 it is the baseline pipeline: same features, same SVC, same margins.
+    plain = LinearMember(C=0.5, vectors_weight=0.0, seed=0).fit(texts, None, y)
+    baseline = make_linear_svc(0.5, 0).fit(texts, y)
+    assert np.allclose(margins(plain, texts), margins(baseline, texts))

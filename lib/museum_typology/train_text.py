@@ -1,9 +1,10 @@
 """train-text job: cross-validated training of the text model, its report, bundle and
 out-of-fold probabilities.
 
-read the catalogue CSVs -> K grouped stratified folds: TF-IDF member, BiLSTM member and the
-baseline on each -> blend weight and temperature on the out-of-fold predictions -> write the
-bundle (models/text/<version>/), oof/text.parquet and the report, each atomically.
+read the catalogue CSVs -> K grouped stratified folds: linear member (TF-IDF + pooled word
+vectors), BiLSTM member and the baseline on each -> blend weight and temperature on the
+out-of-fold predictions -> write the bundle (models/text/<version>/), oof/text.parquet and the
+report, each atomically.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .storage import S3Options
 from .text import normalize
 from .text_model import (
     Embedder,
+    LinearMember,
     TextModel,
     TextSettings,
     blend,
@@ -95,6 +97,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     log.info("word vectors: %d FastText words, %d of %d corpus words found in navec", len(vectors.key_to_index), len(navec), len(vocabulary))
     embedder = Embedder(vectors, navec, ts.max_len)
     x = embedder.sequences(data.texts)
+    pooled = embedder.pooled(data.texts)  # the linear member's word-vector features
 
     oof = {name: np.zeros((len(data), len(CLASSES))) for name in ("tfidf_margin", "lstm")}
     baseline_pred = np.zeros(len(data), dtype=np.int64)
@@ -104,11 +107,10 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         train, held = np.where(fold != k)[0], np.where(fold == k)[0]
         train_texts = [data.texts[i] for i in train]
         held_texts = [data.texts[i] for i in held]
-        tfidf = make_linear_svc(ts.tfidf_C, ts.seed).fit(train_texts, data.y[train])
-        # The member and the baseline are one model unless their C differ: fit it once then.
-        baseline = tfidf if ts.baseline_C == ts.tfidf_C else make_linear_svc(ts.baseline_C, ts.seed).fit(train_texts, data.y[train])
+        tfidf = LinearMember(ts.tfidf_C, ts.tfidf_vectors_weight, ts.seed).fit(train_texts, pooled[train], data.y[train])
+        baseline = make_linear_svc(ts.baseline_C, ts.seed).fit(train_texts, data.y[train])
         baseline_pred[held] = baseline.predict(held_texts)
-        oof["tfidf_margin"][held] = margins(tfidf, held_texts)
+        oof["tfidf_margin"][held] = margins(tfidf, held_texts, pooled[held])
         lstm = runner.fit(x[train], data.y[train])
         oof["lstm"][held] = runner.predict(lstm, x[held])
         tfidf_folds.append(tfidf)
@@ -164,9 +166,11 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
 def build_metrics(y, baseline_pred, oof, blended, calibrated, final_pred, weight, weight_scores, temperature) -> dict[str, Any]:
     per_class_final = report.per_class_table(y, final_pred)
     per_class_base = report.per_class_table(y, baseline_pred)
+    per_class_linear = report.per_class_table(y, oof["tfidf"].argmax(1))
+    per_class_lstm = report.per_class_table(y, oof["lstm"].argmax(1))
     per_class = [
-        {"class": f["class"], "support": f["support"], "baseline_f1": b["f1"], "f1": f["f1"], "precision": f["precision"], "recall": f["recall"]}
-        for f, b in zip(per_class_final, per_class_base)
+        {"class": f["class"], "support": f["support"], "baseline_f1": b["f1"], "linear_f1": lin["f1"], "bilstm_f1": bl["f1"], "f1": f["f1"], "precision": f["precision"], "recall": f["recall"]}
+        for f, b, lin, bl in zip(per_class_final, per_class_base, per_class_linear, per_class_lstm)
     ]
     return {
         "macro_f1": {
@@ -206,7 +210,7 @@ def write_report(directory: Path, y, baseline_pred, final_pred, calibrated, blen
         "| model | macro-F1 |",
         "|---|---|",
         f"| baseline: char+word TF-IDF + LinearSVC (balanced) | {macro['baseline']:.3f} |",
-        f"| TF-IDF LinearSVC member (margins -> softmax) | {macro['tfidf']:.3f} |",
+        f"| linear member: TF-IDF + pooled word vectors, LinearSVC (margins -> softmax) | {macro['tfidf']:.3f} |",
         f"| FastText+navec BiLSTM member | {macro['bilstm']:.3f} |",
         f"| blend, weight tuned on the other folds (cross-fitted) | {macro['blend_cross_fitted']:.3f} |",
         f"| blend + macro-F1 class offsets, both cross-fitted | {macro['offsets_cross_fitted']:.3f} |",
@@ -215,7 +219,9 @@ def write_report(directory: Path, y, baseline_pred, final_pred, calibrated, blen
         f"Calibration: ECE {metrics['ece']['before_calibration']:.3f} before, {metrics['ece']['after_calibration']:.3f} after. "
         f"Rows with confidence >= 0.7: {metrics['confidence_0_7']['share_above']:.1%}, accuracy among them {metrics['confidence_0_7']['accuracy_above']:.1%}.",
         "",
-        report.markdown_table(metrics["per_class"], ["class", "support", "baseline_f1", "f1", "precision", "recall"]),
+        "Per class (F1 of the baseline, of each member alone, of the model; the model's precision and recall):",
+        "",
+        report.markdown_table(metrics["per_class"], ["class", "support", "baseline_f1", "linear_f1", "bilstm_f1", "f1", "precision", "recall"]),
         "",
         "![confusion](confusion.png) ![reliability](reliability.png)",
     ]
