@@ -189,6 +189,12 @@ def s3_bucket(monkeypatch, tmp_path):
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket="museum")
         yield client, endpoint
+        # moto keeps its buckets in process-wide state that outlives this server: empty and
+        # delete the bucket, or test_s3 (same bucket name) would find these objects.
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="museum"):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket="museum", Key=item["Key"])
+        client.delete_bucket(Bucket="museum")
     finally:
         server.stop()
 
