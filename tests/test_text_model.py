@@ -272,3 +272,24 @@ def test_linear_member_uses_the_vectors_and_needs_them():
     plain = LinearMember(C=0.5, vectors_weight=0.0, seed=0).fit(texts, None, y)
     baseline = make_linear_svc(0.5, 0).fit(texts, y)
     assert np.allclose(margins(plain, texts), margins(baseline, texts))
+
+
+def test_bilstm_attention_pooling_gives_padding_no_weight():
+    import tensorflow as tf
+    from dataclasses import replace
+
+    from museum_typology.text_model import TextSettings, build_bilstm
+
+    settings = load_settings(overrides=TINY, environ={})
+    ts = replace(TextSettings.from_settings(settings), lstm_layers=1, lstm_pooling="max_attention")
+    model = build_bilstm(6, 4, ts)
+    x = np.zeros((2, 6, 4), dtype=np.float32)
+    x[0, :2] = 1.0  # two tokens, then padding
+    x[1, :5] = np.arange(20, dtype=np.float32).reshape(5, 4) / 20
+    attention = tf.keras.Model(model.input, model.get_layer("attention").output)(x).numpy()
+    assert np.allclose(attention.sum(axis=1), 1, atol=1e-5)
+    assert np.allclose(attention[0, 2:], 0) and np.allclose(attention[1, 5:], 0)
+    proba = model.predict(x, verbose=0)
+    assert proba.shape == (2, len(CLASSES)) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="lstm_pooling"):
+        build_bilstm(6, 4, replace(ts, lstm_pooling="mean"))

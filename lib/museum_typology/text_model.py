@@ -54,6 +54,9 @@ class TextSettings:
     # Weight of the pooled word vectors beside the TF-IDF features in the linear member; 0 = the
     # TF-IDF-only member of bundles written before it existed (their conf.json lacks the key).
     tfidf_vectors_weight: float = 0.0
+    # BiLSTM shape; the defaults are the architecture of bundles written before these existed.
+    lstm_layers: int = 2
+    lstm_pooling: str = "max_avg"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TextSettings:
@@ -310,21 +313,35 @@ def train_word_vectors(corpus: Sequence[str], ts: TextSettings):
 
 
 def build_bilstm(max_len: int, dim: int, ts: TextSettings):
+    """Masked word vectors -> tanh projection -> ``lstm_layers`` bidirectional LSTMs -> pooled
+    over the tokens (``lstm_pooling``: "max_avg", or "max_attention": max pooling next to an
+    additive attention that learns which tokens name the object) -> dense -> softmax."""
     import tensorflow as tf
 
+    layers = tf.keras.layers
     inputs = tf.keras.Input(shape=(max_len, dim), name="tokens")
-    x = tf.keras.layers.Masking(mask_value=0.0)(inputs)
-    x = tf.keras.layers.SpatialDropout1D(ts.dropout / 2)(x)
+    x = layers.Masking(mask_value=0.0)(inputs)
+    x = layers.SpatialDropout1D(ts.dropout / 2)(x)
     # Project the 400-d word vectors down first: the recurrent layers then cost a third as much.
-    x = tf.keras.layers.Dense(ts.projection_dim, activation="tanh")(x)
+    x = layers.Dense(ts.projection_dim, activation="tanh")(x)
     # unroll=True: titles are short (max_len steps), and Keras 2.15's LSTM otherwise builds a
     # cuDNN/CPU backend-selection graph with gradients for every layer, ~20 s per model on 2 cores.
-    x = tf.keras.layers.Bidirectional(tf.keras.layers.LSTM(ts.lstm_units, return_sequences=True, unroll=True))(x)
-    x = tf.keras.layers.Bidirectional(tf.keras.layers.LSTM(ts.lstm_units // 2, return_sequences=True, unroll=True))(x)
-    pooled = tf.keras.layers.Concatenate()([tf.keras.layers.GlobalMaxPooling1D()(x), tf.keras.layers.GlobalAveragePooling1D()(x)])
-    x = tf.keras.layers.Dropout(ts.dropout)(pooled)
-    x = tf.keras.layers.Dense(128, activation="relu")(x)
-    outputs = tf.keras.layers.Dense(NUM_CLASSES, activation="softmax", name="proba")(x)
+    x = layers.Bidirectional(layers.LSTM(ts.lstm_units, return_sequences=True, unroll=True))(x)
+    if ts.lstm_layers >= 2:
+        x = layers.Bidirectional(layers.LSTM(ts.lstm_units // 2, return_sequences=True, unroll=True))(x)
+    if ts.lstm_pooling == "max_avg":
+        pooled = layers.Concatenate()([layers.GlobalMaxPooling1D()(x), layers.GlobalAveragePooling1D()(x)])
+    elif ts.lstm_pooling == "max_attention":
+        scores = layers.Dense(1)(layers.Dense(64, activation="tanh")(x))
+        scores = layers.Lambda(lambda s: tf.squeeze(s, -1), name="attention_scores")(scores)
+        token_mask = layers.Lambda(lambda t: tf.reduce_any(tf.not_equal(t, 0.0), -1), name="token_mask")(inputs)
+        attention = layers.Softmax(name="attention")(scores, mask=token_mask)  # padding gets no weight
+        pooled = layers.Concatenate()([layers.GlobalMaxPooling1D()(x), layers.Dot(axes=1)([attention, x])])
+    else:
+        raise ValueError(f"text.lstm_pooling: {ts.lstm_pooling!r} is neither 'max_avg' nor 'max_attention'")
+    x = layers.Dropout(ts.dropout)(pooled)
+    x = layers.Dense(128, activation="relu")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="proba")(x)
     model = tf.keras.Model(inputs, outputs)
     model.compile(optimizer=tf.keras.optimizers.Adam(ts.learning_rate), loss="sparse_categorical_crossentropy")
     return model
