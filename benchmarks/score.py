@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pandas as pd  # noqa: E402
 
-from crawl import PeakRss  # noqa: E402
+from ingest import MemorySampler  # noqa: E402
 from museum_typology import score  # noqa: E402
 from museum_typology.config import load_settings  # noqa: E402
 from museum_typology.log import setup_logging  # noqa: E402
@@ -71,11 +71,13 @@ def naive_loop(spec: score.ScorerSpec, rows: list[score.InputRow], images: dict[
 
 
 def job(spark, settings, spec, input_csv: Path, output: Path, images_dir: Path | None) -> dict[str, Any]:
-    with PeakRss(os.getpid()) as rss:
+    with MemorySampler(tree=True) as memory:
         started = time.perf_counter()
         result = score.run(spark, settings, str(input_csv), str(output), spec, images_dir=str(images_dir) if images_dir else None)
         seconds = time.perf_counter() - started
-    return {"rows": result["rows"], "seconds": round(seconds, 1), "rows_per_s": round(result["rows"] / seconds, 1), "peak_rss_mb": round(rss.peak / 1e6), "sources": result["sources"]}
+    peak = memory.result
+    return {"rows": result["rows"], "seconds": round(seconds, 1), "rows_per_s": round(result["rows"] / seconds, 1), "peak_rss_mb": round(peak.peak_total_mb),
+            "peak_by_role_mb": peak.peak_by_role_mb, "sources": result["sources"]}
 
 
 def main() -> int:
