@@ -277,17 +277,32 @@ class Scorer:
             else:
                 idx = np.flatnonzero(has_text)
                 text_proba[idx] = self.text.predict_proba([texts[i] for i in idx], batch_size=self.spec.text_batch)
-        pixels, shas = self._read_images(tasks, notes)
-        has_image = np.array([p is not None for p in pixels])
+        has_image = np.zeros(n, dtype=bool)
         image_proba = np.zeros((n, len(CLASSES)))
-        if has_image.any():
+        shas: list[str | None] = [None] * n
+        kinds = tasks["image_kind"].tolist()
+        for i in range(n):
+            if kinds[i] is None:
+                notes[i].append("no image")
+        with_image = [i for i in range(n) if kinds[i] is not None]
+        # Images are read, decoded and scored a few batches at a time: a whole Arrow batch of
+        # decoded scans (2048 x up to 512 x 512 x 3) would hold gigabytes at once.
+        chunk = max(1, self.spec.image_batch * 4)
+        for start in range(0, len(with_image), chunk):
+            rows = with_image[start : start + chunk]
+            pixels, chunk_shas = self._read_images(tasks.iloc[rows], [notes[i] for i in rows])
+            decoded = [k for k, p in enumerate(pixels) if p is not None]
+            for k, sha in enumerate(chunk_shas):
+                shas[rows[k]] = sha
+            if not decoded:
+                continue
             if self.image is None:
-                for i in np.flatnonzero(has_image):
-                    notes[i].append("no image model")
-                has_image[:] = False
-            else:
-                idx = np.flatnonzero(has_image)
-                image_proba[idx] = self.image.predict_proba([pixels[i] for i in idx], batch_size=self.spec.image_batch)
+                for k in decoded:
+                    notes[rows[k]].append("no image model")
+                continue
+            idx = [rows[k] for k in decoded]
+            image_proba[idx] = self.image.predict_proba([pixels[k] for k in decoded], batch_size=self.spec.image_batch)
+            has_image[idx] = True
         decision = decide(text_proba, image_proba, has_text, has_image, self.params)
         return pd.DataFrame({
             "row": tasks["row"].to_numpy(),
@@ -304,7 +319,8 @@ class Scorer:
         })
 
     def _read_images(self, tasks: pd.DataFrame, notes: list[list[str]]) -> tuple[list[np.ndarray | None], list[str | None]]:
-        """Read and decode each row's image (the one decode path); failures become notes."""
+        """Read and decode the image of each row (rows that have one; the one decode path):
+        pixels and sha256 per row; failures become notes (``notes`` lines up with ``tasks``)."""
         n = len(tasks)
         raws: list[bytes | None] = [None] * n
         kinds, refs, guids = tasks["image_kind"].tolist(), tasks["image_ref"].tolist(), tasks["guid"].tolist()
@@ -319,8 +335,6 @@ class Scorer:
                 by_part[refs[i]].append(i)
             elif kinds[i] == IMAGE_BYTES:
                 raws[i] = tasks["image_bytes"].iat[i]
-            else:
-                notes[i].append("no image")
         # A dataset row carries the sha256 of the original file (ingest/crawl), the same hash a
         # DIR/<guid> file gets here, so rescore sees an unchanged image whichever way it came.
         original_sha: dict[int, str] = {}
