@@ -162,7 +162,7 @@ class ScorerSpec:
     max_side: int = 512
     max_pixels: int = 80_000_000
     max_bytes: int = 50_000_000
-    text_batch: int = 4096
+    text_batch: int = 1024
     image_batch: int = 32
 
     @property
