@@ -293,3 +293,19 @@ def test_bilstm_attention_pooling_gives_padding_no_weight():
     assert proba.shape == (2, len(CLASSES)) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="lstm_pooling"):
         build_bilstm(6, 4, replace(ts, lstm_pooling="mean"))
+
+
+def test_word_vectors_survive_a_bundle_round_trip(tmp_path):
+    # gensim recomposes in-vocabulary vectors from vectors_vocab + vectors_ngrams on load: every
+    # array must be scaled alike, or scoring sees other vectors than training did.
+    from gensim.models.fasttext import FastTextKeyedVectors
+
+    from museum_typology.text_model import TextSettings, train_word_vectors
+
+    ts = TextSettings.from_settings(load_settings(overrides=TINY, environ={}))
+    corpus = ["монета медная копейка", "сабля казачья", "фотография снимок завода", "монета серебряная рубль"] * 5
+    vectors = train_word_vectors(corpus, ts)
+    vectors.save(str(tmp_path / "fasttext.kv"))
+    loaded = FastTextKeyedVectors.load(str(tmp_path / "fasttext.kv"))
+    for word in ["монета", "сабля", "монетка", "неизвестное"]:
+        assert np.allclose(vectors[word], loaded[word], atol=1e-5), word

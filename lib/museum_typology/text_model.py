@@ -302,9 +302,12 @@ def train_word_vectors(corpus: Sequence[str], ts: TextSettings):
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=len(sentences), epochs=ts.w2v_epochs)
     vectors = model.wv
-    # Unit-normalise the scale so navec and FastText halves weigh alike.
+    # Unit-normalise the scale so navec and FastText halves weigh alike. All three arrays: gensim
+    # does not save ``vectors`` but recomposes them from ``vectors_vocab`` and ``vectors_ngrams``
+    # on load, so scaling only two of them gave scoring other word vectors than training had.
     norm = float(np.mean(np.linalg.norm(vectors.vectors, axis=1))) or 1.0
     vectors.vectors /= norm
+    vectors.vectors_vocab /= norm
     vectors.vectors_ngrams /= norm
     return vectors
 
