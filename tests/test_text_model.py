@@ -109,6 +109,9 @@ def test_bundle_is_versioned_and_complete(trained):
     for name in ["classes.json", "conf.json", "metrics.json", "calibration.json", "tfidf_folds.pkl", "fasttext.kv", "lstm_fold0.npz", "_SUCCESS", "report/report.md", "report/confusion.png", "report/reliability.png"]:
         assert (bundle / name).is_file(), name
     assert json.loads((bundle / "classes.json").read_text()) == list(CLASSES)
+    calibration = json.loads((bundle / "calibration.json").read_text())
+    assert calibration["folds"] == 3 and calibration["lstm_models"] == 3 * 2  # text.lstm_seeds = 2
+    assert (bundle / "lstm_fold5.npz").is_file()
     assert json.loads((bundle / "metrics.json").read_text())["data_hash"] == result["metrics"]["data_hash"]
 
 
@@ -309,3 +312,18 @@ def test_word_vectors_survive_a_bundle_round_trip(tmp_path):
     loaded = FastTextKeyedVectors.load(str(tmp_path / "fasttext.kv"))
     for word in ["монета", "сабля", "монетка", "неизвестное"]:
         assert np.allclose(vectors[word], loaded[word], atol=1e-5), word
+
+
+def test_bilstm_runner_is_deterministic_per_seed_index():
+    from dataclasses import replace
+
+    from museum_typology.text_model import BiLstmRunner, TextSettings
+
+    ts = replace(TextSettings.from_settings(load_settings(overrides=TINY, environ={})), epochs=2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5, 3)).astype(np.float32)
+    y = np.arange(40) % 3
+    runner = BiLstmRunner(5, 3, ts)
+    first, other, again = runner.fit(x, y, 0), runner.fit(x, y, 1), runner.fit(x, y, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))

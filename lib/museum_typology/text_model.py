@@ -57,6 +57,7 @@ class TextSettings:
     # BiLSTM shape; the defaults are the architecture of bundles written before these existed.
     lstm_layers: int = 2
     lstm_pooling: str = "max_avg"
+    lstm_seeds: int = 1  # BiLSTMs per fold, averaged
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TextSettings:
@@ -360,17 +361,33 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
 class BiLstmRunner:
     """One compiled Keras BiLSTM reused for every fold: each fold starts from the same initial
     weights and a zeroed optimizer. Building and tracing a recurrent Keras model costs tens of
-    seconds on 2 cores, training one fold a few, so K folds share one graph."""
+    seconds on 2 cores, training one fold a few, so K folds share one graph.
+
+    ``fit(x, y, seed_index)``: seed ``s`` starts from its own initial weights (drawn once, with
+    ``text.seed + s``) and its own shuffling and dropout, so the ``text.lstm_seeds`` networks of a
+    fold differ only by chance, which their average removes."""
 
     def __init__(self, max_len: int, dim: int, ts: TextSettings):
         self.ts = ts
+        self.shape = (max_len, dim)
         self.model = build_bilstm(max_len, dim, ts)
-        self.initial = self.model.get_weights()
+        self.initial = {0: self.model.get_weights()}
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
-        self.model.set_weights(self.initial)
+    def _initial(self, seed_index: int) -> list[np.ndarray]:
+        if seed_index not in self.initial:
+            import tensorflow as tf
+
+            tf.keras.utils.set_random_seed(self.ts.seed + seed_index)
+            self.initial[seed_index] = build_bilstm(*self.shape, self.ts).get_weights()  # weights only: nothing is traced
+        return self.initial[seed_index]
+
+    def fit(self, x: np.ndarray, y: np.ndarray, seed_index: int = 0) -> list[np.ndarray]:
+        import tensorflow as tf
+
+        self.model.set_weights(self._initial(seed_index))
         for variable in self.model.optimizer.variables:
             variable.assign(np.zeros(variable.shape, dtype=variable.dtype.as_numpy_dtype))
+        tf.keras.utils.set_random_seed(self.ts.seed + seed_index)
         self.model.fit(x, y, epochs=self.ts.epochs, batch_size=self.ts.batch_size, class_weight=class_weights(y), verbose=0, shuffle=True)
         return self.model.get_weights()
 
@@ -418,7 +435,7 @@ class TextModel:
     """K fold models of each member plus the embedder, blend weight and temperature."""
 
     embedder: Embedder
-    lstm_folds: list[list[np.ndarray]]  # weights of each fold's BiLSTM
+    lstm_folds: list[list[np.ndarray]]  # weights of each fold's BiLSTMs (lstm_seeds per fold)
     tfidf_folds: list[Any]  # LinearMember per fold (make_linear_svc pipelines in older bundles)
     weight: float
     temperature: float
@@ -469,7 +486,7 @@ class TextModel:
             pickle.dump(self.tfidf_folds, handle, protocol=pickle.HIGHEST_PROTOCOL)
         (directory / "classes.json").write_text(json.dumps(list(CLASSES), ensure_ascii=False, indent=1))
         calibration = {"weight": self.weight, "temperature": self.temperature, "tfidf_temperature": self.tfidf_temperature,
-            "offsets": None if self.offsets is None else self.offsets.tolist(), "max_len": self.embedder.max_len, "folds": len(self.lstm_folds)}
+            "offsets": None if self.offsets is None else self.offsets.tolist(), "max_len": self.embedder.max_len, "folds": len(self.tfidf_folds), "lstm_models": len(self.lstm_folds)}
         (directory / "calibration.json").write_text(json.dumps(calibration, indent=1))
         for name, value in extra.items():
             (directory / name).write_text(json.dumps(value, ensure_ascii=False, indent=1, default=str))
@@ -488,7 +505,7 @@ class TextModel:
         vectors = np.load(directory / "navec_subset.npy")
         embedder = Embedder(FastTextKeyedVectors.load(str(directory / "fasttext.kv")), dict(zip(words, vectors)), calibration["max_len"])
         lstm_folds = []
-        for k in range(calibration["folds"]):
+        for k in range(calibration.get("lstm_models", calibration["folds"])):
             with np.load(directory / f"lstm_fold{k}.npz") as arrays:
                 lstm_folds.append([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
         with open(directory / "tfidf_folds.pkl", "rb") as handle:

@@ -111,10 +111,11 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         baseline = make_linear_svc(ts.baseline_C, ts.seed).fit(train_texts, data.y[train])
         baseline_pred[held] = baseline.predict(held_texts)
         oof["tfidf_margin"][held] = margins(tfidf, held_texts, pooled[held])
-        lstm = runner.fit(x[train], data.y[train])
-        oof["lstm"][held] = runner.predict(lstm, x[held])
+        for s in range(ts.lstm_seeds):
+            lstm = runner.fit(x[train], data.y[train], s)
+            oof["lstm"][held] += runner.predict(lstm, x[held]) / ts.lstm_seeds
+            lstm_folds.append(lstm)
         tfidf_folds.append(tfidf)
-        lstm_folds.append(lstm)
         log.info(
             "fold %d/%d: macro-F1 baseline %.3f, tfidf %.3f, bilstm %.3f",
             k + 1,
