@@ -122,7 +122,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     cascade = stage("tune-cascade", lambda: tune_cascade.run(settings, oof["text"], oof["image"], _models_dir(settings, "cascade")))
     outputs["tune-cascade"] = {"bundle": cascade["bundle"]}
     predictions = storage.join(work_dir, "predictions", "test.csv")
-    spec = score.resolve_models(settings, storage.join(work_dir, "models"))
+    spec = score.resolve_models(settings, _models_dir(settings))
     scored = stage("score", lambda: score.run(spark, settings, storage.join(data, settings.get("ingest.test_csv")), predictions, spec))
     outputs["score"] = {"test": predictions}
     submitted = stage("submission", lambda: submission.run(settings, predictions, storage.join(work_dir, "submission.csv")))
@@ -148,8 +148,9 @@ def _print_paths(result: dict[str, Any], names: tuple[str, ...] = ("bundle", "oo
             print(f"  {name + ':':8s} {result[name]}")
 
 
-def _models_dir(settings: Settings, kind: str) -> str:
-    return storage.join(settings.get("paths.work_dir"), "models", kind)
+def _models_dir(settings: Settings, kind: str = "") -> str:
+    """WORK_DIR/models, or one kind's directory below it."""
+    return storage.join(settings.get("paths.work_dir"), "models", *([kind] if kind else []))
 
 
 def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -179,7 +180,7 @@ def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import score
 
-    spec = score.resolve_models(settings, args.model or storage.join(settings.get("paths.work_dir"), "models"), args.text_model, args.image_model)
+    spec = _scorer_spec(args, settings)
     spark = _spark(settings, args, "score")
     result = score.run(spark, settings, args.input, args.output, spec, images_dir=args.images, image_dataset=args.image_dataset)
     print(f"score: {result['rows']} rows ({_source_counts(result['sources'])}) with {result['model_version']} -> {result['output']}")
@@ -187,7 +188,25 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def _source_counts(sources: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count}" for name, count in sorted(sources.items()))
+    return _name_counts(dict(sorted(sources.items())))
+
+
+def _name_counts(counts: dict[str, int]) -> str:
+    """``{"new": 3, "image": 1}`` -> ``new 3, image 1`` (in the mapping's order)."""
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options of score and rescore (resolved by ``_scorer_spec``)."""
+    parser.add_argument("--model", metavar="DIR", help="models root with text/, image/, cascade/ (default: WORK_DIR/models), or one bundle")
+    parser.add_argument("--text-model", metavar="DIR", help="a text bundle or text models directory (overrides --model's)")
+    parser.add_argument("--image-model", metavar="DIR", help="an image bundle or image models directory (overrides --model's)")
+
+
+def _scorer_spec(args: argparse.Namespace, settings: Settings):
+    from . import score
+
+    return score.resolve_models(settings, args.model or _models_dir(settings), args.text_model, args.image_model)
 
 
 def _score_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,24 +214,21 @@ def _score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, metavar="CSV|PARQUET", help="guid,typology,confidence,source,model_version,note (Parquet adds confidences and input hashes)")
     parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension")
     parser.add_argument("--image-dataset", metavar="DIR", help="images from a petastorm dataset written by ingest or crawl")
-    parser.add_argument("--model", metavar="DIR", help="models root with text/, image/, cascade/ (default: WORK_DIR/models), or one bundle")
-    parser.add_argument("--text-model", metavar="DIR", help="a text bundle or text models directory (overrides --model's)")
-    parser.add_argument("--image-model", metavar="DIR", help="an image bundle or image models directory (overrides --model's)")
+    _model_arguments(parser)
 
 
 def cmd_rescore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Nightly incremental scoring: only new or changed catalogue rows, into predictions/date=DAY/."""
-    from . import rescore, score
+    from . import rescore
 
     work_dir = settings.get("paths.work_dir")
     predictions = args.predictions or storage.join(work_dir, "predictions")
     s3 = storage.S3Options.from_settings(settings.section("s3"))
     date = rescore.check_arguments(args.catalogue, predictions, args.date, s3)  # before Spark starts
-    spec = score.resolve_models(settings, args.model or storage.join(work_dir, "models"), args.text_model, args.image_model)
+    spec = _scorer_spec(args, settings)
     spark = _spark(settings, args, "rescore")
     result = rescore.run(spark, settings, args.catalogue, predictions, spec, date=date, images_dir=args.images, image_dataset=args.image_dataset, force=args.force)
-    reasons = ", ".join(f"{name} {count}" for name, count in result["reasons"].items())
-    not_scored = ", ".join(f"{name} {count}" for name, count in result["not_scored"].items())
+    reasons, not_scored = _name_counts(result["reasons"]), _name_counts(result["not_scored"])
     if result["already_complete"]:
         print(f"rescore {date}: {result['partition']} already holds this night's {result['rescored']} rows for this catalogue and these models; nothing scored")
     else:
@@ -232,9 +248,7 @@ def _rescore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="score the night's delta again even when its partition is already complete")
     parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension (hashed every night to see changes)")
     parser.add_argument("--image-dataset", metavar="DIR", help="images from a petastorm dataset written by ingest or crawl (its sha256 column says what changed)")
-    parser.add_argument("--model", metavar="DIR", help="models root with text/, image/, cascade/ (default: WORK_DIR/models), or one bundle")
-    parser.add_argument("--text-model", metavar="DIR", help="a text bundle or text models directory (overrides --model's)")
-    parser.add_argument("--image-model", metavar="DIR", help="an image bundle or image models directory (overrides --model's)")
+    _model_arguments(parser)
 
 
 def cmd_tune_cascade(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
