@@ -101,7 +101,8 @@ def test_decode_failure_statuses():
 
 def test_auto_partitions():
     assert crawl.auto_partitions(180_000, 2000, 2) == 90
-    assert crawl.auto_partitions(100, 2000, 2) == 4  # at least two per core
+    assert crawl.auto_partitions(100, 2000, 2) == 2  # one wave: a partition per core
+    assert crawl.auto_partitions(5000, 2000, 2) == 3
     assert crawl.auto_partitions(1, 2000, 8) == 1
     assert crawl.auto_partitions(0, 2000, 2) == 1
 
@@ -391,5 +392,5 @@ def test_describe_plan(tmp_path):
     plan = crawl.describe_plan(_settings(tmp_path, "crawl.commit_rows=10", "crawl.host_connections=12"), _write_csv(tmp_path / "u.csv", rows), parallelism=2)
     assert plan["input_rows"] == 61 and plan["distinct_urls"] == 50 and plan["rows_sharing_a_url"] == 10
     assert plan["finished_at_planning"] == {"bad_url": 1} and plan["hosts"] == 3
-    assert plan["partitions"] == 4 and sum(plan["urls_per_partition_min_median_max"]) > 0
+    assert plan["partitions"] == 2 and sum(plan["urls_per_partition_min_median_max"]) > 0
     assert plan["per_task"]["connections_per_host"] == 6 and plan["tasks_at_once"] == 2

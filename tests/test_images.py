@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from museum_typology import petastorm_io
 from museum_typology.images import DecodedImage, decode_image
+from museum_typology.schema import make_image_schema
 
 MAX_SIDE = 512
 RED = (255, 0, 0)
@@ -320,3 +322,21 @@ def test_random_garbage_never_raises() -> None:
         raw = headers[i % len(headers)] + body
         result = decode(raw)
         assert result.ok or result.reason
+
+
+# ---------------------------------------------------------------- stored image encoding
+
+
+def test_jpeg_encoding_reads_back_through_the_codec() -> None:
+    """``encode_image`` writes JPEG with Pillow, not the codec's cv2: petastorm readers decode
+    it with the codec's own ``decode`` to the same pixels (within JPEG loss) and the same
+    orientation of channels as the codec's encoder gives."""
+    field = make_image_schema().fields["image"]
+    pixels = smooth_rgb(96, 128)
+    pixels[20:40, 30:70] = (200, 30, 10)  # a saturated red block: a swapped R/B would show at once
+    ours = field.codec.decode(field, petastorm_io.encode_image(field, pixels))
+    theirs = field.codec.decode(field, bytes(field.codec.encode(field, pixels)))
+    assert ours.shape == pixels.shape and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - pixels).mean() < 2.0
+    assert np.abs(ours.astype(int) - theirs).max() <= 8
+    assert tuple(ours[30, 50]) == pytest.approx((200, 30, 10), abs=12)

@@ -127,7 +127,7 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
                 image.draft("RGB", (max(1, -(-width * max_side // longer)), max(1, -(-height * max_side // longer))))
             image.load()
             try:
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
             except Exception:  # noqa: BLE001 - a broken EXIF block must not lose good pixels
                 pass
             image = _to_rgb(image)

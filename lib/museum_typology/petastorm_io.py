@@ -8,17 +8,20 @@ install does not have). The driver then adds petastorm's metadata, so that ``mak
 from __future__ import annotations
 
 import importlib.util
+import io
 import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.arrow import ArrowFSWrapper
 from petastorm.codecs import CompressedImageCodec, ScalarCodec
-from petastorm.unischema import Unischema
+from petastorm.unischema import Unischema, UnischemaField
+from PIL import Image
 from pyspark.sql.types import IntegerType, LongType, StringType
 
 from . import storage
@@ -51,10 +54,24 @@ def encode_row(schema: Unischema, row: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"field {name} is not nullable")
             encoded[name] = None
         elif isinstance(field.codec, CompressedImageCodec):
-            encoded[name] = bytes(field.codec.encode(field, value))
+            encoded[name] = encode_image(field, value)
         else:
             encoded[name] = field.codec.encode(field, value)
     return encoded
+
+
+def encode_image(field: UnischemaField, pixels: np.ndarray) -> bytes:
+    """Compress one image as the field's codec stores it. JPEG goes through Pillow (libjpeg-turbo)
+    rather than the codec's own ``cv2.imencode``: the same format, which the codec's ``decode``
+    (``cv2.imdecode``) reads back, at about a third of the CPU, because cv2 needs an RGB->BGR copy
+    first and encodes slower. Crawl and ingest encode every stored image, so this is much of their
+    CPU after decoding. Other formats keep the codec's encoder."""
+    codec = field.codec
+    if codec.image_codec == "jpeg" and pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=codec._quality)
+        return buffer.getvalue()
+    return bytes(codec.encode(field, pixels))
 
 
 class PartWriter:
