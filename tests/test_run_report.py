@@ -161,42 +161,10 @@ def test_prediction_summary_counts_sources_and_classes():
 
 
 @pytest.fixture
-def s3_bucket(monkeypatch, tmp_path):
+def s3_bucket(fresh_bucket, moto_endpoint):
     """A moto S3 server on 127.0.0.1 with an empty bucket; fake credentials for this test only."""
-    pytest.importorskip("moto.server")
-    import socket
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket="museum")
-        yield client, endpoint
-        # moto keeps its buckets in process-wide state that outlives this server: empty and
-        # delete the bucket, or test_s3 (same bucket name) would find these objects.
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket="museum"):
-            for item in page.get("Contents", []):
-                client.delete_object(Bucket="museum", Key=item["Key"])
-        client.delete_bucket(Bucket="museum")
-    finally:
-        server.stop()
+    client, _bucket = fresh_bucket
+    return client, moto_endpoint
 
 
 def test_evaluate_submission_and_report_on_s3(s3_bucket, tmp_path):

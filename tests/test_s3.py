@@ -7,17 +7,16 @@ same output must replace it cleanly.
 """
 from __future__ import annotations
 
+import csv
 import io
-import socket
 import zipfile
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
-Image = pytest.importorskip("PIL.Image")
+from conftest import fake_aws_environment
+from PIL import Image
 
 BUCKET = "museum"
 DATA_URL = f"s3://{BUCKET}/data"
@@ -76,51 +75,19 @@ def _images_zip() -> bytes:
     return buffer.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3_env(spark, moto_endpoint, monkeypatch, tmp_path):
-    """Fake credentials only for this test; a fresh bucket holding the uploaded data set.
+def s3_env(spark, fresh_bucket, monkeypatch, tmp_path):
+    """A fresh bucket holding the uploaded data set, with fake credentials for this test only.
 
     The credentials reach the code the standard way, through the AWS environment variables. The
     shared Spark session started before this test, so its Python workers would not inherit them:
     they are also given as executor environment (what ``spark.executorEnv.*`` sets), as a cluster
     would give its executors their own credentials.
     """
-    aws_env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-        # Keep any real AWS config of the machine out of the way, and don't wait on EC2 metadata.
-        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    for name, value in aws_env.items():
-        monkeypatch.setenv(name, value)
+    client, bucket = fresh_bucket
+    assert bucket == BUCKET
+    for name, value in fake_aws_environment(tmp_path).items():
         monkeypatch.setitem(spark.sparkContext.environment, name, value)
-    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
     for key, body in (
         ("data/train.csv", TRAIN_CSV.encode()),
         ("data/test.csv", TEST_CSV.encode()),
@@ -128,11 +95,7 @@ def s3_env(spark, moto_endpoint, monkeypatch, tmp_path):
         ("data/images.zip", _images_zip()),
     ):
         client.put_object(Bucket=BUCKET, Key=key, Body=body)
-    yield client
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])]
-    for key in keys:
-        client.delete_object(Bucket=BUCKET, Key=key)
-    client.delete_bucket(Bucket=BUCKET)
+    return client
 
 
 def _keys(client, prefix: str) -> list[str]:
@@ -225,3 +188,57 @@ def test_score_reads_images_from_s3_and_writes_predictions_there(spark, s3_env, 
     score.run(spark, settings, f"s3://{BUCKET}/score/in.csv", f"s3://{BUCKET}/score/out.csv", on_s3, images_dir=f"s3://{BUCKET}/score/images", factory=stand_in)
     rows = read_bytes(f"s3://{BUCKET}/score/out.csv", s3).decode().splitlines()
     assert len(rows) == 5 and rows[4].startswith("x-1,живопись,") and ",image," in rows[4]
+
+
+def test_crawl_to_s3_survives_a_crash_and_resumes(spark, s3_env, moto_endpoint, monkeypatch):
+    """crawl with its URL CSV and its output on S3, against the HTTP zoo on 127.0.0.1: every row
+    once in the manifest, the good images in the dataset. A crash in the final assembly leaves
+    the committed chunks under ``_work/`` on S3; ``--resume`` fetches nothing again and commits."""
+    import hashlib
+
+    from http_zoo import ZooServer, gen_image
+
+    from museum_typology import crawl, petastorm_io, storage
+    from museum_typology.config import load_settings
+    from museum_typology.schema import CLASSES
+    from museum_typology.storage import S3Options
+
+    settings = load_settings(
+        overrides=[f"s3.endpoint_url={moto_endpoint}", "s3.region=us-east-1", "crawl.partitions=2", "crawl.commit_rows=3",
+                   "crawl.retries=0", "crawl.progress_interval_s=0", "images.max_side=128"],
+        environ={},
+    )
+    s3 = S3Options.from_settings(settings.section("s3"))
+    output = f"s3://{BUCKET}/work/crawl"
+    with ZooServer() as zoo:
+        rows = [(f"c{i:03d}", f"item {i}", CLASSES[i % len(CLASSES)], zoo.url(f"/gen/{i}.png")) for i in range(10)]
+        rows += [("c404", "gone", CLASSES[0], zoo.url("/status/404")), ("cfile", "local", CLASSES[0], "file:///etc/passwd")]
+        text = io.StringIO()
+        csv.writer(text).writerows([("guid", "description", "typology", "url"), *rows])  # some class names hold commas
+        s3_env.put_object(Bucket=BUCKET, Key="urls.csv", Body=text.getvalue().encode())
+
+        real = petastorm_io.write_metadata
+        monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            crawl.run(spark, settings, f"s3://{BUCKET}/urls.csv", output)
+        assert not storage.is_committed(output, s3)
+        assert [k for k in _keys(s3_env, "work/crawl/_work/manifest/") if k.endswith(".parquet")], "chunks committed on S3"
+        fetched_once = sum(zoo.requests.values())
+        assert fetched_once == 11, zoo.requests  # the file:// row is never requested
+
+        monkeypatch.setattr(petastorm_io, "write_metadata", real)
+        summary = crawl.run(spark, settings, f"s3://{BUCKET}/urls.csv", output, resume=True)
+        assert sum(zoo.requests.values()) == fetched_once, "resume fetched nothing again"
+
+    assert summary["manifest_rows"] == 12 and summary["dataset_rows"] == 10
+    assert storage.is_committed(output, s3)
+    fs, path = storage.filesystem(storage.join(output, "manifest.parquet"), s3)
+    manifest = {r["guid"]: r for r in pq.read_table(path, filesystem=fs).to_pylist()}
+    assert len(manifest) == 12
+    assert (manifest["c404"]["status"], manifest["c404"]["http_status"]) == ("http_error", 404)
+    assert manifest["cfile"]["status"] == "bad_url" and manifest["cfile"]["attempts"] == 0
+    with petastorm_io.make_reader(storage.join(output, "dataset"), s3, num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+        stored = {row.guid: row for row in reader}
+    assert sorted(stored) == [f"c{i:03d}" for i in range(10)]
+    assert all(stored[g].sha256 == manifest[g]["sha256"] == hashlib.sha256(gen_image(int(g[1:]))).hexdigest() for g in stored)
+    assert [k for k in _keys(s3_env, "work/") if ".tmp-" in k or "/_work/" in k] == []  # committed whole, work area gone
