@@ -394,3 +394,18 @@ def test_describe_plan(tmp_path):
     assert plan["finished_at_planning"] == {"bad_url": 1} and plan["hosts"] == 3
     assert plan["partitions"] == 2 and sum(plan["urls_per_partition_min_median_max"]) > 0
     assert plan["per_task"]["connections_per_host"] == 6 and plan["tasks_at_once"] == 2
+    assert plan["estimate"]["assumed"]["cores"] == 2 and plan["estimate"]["seconds"] >= 0
+
+
+def test_estimate_duration_names_the_binding_limit():
+    # One host, 48 connections, 450 ms a request: at most ~107 requests/s from the server, while
+    # 2 cores at 35/s store 70/s: the CPU binds; 180K URLs take 180000 / 70 s.
+    cpu = crawl.estimate_duration({"h": 180_000}, 48, 0, 0.45, 2, 35.0)
+    assert cpu["bound_by"].startswith("CPU") and cpu["seconds"] == round(180_000 / 70)
+    # Sixteen cores outrun one host: its connections bind (48 / 0.45 s = 106.7/s).
+    server = crawl.estimate_duration({"h": 180_000}, 48, 0, 0.45, 16, 35.0)
+    assert server["bound_by"].startswith("the image server") and server["seconds"] == round(180_000 * 0.45 / 48)
+    # A request-rate limit below connections / latency binds instead, and hosts run side by side.
+    limited = crawl.estimate_duration({"a": 1000, "b": 3000}, 48, 10, 0.45, 16, 35.0)
+    assert limited["seconds"] == 300 and limited["images_per_s"] == round(4000 / 300, 1)
+    assert crawl.estimate_duration({}, 48, 0, 0.45, 2, 35.0)["seconds"] == 0

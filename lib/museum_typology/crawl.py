@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -414,9 +414,34 @@ def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], r
     return work_url, count, False
 
 
+def estimate_duration(urls_per_host: Mapping[str, int], host_connections: int, host_rate: float, latency_s: float, cores: int, images_per_core_s: float) -> dict[str, Any]:
+    """How long a crawl should take, from first principles. Pure.
+
+    Three limits, the slowest one binds: each host serves at most ``host_connections / latency``
+    requests a second (fewer under ``host_rate``), and hosts are crawled side by side; the
+    executors decode at most ``cores * images_per_core_s`` images a second. The per-core rate is
+    what ``benchmarks/crawl.py`` measures for the whole crawler (fetch, decode, encode, store)."""
+    per_host_rate = host_connections / max(latency_s, 1e-3)
+    if host_rate > 0:
+        per_host_rate = min(per_host_rate, host_rate)
+    total = sum(urls_per_host.values())
+    host_seconds = max(urls_per_host.values(), default=0) / per_host_rate
+    cpu_rate = max(1, cores) * images_per_core_s
+    cpu_seconds = total / cpu_rate
+    seconds = max(host_seconds, cpu_seconds)
+    return {
+        "seconds": round(seconds),
+        "hours": round(seconds / 3600, 2),
+        "images_per_s": round(total / seconds, 1) if seconds else None,
+        "bound_by": "the image server (connections / latency per host)" if host_seconds >= cpu_seconds else "CPU (decode and encode on the executors)",
+        "assumed": {"latency_ms": round(latency_s * 1000), "images_per_core_s": images_per_core_s, "cores": cores},
+    }
+
+
 def describe_plan(settings: Settings, input_url: str, parallelism: int) -> dict[str, Any]:
     """What a crawl of ``input_url`` would do (no request is made): rows, distinct URLs, hosts,
-    partitions, chunks and the per-task limits. For ``museum-typology crawl --plan-only``."""
+    partitions, chunks, the per-task limits and an estimate of the duration (``estimate_duration``
+    with the ``crawl.plan_*`` assumptions). For ``museum-typology crawl --plan-only``."""
     s3 = S3Options.from_settings(settings.section("s3"))
     crawl_conf = settings.section("crawl")
     rows, _ = read_url_rows(input_url, settings, s3)
@@ -425,17 +450,23 @@ def describe_plan(settings: Settings, input_url: str, parallelism: int) -> dict[
     sizes = sorted(len(g) for g in group_tasks(tasks, partitions).values()) or [0]
     commit_rows = max(1, int(crawl_conf["commit_rows"]))
     fetch = FetchSettings.from_settings(crawl_conf, int(crawl_conf["max_bytes"]), parallel_tasks=min(parallelism, partitions))
+    urls_per_host = Counter(fetcher.host_key(t["url"]) for t in tasks)
+    estimate = estimate_duration(
+        urls_per_host, int(crawl_conf["host_connections"]), float(crawl_conf["host_rate"]), float(crawl_conf["plan_latency_ms"]) / 1000,
+        min(parallelism, partitions), float(crawl_conf["plan_images_per_core_s"]),
+    )
     return {
         "input_rows": len(rows),
         "distinct_urls": len(tasks),
         "rows_sharing_a_url": sum(len(t["rows"]) for t in tasks) - len(tasks),
         "finished_at_planning": dict(Counter(r["status"] for r in finished)),
-        "hosts": len({fetcher.host_key(t["url"]) for t in tasks}),
+        "hosts": len(urls_per_host),
         "partitions": partitions,
         "urls_per_partition_min_median_max": [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
         "chunks_about": sum(-(-n // commit_rows) for n in sizes),
         "tasks_at_once": min(parallelism, partitions),
         "per_task": {"threads": fetch.threads, "decoding_at_once": int(settings.get("crawl.decode_threads_per_task")), "connections_per_host": fetch.host_connections, "requests_per_s_per_host": fetch.host_rate or None},
+        "estimate": estimate,
     }
 
 
