@@ -148,3 +148,74 @@ def test_cli_train_image_help():
     assert result.returncode == 0 and "usage: museum-typology train-image" in result.stdout
     for option in ("--dataset", "--model-dir", "--folds", "--num-proc", "--final", "--manifest"):
         assert option in result.stdout
+
+
+def _image_settings(*overrides: str) -> image_model.ImageSettings:
+    from museum_typology.config import load_settings
+
+    return image_model.ImageSettings.from_settings(load_settings(overrides=["image.image_size=32", *overrides], environ={}))
+
+
+def test_view_specs_whole_image_first_then_crops_each_with_its_mirror():
+    s = _image_settings("image.view_crop=0.8", "image.view_corners=true", "image.tta_flip=true")
+    specs = image_model.view_specs(s)
+    assert len(specs) == 12 and specs == image_model.view_specs(s)  # deterministic
+    assert specs[0] == (0.0, 0.0, 1.0, False) and specs[1] == (0.0, 0.0, 1.0, True)
+    assert [m for *_, m in specs] == [False, True] * 6
+    assert all(0.0 <= top and 0.0 <= left and top + side <= 1.0 + 1e-9 and left + side <= 1.0 + 1e-9 for top, left, side, _ in specs)
+    assert len(image_model.view_specs(_image_settings("image.view_crop=0.8", "image.view_corners=false"))) == 4
+    assert image_model.view_specs(_image_settings("image.view_crop=0", "image.tta_flip=false")) == [(0.0, 0.0, 1.0, False)]
+    with pytest.raises(ValueError, match="view_mode"):
+        _image_settings("image.view_mode=max")
+
+
+def test_settings_of_a_bundle_written_before_views_mean_whole_image_and_mirror():
+    """model.json of older bundles has no view settings: they score as they were trained."""
+    old = {k: v for k, v in image_model.settings_dict(_image_settings()).items() if not k.startswith("view_")}
+    s = image_model.ImageSettings(**old)
+    assert s.view_mode == "mean" and image_model.view_specs(s) == [(0.0, 0.0, 1.0, False), (0.0, 0.0, 1.0, True)]
+
+
+def test_crop_box_stays_inside_the_image():
+    for height, width in ((1, 1), (3, 500), (224, 224), (517, 301)):
+        for top, left, side in ((0.0, 0.0, 1.0), (0.1, 0.1, 0.8), (0.2, 0.2, 0.8), (0.0, 0.2, 0.8)):
+            y, x, h, w = image_model.crop_box(height, width, top, left, side)
+            assert h >= 1 and w >= 1 and 0 <= y and 0 <= x and y + h <= height and x + w <= width
+    assert image_model.crop_box(100, 200, 0.2, 0.2, 0.8) == (20, 40, 80, 160)
+
+
+def test_make_views_are_deterministic_with_the_promised_shapes():
+    import tensorflow as tf
+
+    s = _image_settings("image.view_crop=0.8", "image.view_corners=true", "image.tta_flip=true")
+    image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    views = image_model.make_views(tf.constant(image), s).numpy()
+    assert views.shape == (12, 32, 32, 3) and views.dtype == np.float32
+    np.testing.assert_array_equal(views, image_model.make_views(tf.constant(image), s).numpy())
+    whole = image_model.resize(image, 32).numpy()
+    np.testing.assert_array_equal(views[0], whole)
+    np.testing.assert_array_equal(views[1], whole[:, ::-1])
+    for n, (top, left, side, mirrored) in enumerate(image_model.view_specs(s)):
+        y, x, h, w = image_model.crop_box(50, 70, top, left, side)
+        expected = image_model.resize(image[y : y + h, x : x + w], 32).numpy()
+        np.testing.assert_allclose(views[n], expected[:, ::-1] if mirrored else expected, atol=1e-3)
+    assert not np.allclose(views[4], views[6])  # different corners differ
+
+
+def test_view_features_mean_or_each_and_head_proba_averages_views():
+    import tensorflow as tf
+
+    s_each = _image_settings("image.view_crop=0.8", "image.view_corners=false", "image.view_mode=each", "image.head_hidden=0")
+    s_mean = _image_settings("image.view_crop=0.8", "image.view_corners=false", "image.view_mode=mean")
+    net = tf.keras.Sequential([tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(1280, kernel_initializer=tf.keras.initializers.GlorotUniform(seed=1))])
+    views = tf.stack([image_model.make_views(tf.constant(np.full((20, 30, 3), c, np.uint8)), s_each) for c in (10, 200)])
+    each = image_model.view_features(net, views, s_each).numpy()
+    mean = image_model.view_features(net, views, s_mean).numpy()
+    assert each.shape == (2, 4, 1280) and mean.shape == (2, 1, 1280)
+    np.testing.assert_allclose(mean[:, 0], each.mean(axis=1), rtol=1e-5, atol=1e-5)
+    head = image_model.build_head(s_each, seed=0)
+    proba = image_model.head_proba(head, each)
+    per_view = tf.nn.softmax(head(each.reshape(8, 1280))).numpy().reshape(2, 4, -1)
+    np.testing.assert_allclose(proba, per_view.mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert image_model.head_proba(head, np.zeros((0, 4, 1280), np.float32)).shape == (0, len(CLASSES))
+    assert image_model.images_per_batch(_image_settings("image.batch_size=32", "image.view_crop=0.8", "image.view_corners=true")) == 2

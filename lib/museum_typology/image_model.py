@@ -42,6 +42,9 @@ from .schema import CLASSES
 from .storage import S3Options
 
 NUM_CLASSES = len(CLASSES)
+# "mean": one feature row per image, the mean of its views' features; "each": every view is a
+# training row of its image (same label) and a prediction is the mean softmax over the views.
+VIEW_MODES = ("mean", "each")
 
 
 @dataclass(frozen=True)
@@ -72,12 +75,23 @@ class ImageSettings:
     color_jitter: float
     mixed_precision: str
     start_timeout: int
+    # Views of each image for the frozen-feature (fold) heads; the defaults are what bundles
+    # written before these settings existed did (whole image + mirror, features averaged), so
+    # such bundles still load and score the same.
+    view_crop: float = 0.0
+    view_corners: bool = False
+    view_mode: str = "mean"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageSettings:
         section = settings.section("image")
         casts = {"int": int, "float": float, "str": str, "bool": bool}
-        return cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
+        s = cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
+        if s.view_mode not in VIEW_MODES:
+            raise ValueError(f"image.view_mode must be one of {VIEW_MODES}, not {s.view_mode!r}")
+        if not 0.0 <= s.view_crop < 1.0:
+            raise ValueError(f"image.view_crop must be in [0, 1) (0 = no crop views), not {s.view_crop}")
+        return s
 
 
 def settings_dict(s: ImageSettings) -> dict[str, Any]:
@@ -135,6 +149,29 @@ def upsample_factors(labels: Sequence[int], cap: float) -> list[float]:
     return factors.tolist()
 
 
+def view_specs(s: ImageSettings) -> list[tuple[float, float, float, bool]]:
+    """The deterministic views of an image for the frozen-feature heads, as (top, left, side,
+    mirrored): top/left/side are fractions of the image's height and width (side 1 = the whole
+    image). The whole image comes first; then, when ``view_crop`` > 0, a centred crop of that
+    side and, with ``view_corners``, the four corner crops; each followed by its mirror when
+    ``tta_flip``. The same list is used in training and at prediction time (TTA)."""
+    places = [(0.0, 0.0, 1.0)]
+    if s.view_crop > 0:
+        c, rest = s.view_crop, 1.0 - s.view_crop
+        places.append((rest / 2, rest / 2, c))
+        if s.view_corners:
+            places += [(0.0, 0.0, c), (0.0, rest, c), (rest, 0.0, c), (rest, rest, c)]
+    return [(top, left, side, mirrored) for top, left, side in places for mirrored in ((False, True) if s.tta_flip else (False,))]
+
+
+def crop_box(height: int, width: int, top: float, left: float, side: float) -> tuple[int, int, int, int]:
+    """A view's pixel box (y, x, h, w) inside a height x width image: at least 1 pixel, inside
+    the image."""
+    h, w = max(1, int(round(height * side))), max(1, int(round(width * side)))
+    y, x = min(int(round(height * top)), height - h), min(int(round(width * left)), width - w)
+    return y, x, h, w
+
+
 def macro_f1_present(y: np.ndarray, pred: np.ndarray) -> float:
     from .report import macro_f1
 
@@ -166,6 +203,57 @@ def resize(image, size: int):
     return tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
 
 
+def make_views(image, s: ImageSettings):
+    """One image (H x W x 3, any size) -> its views (``view_specs``) as V x size x size x 3 float
+    0..255; each view is cropped first, then resized by ``resize`` (so a crop keeps detail).
+    The mirror flips the resized view, which is what bundles before the view settings did."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    out = []
+    for top, left, side, mirrored in view_specs(s):
+        if side >= 1.0:
+            view = resize(image, s.image_size)
+        else:
+            # crop_box in TF ops (the shape is only known when the graph runs); same rounding.
+            hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+            h = tf.maximum(1, tf.cast(tf.round(hf * side), tf.int32))
+            w = tf.maximum(1, tf.cast(tf.round(wf * side), tf.int32))
+            y = tf.minimum(tf.cast(tf.round(hf * top), tf.int32), height - h)
+            x = tf.minimum(tf.cast(tf.round(wf * left), tf.int32), width - w)
+            view = resize(image[y : y + h, x : x + w], s.image_size)
+        out.append(tf.image.flip_left_right(view) if mirrored else view)
+    return tf.stack(out)
+
+
+def view_features(backbone, views, s: ImageSettings):
+    """B x V x size x size x 3 views -> B x V' x FEATURES: V' = V (``view_mode`` "each") or 1 (the
+    mean over the views, "mean")."""
+    import tensorflow as tf
+
+    shape = tf.shape(views)
+    flat = backbone(tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0)), training=False)
+    feats = tf.reshape(flat, [shape[0], shape[1], backbone_lib.FEATURES])
+    return tf.reduce_mean(feats, axis=1, keepdims=True) if s.view_mode == "mean" else feats
+
+
+def head_proba(head, feats: np.ndarray) -> np.ndarray:
+    """N x V' x FEATURES -> N x classes: the mean softmax of the head over each image's views."""
+    import tensorflow as tf
+
+    n, v = feats.shape[0], feats.shape[1]
+    if n == 0:
+        return np.zeros((0, NUM_CLASSES), np.float32)
+    proba = tf.nn.softmax(head(feats.reshape(n * v, -1), training=False)).numpy()
+    return proba.reshape(n, v, NUM_CLASSES).mean(axis=1)
+
+
+def images_per_batch(s: ImageSettings) -> int:
+    """Images per backbone call so that a call sees about batch_size views."""
+    return max(1, s.batch_size // len(view_specs(s)))
+
+
 def preprocessing_spec(s: ImageSettings) -> dict[str, Any]:
     return {
         "input": "RGB uint8, any size",
@@ -175,6 +263,9 @@ def preprocessing_spec(s: ImageSettings) -> dict[str, Any]:
         "mean": backbone_lib.PREPROCESS_MEAN,
         "std": backbone_lib.PREPROCESS_STD,
         "tta_flip": s.tta_flip,
+        "views": [{"top": t, "left": l, "side": c, "mirrored": m} for t, l, c, m in view_specs(s)],
+        "view_mode": s.view_mode,
+        "views_note": "each view is cropped from the original image, then resized and (if mirrored) flipped (museum_typology.image_model.make_views)",
     }
 
 
@@ -230,26 +321,24 @@ def _label_table(labels: Mapping[str, int]):
 
 
 def extract_features(job: WorkerJob, backbone, rank: int, size: int) -> tuple[list[str], np.ndarray]:
-    """This rank's labelled images -> (guids, features), streamed in batches; pixels are dropped
-    as soon as their features exist."""
+    """This rank's labelled images -> (guids, features N x V' x FEATURES, see ``view_features``),
+    streamed in batches; pixels are dropped as soon as their features exist."""
     import tensorflow as tf
 
     s = job.settings
+    n_views = 1 if s.view_mode == "mean" else len(view_specs(s))
 
     @tf.function(reduce_retracing=True)
-    def features(images):
-        out = backbone(images, training=False)
-        if s.tta_flip:
-            out = (out + backbone(tf.image.flip_left_right(images), training=False)) / 2.0
-        return out
+    def features(views):
+        return view_features(backbone, views, s)
 
     reader, dataset = shard_dataset(job, rank, size, job.labels.keys())
     guids, chunks = [], []
     with reader:
-        for guid_batch, image_batch in dataset.map(lambda g, img: (g, resize(img, s.image_size))).batch(s.batch_size):
+        for guid_batch, view_batch in dataset.map(lambda g, img: (g, make_views(img, s))).batch(images_per_batch(s)):
             guids.extend(g.decode() for g in guid_batch.numpy())
-            chunks.append(features(image_batch).numpy())
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, backbone_lib.FEATURES), np.float32)
+            chunks.append(features(view_batch).numpy())
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, n_views, backbone_lib.FEATURES), np.float32)
     order = np.argsort(guids, kind="stable")
     return [guids[i] for i in order], feats[order]
 
@@ -294,7 +383,10 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
     feature_seconds = time.time() - started
     y = np.array([job.labels[g] for g in guids], dtype=np.int64)
     fold_of = np.array([job.folds[g] for g in guids], dtype=np.int64)
-    hashes = stable_hash(guids)
+    # One training row per (image, view): the minibatch of a row is chosen by the hash of
+    # "guid#view", so a rank's rows still land in the same batches whatever the sharding.
+    n_views = feats.shape[1]
+    hashes = stable_hash([f"{g}#{v}" if n_views > 1 else g for g in guids for v in range(n_views)]).reshape(len(guids), n_views)
     class_weights = tf.constant(job.class_weights, tf.float32)
     epochs = job.epochs if job.epochs is not None else s.head_epochs
     lr = s.head_lr * size  # the global batch grows with the number of processes
@@ -314,7 +406,7 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
             if rank == 0:
                 save_head_checkpoint(job.checkpoint_url, k, head, histories[k], job.s3)
         if held_mask.any():
-            proba = tf.nn.softmax(head(feats[held_mask], training=False)).numpy()
+            proba = head_proba(head, feats[held_mask])
             for g, label, p in zip(np.array(guids)[held_mask], y[held_mask], proba):
                 oof_rows.append({"guid": str(g), "label": int(label), "fold": k, "proba": p.astype(np.float32).tolist()})
     return {
@@ -329,15 +421,18 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
 
 
 def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weights, fold: int, epochs: int, lr: float, global_batch: int, s: ImageSettings) -> dict[str, list[float]]:
-    """Global-minibatch Adam on cached features; gradients summed across ranks (see module doc)."""
+    """Global-minibatch Adam on cached features (N x V' x FEATURES: every view of a training
+    image is a row with its label); gradients summed across ranks (see module doc)."""
     import tensorflow as tf
 
     optimizer = tf.keras.optimizers.Adam(lr)
     # Same seeded initial weights everywhere; broadcast anyway so a rank can never drift.
     hvd.broadcast_variables(head.variables, root_rank=0)
-    n_train = int(hvd.allreduce(tf.constant(float(train_mask.sum())), op=hvd.Sum).numpy())
+    n_views = feats.shape[1]
+    x_train = tf.constant(feats[train_mask].reshape(-1, backbone_lib.FEATURES))
+    y_train, h_train = np.repeat(y[train_mask], n_views), hashes[train_mask].reshape(-1)
+    n_train = int(hvd.allreduce(tf.constant(float(len(y_train))), op=hvd.Sum).numpy())
     n_batches = max(1, int(np.ceil(n_train / global_batch)))
-    x_train, y_train, h_train = tf.constant(feats[train_mask]), y[train_mask], hashes[train_mask]
     loss_fn = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s.label_smoothing, reduction="none")
 
     def weighted_loss(x, labels, training):
@@ -371,14 +466,14 @@ def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weight
             else:  # no local rows in this batch: still take part in the allreduce, with zeros
                 epoch_loss += float(step(tf.zeros((0, backbone_lib.FEATURES), tf.float32), tf.zeros((0,), tf.int64), denominator))
         history["train_loss"].append(float(hvd.allreduce(tf.constant(epoch_loss), op=hvd.Sum).numpy()) / n_batches)
-        # Held-out curve (never used to choose anything: the head trains a fixed number of epochs).
-        held_x = tf.constant(feats[held_mask])
+        # Held-out curve (never used to choose anything: the head trains a fixed number of epochs),
+        # on the held-out images' view-averaged probabilities, as the out-of-fold rows are made.
         held_y = y[held_mask]
-        logits = head(held_x, training=False)
-        held_sum = float(tf.reduce_sum(loss_fn(tf.one_hot(held_y, NUM_CLASSES), logits))) if held_y.size else 0.0
+        proba = head_proba(head, feats[held_mask])
+        held_sum = float(-np.log(np.maximum(proba[np.arange(held_y.size), held_y], 1e-12)).sum()) if held_y.size else 0.0
         n_held = float(hvd.allreduce(tf.constant(float(held_y.size)), op=hvd.Sum).numpy())
         history["held_loss"].append(float(hvd.allreduce(tf.constant(held_sum), op=hvd.Sum).numpy()) / max(n_held, 1.0))
-        pred = tf.argmax(logits, axis=1) if held_y.size else tf.zeros((0,), tf.int64)
+        pred = tf.constant(proba.argmax(axis=1), tf.int64) if held_y.size else tf.zeros((0,), tf.int64)
         all_y = hvd.allgather(tf.constant(held_y, tf.int64)).numpy()
         all_pred = hvd.allgather(tf.cast(pred, tf.int64)).numpy()
         history["held_macro_f1"].append(macro_f1_present(all_y, all_pred) if all_y.size else 0.0)
@@ -591,17 +686,17 @@ class ImageBundle:
         self._tf = tf
 
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """N x V' x FEATURES, the views the heads were trained on (see ``view_features``)."""
         tf = self._tf
-        batch = tf.stack([resize(img, self.settings.image_size) for img in images])
-        out = self.backbone(batch, training=False)
-        if self.settings.tta_flip:
-            out = (out + self.backbone(tf.image.flip_left_right(batch), training=False)) / 2.0
-        return out.numpy()
+        views = tf.stack([make_views(img, self.settings) for img in images])
+        return view_features(self.backbone, views, self.settings).numpy()
 
     def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        tf = self._tf
+        """Mean over the heads of each head's mean softmax over the views."""
         chunks = []
-        for i in range(0, len(images), batch_size):
-            feats = self.features(images[i : i + batch_size])
-            chunks.append(np.mean([tf.nn.softmax(h(feats, training=False)).numpy() for h in self.heads], axis=0))
+        # About batch_size views per backbone call, whatever the number of views per image.
+        step = max(1, batch_size // len(view_specs(self.settings)))
+        for i in range(0, len(images), step):
+            feats = self.features(images[i : i + step])
+            chunks.append(np.mean([head_proba(h, feats) for h in self.heads], axis=0))
         return np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), np.float32)
