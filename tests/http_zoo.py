@@ -16,6 +16,7 @@ request is counted per path. Routes:
   /huge                declares a body far over any cap (Content-Length), sends a little
   /huge-chunked        streams 1 MB chunks without Content-Length, forever-ish (50 MB)
   /slow/<ms>/<name>    the registered body after <ms> ms (tracks requests in flight)
+  /robots.txt          ``robots_txt`` when set, else 404; counted in ``robots_requests``, not ``requests``
 """
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ class ZooServer:
         self.start_times: list[float] = []
         self.user_agents: list[str | None] = []
         self.delay_s = 0.0  # added to every /gen/ request
+        self.robots_txt: bytes | None = None  # served at /robots.txt (None: 404)
+        self.robots_requests = 0
         self._lock = threading.Lock()
         self._seen: set[str] = set()
         zoo = self
@@ -115,9 +118,13 @@ class ZooServer:
             self.requests.clear()
             self.start_times.clear()
             self.max_in_flight = 0
+            self.robots_requests = 0
 
     def _count(self, path: str) -> None:
         with self._lock:
+            if path == "/robots.txt":
+                self.robots_requests += 1
+                return
             self.requests[path] += 1
             self.start_times.append(time.monotonic())
 
@@ -144,7 +151,12 @@ class ZooServer:
         parts = path.strip("/").split("/")
         head = parts[0]
         ok_jpeg = image_bytes("JPEG")
-        if head == "img" and len(parts) == 2 and parts[1] in self.bodies:
+        if path == "/robots.txt":
+            if self.robots_txt is None:
+                self._send(h, 404, b"no robots.txt here", "text/plain")
+            else:
+                self._send(h, 200, self.robots_txt, "text/plain")
+        elif head == "img" and len(parts) == 2 and parts[1] in self.bodies:
             body, content_type = self.bodies[parts[1]]
             self._send(h, 200, body, content_type)
         elif head == "gen" and len(parts) == 2 and parts[1].endswith(".png"):

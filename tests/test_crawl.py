@@ -409,3 +409,55 @@ def test_estimate_duration_names_the_binding_limit():
     limited = crawl.estimate_duration({"a": 1000, "b": 3000}, 48, 10, 0.45, 16, 35.0)
     assert limited["seconds"] == 300 and limited["images_per_s"] == round(4000 / 300, 1)
     assert crawl.estimate_duration({}, 48, 0, 0.45, 2, 35.0)["seconds"] == 0
+
+
+# ---------------------------------------------------------------- robots.txt
+
+
+def test_robots_txt_is_obeyed_and_read_once_per_task(spark, zoo, tmp_path):
+    """Rows whose path the host's robots.txt disallows are never requested and get
+    ``robots_disallowed`` with the reason; the rest are crawled; robots.txt is fetched once per
+    task (not per URL); with robots_txt off, everything is fetched."""
+    zoo.reset_counts()
+    zoo.robots_txt = b"User-agent: *\nDisallow: /gen/1\n\nUser-agent: museum-typology-crawler\nDisallow: /gen/2$\nDisallow: /gen/3\n"
+    csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 40))
+    output = tmp_path / "out"
+    try:
+        summary = crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    finally:
+        zoo.robots_txt = None  # the zoo serves the whole module
+    manifest = _manifest(output)
+    # Our own group applies (not the * one): /gen/3* is ours to avoid, /gen/1* is not; the
+    # "/gen/2$" pattern is anchored, so /gen/2.png is allowed.
+    refused = sorted(g for g, r in manifest.items() if r["status"] == "robots_disallowed")
+    assert refused == ["g0003"] + [f"g{i:04d}" for i in range(30, 40)]
+    assert all(manifest[g]["attempts"] == 0 and "robots.txt" in manifest[g]["reason"] for g in refused)
+    assert not any(path.startswith("/gen/3") for path in zoo.requests)
+    assert sum(zoo.requests.values()) == 40 - len(refused) and summary["dataset_rows"] == 40 - len(refused)
+    assert 1 <= zoo.robots_requests <= 2  # one per task
+
+    zoo.reset_counts()
+    crawl.run(spark, _settings(tmp_path, "crawl.partitions=2", "crawl.robots_txt=false"), csv_path, str(tmp_path / "all"))
+    assert zoo.robots_requests == 0 and _manifest(tmp_path / "all")["g0030"]["status"] == "ok"
+
+
+def test_an_unreachable_robots_txt_disallows_the_host(spark, zoo, tmp_path):
+    """RFC 9309: a robots.txt answering 5xx (after the retries) means "disallow all"."""
+    original = zoo._route
+
+    def route(h):
+        if h.path == "/robots.txt":
+            zoo._send(h, 503, b"down")
+        else:
+            original(h)
+
+    zoo.reset_counts()
+    zoo._route = route
+    output = tmp_path / "out"
+    try:
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=1"), _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 5)), str(output))
+    finally:
+        del zoo._route  # back to the class's routes: the zoo serves the whole module
+    manifest = _manifest(output)
+    assert {r["status"] for r in manifest.values()} == {"robots_disallowed"}
+    assert "unreachable" in manifest["g0000"]["reason"] and sum(zoo.requests.values()) == 0

@@ -46,6 +46,7 @@ from .fetcher import FetchResult, FetchSettings, Fetcher
 from . import ingest
 from .ingest import DecodeSettings, IngestError, _write_empty_part, _write_parquet, partition_of
 from .log import get_logger
+from .robots import RobotsCache
 from .schema import (
     CRAWL_MANIFEST_SCHEMA,
     SPLIT_CRAWL,
@@ -54,6 +55,7 @@ from .schema import (
     STATUS_OK,
     STATUS_QUARANTINED,
     STATUS_REJECTED,
+    STATUS_ROBOTS_DISALLOWED,
     STATUS_TOO_LARGE,
     make_image_schema,
 )
@@ -81,6 +83,7 @@ class TaskSettings:
     commit_rows: int
     row_group_bytes: int
     decode_threads: int
+    robots_txt: bool
     s3: S3Options | None
 
 
@@ -297,6 +300,10 @@ def crawl_partition(partition: int, tasks: list[dict[str, Any]], task: TaskSetti
     decode_slots = threading.BoundedSemaphore(task.decode_threads)
 
     def work(url_task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        refusal = robots_rules.check(url_task["url"]) if robots_rules is not None else None
+        if refusal:
+            return [{**{k: v for k, v in r.items() if k in CRAWL_MANIFEST_SCHEMA.names}, "status": STATUS_ROBOTS_DISALLOWED, "reason": refusal}
+                    for r in url_task["rows"]], [], 0
         fetched = crawler.fetch(url_task["url"])
         try:
             with decode_slots:
@@ -312,6 +319,7 @@ def crawl_partition(partition: int, tasks: list[dict[str, Any]], task: TaskSetti
 
     received = 0
     with Fetcher(task.fetch) as crawler, ThreadPoolExecutor(task.fetch.threads, thread_name_prefix=f"crawl-{partition}") as pool:
+        robots_rules = RobotsCache(crawler.fetch, task.fetch.user_agent, on_crawl_delay=crawler.slow_host) if task.robots_txt else None
         for manifest_rows, dataset_rows, nbytes in _bounded_map(pool, work, todo, 2 * task.fetch.threads):
             chunks.add(manifest_rows, dataset_rows)
             received += nbytes
@@ -465,6 +473,7 @@ def describe_plan(settings: Settings, input_url: str, parallelism: int) -> dict[
         "urls_per_partition_min_median_max": [sizes[0], sizes[len(sizes) // 2], sizes[-1]],
         "chunks_about": sum(-(-n // commit_rows) for n in sizes),
         "tasks_at_once": min(parallelism, partitions),
+        "robots_txt": bool(settings.get("crawl.robots_txt")),
         "per_task": {"threads": fetch.threads, "decoding_at_once": int(settings.get("crawl.decode_threads_per_task")), "connections_per_host": fetch.host_connections, "requests_per_s_per_host": fetch.host_rate or None},
         "estimate": estimate,
     }
@@ -512,6 +521,7 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         decode=decode,
         commit_rows=max(1, int(crawl_conf["commit_rows"])),
         decode_threads=max(1, int(crawl_conf["decode_threads_per_task"])),
+        robots_txt=bool(crawl_conf["robots_txt"]),
         row_group_bytes=int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024,
         s3=s3,
     )

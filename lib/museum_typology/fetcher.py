@@ -75,6 +75,7 @@ class FetchSettings:
     threads: int = 32
     host_connections: int = 16
     host_rate: float = 0.0  # request starts per second per host; 0 = no limit
+    parallel_tasks: int = 1  # tasks sharing the per-host limits (each has its share)
 
     @classmethod
     def from_settings(cls, section: Mapping[str, Any], max_bytes: int, parallel_tasks: int = 1) -> FetchSettings:
@@ -97,6 +98,7 @@ class FetchSettings:
             threads=max(1, int(section["threads_per_task"])),
             host_connections=max(1, math.ceil(int(section["host_connections"]) / parallel_tasks)),
             host_rate=rate / parallel_tasks if rate > 0 else 0.0,
+            parallel_tasks=parallel_tasks,
         )
 
 
@@ -176,6 +178,7 @@ class _Host:
         self.slots = threading.BoundedSemaphore(connections)
         self.lock = threading.Lock()
         self.next_start = 0.0  # monotonic time before which no request may start
+        self.min_interval = 0.0  # seconds between request starts asked by the host (robots.txt Crawl-delay)
 
 
 class Fetcher:
@@ -224,12 +227,20 @@ class Fetcher:
                 with host.lock:
                     now = time.monotonic()
                     if host.next_start <= now:
-                        if self.settings.host_rate > 0:
-                            host.next_start = now + 1.0 / self.settings.host_rate
+                        interval = max(1.0 / self.settings.host_rate if self.settings.host_rate > 0 else 0.0, host.min_interval)
+                        if interval > 0:
+                            host.next_start = now + interval
                         break
                     wait = host.next_start - now
                 self._sleep(min(wait, 1.0))
             yield
+
+    def slow_host(self, key: str, delay_s: float) -> None:
+        """Keep ``delay_s`` between request starts to host ``key`` for the whole job (a robots.txt
+        Crawl-delay): this task's share of it is ``delay_s`` times the tasks running at once."""
+        host = self._host(key)
+        with host.lock:
+            host.min_interval = max(host.min_interval, delay_s * self.settings.parallel_tasks)
 
     def _pause_host(self, key: str, seconds: float) -> None:
         host = self._host(key)

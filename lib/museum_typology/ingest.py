@@ -7,6 +7,7 @@ committed atomically). Every input row gets exactly one manifest row.
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 import zlib
 from collections import Counter
@@ -266,6 +267,7 @@ def _write_empty_part(url: str, schema, s3: S3Options | None) -> None:
 
 def _write_parquet(url: str, table: pa.Table, s3: S3Options | None) -> None:
     fs, path = storage.filesystem(url, s3)
+    fs.create_dir(posixpath.dirname(path), recursive=True)  # e.g. a crawl whose every URL failed has no dataset/ yet
     with fs.open_output_stream(path) as out:
         pq.write_table(table, out)
 
