@@ -3,9 +3,9 @@ manifest layout as ingest, fast, polite and resumable.
 
 read + plan (driver, pure: check rows and URLs, one task per distinct URL, stable partitions by
 a hash of the URL so that one host's URLs spread over every task) -> crawl (Spark
-``mapPartitions``: per task a thread pool shares one ``fetcher.Fetcher``; each thread fetches,
-then decodes with ``images.decode_image`` - the ingest code - and encodes, a few threads at a time; the task's main thread
-streams rows into part files) -> assemble (driver: petastorm metadata, manifest, summary,
+``mapPartitions``: per task a thread pool shares one ``fetcher.Fetcher`` and one robots.txt
+cache; each thread fetches, then decodes with ``images.decode_image`` - the ingest code - and
+encodes, a few threads at a time; the task's main thread streams rows into part files) -> assemble (driver: petastorm metadata, manifest, summary,
 committed atomically with ``storage.atomic_directory``).
 
 Resume. Work in progress lives in ``OUTPUT/_work/``: ``plan.json`` (input fingerprint and the
