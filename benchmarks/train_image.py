@@ -5,9 +5,12 @@ and training throughput with 1 and 2 local Horovod processes.
 (a) probe: frozen EfficientNet-Lite0 pooled features of each image (plain, no mirror) +
     scikit-learn logistic regression (class_weight="balanced"), trained on each fold's training
     part and predicting its held-out part.
-(b) the job: ``museum_typology.train_image.run`` (Horovod on Spark, ``--num-proc`` processes),
-    K stratified folds of a dense head on the frozen backbone features (image + mirror mean),
-    out-of-fold probabilities read back from ``oof/image.parquet``.
+(b) the job: ``museum_typology.train_image.run`` (Horovod on Spark, 2 processes), K stratified
+    folds of a dense head on the frozen backbone features of the views of ``[image]`` in conf
+    (whole image, centred and corner crops, mirrors; every view a training row, predictions
+    averaged over the views), out-of-fold probabilities read back from ``oof/image.parquet``.
+    Its settings are conf's; none was chosen on these folds (seed 13): the view and head
+    settings were compared on other fold seeds of the same images (see the README).
 Both use the folds of ``train_image.stratified_folds`` over the same labelled images, so the
 out-of-fold macro-F1 (over the classes present) and the per-class F1 compare like for like.
 
@@ -85,7 +88,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
 
-    from museum_typology import ingest, report, train_image
+    from museum_typology import image_model, ingest, report, train_image
     from museum_typology.config import load_settings
     from museum_typology.log import setup_logging
     from museum_typology.schema import CLASSES
@@ -134,7 +137,9 @@ def main() -> int:
             "macro_f1_classes_ge5": {"probe": report.macro_f1(y, probe_pred, labels=five), "job": report.macro_f1(y, job_pred, labels=five)},
             "accuracy": {"probe": float((probe_pred == y).mean()), "job": float((job_pred == y).mean())},
             "per_class": table,
-            "seconds": {"probe": round(probe_seconds, 1), "job_2proc": round(job_seconds, 1)},
+            "seconds": {"probe": round(probe_seconds, 1), "job_2proc": round(job_seconds, 1), "job_feature_seconds_per_rank": job["metrics"]["feature_seconds_per_rank"]},
+            "job_views": len(image_model.view_specs(image_model.ImageSettings.from_settings(settings))),
+            "job_settings": {k: settings.get(f"image.{k}") for k in ("variant", "view_crop", "view_corners", "view_mode", "tta_flip", "head_hidden", "head_l2", "head_epochs", "label_smoothing", "class_weight")},
         }
         print(report.markdown_table(table, ["class", "support", "probe_f1", "job_f1"]), flush=True)
         print(json.dumps({k: v for k, v in results["cv"].items() if k != "per_class"}, indent=1), flush=True)
