@@ -7,6 +7,7 @@ test_text_model.py and test_image_model.py."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 
@@ -117,6 +118,18 @@ def test_every_bad_row_comes_out_once_in_order_with_a_source_and_a_note(spark, s
     assert by[8]["source"] == "text" and "empty guid" in by[8]["note"]
     assert summary["rows"] == 9 and sum(summary["sources"].values()) == 9
     assert {r["model_version"] for r in got} == {"text=v1;image=v2;cascade=conf"}
+
+
+def test_an_image_file_over_the_cap_is_refused_unread(spark, settings, bad_rows):
+    """A file over images.max_bytes is noted from its size alone; the others decode as before."""
+    (bad_rows / "images" / "h.jpg").write_bytes(jpeg((220, 10, 10)) + bytes(5000))  # a red JPEG padded past the cap
+    write_csv(bad_rows / "big.csv", [("h", "", ""), ("b", "", "")])
+    out = bad_rows / "big-out.csv"
+    capped = dataclasses.replace(spec(), max_bytes=4000)
+    score.run(spark, settings, str(bad_rows / "big.csv"), str(out), capped, images_dir=str(bad_rows / "images"), factory=stand_in)
+    got = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert got[0]["source"] == "default" and "file too large" in got[0]["note"] and "(not read)" in got[0]["note"]
+    assert got[1]["source"] == "image" and got[1]["typology"] == CLASSES[PAINTING]
 
 
 def test_parquet_in_and_out_with_images_from_a_dataset(spark, settings, tmp_path):

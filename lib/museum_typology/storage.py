@@ -84,6 +84,13 @@ def is_dir(url: str, s3: S3Options | None = None) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
+def file_size(url: str, s3: S3Options | None = None) -> int | None:
+    """Bytes in the file at ``url`` (one metadata call, nothing read); None when it is no file."""
+    fs, path = filesystem(url, s3)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
 def read_bytes(url: str, s3: S3Options | None = None) -> bytes:
     fs, path = filesystem(url, s3)
     try:

@@ -3,8 +3,9 @@ linear member (character/word TF-IDF next to pooled word vectors, LinearSVC), ca
 out-of-fold predictions.
 
 Training runs K stratified, grouped folds; the K fold models of each member are the bundle, and
-their out-of-fold probabilities are what the blend weight and the temperature are fitted on, so a
-confidence of 0.7 means about 70% right.
+their out-of-fold probabilities are what the blend weight and the temperature are fitted on. The
+temperature makes the blend's confidences roughly honest; the per-class offsets fitted after it
+for macro-F1 skew them again (README: ECE and how often a confidence >= 0.7 is right).
 """
 from __future__ import annotations
 
