@@ -104,6 +104,15 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
     model = image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)))
     proba = model.predict_proba([np.full((40, 50, 3), COLOURS[0], np.uint8)])
     assert proba.shape == (1, len(CLASSES)) and abs(proba.sum() - 1) < 1e-4
+    # Scoring over the whole image and its mirror only (score.image_views = "whole"): fewer views,
+    # the same heads, probabilities still.
+    whole = image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)), views="whole")
+    assert len(image_model.view_specs(whole.settings)) == 2 < len(image_model.view_specs(model.settings))
+    assert whole.features([np.full((40, 50, 3), COLOURS[0], np.uint8)]).shape[1] == 2
+    whole_proba = whole.predict_proba([np.full((40, 50, 3), COLOURS[0], np.uint8)])
+    assert whole_proba.shape == (1, len(CLASSES)) and abs(whole_proba.sum() - 1) < 1e-4
+    with pytest.raises(ValueError, match="'trained' or 'whole'"):
+        image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)), views="some")
 
 
 def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path):

@@ -164,6 +164,7 @@ class ScorerSpec:
     max_bytes: int = 50_000_000
     text_batch: int = 1024
     image_batch: int = 32
+    image_views: str = "trained"  # ImageBundle views: "trained" (all, TTA) or "whole" (whole + mirror)
 
     @property
     def params(self) -> CascadeParams:
@@ -174,7 +175,10 @@ class ScorerSpec:
         def name(url: str | None) -> str:
             return url.rstrip("/").rsplit("/", 1)[-1] if url else "none"
 
-        return f"text={name(self.text_bundle)};image={name(self.image_bundle)};cascade={self.cascade_version}"
+        # Whole-image scoring gives other probabilities than the trained views: another version,
+        # so rescore re-scores rows when the setting changes.
+        image = name(self.image_bundle) + ("+whole" if self.image_bundle and self.image_views == "whole" else "")
+        return f"text={name(self.text_bundle)};image={image};cascade={self.cascade_version}"
 
 
 def _concrete_bundle(model_dir: str, marker: str, s3: S3Options | None) -> str | None:
@@ -205,7 +209,7 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     return ScorerSpec(
         text, image, tuple(sorted(params.to_dict().items())), version, s3,
         int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),
-        int(settings.get("score.batch_size")), int(settings.get("score.image_batch_size")),
+        int(settings.get("score.batch_size")), int(settings.get("score.image_batch_size")), str(settings.get("score.image_views")),
     )
 
 
@@ -250,7 +254,7 @@ class Scorer:
         if self._image is None and self.spec.image_bundle:
             from .image_model import ImageBundle
 
-            self._image = ImageBundle(bundles.resolve_bundle(self.spec.image_bundle, IMAGE_MARKER, "image", self.spec.s3))
+            self._image = ImageBundle(bundles.resolve_bundle(self.spec.image_bundle, IMAGE_MARKER, "image", self.spec.s3), views=self.spec.image_views)
         return self._image
 
     @classmethod
