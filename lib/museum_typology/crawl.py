@@ -154,6 +154,12 @@ def decode_failure_status(reason: str) -> str:
     return STATUS_QUARANTINED  # corrupt / truncated, decompression bomb, odd dimensions
 
 
+def manifest_row(row: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A task row (which also carries its description) as a manifest row: only the manifest's
+    columns, with ``fields`` set. Pure."""
+    return {**{k: v for k, v in row.items() if k in CRAWL_MANIFEST_SCHEMA.names}, **fields}
+
+
 def outcome(task: dict[str, Any], fetched: FetchResult, decode: DecodeSettings, schema) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One URL's fetch result -> (manifest rows, encoded dataset rows), one each per guid that
     names the URL. Decodes with the ingest code. Pure apart from CPU."""
@@ -163,7 +169,7 @@ def outcome(task: dict[str, Any], fetched: FetchResult, decode: DecodeSettings, 
         "bytes": fetched.received_bytes if fetched.attempts else None,
         "image_member": fetched.final_url,
     }
-    manifest_rows = [{k: v for k, v in {**row, **fetch_fields}.items() if k in CRAWL_MANIFEST_SCHEMA.names} for row in task["rows"]]
+    manifest_rows = [manifest_row(row, **fetch_fields) for row in task["rows"]]
     if not fetched.ok:
         return [{**r, "status": fetched.status, "reason": fetched.reason} for r in manifest_rows], []
     result = images.decode_image(fetched.body, decode.max_side, decode.max_pixels, decode.max_bytes)
@@ -302,18 +308,14 @@ def crawl_partition(partition: int, tasks: list[dict[str, Any]], task: TaskSetti
     def work(url_task: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
         refusal = robots_rules.check(url_task["url"]) if robots_rules is not None else None
         if refusal:
-            return [{**{k: v for k, v in r.items() if k in CRAWL_MANIFEST_SCHEMA.names}, "status": STATUS_ROBOTS_DISALLOWED, "reason": refusal}
-                    for r in url_task["rows"]], [], 0
+            return [manifest_row(r, status=STATUS_ROBOTS_DISALLOWED, reason=refusal) for r in url_task["rows"]], [], 0
         fetched = crawler.fetch(url_task["url"])
         try:
             with decode_slots:
                 manifest_rows, dataset_rows = outcome(url_task, fetched, task.decode, schema)
         except Exception as exc:  # noqa: BLE001 - a bug on one URL must not lose the partition's rows
-            manifest_rows = [
-                {**{k: v for k, v in r.items() if k in CRAWL_MANIFEST_SCHEMA.names}, "status": STATUS_QUARANTINED,
-                 "reason": f"crawler error: {type(exc).__name__}: {exc}", "attempts": fetched.attempts}
-                for r in url_task["rows"]
-            ]
+            reason = f"crawler error: {type(exc).__name__}: {exc}"
+            manifest_rows = [manifest_row(r, status=STATUS_QUARANTINED, reason=reason, attempts=fetched.attempts) for r in url_task["rows"]]
             dataset_rows = []
         return manifest_rows, dataset_rows, fetched.received_bytes
 
