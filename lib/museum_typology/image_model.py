@@ -250,9 +250,10 @@ def head_proba(head, feats: np.ndarray) -> np.ndarray:
     return proba.reshape(n, v, NUM_CLASSES).mean(axis=1)
 
 
-def images_per_batch(s: ImageSettings) -> int:
-    """Images per backbone call so that a call sees about batch_size views."""
-    return max(1, s.batch_size // len(view_specs(s)))
+def images_per_batch(s: ImageSettings, batch_size: int | None = None) -> int:
+    """Images per backbone call so that a call sees about ``batch_size`` (default
+    ``image.batch_size``) views."""
+    return max(1, (s.batch_size if batch_size is None else batch_size) // len(view_specs(s)))
 
 
 def preprocessing_spec(s: ImageSettings) -> dict[str, Any]:
@@ -704,8 +705,7 @@ class ImageBundle:
     def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Mean over the heads of each head's mean softmax over the views."""
         chunks = []
-        # About batch_size views per backbone call, whatever the number of views per image.
-        step = max(1, batch_size // len(view_specs(self.settings)))
+        step = images_per_batch(self.settings, batch_size)
         for i in range(0, len(images), step):
             feats = self.features(images[i : i + step])
             chunks.append(np.mean([head_proba(h, feats) for h in self.heads], axis=0))
