@@ -189,6 +189,15 @@ def test_score_reads_images_from_s3_and_writes_predictions_there(spark, s3_env, 
     rows = read_bytes(f"s3://{BUCKET}/score/out.csv", s3).decode().splitlines()
     assert len(rows) == 5 and rows[4].startswith("x-1,живопись,") and ",image," in rows[4]
 
+    # A file over images.max_bytes on S3 is refused from the size the open gives, unread.
+    from museum_typology.storage import StorageError, read_bytes_within
+
+    body = _image_bytes("PNG", (20, 20), (230, 0, 0))
+    assert read_bytes_within(f"s3://{BUCKET}/score/images/x-1.weird", len(body), s3) == (body, len(body))
+    assert read_bytes_within(f"s3://{BUCKET}/score/images/x-1.weird", len(body) - 1, s3) == (None, len(body))
+    with pytest.raises(StorageError, match="cannot read"):
+        read_bytes_within(f"s3://{BUCKET}/score/images/missing", 100, s3)
+
 
 def test_crawl_to_s3_survives_a_crash_and_resumes(spark, s3_env, moto_endpoint, monkeypatch):
     """crawl with its URL CSV and its output on S3, against the HTTP zoo on 127.0.0.1: every row

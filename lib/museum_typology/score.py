@@ -334,11 +334,9 @@ class Scorer:
                 try:
                     # A huge file (a multi-GB scan, a misplaced archive) is refused before it is
                     # read into an executor's memory, with the reason decode_image would give.
-                    size = storage.file_size(refs[i], self.spec.s3)
-                    if size is not None and size > self.spec.max_bytes:
+                    raws[i], size = storage.read_bytes_within(refs[i], self.spec.max_bytes, self.spec.s3)
+                    if raws[i] is None:
                         notes[i].append(f"image unusable: file too large: {size} bytes > images.max_bytes={self.spec.max_bytes} (not read)")
-                        continue
-                    raws[i] = storage.read_bytes(refs[i], self.spec.s3)
                 except OSError as exc:
                     notes[i].append(f"image unreadable: {refs[i]}: {exc}")
             elif kinds[i] == IMAGE_DATASET:

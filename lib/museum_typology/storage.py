@@ -84,18 +84,25 @@ def is_dir(url: str, s3: S3Options | None = None) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
-def file_size(url: str, s3: S3Options | None = None) -> int | None:
-    """Bytes in the file at ``url`` (one metadata call, nothing read); None when it is no file."""
-    fs, path = filesystem(url, s3)
-    info = fs.get_file_info(path)
-    return info.size if info.type == pafs.FileType.File else None
-
-
 def read_bytes(url: str, s3: S3Options | None = None) -> bytes:
     fs, path = filesystem(url, s3)
     try:
         with fs.open_input_stream(path) as stream:
             return stream.read()
+    except (OSError, FileNotFoundError) as exc:
+        raise StorageError(f"{url}: cannot read ({exc})") from None
+
+
+def read_bytes_within(url: str, max_bytes: int, s3: S3Options | None = None) -> tuple[bytes | None, int]:
+    """(the file's bytes, its size), or (None, its size) when it is over ``max_bytes``: a huge
+    file is refused from its size, without being read. The size comes from opening the file (on
+    S3, Arrow's one HEAD before its ranged GETs), so this costs no request more than
+    ``read_bytes``; asking for the size first (``get_file_info``) would add a HEAD per file."""
+    fs, path = filesystem(url, s3)
+    try:
+        with fs.open_input_file(path) as handle:
+            size = handle.size()
+            return (None, size) if size > max_bytes else (handle.read(), size)
     except (OSError, FileNotFoundError) as exc:
         raise StorageError(f"{url}: cannot read ({exc})") from None
 
