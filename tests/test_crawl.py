@@ -441,6 +441,21 @@ def test_robots_txt_is_obeyed_and_read_once_per_task(spark, zoo, tmp_path):
     assert zoo.robots_requests == 0 and _manifest(tmp_path / "all")["g0030"]["status"] == "ok"
 
 
+def test_a_redirect_into_a_disallowed_path_is_not_followed(spark, zoo, tmp_path):
+    """A URL robots.txt allows may redirect to one it does not: the hop is checked too."""
+    zoo.reset_counts()
+    zoo.robots_txt = b"User-agent: *\nDisallow: /img/ok.jpg\n"
+    csv_path = _write_csv(tmp_path / "urls.csv", [("r1", "item", CLASSES[0], zoo.url("/redirect/1")), ("g1", "item", CLASSES[1], zoo.url("/gen/1.png"))])
+    try:
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=1"), csv_path, str(tmp_path / "out"))
+    finally:
+        zoo.robots_txt = None
+    manifest = _manifest(tmp_path / "out")
+    assert manifest["r1"]["status"] == "robots_disallowed" and "redirected to" in manifest["r1"]["reason"] and "robots.txt" in manifest["r1"]["reason"]
+    assert manifest["g1"]["status"] == "ok"
+    assert zoo.requests["/img/ok.jpg"] == 0 and zoo.requests["/redirect/1"] == 1
+
+
 def test_an_unreachable_robots_txt_disallows_the_host(spark, zoo, tmp_path):
     """RFC 9309: a robots.txt answering 5xx (after the retries) means "disallow all"."""
     original = zoo._route

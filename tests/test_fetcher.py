@@ -115,6 +115,24 @@ def test_redirect_loop(zoo):
     assert result.attempts == 1
 
 
+def test_a_redirect_hop_the_check_refuses_is_never_requested(zoo):
+    asked = []
+
+    def check(url):
+        asked.append(url)
+        return "robots.txt says no" if url.endswith("/img/ok.jpg") else None
+
+    zoo.reset_counts()
+    with Fetcher(FAST, seed=0) as f:
+        result = f.fetch(zoo.url("/redirect/2"), check_redirect=check)
+    assert result.status == fetcher.ROBOTS_DISALLOWED and result.reason == f"redirected to {zoo.url('/img/ok.jpg')}: robots.txt says no"
+    assert result.attempts == 1 and not result.ok
+    assert asked == [zoo.url("/redirect/1"), zoo.url("/img/ok.jpg")]  # every hop, not the first URL
+    assert zoo.requests["/img/ok.jpg"] == 0 and zoo.requests["/redirect/2"] == 1 and zoo.requests["/redirect/1"] == 1
+    with Fetcher(FAST, seed=0) as f:
+        assert f.fetch(zoo.url("/redirect/2"), check_redirect=lambda url: None).ok
+
+
 def test_redirect_to_file_url_is_refused(zoo):
     result = _fetch(zoo, "/to-file")
     assert result.status == fetcher.BAD_URL and "'file' is not allowed" in result.reason

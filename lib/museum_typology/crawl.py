@@ -309,7 +309,7 @@ def crawl_partition(partition: int, tasks: list[dict[str, Any]], task: TaskSetti
         refusal = robots_rules.check(url_task["url"]) if robots_rules is not None else None
         if refusal:
             return [manifest_row(r, status=STATUS_ROBOTS_DISALLOWED, reason=refusal) for r in url_task["rows"]], [], 0
-        fetched = crawler.fetch(url_task["url"])
+        fetched = crawler.fetch(url_task["url"], check_redirect=robots_rules.check if robots_rules is not None else None)
         try:
             with decode_slots:
                 manifest_rows, dataset_rows = outcome(url_task, fetched, task.decode, schema)

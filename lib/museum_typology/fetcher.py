@@ -51,6 +51,7 @@ TIMEOUT = "timeout"  # connect, read or total deadline exceeded (after retries)
 CONNECTION_ERROR = "connection_error"  # refused, reset, DNS, body shorter than Content-Length
 TOO_MANY_REDIRECTS = "too_many_redirects"  # over the cap, or a loop
 TOO_LARGE = "too_large"  # body over crawl.max_bytes (declared or streamed)
+ROBOTS_DISALLOWED = "robots_disallowed"  # a redirect led to a URL the caller's check refused (robots.txt)
 
 ALLOWED_SCHEMES = ("http", "https")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -255,7 +256,11 @@ class Fetcher:
 
     # ------------------------------------------------------------ fetching
 
-    def fetch(self, url: str) -> FetchResult:
+    def fetch(self, url: str, check_redirect: Callable[[str], str | None] | None = None) -> FetchResult:
+        """GET ``url`` with retries. ``check_redirect(target)``, when given, is asked before each
+        redirect hop is requested (the crawl passes robots.txt: a redirect must not lead it
+        where the target's host forbids); a reason it returns ends the fetch as
+        ``ROBOTS_DISALLOWED``, the target never requested."""
         problem = url_problem(url)
         if problem:
             return FetchResult(url, BAD_URL, reason=problem)
@@ -263,7 +268,7 @@ class Fetcher:
         while True:
             attempts += 1
             try:
-                body, final_url, http_status = self._attempt(url)
+                body, final_url, http_status = self._attempt(url, check_redirect)
                 return FetchResult(url, FETCHED, body=body, http_status=http_status, attempts=attempts, final_url=final_url, received_bytes=len(body))
             except _Attempt as failure:
                 if not failure.retry or attempts > self.settings.retries:
@@ -276,13 +281,18 @@ class Fetcher:
                     delay = self._backoff(attempts)
                 self._sleep(delay)
 
-    def _attempt(self, url: str) -> tuple[bytes, str, int]:
+    def _attempt(self, url: str, check_redirect: Callable[[str], str | None] | None = None) -> tuple[bytes, str, int]:
         """One attempt, following redirects by hand. Returns (body, final url, status) or raises
         ``_Attempt``."""
         s = self.settings
         deadline = time.monotonic() + s.total_timeout_s
         current, chain = url, [url]
         while True:
+            # Outside the host slot: the check may fetch the target host's robots.txt, and
+            # waiting for one host's slot while holding another's could deadlock two threads.
+            refusal = check_redirect(current) if check_redirect is not None and len(chain) > 1 else None
+            if refusal:
+                raise _Attempt(ROBOTS_DISALLOWED, f"redirected to {current}: {refusal}")
             key = host_key(current)
             with self._slot(key):
                 remaining = deadline - time.monotonic()
