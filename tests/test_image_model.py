@@ -91,6 +91,13 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
     assert [r["fold"] for r in sorted(oof[2], key=lambda r: r["guid"])] == [r["fold"] for r in sorted(oof[1], key=lambda r: r["guid"])]
     assert max(np.abs(two[g] - one[g]).max() for g in labelled) < 1e-4
     assert runs[1]["metrics"]["macro_f1"] == pytest.approx(runs[2]["metrics"]["macro_f1"])
+    # The metrics also say what scoring over the whole image only (score.image_views = "whole")
+    # gives; that side result stays out of the out-of-fold file, whose contract is unchanged.
+    for p in runs:
+        whole_views = runs[p]["metrics"]["whole_views"]
+        assert 0.0 <= whole_views["macro_f1"] <= 1.0 and sum(r["support"] for r in whole_views["per_class"]) == len(labelled)
+        assert set(oof[p][0]) == {"guid", "label", "fold", "proba", "model_version"}
+    assert runs[1]["metrics"]["whole_views"]["macro_f1"] == pytest.approx(runs[2]["metrics"]["whole_views"]["macro_f1"])
 
     bundle = Path(runs[2]["bundle"])
     assert (bundle.parent / "latest").read_text() == bundle.name
@@ -174,6 +181,8 @@ def test_view_specs_whole_image_first_then_crops_each_with_its_mirror():
     assert all(0.0 <= top and 0.0 <= left and top + side <= 1.0 + 1e-9 and left + side <= 1.0 + 1e-9 for top, left, side, _ in specs)
     assert len(image_model.view_specs(_image_settings("image.view_crop=0.8", "image.view_corners=false"))) == 4
     assert image_model.view_specs(_image_settings("image.view_crop=0", "image.tta_flip=false")) == [(0.0, 0.0, 1.0, False)]
+    assert image_model.whole_view_count(s) == 2
+    assert image_model.whole_view_count(_image_settings("image.view_crop=0.8", "image.tta_flip=false")) == 1
     with pytest.raises(ValueError, match="view_mode"):
         _image_settings("image.view_mode=max")
 

@@ -165,6 +165,12 @@ def view_specs(s: ImageSettings) -> list[tuple[float, float, float, bool]]:
     return [(top, left, side, mirrored) for top, left, side in places for mirrored in ((False, True) if s.tta_flip else (False,))]
 
 
+def whole_view_count(s: ImageSettings) -> int:
+    """How many of ``view_specs`` are the whole image (it and its mirror lead the list): the views
+    ``ImageBundle(views="whole")`` scores with."""
+    return sum(1 for _, _, side, _ in view_specs(s) if side == 1.0)
+
+
 def crop_box(height: int, width: int, top: float, left: float, side: float) -> tuple[int, int, int, int]:
     """A view's pixel box (y, x, h, w) inside a height x width image: at least 1 pixel, inside
     the image."""
@@ -409,8 +415,11 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
                 save_head_checkpoint(job.checkpoint_url, k, head, histories[k], job.s3)
         if held_mask.any():
             proba = head_proba(head, feats[held_mask])
-            for g, label, p in zip(np.array(guids)[held_mask], y[held_mask], proba):
-                oof_rows.append({"guid": str(g), "label": int(label), "fold": k, "proba": p.astype(np.float32).tolist()})
+            # What score.image_views = "whole" would give: the same head over the whole image
+            # (and its mirror) only. Reported in the bundle's metrics, not written to the OOF.
+            whole = head_proba(head, feats[held_mask][:, : whole_view_count(s)]) if n_views > 1 else proba
+            for g, label, p, pw in zip(np.array(guids)[held_mask], y[held_mask], proba, whole):
+                oof_rows.append({"guid": str(g), "label": int(label), "fold": k, "proba": p.astype(np.float32).tolist(), "proba_whole_views": pw.astype(np.float32).tolist()})
     return {
         "rank": rank,
         "size": size,
