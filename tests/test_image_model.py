@@ -104,18 +104,13 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
     for name in ("backbone.weights.h5", "model.json", "preprocessing.json", "classes.json", "conf.json", "data.json", "metrics.json", "report/report.md", "report/confusion.png", "report/curves.png", "_SUCCESS"):
         assert (bundle / name).is_file(), name
     assert json.loads((bundle / "classes.json").read_text()) == list(CLASSES)
-    # Each fold keeps its dense head and its linear head (image.linear_head, on by default).
-    model_json = json.loads((bundle / "model.json").read_text())
-    assert model_json["heads"] == [f"heads/fold{k}{m}.weights.h5" for k in range(3) for m in ("", "-linear")]
-    assert model_json["linear_heads"] == [f"heads/fold{k}-linear.weights.h5" for k in range(3)]
-    assert all((bundle / name).is_file() for name in model_json["heads"])
+    assert len(json.loads((bundle / "model.json").read_text())["heads"]) == 3
     assert not (bundle.parent / "_checkpoints").exists() or not any((bundle.parent / "_checkpoints").iterdir())
 
     # The bundle scores images: the fold heads' mean, the same numbers as the out-of-fold rows' models.
     model = image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)))
     proba = model.predict_proba([np.full((40, 50, 3), COLOURS[0], np.uint8)])
     assert proba.shape == (1, len(CLASSES)) and abs(proba.sum() - 1) < 1e-4
-    assert [len(h.layers) for h in model.heads] == [3, 2] * 3  # input, hidden, logits / input, logits
     # Scoring over the whole image and its mirror only (score.image_views = "whole"): fewer views,
     # the same heads, probabilities still.
     whole = image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)), views="whole")
@@ -192,70 +187,11 @@ def test_view_specs_whole_image_first_then_crops_each_with_its_mirror():
         _image_settings("image.view_mode=max")
 
 
-def test_fold_members_are_the_dense_head_and_optionally_a_linear_one(tmp_path):
-    on, off = _image_settings("image.linear_head=true", "image.head_dropout=0.2"), _image_settings("image.linear_head=false")
-    assert image_model.fold_members(on) == ["dense", "linear"] and image_model.fold_members(off) == ["dense"]
-    linear = image_model.member_settings(on, "linear")
-    assert (linear.head_hidden, linear.head_dropout) == (0, 0.0) and linear.head_l2 == on.head_l2
-    assert image_model.member_settings(on, "dense") == on
-    assert [image_model.head_name(2, m) for m in ("dense", "linear")] == ["fold2", "fold2-linear"]  # dense names as before
-    head = image_model.build_head(linear, seed=1)
-    image_model.save_head_checkpoint(str(tmp_path), "fold2-linear", head, {"train_loss": [1.0]}, None)
-    weights, history = image_model.load_head_checkpoint(str(tmp_path), "fold2-linear", None)
-    assert [w.shape for w in weights] == [w.shape for w in head.get_weights()] and history == {"train_loss": [1.0]}
-    assert image_model.load_head_checkpoint(str(tmp_path), "fold2", None) is None
-
-
-def test_softmax_regression_matches_scikit_learn_and_is_the_same_split_over_ranks():
-    """The linear head is scikit-learn's LogisticRegression (standardised inputs, balanced
-    weights) folded into raw-feature weights; two ranks summing through an allreduce end with
-    exactly what one process gets; a class with no rows gets a very low logit."""
-    import threading
-
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 1, (4, 20))
-    y = np.repeat([0, 2, 5, 9], [60, 30, 15, 8])
-    x = centres[np.searchsorted([0, 2, 5, 9], y)] * 0.7 + rng.normal(0, 1, (len(y), 20)) * np.linspace(0.5, 20, 20)
-    weights = np.asarray(image_model.balanced_class_weights(y))[y]
-    kernel, bias = image_model.fit_softmax_regression(x, y, weights, C=0.5)
-    assert kernel.shape == (20, len(CLASSES)) and bias.shape == (len(CLASSES),)
-    scaler = StandardScaler().fit(x)
-    reference = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000, tol=1e-10).fit(scaler.transform(x), y)
-    probe = rng.normal(0, 3, (50, 20)) * np.linspace(0.5, 20, 20)
-    odds = np.exp(probe @ kernel + bias)
-    ours = (odds / odds.sum(axis=1, keepdims=True))[:, reference.classes_]
-    assert np.abs(ours - reference.predict_proba(scaler.transform(probe))).max() < 1e-3
-    assert bias[1] == image_model.ABSENT_CLASS_LOGIT and not kernel[:, 1].any()
-
-    results, buffers, barrier = [None, None], [None, None], threading.Barrier(2)
-
-    def rank(r: int) -> None:
-        def allreduce(v):
-            buffers[r] = v
-            barrier.wait()
-            total = buffers[0] + buffers[1]
-            barrier.wait()
-            return total
-
-        rows = slice(0, 50) if r == 0 else slice(50, None)
-        results[r] = image_model.fit_softmax_regression(x[rows], y[rows], weights[rows], C=0.5, allreduce=allreduce)
-
-    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
-    assert np.abs(results[0][0] - kernel).max() < 1e-8 and np.abs(results[0][1] - bias).max() < 1e-8
-
-
 def test_settings_of_a_bundle_written_before_views_mean_whole_image_and_mirror():
     """model.json of older bundles has no view settings: they score as they were trained."""
     old = {k: v for k, v in image_model.settings_dict(_image_settings()).items() if not k.startswith("view_")}
     s = image_model.ImageSettings(**old)
     assert s.view_mode == "mean" and image_model.view_specs(s) == [(0.0, 0.0, 1.0, False), (0.0, 0.0, 1.0, True)]
-    assert image_model.fold_members(image_model.ImageSettings(**{k: v for k, v in old.items() if k != "linear_head"})) == ["dense"]
 
 
 def test_crop_box_stays_inside_the_image():

@@ -4,10 +4,8 @@ Two kinds of training, both one process per GPU (or CPU slot) under ``horovod.sp
 
 * **folds** (``fold_worker``): each rank reads its shard of the petastorm dataset (row groups
   ``rank, rank + size, ...``) through petastorm -> tf.data, runs the frozen ImageNet backbone once
-  per view of each image (``view_specs``) and keeps only the 1280-d features. For each of K
-  folds a dense head (and, with ``image.linear_head``, a logistic regression, see
-  ``fit_softmax_regression``; the fold predicts their mean) is trained on the other folds'
-  features: the dense head's global minibatch of a step is
+  per image (mean of the image and its mirror) and keeps only the 1280-d features. For each of K
+  folds a dense head is trained on the other folds' features: the global minibatch of a step is
   chosen by a seeded hash of the guid, each rank computes the loss of its rows of that batch over
   the global batch size and the gradients are summed across ranks, so N processes compute the
   same updates as one process with the global batch (float summation order aside). Each rank then
@@ -31,7 +29,7 @@ import os
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +46,6 @@ NUM_CLASSES = len(CLASSES)
 # "mean": one feature row per image, the mean of its views' features; "each": every view is a
 # training row of its image (same label) and a prediction is the mean softmax over the views.
 VIEW_MODES = ("mean", "each")
-# Fold members: the dense head (every bundle has it) and the optional linear head.
-DENSE, LINEAR = "dense", "linear"
-ABSENT_CLASS_LOGIT = -30.0  # the linear head's bias for a class with no training rows
 
 
 @dataclass(frozen=True)
@@ -87,10 +82,6 @@ class ImageSettings:
     view_crop: float = 0.0
     view_corners: bool = False
     view_mode: str = "mean"
-    # A linear head beside the dense one in each fold (bundles before it had none): multinomial
-    # logistic regression on the standardised view features, L2 strength 1 / linear_C.
-    linear_head: bool = False
-    linear_C: float = 0.5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageSettings:
@@ -178,74 +169,6 @@ def whole_view_count(s: ImageSettings) -> int:
     """How many of ``view_specs`` are the whole image (it and its mirror lead the list): the views
     ``ImageBundle(views="whole")`` scores with."""
     return sum(1 for _, _, side, _ in view_specs(s) if side == 1.0)
-
-
-def fold_members(s: ImageSettings) -> list[str]:
-    """The heads trained in each fold: the dense head, and the linear head when
-    ``image.linear_head`` (``fit_softmax_regression``, stored as a one-layer head). A fold's
-    prediction is the mean of its heads' probabilities."""
-    return [DENSE] + ([LINEAR] if s.linear_head else [])
-
-
-def member_settings(s: ImageSettings, member: str) -> ImageSettings:
-    """The settings a fold member's head is built and trained with (the linear head: no hidden
-    layer, no dropout; the rest as the dense head)."""
-    return s if member == DENSE else dataclasses.replace(s, head_hidden=0, head_dropout=0.0)
-
-
-def fit_softmax_regression(
-    x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, C: float, allreduce: Callable[[np.ndarray], np.ndarray] = lambda a: a, max_iter: int = 1000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression on standardised features, as scikit-learn's
-    ``LogisticRegression(C=C)`` with sample weights fits it (sum of weighted log-losses +
-    ||W||^2 / (2C), intercept not penalised, L-BFGS, only the classes present), returned as the
-    kernel (F x NUM_CLASSES) and bias of a linear layer on the *raw* features (the
-    standardisation folded in; an absent class gets a bias of ABSENT_CLASS_LOGIT).
-
-    Data-parallel: ``x``, ``y``, ``sample_weight`` are this rank's rows and ``allreduce`` sums a
-    vector over the ranks (identity for one process). The moments, the loss and the gradient
-    are all summed that way, so every rank runs the same L-BFGS on the same numbers and ends
-    with the same weights, and no rank ever holds another rank's features."""
-    from scipy.optimize import minimize
-
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(sample_weight, dtype=np.float64)
-    y = np.asarray(y, dtype=np.int64)
-    n_features = x.shape[1]
-    stats = allreduce(np.concatenate([[float(len(x)), w.sum()], np.bincount(y, minlength=NUM_CLASSES), x.sum(axis=0), (x * x).sum(axis=0)]))
-    n, weight_sum = max(stats[0], 1.0), max(stats[1], 1e-12)
-    present = np.flatnonzero(stats[2 : 2 + NUM_CLASSES] > 0)
-    mean = stats[2 + NUM_CLASSES : 2 + NUM_CLASSES + n_features] / n
-    std = np.sqrt(np.maximum(stats[2 + NUM_CLASSES + n_features :] / n - mean * mean, 0.0)) + 1e-6
-    z = (x - mean) / std
-    k = len(present)
-    onehot = (y[:, None] == present[None, :]).astype(np.float64)
-    size = n_features * k
-
-    # The objective is divided by the total sample weight (scikit-learn does the same): the
-    # minimiser is unchanged and L-BFGS's tolerances see a well-scaled problem.
-    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        kernel, bias = theta[:size].reshape(n_features, k), theta[size:]
-        logits = z @ kernel + bias
-        logits -= logits.max(axis=1, keepdims=True)
-        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        residual = (np.exp(log_p) - onehot) * w[:, None]
-        total = allreduce(np.concatenate([[-(w * (onehot * log_p).sum(axis=1)).sum()], (z.T @ residual).ravel(), residual.sum(axis=0)]))
-        grad = total[1:] / weight_sum
-        grad[:size] += theta[:size] / (C * weight_sum)
-        return float(total[0] / weight_sum + 0.5 * (theta[:size] ** 2).sum() / (C * weight_sum)), grad
-
-    result = minimize(loss_and_grad, np.zeros(size + k), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
-    kernel = np.zeros((n_features, NUM_CLASSES))
-    bias = np.full(NUM_CLASSES, ABSENT_CLASS_LOGIT)
-    kernel[:, present] = result.x[:size].reshape(n_features, k) / std[:, None]
-    bias[present] = result.x[size:] - (mean / std) @ result.x[:size].reshape(n_features, k)
-    return kernel, bias
-
-
-def head_name(fold: int, member: str) -> str:
-    """A fold head's checkpoint and bundle file stem: "fold3" (dense, as before) or "fold3-linear"."""
-    return f"fold{fold}" if member == DENSE else f"fold{fold}-{member}"
 
 
 def crop_box(height: int, width: int, top: float, left: float, side: float) -> tuple[int, int, int, int]:
@@ -437,15 +360,14 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def save_head_checkpoint(url: str, name: str, head, history: dict[str, list[float]], s3: S3Options | None) -> None:
-    """``name``: ``head_name(fold, member)``."""
+def save_head_checkpoint(url: str, fold: int, head, history: dict[str, list[float]], s3: S3Options | None) -> None:
     arrays = {f"w{i}": w for i, w in enumerate(head.get_weights())}
-    storage.write_bytes(storage.join(url, f"{name}.npz"), _npz_bytes(arrays), s3)
-    storage.write_bytes(storage.join(url, f"{name}.json"), json.dumps({"head": name, "history": history}).encode(), s3)
+    storage.write_bytes(storage.join(url, f"fold{fold}.npz"), _npz_bytes(arrays), s3)
+    storage.write_bytes(storage.join(url, f"fold{fold}.json"), json.dumps({"fold": fold, "history": history}).encode(), s3)
 
 
-def load_head_checkpoint(url: str, name: str, s3: S3Options | None) -> tuple[list[np.ndarray], dict[str, list[float]]] | None:
-    weights_url, meta_url = storage.join(url, f"{name}.npz"), storage.join(url, f"{name}.json")
+def load_head_checkpoint(url: str, fold: int, s3: S3Options | None) -> tuple[list[np.ndarray], dict[str, list[float]]] | None:
+    weights_url, meta_url = storage.join(url, f"fold{fold}.npz"), storage.join(url, f"fold{fold}.json")
     if not (storage.exists(meta_url, s3) and storage.exists(weights_url, s3)):
         return None
     loaded = np.load(io.BytesIO(storage.read_bytes(weights_url, s3)))
@@ -479,40 +401,23 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
     global_batch = s.batch_size * size
 
     oof_rows: list[dict[str, Any]] = []
-    histories: dict[int, dict[str, list[float]]] = {}  # the dense heads' curves, per fold
+    histories: dict[int, dict[str, list[float]]] = {}
     for k in range(s.folds):
         train_mask, held_mask = fold_of != k, fold_of == k
-        heads = []
-        for m, member in enumerate(fold_members(s)):
-            ms = member_settings(s, member)
-            head = build_head(ms, seed=s.seed + 1000 * k + 100 * m)
-            name = head_name(k, member)
-            resumed = load_head_checkpoint(job.checkpoint_url, name, job.s3)
-            if resumed is not None:
-                head.set_weights(resumed[0])
-                history = resumed[1]
-            elif member == LINEAR:
-                rows_y = np.repeat(y[train_mask], n_views)
-                kernel, bias = fit_softmax_regression(
-                    feats[train_mask].reshape(-1, backbone_lib.FEATURES), rows_y, np.asarray(job.class_weights)[rows_y], s.linear_C,
-                    allreduce=lambda v: hvd.allreduce(tf.constant(v), op=hvd.Sum).numpy(),
-                )
-                head.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
-                history = {}
-                if rank == 0:
-                    save_head_checkpoint(job.checkpoint_url, name, head, history, job.s3)
-            else:
-                history = _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weights, k, epochs, lr, global_batch, ms)
-                if rank == 0:
-                    save_head_checkpoint(job.checkpoint_url, name, head, history, job.s3)
-            if member == DENSE:
-                histories[k] = history
-            heads.append(head)
+        head = build_head(s, seed=s.seed + 1000 * k)
+        resumed = load_head_checkpoint(job.checkpoint_url, k, job.s3)
+        if resumed is not None:
+            head.set_weights(resumed[0])
+            histories[k] = resumed[1]
+        else:
+            histories[k] = _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weights, k, epochs, lr, global_batch, s)
+            if rank == 0:
+                save_head_checkpoint(job.checkpoint_url, k, head, histories[k], job.s3)
         if held_mask.any():
-            proba = np.mean([head_proba(h, feats[held_mask]) for h in heads], axis=0)
-            # What score.image_views = "whole" would give: the same heads over the whole image
+            proba = head_proba(head, feats[held_mask])
+            # What score.image_views = "whole" would give: the same head over the whole image
             # (and its mirror) only. Reported in the bundle's metrics, not written to the OOF.
-            whole = np.mean([head_proba(h, feats[held_mask][:, : whole_view_count(s)]) for h in heads], axis=0) if n_views > 1 else proba
+            whole = head_proba(head, feats[held_mask][:, : whole_view_count(s)]) if n_views > 1 else proba
             for g, label, p, pw in zip(np.array(guids)[held_mask], y[held_mask], proba, whole):
                 oof_rows.append({"guid": str(g), "label": int(label), "fold": k, "proba": p.astype(np.float32).tolist(), "proba_whole_views": pw.astype(np.float32).tolist()})
     return {
@@ -794,9 +699,8 @@ class ImageBundle:
         self.backbone = backbone_lib.build_backbone(self.settings.variant)
         self.backbone.load_weights(str(directory / "backbone.weights.h5"))
         self.heads = []
-        linear = set(self.meta.get("linear_heads", []))  # bundles before linear heads list none
         for name in self.meta["heads"]:
-            head = build_head(member_settings(self.settings, LINEAR if name in linear else DENSE), seed=0)
+            head = build_head(self.settings, seed=0)
             head.load_weights(str(directory / name))
             self.heads.append(head)
         self._tf = tf

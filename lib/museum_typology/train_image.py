@@ -13,7 +13,6 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,22 +184,18 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
         "feature_seconds_per_rank": [round(r["feature_seconds"], 1) for r in results],
         "seconds": round(time.time() - started, 1),
     }
-    head_files, linear_files = [], []
+    head_files = []
     with tempfile.TemporaryDirectory(prefix="image-bundle-") as tmp:
         local = Path(tmp) / version
         (local / "heads").mkdir(parents=True)
         for k in range(s.folds):
-            for member in image_model.fold_members(s):
-                name = image_model.head_name(k, member)
-                loaded = image_model.load_head_checkpoint(job.checkpoint_url, name, s3)
-                assert loaded is not None, f"fold {k}: no {member} head checkpoint"
-                head = image_model.build_head(image_model.member_settings(s, member), seed=0)
-                head.set_weights(loaded[0])
-                head.save_weights(str(local / "heads" / f"{name}.weights.h5"))
-                head_files.append(f"heads/{name}.weights.h5")
-                if member == image_model.LINEAR:
-                    linear_files.append(head_files[-1])
-        _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone_lib.imagenet_backbone(s.variant), linear_files)
+            loaded = image_model.load_head_checkpoint(job.checkpoint_url, k, s3)
+            assert loaded is not None, f"fold {k}: no head checkpoint"
+            head = image_model.build_head(s, seed=0)
+            head.set_weights(loaded[0])
+            head.save_weights(str(local / "heads" / f"fold{k}.weights.h5"))
+            head_files.append(f"heads/fold{k}.weights.h5")
+        _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone_lib.imagenet_backbone(s.variant))
         write_report(local / "report", y, pred, metrics, histories, "fold ensemble, out-of-fold")
         bundle_url = _commit_bundle(local, model_dir, version, s3)
     write_oof(oof_url, guids, y, fold, proba, version, s3)
@@ -240,7 +235,7 @@ def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest,
     return {"bundle": bundle_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
 
 
-def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str, digest: str, heads: list[str], metrics: dict[str, Any], backbone, linear_heads: Sequence[str] = ()) -> None:
+def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str, digest: str, heads: list[str], metrics: dict[str, Any], backbone) -> None:
     s = job.settings
     backbone.save_weights(str(local / "backbone.weights.h5"))
     weights_file = backbone_lib.weights_path(s.variant)
@@ -250,7 +245,6 @@ def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str,
                 "version": version,
                 "kind": job.mode,
                 "heads": heads,
-                "linear_heads": list(linear_heads),  # those of ``heads`` with no hidden layer
                 "settings": image_model.settings_dict(s),
                 "backbone": {"variant": s.variant, "imagenet_weights": weights_file.name, "imagenet_weights_sha256": backbone_lib.file_sha256(weights_file), "fine_tuned": job.mode == "final"},
             },
