@@ -87,10 +87,11 @@ def probe_oof(x: np.ndarray, y: np.ndarray, fold: np.ndarray, k: int) -> np.ndar
     return pred
 
 
-def seed_run(spark, settings, tmp: str, dataset: str, folds: int, seed: int, probe_x: dict[str, np.ndarray] | None) -> dict:
-    """One fold seed: the job (2 processes) and the probe on the same folds; per-class F1 of
-    the probe, the job, and the job's heads scored over the whole image only (score.image_views
-    = "whole")."""
+def seed_run(spark, settings, tmp: str, dataset: str, folds: int, seed: int, probe_x: dict[str, np.ndarray]) -> dict:
+    """One fold seed (``image.seed``: the folds, and the heads' initial weights and batches): the
+    job (2 processes) and the probe on the same folds; per-class F1 of the probe, the job, and
+    the job's heads scored over the whole image only (score.image_views = "whole"). The probe's
+    features are cached in ``probe_x`` across seeds."""
     import pyarrow.parquet as pq
 
     from museum_typology import image_model, report, train_image
@@ -106,7 +107,8 @@ def seed_run(spark, settings, tmp: str, dataset: str, folds: int, seed: int, pro
     fold = np.array([r["fold"] for r in oof])
     assert (fold == train_image.stratified_folds(guids, y, folds, seed)).all()
     preds = {"job": np.array([int(np.argmax(r["proba"])) for r in oof])}
-    whole_f1 = {row["class"]: row["f1"] for row in job["metrics"]["whole_views"]["per_class"]}
+    whole_views = job["metrics"]["whole_views"] or {"macro_f1": float("nan"), "per_class": [{"class": c, "f1": float("nan")} for c in CLASSES]}  # None: no crop views
+    whole_f1 = {row["class"]: row["f1"] for row in whole_views["per_class"]}
 
     t0 = time.time()
     if "x" not in probe_x:  # the probe's features do not depend on the folds: computed once
@@ -125,7 +127,7 @@ def seed_run(spark, settings, tmp: str, dataset: str, folds: int, seed: int, pro
     return {
         "seed": seed,
         "images": len(y),
-        "macro_f1_all_present": {"probe": report.macro_f1(y, preds["probe"]), "job": report.macro_f1(y, preds["job"]), "job_whole_views": job["metrics"]["whole_views"]["macro_f1"]},
+        "macro_f1_all_present": {"probe": report.macro_f1(y, preds["probe"]), "job": report.macro_f1(y, preds["job"]), "job_whole_views": whole_views["macro_f1"]},
         "macro_f1_classes_ge5": {name: report.macro_f1(y, pred, labels=five) for name, pred in preds.items()},
         "accuracy": {name: float((pred == y).mean()) for name, pred in preds.items()},
         "per_class": table,

@@ -12,6 +12,7 @@ request is counted per path. Routes:
   /reset               the connection is reset (RST) without an answer
   /short               Content-Length 5000, 1000 bytes sent, connection closed
   /redirect/<n>        a chain of n redirects ending at /img/ok.jpg
+  /to-localhost        redirects to /img/ok.jpg on http://localhost:<port> (another host)
   /loop/a, /loop/b     redirect to each other
   /huge                declares a body far over any cap (Content-Length), sends a little
   /huge-chunked        streams 1 MB chunks without Content-Length, forever-ish (50 MB)
@@ -222,6 +223,8 @@ class ZooServer:
             self._send(h, 302, b"", "text/plain", {"Location": target})
         elif head == "loop" and len(parts) == 2:
             self._send(h, 301, b"", "text/plain", {"Location": "/loop/b" if parts[1] == "a" else "/loop/a"})
+        elif head == "to-localhost":  # the same server under another host name: another host to a crawler
+            self._send(h, 302, b"", "text/plain", {"Location": f"http://localhost:{self.port}/img/ok.jpg"})
         elif head == "to-file":
             self._send(h, 302, b"", "text/plain", {"Location": "file:///etc/passwd"})
         elif head == "huge":

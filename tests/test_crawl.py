@@ -442,18 +442,23 @@ def test_robots_txt_is_obeyed_and_read_once_per_task(spark, zoo, tmp_path):
 
 
 def test_a_redirect_into_a_disallowed_path_is_not_followed(spark, zoo, tmp_path):
-    """A URL robots.txt allows may redirect to one it does not: the hop is checked too."""
+    """A URL robots.txt allows may redirect to one it does not, on the same host or another
+    (whose robots.txt is then read first): each hop is checked before it is requested."""
     zoo.reset_counts()
     zoo.robots_txt = b"User-agent: *\nDisallow: /img/ok.jpg\n"
-    csv_path = _write_csv(tmp_path / "urls.csv", [("r1", "item", CLASSES[0], zoo.url("/redirect/1")), ("g1", "item", CLASSES[1], zoo.url("/gen/1.png"))])
+    rows = [("r1", "item", CLASSES[0], zoo.url("/redirect/1")), ("r2", "item", CLASSES[0], zoo.url("/to-localhost")), ("g1", "item", CLASSES[1], zoo.url("/gen/1.png"))]
+    csv_path = _write_csv(tmp_path / "urls.csv", rows)
     try:
         crawl.run(spark, _settings(tmp_path, "crawl.partitions=1"), csv_path, str(tmp_path / "out"))
     finally:
         zoo.robots_txt = None
     manifest = _manifest(tmp_path / "out")
-    assert manifest["r1"]["status"] == "robots_disallowed" and "redirected to" in manifest["r1"]["reason"] and "robots.txt" in manifest["r1"]["reason"]
+    for guid in ("r1", "r2"):
+        assert manifest[guid]["status"] == "robots_disallowed" and "redirected to" in manifest[guid]["reason"] and "robots.txt" in manifest[guid]["reason"]
+    assert f"localhost:{zoo.port}" in manifest["r2"]["reason"]
     assert manifest["g1"]["status"] == "ok"
-    assert zoo.requests["/img/ok.jpg"] == 0 and zoo.requests["/redirect/1"] == 1
+    assert zoo.requests["/img/ok.jpg"] == 0 and zoo.requests["/redirect/1"] == 1 and zoo.requests["/to-localhost"] == 1
+    assert zoo.robots_requests == 2  # 127.0.0.1's, then localhost's for the hop
 
 
 def test_an_unreachable_robots_txt_disallows_the_host(spark, zoo, tmp_path):

@@ -2,6 +2,7 @@
 by the ingest job into 2 row groups): Horovod on Spark with 2 local processes against 1."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -183,6 +184,17 @@ def test_view_specs_whole_image_first_then_crops_each_with_its_mirror():
     assert image_model.view_specs(_image_settings("image.view_crop=0", "image.tta_flip=false")) == [(0.0, 0.0, 1.0, False)]
     assert image_model.whole_view_count(s) == 2
     assert image_model.whole_view_count(_image_settings("image.view_crop=0.8", "image.tta_flip=false")) == 1
+    # The whole-image-only metric scores the leading whole_view_count views: exactly the views
+    # ImageBundle(views="whole") uses (view_crop 0), whatever the crop, corner and mirror settings.
+    for crop in ("0.8", "0.6"):
+        for corners in ("true", "false"):
+            for flip in ("true", "false"):
+                t = _image_settings(f"image.view_crop={crop}", f"image.view_corners={corners}", f"image.tta_flip={flip}", "image.view_mode=each")
+                whole = dataclasses.replace(t, view_crop=0.0)
+                assert image_model.view_specs(whole) == image_model.view_specs(t)[: image_model.whole_view_count(t)]
+                assert image_model.has_whole_only_score(t)
+    assert not image_model.has_whole_only_score(_image_settings("image.view_crop=0", "image.view_mode=each"))
+    assert not image_model.has_whole_only_score(_image_settings("image.view_crop=0.8", "image.view_mode=mean"))
     with pytest.raises(ValueError, match="view_mode"):
         _image_settings("image.view_mode=max")
 

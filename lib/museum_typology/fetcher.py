@@ -290,9 +290,13 @@ class Fetcher:
         while True:
             # Outside the host slot: the check may fetch the target host's robots.txt, and
             # waiting for one host's slot while holding another's could deadlock two threads.
-            refusal = check_redirect(current) if check_redirect is not None and len(chain) > 1 else None
-            if refusal:
-                raise _Attempt(ROBOTS_DISALLOWED, f"redirected to {current}: {refusal}")
+            # Its time (that fetch has its own timeouts) is not charged to this attempt's deadline.
+            if check_redirect is not None and len(chain) > 1:
+                checked_at = time.monotonic()
+                refusal = check_redirect(current)
+                if refusal:
+                    raise _Attempt(ROBOTS_DISALLOWED, f"redirected to {current}: {refusal}")
+                deadline += time.monotonic() - checked_at
             key = host_key(current)
             with self._slot(key):
                 remaining = deadline - time.monotonic()

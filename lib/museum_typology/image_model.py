@@ -171,6 +171,12 @@ def whole_view_count(s: ImageSettings) -> int:
     return sum(1 for _, _, side, _ in view_specs(s) if side == 1.0)
 
 
+def has_whole_only_score(s: ImageSettings) -> bool:
+    """Whether scoring over the whole image only differs from scoring over all the views: the
+    heads score views one by one ("each") and there are crop views besides the whole image."""
+    return s.view_mode == "each" and whole_view_count(s) < len(view_specs(s))
+
+
 def crop_box(height: int, width: int, top: float, left: float, side: float) -> tuple[int, int, int, int]:
     """A view's pixel box (y, x, h, w) inside a height x width image: at least 1 pixel, inside
     the image."""
@@ -417,9 +423,12 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
             proba = head_proba(head, feats[held_mask])
             # What score.image_views = "whole" would give: the same head over the whole image
             # (and its mirror) only. Reported in the bundle's metrics, not written to the OOF.
-            whole = head_proba(head, feats[held_mask][:, : whole_view_count(s)]) if n_views > 1 else proba
+            # Only "each" heads score views separately, and only crops make it differ.
+            whole = head_proba(head, feats[held_mask][:, : whole_view_count(s)]) if has_whole_only_score(s) else [None] * len(proba)
             for g, label, p, pw in zip(np.array(guids)[held_mask], y[held_mask], proba, whole):
-                oof_rows.append({"guid": str(g), "label": int(label), "fold": k, "proba": p.astype(np.float32).tolist(), "proba_whole_views": pw.astype(np.float32).tolist()})
+                oof_rows.append(
+                    {"guid": str(g), "label": int(label), "fold": k, "proba": p.astype(np.float32).tolist(), "proba_whole_views": None if pw is None else pw.astype(np.float32).tolist()}
+                )
     return {
         "rank": rank,
         "size": size,

@@ -93,7 +93,7 @@ STATUS_CONNECTION_ERROR = "connection_error"  # refused, reset, DNS, body shorte
 STATUS_TOO_MANY_REDIRECTS = "too_many_redirects"  # over crawl.max_redirects, or a loop
 STATUS_TOO_LARGE = "too_large"  # body over crawl.max_bytes, or file over images.max_bytes
 STATUS_NOT_IMAGE = "not_image"  # fetched, but empty or not an image format we accept
-STATUS_ROBOTS_DISALLOWED = "robots_disallowed"  # the host's robots.txt (or a redirect target's) forbids it, or was unreachable: not requested
+STATUS_ROBOTS_DISALLOWED = "robots_disallowed"  # robots.txt forbids the URL (never requested) or a redirect target of it (the target never requested), or was unreachable
 CRAWL_STATUSES = (
     STATUS_OK,
     STATUS_REJECTED,

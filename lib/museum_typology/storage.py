@@ -103,7 +103,7 @@ def read_bytes_within(url: str, max_bytes: int, s3: S3Options | None = None) -> 
         with fs.open_input_file(path) as handle:
             size = handle.size()
             return (None, size) if size > max_bytes else (handle.read(), size)
-    except (OSError, FileNotFoundError) as exc:
+    except OSError as exc:  # FileNotFoundError included
         raise StorageError(f"{url}: cannot read ({exc})") from None
 
 

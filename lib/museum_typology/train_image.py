@@ -165,7 +165,7 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
         raise TrainImageError(f"out-of-fold rows do not reconcile: {len(rows)} rows, {len(by_guid)} distinct guids, {len(guids)} labelled images")
     proba = np.array([by_guid[g]["proba"] for g in guids], dtype=np.float32)
     pred = proba.argmax(axis=1)
-    pred_whole = np.array([np.argmax(by_guid[g]["proba_whole_views"]) for g in guids])
+    pred_whole = np.array([np.argmax(by_guid[g]["proba_whole_views"]) for g in guids]) if image_model.has_whole_only_score(s) else None
     histories = next(r["histories"] for r in results if r["rank"] == 0)
     metrics = {
         "version": version,
@@ -178,8 +178,10 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
         "accuracy": float((pred == y).mean()),
         "per_class": report.per_class_table(y, pred),
         # The same heads scored over the whole image (and its mirror) only: the quality that
-        # score.image_views = "whole" trades for about 6x less backbone work.
-        "whole_views": {"macro_f1": report.macro_f1(y, pred_whole), "accuracy": float((pred_whole == y).mean()), "per_class": report.per_class_table(y, pred_whole)},
+        # score.image_views = "whole" trades for less backbone work (None when it is the same).
+        "whole_views": None
+        if pred_whole is None
+        else {"macro_f1": report.macro_f1(y, pred_whole), "accuracy": float((pred_whole == y).mean()), "per_class": report.per_class_table(y, pred_whole)},
         "per_fold_macro_f1": [report.macro_f1(y[fold == k], pred[fold == k]) for k in range(s.folds)],
         "feature_seconds_per_rank": [round(r["feature_seconds"], 1) for r in results],
         "seconds": round(time.time() - started, 1),
@@ -301,8 +303,11 @@ def write_report(directory: Path, y, pred, metrics: dict[str, Any], histories, t
             "",
             report.markdown_table([r for r in metrics["per_class"] if r["support"]], ["class", "support", "f1", "precision", "recall"]),
             "",
-            f"Scored over the whole image and its mirror only (`score.image_views = \"whole\"`): macro-F1 {metrics['whole_views']['macro_f1']:.3f}, accuracy {metrics['whole_views']['accuracy']:.3f}.",
-            "",
+            *(
+                [f"Scored over the whole image and its mirror only (`score.image_views = \"whole\"`): macro-F1 {metrics['whole_views']['macro_f1']:.3f}, accuracy {metrics['whole_views']['accuracy']:.3f}.", ""]
+                if metrics.get("whole_views")
+                else []
+            ),
             "![confusion](confusion.png) ![curves](curves.png)",
         ]
     else:
