@@ -340,3 +340,26 @@ def test_jpeg_encoding_reads_back_through_the_codec() -> None:
     assert np.abs(ours.astype(int) - pixels).mean() < 2.0
     assert np.abs(ours.astype(int) - theirs).max() <= 8
     assert tuple(ours[30, 50]) == pytest.approx((200, 30, 10), abs=12)
+
+
+def test_a_petastorm_read_never_ends_before_the_ventilator_has_finished() -> None:
+    """petastorm 0.13.1's thread pool checked "every worker returned all its items" (0 == 0 before
+    anything is ventilated) before "the ventilator has finished"; a tiny dataset could finish
+    ventilating between the two checks and be read back empty. petastorm_io asks the
+    ventilator first: while it has items left, the pool is never done."""
+    import queue
+
+    from petastorm.workers_pool.thread_pool import ThreadPool
+    from petastorm.workers_pool.ventilator import ConcurrentVentilator
+
+    from museum_typology import petastorm_io  # noqa: F401 - importing it applies the fix
+
+    pool = ThreadPool(1)
+    pool._results_queues = [queue.Queue()]  # what start() sets up, without threads
+    pool._ventilator = ConcurrentVentilator(lambda **item: None, [{"piece": 0}, {"piece": 1}], iterations=1)
+    assert pool._ventilated_items_by_worker == [0] == pool._ventilated_items_processed_by_worker
+    assert not pool.all_workers_done()  # nothing ventilated yet: not done (petastorm alone says done)
+    pool._ventilator._iterations_remaining = 0  # the ventilator has sent everything ...
+    assert pool.all_workers_done()  # ... and the workers returned all of it (0 of 0 here): done
+    pool._ventilated_items_by_worker = [2]
+    assert not pool.all_workers_done()  # items out, not yet returned

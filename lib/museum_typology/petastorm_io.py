@@ -30,6 +30,34 @@ from .storage import S3Options
 _SCALAR_TYPES = {StringType: pa.string(), IntegerType: pa.int32(), LongType: pa.int64()}
 
 
+def _close_end_of_ventilation_race() -> None:
+    """Make petastorm 0.13.1's thread pool never end a read before it has started.
+
+    ``ThreadPool.get_results`` raises "no more results" when ``all_workers_done()`` (every worker
+    has returned as many items as were ventilated to it: 0 == 0 before anything is ventilated)
+    and *then* the ventilator says it has ``completed()``. A small dataset (a rank's shard of one
+    or two row groups) is ventilated in microseconds, so the ventilator can finish between the
+    two checks: the reader then yields no rows at all (seen in CI: a 3-image dataset read back
+    empty, although its metadata and parts were right). Asking the ventilator first closes the
+    window: once it has completed, the per-worker counts are final. Idempotent.
+    """
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    if getattr(ThreadPool.all_workers_done, "_ventilation_checked_first", False):
+        return
+    workers_done = ThreadPool.all_workers_done
+
+    def all_workers_done(self) -> bool:
+        ventilation_over = not self._ventilator or self._ventilator.completed()
+        return ventilation_over and workers_done(self)
+
+    all_workers_done._ventilation_checked_first = True  # type: ignore[attr-defined]
+    ThreadPool.all_workers_done = all_workers_done
+
+
+_close_end_of_ventilation_race()
+
+
 def arrow_schema(schema: Unischema) -> pa.Schema:
     """The Parquet schema petastorm expects for ``schema`` (what Spark would have written)."""
     fields = []
