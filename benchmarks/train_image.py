@@ -94,7 +94,7 @@ def seed_run(spark, settings, tmp: str, dataset: str, folds: int, seed: int, pro
     features are cached in ``probe_x`` across seeds."""
     import pyarrow.parquet as pq
 
-    from museum_typology import image_model, report, train_image
+    from museum_typology import report, train_image
     from museum_typology.schema import CLASSES
 
     settings = settings.set(["image", "seed"], seed, "--seeds")

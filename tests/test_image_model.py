@@ -2,7 +2,6 @@
 by the ingest job into 2 row groups): Horovod on Spark with 2 local processes against 1."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import zipfile
@@ -190,7 +189,8 @@ def test_view_specs_whole_image_first_then_crops_each_with_its_mirror():
         for corners in ("true", "false"):
             for flip in ("true", "false"):
                 t = _image_settings(f"image.view_crop={crop}", f"image.view_corners={corners}", f"image.tta_flip={flip}", "image.view_mode=each")
-                whole = dataclasses.replace(t, view_crop=0.0)
+                whole = image_model.whole_image_settings(t)
+                assert all(side == 1.0 for _, _, side, _ in image_model.view_specs(whole))
                 assert image_model.view_specs(whole) == image_model.view_specs(t)[: image_model.whole_view_count(t)]
                 assert image_model.has_whole_only_score(t)
     assert not image_model.has_whole_only_score(_image_settings("image.view_crop=0", "image.view_mode=each"))

@@ -165,10 +165,15 @@ def view_specs(s: ImageSettings) -> list[tuple[float, float, float, bool]]:
     return [(top, left, side, mirrored) for top, left, side in places for mirrored in ((False, True) if s.tta_flip else (False,))]
 
 
-def whole_view_count(s: ImageSettings) -> int:
-    """How many of ``view_specs`` are the whole image (it and its mirror lead the list): the views
+def whole_image_settings(s: ImageSettings) -> ImageSettings:
+    """``s`` without the crop views: the whole image (and its mirror), what
     ``ImageBundle(views="whole")`` scores with."""
-    return sum(1 for _, _, side, _ in view_specs(s) if side == 1.0)
+    return dataclasses.replace(s, view_crop=0.0)
+
+
+def whole_view_count(s: ImageSettings) -> int:
+    """How many views ``whole_image_settings(s)`` has; they lead ``view_specs(s)``."""
+    return len(view_specs(whole_image_settings(s)))
 
 
 def has_whole_only_score(s: ImageSettings) -> bool:
@@ -701,7 +706,7 @@ class ImageBundle:
         self.meta = json.loads((directory / "model.json").read_text())
         self.settings = ImageSettings(**self.meta["settings"])
         if views == "whole":
-            self.settings = dataclasses.replace(self.settings, view_crop=0.0)
+            self.settings = whole_image_settings(self.settings)
         elif views != "trained":
             raise ValueError(f"image views at scoring must be 'trained' or 'whole', not {views!r}")
         self.version = self.meta["version"]
