@@ -10,7 +10,8 @@ then `Scorer.score_frame` on one row at a time. The job is `score.run` on local 
 is started before timing; a small warm-up job loads the models into the Python workers first,
 and the cold first run is reported too). The image rows are scored twice: over the views the image
 bundle was trained with (``score.image_views = "trained"``, the default) and over the whole image
-and its mirror only (``"whole"``), side by side. Peak memory is the summed RSS of the whole process tree
+and its mirror only (``"whole"``), side by side, and over the trained views with the backbone as the
+Keras graph (``score.image_runtime = "keras"``) beside TF Lite (the default). Peak memory is the summed RSS of the whole process tree
 (driver, JVM, Python workers), sampled every 50 ms; the naive loop runs in its own process, so
 its models are not counted. Ratios come from one run on a noisy machine.
 """
@@ -124,6 +125,11 @@ def main() -> int:
         whole_spec = dataclasses.replace(spec, image_views="whole")
         job(spark, settings, whole_spec, scratch / "warmup.csv", scratch / "warm_whole.csv", scratch / "images")
         image_whole = job(spark, settings, whole_spec, scratch / "images.csv", scratch / "out_images_whole.csv", scratch / "images")
+        # And with the backbone as the Keras graph (score.image_runtime = "keras", for GPU
+        # executors) instead of TF Lite (the default), the bundle's trained views.
+        keras_spec = dataclasses.replace(spec, image_runtime="keras")
+        job(spark, settings, keras_spec, scratch / "warmup.csv", scratch / "warm_keras.csv", scratch / "images")
+        image_keras = job(spark, settings, keras_spec, scratch / "images.csv", scratch / "out_images_keras.csv", scratch / "images")
         large = job(spark, settings, spec, scratch / "text_large.csv", scratch / "out_large.csv", None)
         results = {
             "cores": os.cpu_count(),
@@ -135,6 +141,8 @@ def main() -> int:
             "job_image": image,
             "job_image_whole_views": image_whole,
             "image_ratio_whole_vs_trained_views": round(image_whole["rows_per_s"] / image["rows_per_s"], 2),
+            "job_image_keras_runtime": image_keras,
+            "image_ratio_tflite_vs_keras_runtime": round(image["rows_per_s"] / image_keras["rows_per_s"], 2),
             "job_text_large": large,
             "text_ratio_job_vs_naive": round(text["rows_per_s"] / naive_text, 2),
             "image_ratio_job_vs_naive": round(image["rows_per_s"] / naive_image, 2),
@@ -144,7 +152,8 @@ def main() -> int:
         print(
             f"\ntext rows: job {text['rows_per_s']}/s vs naive {naive_text:.1f}/s = {results['text_ratio_job_vs_naive']}x; "
             f"image rows: job {image['rows_per_s']}/s vs naive {naive_image:.1f}/s = {results['image_ratio_job_vs_naive']}x, "
-            f"whole-image views {image_whole['rows_per_s']}/s = {results['image_ratio_whole_vs_trained_views']}x the trained views; "
+            f"whole-image views {image_whole['rows_per_s']}/s = {results['image_ratio_whole_vs_trained_views']}x the trained views, "
+            f"Keras runtime {image_keras['rows_per_s']}/s (TF Lite = {results['image_ratio_tflite_vs_keras_runtime']}x); "
             f"peak RSS {text['peak_rss_mb']} MB at {text['rows']} rows, {large['peak_rss_mb']} MB at {large['rows']} rows ({results['memory_ratio_large_vs_small']}x)"
         )
         if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -101,7 +102,7 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
 
     bundle = Path(runs[2]["bundle"])
     assert (bundle.parent / "latest").read_text() == bundle.name
-    for name in ("backbone.weights.h5", "model.json", "preprocessing.json", "classes.json", "conf.json", "data.json", "metrics.json", "report/report.md", "report/confusion.png", "report/curves.png", "_SUCCESS"):
+    for name in ("backbone.weights.h5", "backbone.tflite", "model.json", "preprocessing.json", "classes.json", "conf.json", "data.json", "metrics.json", "report/report.md", "report/confusion.png", "report/curves.png", "_SUCCESS"):
         assert (bundle / name).is_file(), name
     assert json.loads((bundle / "classes.json").read_text()) == list(CLASSES)
     assert len(json.loads((bundle / "model.json").read_text())["heads"]) == 3
@@ -120,6 +121,33 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
     assert whole_proba.shape == (1, len(CLASSES)) and abs(whole_proba.sum() - 1) < 1e-4
     with pytest.raises(ValueError, match="'trained' or 'whole'"):
         image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)), views="some")
+    with pytest.raises(ValueError, match="'tflite' or 'keras'"):
+        image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)), runtime="onnx")
+
+    # A bundle written before backbone.tflite existed: converted at load, the same scores.
+    old = tmp_path / "old_bundle"
+    shutil.copytree(bundle, old)
+    (old / "backbone.tflite").unlink()
+    _assert_runtimes_agree(old)
+
+
+def _varied_images(n: int = 5) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (int(rng.integers(30, 90)), int(rng.integers(30, 90)), 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _assert_runtimes_agree(bundle: Path) -> None:
+    """The TF Lite backbone scores what the Keras one does: features within float rounding, the
+    same probabilities."""
+    images = _varied_images()
+    keras = image_model.ImageBundle(bundle, runtime="keras")
+    lite = image_model.ImageBundle(bundle, runtime="tflite", threads=1)
+    keras_feats, lite_feats = keras.features(images), lite.features(images)
+    assert keras_feats.shape == lite_feats.shape and np.abs(keras_feats).max() > 0.1
+    np.testing.assert_allclose(lite_feats, keras_feats, atol=1e-4 * np.abs(keras_feats).max())
+    # batch_size 8 < the views of an image: one image per backbone call, whatever its views
+    np.testing.assert_allclose(lite.predict_proba(images, batch_size=8), keras.predict_proba(images, batch_size=8), atol=1e-5)
+    assert lite.predict_proba([]).shape == (0, len(CLASSES))
 
 
 def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path):
@@ -132,6 +160,8 @@ def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path
     bundle = Path(result["bundle"])
     assert bundle.name.endswith("-final") and (bundle / "heads" / "final.weights.h5").is_file()
     assert json.loads((bundle / "model.json").read_text())["backbone"]["fine_tuned"] is True
+    # The bundle's backbone.tflite is the fine-tuned backbone, not the ImageNet one.
+    _assert_runtimes_agree(bundle)
     assert not (tmp_path / "unused.parquet").exists()
 
 

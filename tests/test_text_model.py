@@ -129,11 +129,18 @@ def test_score_one_row_per_input_row_in_order(trained, spark):
     assert rows[1]["source"] == "default" and rows[1]["note"] == "no description; no image"
     assert rows[4]["source"] == "default" and "no words" in rows[4]["note"]
     assert "duplicate guid" in rows[3]["note"] and rows[3]["source"] == "text"
+    assert 0 < float(rows[0]["confidence"]) <= 1
+
+
+def test_score_refuses_unknown_image_settings_on_the_driver(trained):
+    root, settings, _ = trained
+    for key, value in (("score.image_runtime", "onnx"), ("score.image_views", "crops")):
+        with pytest.raises(score.ScoreError, match=f"{key} = '{value}': must be one of"):
+            score.resolve_models(settings.set(key.split("."), value, "test"), str(root / "models"))
 
 
 def result_version(root: Path) -> str:
     return (root / "models" / "latest").read_text().strip()
-    assert 0 < float(rows[0]["confidence"]) <= 1
 
 
 def test_loaded_bundle_reproduces_in_memory_predictions(trained):

@@ -37,10 +37,13 @@ from typing import Any
 import numpy as np
 
 from . import backbone as backbone_lib
-from . import petastorm_io, storage
+from . import petastorm_io, storage, tflite_backbone
 from .config import Settings
+from .log import get_logger
 from .schema import CLASSES
 from .storage import S3Options
+
+log = get_logger(__name__)
 
 NUM_CLASSES = len(CLASSES)
 # "mean": one feature row per image, the mean of its views' features; "each": every view is a
@@ -245,13 +248,14 @@ def make_views(image, s: ImageSettings):
     return tf.stack(out)
 
 
-def view_features(backbone, views, s: ImageSettings):
+def view_features(embed, views, s: ImageSettings):
     """B x V x size x size x 3 views -> B x V' x FEATURES: V' = V (``view_mode`` "each") or 1 (the
-    mean over the views, "mean")."""
+    mean over the views, "mean"). ``embed`` maps N views to N x FEATURES: the Keras backbone in
+    inference mode, or its TF Lite twin at scoring."""
     import tensorflow as tf
 
     shape = tf.shape(views)
-    flat = backbone(tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0)), training=False)
+    flat = embed(tf.reshape(views, tf.concat([[-1], shape[2:]], axis=0)))
     feats = tf.reshape(flat, [shape[0], shape[1], backbone_lib.FEATURES])
     return tf.reduce_mean(feats, axis=1, keepdims=True) if s.view_mode == "mean" else feats
 
@@ -349,7 +353,7 @@ def extract_features(job: WorkerJob, backbone, rank: int, size: int) -> tuple[li
 
     @tf.function(reduce_retracing=True)
     def features(views):
-        return view_features(backbone, views, s)
+        return view_features(lambda x: backbone(x, training=False), views, s)
 
     reader, dataset = shard_dataset(job, rank, size, job.labels.keys())
     guids, chunks = [], []
@@ -694,12 +698,16 @@ class ImageBundle:
     """A trained image model loaded from its bundle directory: ``predict_proba(images)`` is the
     mean softmax of its heads (K fold heads, or the one final head) in CLASSES order."""
 
-    def __init__(self, directory: str | Path, views: str = "trained"):
+    def __init__(self, directory: str | Path, views: str = "trained", runtime: str = "tflite", threads: int = 0):
         """``views``: "trained" predicts over every view the heads were trained with (the TTA the
         measured metrics used); "whole" only over the whole image and its mirror, about 6x less
         backbone work with the default 12 views, for scoring large catalogues on CPUs. The whole
         image is one of the training views, so the heads know it; "whole" is for bundles trained
-        with ``view_mode`` "each" (a "mean" head was trained on the mean of all its views)."""
+        with ``view_mode`` "each" (a "mean" head was trained on the mean of all its views).
+
+        ``runtime``: "tflite" runs the backbone on TF Lite's CPU kernels (the bundle's
+        ``backbone.tflite``, converted here for bundles written before it existed), "keras" as a
+        compiled Keras graph (GPU executors). ``threads`` (TF Lite only): 0 = ``task_threads()``."""
         import tensorflow as tf
 
         directory = Path(directory)
@@ -709,21 +717,39 @@ class ImageBundle:
             self.settings = whole_image_settings(self.settings)
         elif views != "trained":
             raise ValueError(f"image views at scoring must be 'trained' or 'whole', not {views!r}")
+        if runtime not in ("tflite", "keras"):
+            raise ValueError(f"image runtime at scoring must be 'tflite' or 'keras', not {runtime!r}")
         self.version = self.meta["version"]
-        self.backbone = backbone_lib.build_backbone(self.settings.variant)
-        self.backbone.load_weights(str(directory / "backbone.weights.h5"))
+        self.runtime = runtime
         self.heads = []
         for name in self.meta["heads"]:
             head = build_head(self.settings, seed=0)
             head.load_weights(str(directory / name))
             self.heads.append(head)
+        self._embed = self._load_backbone(directory, runtime, threads)
+        # One graph for every image's views (shapes vary, so the traced graph keeps them free):
+        # run eagerly, the dozen crops, resizes and flips cost more than the CNN on TF Lite.
+        self._views = tf.function(lambda image: make_views(image, self.settings), reduce_retracing=True)
         self._tf = tf
+
+    def _load_backbone(self, directory: Path, runtime: str, threads: int):
+        import tensorflow as tf
+
+        size = self.settings.image_size
+        tflite_file = directory / tflite_backbone.FILE_NAME
+        if runtime == "tflite" and tflite_file.exists():
+            return tflite_backbone.TfliteBackbone(tflite_file.read_bytes(), threads or tflite_backbone.task_threads())
+        backbone = backbone_lib.build_backbone(self.settings.variant)
+        backbone.load_weights(str(directory / "backbone.weights.h5"))
+        if runtime == "tflite":
+            log.warning("%s has no %s (written before it was part of a bundle): converting the backbone here, about 5 s", directory, tflite_backbone.FILE_NAME)
+            return tflite_backbone.TfliteBackbone(tflite_backbone.convert(backbone, size), threads or tflite_backbone.task_threads())
+        return tf.function(lambda x: backbone(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
 
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """N x V' x FEATURES, the views the heads were trained on (see ``view_features``)."""
-        tf = self._tf
-        views = tf.stack([make_views(img, self.settings) for img in images])
-        return view_features(self.backbone, views, self.settings).numpy()
+        views = self._tf.stack([self._views(img) for img in images])
+        return np.asarray(view_features(self._embed, views, self.settings))
 
     def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Mean over the heads of each head's mean softmax over the views."""

@@ -165,6 +165,8 @@ class ScorerSpec:
     text_batch: int = 1024
     image_batch: int = 32
     image_views: str = "trained"  # ImageBundle views: "trained" (all, TTA) or "whole" (whole + mirror)
+    image_runtime: str = "tflite"  # ImageBundle backbone: "tflite" (CPU kernels) or "keras" (GPU executors)
+    image_threads: int = 0  # TF Lite threads per scorer; 0 = the Spark task's cpus
 
     @property
     def params(self) -> CascadeParams:
@@ -206,10 +208,15 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
         raise ScoreError(f"{model_dir}: no text or image model bundle found (run train-text / train-image, or pass --model)")
     params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3)
     images = settings.section("images")
+    # Checked here on the driver: an executor would only find out when it loads the image model.
+    for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", ("tflite", "keras"))):
+        if settings.get(key) not in allowed:
+            raise ScoreError(f"{key} = {settings.get(key)!r}: must be one of {', '.join(allowed)}")
     return ScorerSpec(
         text, image, tuple(sorted(params.to_dict().items())), version, s3,
         int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),
         int(settings.get("score.batch_size")), int(settings.get("score.image_batch_size")), str(settings.get("score.image_views")),
+        str(settings.get("score.image_runtime")), int(settings.get("score.image_threads")),
     )
 
 
@@ -254,7 +261,7 @@ class Scorer:
         if self._image is None and self.spec.image_bundle:
             from .image_model import ImageBundle
 
-            self._image = ImageBundle(bundles.resolve_bundle(self.spec.image_bundle, IMAGE_MARKER, "image", self.spec.s3), views=self.spec.image_views)
+            self._image = ImageBundle(bundles.resolve_bundle(self.spec.image_bundle, IMAGE_MARKER, "image", self.spec.s3), views=self.spec.image_views, runtime=self.spec.image_runtime, threads=self.spec.image_threads)
         return self._image
 
     @classmethod

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import backbone as backbone_lib
-from . import bundles, image_model, report, storage
+from . import bundles, image_model, report, storage, tflite_backbone
 from .config import Settings
 from .image_model import ImageSettings, WorkerJob
 from .log import get_logger
@@ -240,6 +240,9 @@ def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest,
 def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str, digest: str, heads: list[str], metrics: dict[str, Any], backbone) -> None:
     s = job.settings
     backbone.save_weights(str(local / "backbone.weights.h5"))
+    # The same backbone for CPU scoring (score.image_runtime = "tflite"), converted once here
+    # rather than in every executor that loads the bundle.
+    (local / tflite_backbone.FILE_NAME).write_bytes(tflite_backbone.convert(backbone, s.image_size))
     weights_file = backbone_lib.weights_path(s.variant)
     (local / "model.json").write_text(
         json.dumps(
