@@ -27,7 +27,11 @@ images one image moves a small class's F1 by 0.05-0.2, so one split says little 
 job's heads are also scored over the whole image and its mirror only (``score.image_views =
 "whole"``, from the same run's features).
 
-    .venv/bin/python benchmarks/train_image.py [--data DIR] [--folds 5] [--seeds 13,5,6] [--steps 6] [--json out.json]
+With ``--compare-feature-runtime`` the first seed's fold job runs again with its frozen backbone
+as the Keras graph (``image.feature_runtime = "keras"``), beside the run above (conf's "auto":
+TF Lite on a CPU): feature extraction images/s of both, their ratio, and the results' difference.
+
+    .venv/bin/python benchmarks/train_image.py [--data DIR] [--folds 5] [--seeds 13,5,6] [--steps 6] [--compare-feature-runtime] [--json out.json]
 """
 from __future__ import annotations
 
@@ -135,12 +139,40 @@ def seed_run(spark, settings, tmp: str, dataset: str, folds: int, seed: int, pro
     }
 
 
+def compare_feature_runtime(spark, settings, tmp: str, dataset: str, folds: int, seed: int, first: dict) -> dict:
+    """The fold job of ``seed`` again with its frozen backbone as the Keras graph
+    (``image.feature_runtime = "keras"``) beside ``first``, the same job with the conf's runtime
+    (on a CPU "auto" = TF Lite): feature extraction images/s (images over the slowest rank's
+    feature seconds), the out-of-fold macro-F1 of both, and the largest probability difference."""
+    import pyarrow.parquet as pq
+
+    from museum_typology import train_image
+
+    keras_settings = settings.set(["image", "seed"], seed, "--seeds").set(["image", "feature_runtime"], "keras", "--compare-feature-runtime")
+    job = train_image.run(spark, keras_settings, dataset, f"{tmp}/models/image-keras", f"{tmp}/oof/image-keras.parquet", folds=folds, num_proc=2)
+    proba = {}
+    for name, path in (("conf", f"{tmp}/oof/image-seed{seed}.parquet"), ("keras", f"{tmp}/oof/image-keras.parquet")):
+        proba[name] = np.array([r["proba"] for r in sorted(pq.read_table(path).to_pylist(), key=lambda r: r["guid"])])
+    rates = {
+        "conf": first["images"] / max(first["seconds"]["job_feature_seconds_per_rank"]),
+        "keras": first["images"] / max(job["metrics"]["feature_seconds_per_rank"]),
+    }
+    return {
+        "conf_runtime": settings.get("image.feature_runtime"),
+        "feature_images_per_s": {name: round(rate, 2) for name, rate in rates.items()},
+        "ratio_conf_vs_keras": round(rates["conf"] / rates["keras"], 2),
+        "macro_f1": {"conf": first["macro_f1_all_present"]["job"], "keras": job["metrics"]["macro_f1"]},
+        "max_abs_proba_diff": float(np.abs(proba["conf"] - proba["keras"]).max()),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", default="", help="comma-separated fold seeds (default: image.seed); with several, per-class F1 is also averaged over them")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per throughput run (plus one untimed); 0 skips the throughput runs")
+    parser.add_argument("--compare-feature-runtime", action="store_true", help="also run the first seed's fold job with image.feature_runtime=keras and compare its feature extraction rate and results with the run above")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
@@ -182,6 +214,10 @@ def main() -> int:
             print(f"mean over fold seeds {seeds}:", flush=True)
             print(report.markdown_table(mean["per_class"], ["class", "support", "probe_f1", "job_f1", "job_whole_views_f1", "wins_ties_losses"]), flush=True)
             print(json.dumps({k: v for k, v in mean.items() if k != "per_class"}, indent=1), flush=True)
+
+        if args.compare_feature_runtime:
+            results["feature_runtime"] = compare_feature_runtime(spark, settings, tmp, dataset, args.folds, seeds[0], runs[0])
+            print(json.dumps(results["feature_runtime"], indent=1), flush=True)
 
         # Throughput: the fine-tuning (--final) loop, 1 then 2 processes, same settings.
         results["throughput"] = {}

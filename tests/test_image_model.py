@@ -262,6 +262,23 @@ def test_make_views_are_deterministic_with_the_promised_shapes():
     assert not np.allclose(views[4], views[6])  # different corners differ
 
 
+def test_fold_features_on_tflite_equal_the_keras_graph_and_auto_picks_by_device():
+    from museum_typology import backbone as backbone_lib
+
+    backbone = backbone_lib.imagenet_backbone("efficientnet-lite0")
+    s = {runtime: _image_settings("image.image_size=64", f"image.feature_runtime={runtime}") for runtime in ("tflite", "keras", "auto")}
+    views = np.stack([image_model.make_views(image, s["keras"]).numpy() for image in _varied_images(3)])
+    keras = np.asarray(image_model.frozen_view_features(backbone, s["keras"], has_gpu=False, threads=1)(views))
+    lite = np.asarray(image_model.frozen_view_features(backbone, s["tflite"], has_gpu=False, threads=1)(views))
+    assert keras.shape == lite.shape == (3, len(image_model.view_specs(s["keras"])), 1280)
+    np.testing.assert_allclose(lite, keras, atol=1e-4 * np.abs(keras).max())
+    # "auto": TF Lite on a CPU, the Keras graph (a tf.function) on a GPU
+    assert not hasattr(image_model.frozen_view_features(backbone, s["auto"], has_gpu=False, threads=1), "get_concrete_function")
+    assert hasattr(image_model.frozen_view_features(backbone, s["auto"], has_gpu=True, threads=1), "get_concrete_function")
+    with pytest.raises(ValueError, match="image.feature_runtime must be one of"):
+        _image_settings("image.feature_runtime=onnx")
+
+
 def test_view_features_mean_or_each_and_head_proba_averages_views():
     import tensorflow as tf
 

@@ -49,6 +49,8 @@ NUM_CLASSES = len(CLASSES)
 # "mean": one feature row per image, the mean of its views' features; "each": every view is a
 # training row of its image (same label) and a prediction is the mean softmax over the views.
 VIEW_MODES = ("mean", "each")
+# How the fold job runs the frozen backbone (ImageSettings.feature_runtime).
+FEATURE_RUNTIMES = ("auto", "tflite", "keras")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class ImageSettings:
     view_crop: float = 0.0
     view_corners: bool = False
     view_mode: str = "mean"
+    # How the fold job runs the frozen backbone over the views: "auto" = TF Lite on CPUs (only
+    # forward passes here, ~2.4x the Keras graph), the Keras graph on GPUs.
+    feature_runtime: str = "auto"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageSettings:
@@ -93,6 +98,8 @@ class ImageSettings:
         s = cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
         if s.view_mode not in VIEW_MODES:
             raise ValueError(f"image.view_mode must be one of {VIEW_MODES}, not {s.view_mode!r}")
+        if s.feature_runtime not in FEATURE_RUNTIMES:
+            raise ValueError(f"image.feature_runtime must be one of {FEATURE_RUNTIMES}, not {s.feature_runtime!r}")
         if not 0.0 <= s.view_crop < 1.0:
             raise ValueError(f"image.view_crop must be in [0, 1) (0 = no crop views), not {s.view_crop}")
         return s
@@ -296,20 +303,21 @@ def preprocessing_spec(s: ImageSettings) -> dict[str, Any]:
 
 
 def _init_horovod():
+    """Horovod, plus this process's share of the machine: (hvd, has a GPU, CPU threads)."""
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
     hvd.init()
     gpus = tf.config.list_physical_devices("GPU")
+    # Processes on one machine share its cores: don't let each one start a thread per core.
+    threads = max(1, (os.cpu_count() or 1) // max(1, hvd.local_size()))
     if gpus:
         tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
         tf.config.experimental.set_memory_growth(gpus[hvd.local_rank() % len(gpus)], True)
     else:
-        # Processes on one machine share its cores: don't let each one start a thread per core.
-        threads = max(1, (os.cpu_count() or 1) // max(1, hvd.local_size()))
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, threads)))
-    return hvd, bool(gpus)
+    return hvd, bool(gpus), threads
 
 
 def shard_dataset(job: WorkerJob, rank: int, size: int, guids, num_epochs: int | None = 1, shuffle: bool = False, seed: int = 0):
@@ -343,24 +351,29 @@ def _label_table(labels: Mapping[str, int]):
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
 
 
-def extract_features(job: WorkerJob, backbone, rank: int, size: int) -> tuple[list[str], np.ndarray]:
-    """This rank's labelled images -> (guids, features N x V' x FEATURES, see ``view_features``),
-    streamed in batches; pixels are dropped as soon as their features exist."""
+def frozen_view_features(backbone, s: ImageSettings, has_gpu: bool, threads: int):
+    """The fold job's feature function, views B x V x size x size x 3 -> B x V' x FEATURES, over
+    the frozen ``backbone``: on TF Lite's CPU kernels (see ``feature_runtime``) or as a compiled
+    Keras graph."""
     import tensorflow as tf
 
+    if s.feature_runtime == "tflite" or (s.feature_runtime == "auto" and not has_gpu):
+        lite = tflite_backbone.TfliteBackbone(tflite_backbone.convert(backbone, s.image_size), threads)
+        return lambda views: view_features(lite, views, s)
+    return tf.function(lambda views: view_features(lambda x: backbone(x, training=False), views, s), reduce_retracing=True)
+
+
+def extract_features(job: WorkerJob, features, rank: int, size: int) -> tuple[list[str], np.ndarray]:
+    """This rank's labelled images -> (guids, ``features`` of their views, N x V' x FEATURES),
+    streamed in batches; pixels are dropped as soon as their features exist."""
     s = job.settings
     n_views = 1 if s.view_mode == "mean" else len(view_specs(s))
-
-    @tf.function(reduce_retracing=True)
-    def features(views):
-        return view_features(lambda x: backbone(x, training=False), views, s)
-
     reader, dataset = shard_dataset(job, rank, size, job.labels.keys())
     guids, chunks = [], []
     with reader:
         for guid_batch, view_batch in dataset.map(lambda g, img: (g, make_views(img, s))).batch(images_per_batch(s)):
             guids.extend(g.decode() for g in guid_batch.numpy())
-            chunks.append(features(view_batch).numpy())
+            chunks.append(np.asarray(features(view_batch)))
     feats = np.concatenate(chunks) if chunks else np.zeros((0, n_views, backbone_lib.FEATURES), np.float32)
     order = np.argsort(guids, kind="stable")
     return [guids[i] for i in order], feats[order]
@@ -395,14 +408,14 @@ def load_head_checkpoint(url: str, fold: int, s3: S3Options | None) -> tuple[lis
 def fold_worker(job: WorkerJob) -> dict[str, Any]:
     """One Horovod process of the fold job. Returns its guids, out-of-fold rows and curves."""
     started = time.time()
-    hvd, _ = _init_horovod()
+    hvd, has_gpu, threads = _init_horovod()
     import tensorflow as tf
 
     rank, size = hvd.rank(), hvd.size()
     s = job.settings
     tf.keras.utils.set_random_seed(s.seed)
-    backbone = backbone_lib.imagenet_backbone(s.variant)
-    guids, feats = extract_features(job, backbone, rank, size)
+    features = frozen_view_features(backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads)
+    guids, feats = extract_features(job, features, rank, size)
     feature_seconds = time.time() - started
     y = np.array([job.labels[g] for g in guids], dtype=np.int64)
     fold_of = np.array([job.folds[g] for g in guids], dtype=np.int64)
@@ -560,7 +573,7 @@ def build_final_model(s: ImageSettings, use_mixed_precision: bool):
 
 def final_worker(job: WorkerJob) -> dict[str, Any]:
     started = time.time()
-    hvd, has_gpu = _init_horovod()
+    hvd, has_gpu, _ = _init_horovod()
     import tensorflow as tf
 
     rank, size = hvd.rank(), hvd.size()
