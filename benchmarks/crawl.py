@@ -35,7 +35,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -49,6 +48,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(ROOT / "lib"))
 
+from ingest import MemorySampler  # noqa: E402  (benchmarks/ingest.py)
 from museum_typology import crawl, images  # noqa: E402
 from museum_typology.config import load_settings  # noqa: E402
 from museum_typology.crawl_rehearsal import ImageServer, make_pool, write_url_csv  # noqa: E402
@@ -59,44 +59,6 @@ MB = 1024 * 1024
 
 
 # ---------------------------------------------------------------- helpers
-
-
-class PeakRss:
-    """Samples the summed RSS of a process tree every 50 ms (excluding some pids)."""
-
-    def __init__(self, root: int, exclude: set[int] = frozenset()):
-        self.root, self.exclude, self.peak = root, set(exclude), 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _sample(self) -> int:
-        try:
-            root = psutil.Process(self.root)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0
-        total = 0
-        for p in procs:
-            if p.pid in self.exclude:
-                continue
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _serve(pool: list[bytes], delay_s: float, queue) -> None:
@@ -145,7 +107,7 @@ def bench_naive(urls: list[str], max_side: int) -> dict[str, Any]:
     load = _load()
     started = time.perf_counter()
     ok, nbytes = 0, 0
-    with PeakRss(os.getpid()) as rss:
+    with MemorySampler(tree=True) as rss:
         for url in urls:
             response = requests.get(url, timeout=30)
             nbytes += len(response.content)
@@ -154,19 +116,19 @@ def bench_naive(urls: list[str], max_side: int) -> dict[str, Any]:
             ok += 1
     seconds = time.perf_counter() - started
     return {"images": ok, "seconds": round(seconds, 2), "images_per_s": round(ok / seconds, 2), "mb_per_s": round(nbytes / MB / seconds, 2),
-            "peak_rss_mb": round(rss.peak / MB), "load_at_start": load}
+            "peak_rss_mb": round(rss.result.peak_total_mb), "load_at_start": load}
 
 
 def bench_crawler(spark, settings, csv_path: str, output: str, n: int, exclude: set[int]) -> dict[str, Any]:
     load = _load()
     started = time.perf_counter()
-    with PeakRss(os.getpid(), exclude) as rss:
+    with MemorySampler(tree=True, exclude=exclude) as rss:
         summary = crawl.run(spark, settings, csv_path, output)
     seconds = time.perf_counter() - started
     ok = summary["status_counts"].get("ok", 0)
     return {"images": ok, "rows": n, "seconds": round(seconds, 2), "images_per_s": round(ok / seconds, 1),
             "images_per_s_fetch_phase": summary["urls_per_second"],
-            "mb_per_s": round(summary["bytes_this_run"] / MB / seconds, 1), "peak_rss_mb": round(rss.peak / MB),
+            "mb_per_s": round(summary["bytes_this_run"] / MB / seconds, 1), "peak_rss_mb": round(rss.result.peak_total_mb),
             "partitions": summary["partitions"], "status_counts": summary["status_counts"], "load_at_start": load}
 
 
@@ -192,7 +154,7 @@ def bench_img2dataset(venv: Path, csv_path: str, output: str, n: int, max_side: 
     load = _load()
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-    with PeakRss(process.pid, exclude) as rss:
+    with MemorySampler(tree=True, root=process.pid, exclude=exclude) as rss:
         try:
             log_text = process.communicate(timeout=timeout_s)[0].decode(errors="replace")
         except subprocess.TimeoutExpired:
@@ -212,7 +174,7 @@ def bench_img2dataset(venv: Path, csv_path: str, output: str, n: int, max_side: 
     shard_span = (max(ends) - min(starts)) if starts else float("nan")
     return {"images": successes, "seconds": round(seconds, 2), "images_per_s": round(successes / seconds, 1),
             "images_per_s_download_phase": round(successes / shard_span, 1) if starts else None,
-            "peak_rss_mb": round(rss.peak / MB), "threads_per_process": threads, "shards": shards,
+            "peak_rss_mb": round(rss.result.peak_total_mb), "threads_per_process": threads, "shards": shards,
             "note": "wall time includes its own Spark session start", "load_at_start": load}
 
 

@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -205,12 +206,14 @@ class MemorySampler:
     Spark (listing /proc for children), i.e. ~6% of one core during (b), which (b) pays.
     """
 
-    def __init__(self, tree: bool, interval: float = SAMPLE_INTERVAL_S):
-        self.tree, self.interval = tree, interval
+    def __init__(self, tree: bool, interval: float = SAMPLE_INTERVAL_S, root: int | None = None, exclude: Collection[int] = ()):
+        """``root``: the process to sample (default this one), e.g. a tool run as a subprocess;
+        ``exclude``: pids left out of the sum (a helper server that is not part of the job)."""
+        self.tree, self.interval, self.exclude = tree, interval, frozenset(exclude)
         self.result = MemoryPeak()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self._me = psutil.Process()
+        self._me = psutil.Process(root)
 
     def __enter__(self) -> MemorySampler:
         self._sample()
@@ -227,7 +230,11 @@ class MemorySampler:
             self._sample()
 
     def _sample(self) -> None:
-        processes = [self._me] + (self._me.children(recursive=True) if self.tree else [])
+        try:
+            processes = [self._me] + (self._me.children(recursive=True) if self.tree else [])
+        except psutil.Error:
+            return  # the sampled process has exited (a subprocess root)
+        processes = [process for process in processes if process.pid not in self.exclude]
         by_role: dict[str, float] = {}
         for process in processes:
             try:
