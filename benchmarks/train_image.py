@@ -27,7 +27,7 @@ images one image moves a small class's F1 by 0.05-0.2, so one split says little 
 job's heads are also scored over the whole image and its mirror only (``score.image_views =
 "whole"``, from the same run's features).
 
-With ``--compare-feature-runtime`` the first seed's fold job runs again with its frozen backbone
+With ``--compare-feature-runtime`` each seed's fold job runs again with its frozen backbone
 as the Keras graph (``image.feature_runtime = "keras"``), beside the run above (conf's "auto":
 TF Lite on a CPU): feature extraction images/s of both, their ratio, and the results' difference.
 
@@ -149,20 +149,24 @@ def compare_feature_runtime(spark, settings, tmp: str, dataset: str, folds: int,
     from museum_typology import train_image
 
     keras_settings = settings.set(["image", "seed"], seed, "--seeds").set(["image", "feature_runtime"], "keras", "--compare-feature-runtime")
-    job = train_image.run(spark, keras_settings, dataset, f"{tmp}/models/image-keras", f"{tmp}/oof/image-keras.parquet", folds=folds, num_proc=2)
+    job = train_image.run(spark, keras_settings, dataset, f"{tmp}/models/image-keras{seed}", f"{tmp}/oof/image-keras{seed}.parquet", folds=folds, num_proc=2)
     proba = {}
-    for name, path in (("conf", f"{tmp}/oof/image-seed{seed}.parquet"), ("keras", f"{tmp}/oof/image-keras.parquet")):
+    for name, path in (("conf", f"{tmp}/oof/image-seed{seed}.parquet"), ("keras", f"{tmp}/oof/image-keras{seed}.parquet")):
         proba[name] = np.array([r["proba"] for r in sorted(pq.read_table(path).to_pylist(), key=lambda r: r["guid"])])
     rates = {
         "conf": first["images"] / max(first["seconds"]["job_feature_seconds_per_rank"]),
         "keras": first["images"] / max(job["metrics"]["feature_seconds_per_rank"]),
     }
+    diff = np.abs(proba["conf"] - proba["keras"]).max(axis=1)
     return {
+        "seed": seed,
         "conf_runtime": settings.get("image.feature_runtime"),
         "feature_images_per_s": {name: round(rate, 2) for name, rate in rates.items()},
         "ratio_conf_vs_keras": round(rates["conf"] / rates["keras"], 2),
         "macro_f1": {"conf": first["macro_f1_all_present"]["job"], "keras": job["metrics"]["macro_f1"]},
-        "max_abs_proba_diff": float(np.abs(proba["conf"] - proba["keras"]).max()),
+        "max_abs_proba_diff": float(diff.max()),
+        "median_abs_proba_diff": float(np.median(diff)),
+        "same_prediction": float((proba["conf"].argmax(axis=1) == proba["keras"].argmax(axis=1)).mean()),
     }
 
 
@@ -172,7 +176,7 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", default="", help="comma-separated fold seeds (default: image.seed); with several, per-class F1 is also averaged over them")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per throughput run (plus one untimed); 0 skips the throughput runs")
-    parser.add_argument("--compare-feature-runtime", action="store_true", help="also run the first seed's fold job with image.feature_runtime=keras and compare its feature extraction rate and results with the run above")
+    parser.add_argument("--compare-feature-runtime", action="store_true", help="also run each seed's fold job with image.feature_runtime=keras and compare its feature extraction rate and results with the seed's run above")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
@@ -216,7 +220,7 @@ def main() -> int:
             print(json.dumps({k: v for k, v in mean.items() if k != "per_class"}, indent=1), flush=True)
 
         if args.compare_feature_runtime:
-            results["feature_runtime"] = compare_feature_runtime(spark, settings, tmp, dataset, args.folds, seeds[0], runs[0])
+            results["feature_runtime"] = [compare_feature_runtime(spark, settings, tmp, dataset, args.folds, seed, run) for seed, run in zip(seeds, runs)]
             print(json.dumps(results["feature_runtime"], indent=1), flush=True)
 
         # Throughput: the fine-tuning (--final) loop, 1 then 2 processes, same settings.
