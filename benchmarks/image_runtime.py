@@ -86,6 +86,8 @@ def main() -> int:
         runs: dict[str, dict] = {}
         for runtime in ("before", "keras", "tflite"):
             started = time.perf_counter()
+            # ("before" loads a Keras ImageBundle for its heads plus its own backbone: its load
+            # time is not comparable.)
             bundle = ImageBundle(directory, views=views, runtime="keras" if runtime == "before" else runtime)
             if runtime == "before":
                 backbone = backbone_lib.build_backbone(bundle.settings.variant)

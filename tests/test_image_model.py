@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import zipfile
 from pathlib import Path
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from museum_typology import image_model, ingest, train_image
+from museum_typology import image_model, ingest, tflite_backbone, train_image
 from museum_typology.schema import CLASSES
 
 COLOURS = {0: (200, 30, 30), 6: (30, 180, 40), 12: (30, 40, 200)}  # class index -> colour
@@ -67,7 +68,7 @@ def _settings(tmp_path, batch_size, head_lr, extra=()):
     )
 
 
-def test_two_processes_disjoint_shards_and_same_result_as_one(spark, tiny_dataset, tmp_path):
+def test_two_processes_disjoint_shards_and_same_result_as_one(spark, tiny_dataset, tmp_path, caplog):
     labelled = sorted(f"img{n:02d}" for n in range(30))
     runs = {}
     # 2 processes x batch 4 with the learning rate scaled x2 == 1 process with the global batch 8.
@@ -121,14 +122,21 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
     assert whole_proba.shape == (1, len(CLASSES)) and abs(whole_proba.sum() - 1) < 1e-4
     with pytest.raises(ValueError, match="'trained' or 'whole'"):
         image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)), views="some")
-    with pytest.raises(ValueError, match="'tflite' or 'keras'"):
+    with pytest.raises(ValueError, match="must be one of auto, tflite, keras, not 'onnx'"):
         image_model.ImageBundle(train_image.resolve_bundle(str(bundle.parent)), runtime="onnx")
+    # How the features were computed is recorded in the metrics, not in model.json (a
+    # training-only setting: bundles load in code that does not know it).
+    assert runs[2]["metrics"]["feature_runtime"] == ["tflite"]  # "auto" without a GPU
+    assert "feature_runtime" not in json.loads((bundle / "model.json").read_text())["settings"]
 
-    # A bundle written before backbone.tflite existed: converted at load, the same scores.
+    # A bundle written before backbone.tflite existed: converted at load (with a warning), the
+    # same scores.
     old = tmp_path / "old_bundle"
     shutil.copytree(bundle, old)
     (old / "backbone.tflite").unlink()
-    _assert_runtimes_agree(old)
+    with caplog.at_level(logging.WARNING, logger="museum_typology.image_model"):
+        _assert_runtimes_agree(old)
+    assert any("has no backbone.tflite" in r.getMessage() for r in caplog.records)
 
 
 def _varied_images(n: int = 5) -> list[np.ndarray]:
@@ -142,6 +150,8 @@ def _assert_runtimes_agree(bundle: Path) -> None:
     images = _varied_images()
     keras = image_model.ImageBundle(bundle, runtime="keras")
     lite = image_model.ImageBundle(bundle, runtime="tflite", threads=1)
+    assert isinstance(lite._embed, tflite_backbone.TfliteBackbone) and lite.runtime == "tflite"
+    assert image_model.ImageBundle(bundle).runtime == "tflite"  # "auto" on a machine without a GPU
     keras_feats, lite_feats = keras.features(images), lite.features(images)
     assert keras_feats.shape == lite_feats.shape and np.abs(keras_feats).max() > 0.1
     np.testing.assert_allclose(lite_feats, keras_feats, atol=1e-4 * np.abs(keras_feats).max())
@@ -268,13 +278,17 @@ def test_fold_features_on_tflite_equal_the_keras_graph_and_auto_picks_by_device(
     backbone = backbone_lib.imagenet_backbone("efficientnet-lite0")
     s = {runtime: _image_settings("image.image_size=64", f"image.feature_runtime={runtime}") for runtime in ("tflite", "keras", "auto")}
     views = np.stack([image_model.make_views(image, s["keras"]).numpy() for image in _varied_images(3)])
-    keras = np.asarray(image_model.frozen_view_features(backbone, s["keras"], has_gpu=False, threads=1)(views))
-    lite = np.asarray(image_model.frozen_view_features(backbone, s["tflite"], has_gpu=False, threads=1)(views))
+    keras_features, keras_runtime = image_model.frozen_view_features(backbone, s["keras"], has_gpu=False, threads=1)
+    lite_features, lite_runtime = image_model.frozen_view_features(backbone, s["tflite"], has_gpu=False, threads=1)
+    assert (keras_runtime, lite_runtime) == ("keras", "tflite")
+    keras, lite = np.asarray(keras_features(views)), np.asarray(lite_features(views))
     assert keras.shape == lite.shape == (3, len(image_model.view_specs(s["keras"])), 1280)
     np.testing.assert_allclose(lite, keras, atol=1e-4 * np.abs(keras).max())
     # "auto": TF Lite on a CPU, the Keras graph (a tf.function) on a GPU
-    assert not hasattr(image_model.frozen_view_features(backbone, s["auto"], has_gpu=False, threads=1), "get_concrete_function")
-    assert hasattr(image_model.frozen_view_features(backbone, s["auto"], has_gpu=True, threads=1), "get_concrete_function")
+    auto_cpu, runtime = image_model.frozen_view_features(backbone, s["auto"], has_gpu=False, threads=1)
+    assert runtime == "tflite" and not hasattr(auto_cpu, "get_concrete_function")
+    auto_gpu, runtime = image_model.frozen_view_features(backbone, s["auto"], has_gpu=True, threads=1)
+    assert runtime == "keras" and hasattr(auto_gpu, "get_concrete_function")
     with pytest.raises(ValueError, match="image.feature_runtime must be one of"):
         _image_settings("image.feature_runtime=onnx")
 

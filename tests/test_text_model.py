@@ -137,6 +137,8 @@ def test_score_refuses_unknown_image_settings_on_the_driver(trained):
     for key, value in (("score.image_runtime", "onnx"), ("score.image_views", "crops")):
         with pytest.raises(score.ScoreError, match=f"{key} = '{value}': must be one of"):
             score.resolve_models(settings.set(key.split("."), value, "test"), str(root / "models"))
+    with pytest.raises(score.ScoreError, match="score.image_threads = -1: must be a whole number >= 0"):
+        score.resolve_models(settings.set(["score", "image_threads"], -1, "test"), str(root / "models"))
 
 
 def result_version(root: Path) -> str:

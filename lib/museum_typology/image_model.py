@@ -49,8 +49,9 @@ NUM_CLASSES = len(CLASSES)
 # "mean": one feature row per image, the mean of its views' features; "each": every view is a
 # training row of its image (same label) and a prediction is the mean softmax over the views.
 VIEW_MODES = ("mean", "each")
-# How the fold job runs the frozen backbone (ImageSettings.feature_runtime).
-FEATURE_RUNTIMES = ("auto", "tflite", "keras")
+# Settings that choose how training runs, not what the model is: left out of a bundle's
+# model.json (kept in its conf.json), so a bundle loads in code that does not know them.
+TRAINING_ONLY_SETTINGS = ("feature_runtime",)
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ class ImageSettings:
     view_crop: float = 0.0
     view_corners: bool = False
     view_mode: str = "mean"
-    # How the fold job runs the frozen backbone over the views: "auto" = TF Lite on CPUs (only
-    # forward passes here, ~2.4x the Keras graph), the Keras graph on GPUs.
+    # How the fold job runs the frozen backbone over the views (tflite_backbone.RUNTIMES):
+    # "auto" = TF Lite on CPUs (forward passes only; 1.1-1.5x the feature stage here), the Keras
+    # graph on GPUs.
     feature_runtime: str = "auto"
 
     @classmethod
@@ -98,11 +100,17 @@ class ImageSettings:
         s = cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
         if s.view_mode not in VIEW_MODES:
             raise ValueError(f"image.view_mode must be one of {VIEW_MODES}, not {s.view_mode!r}")
-        if s.feature_runtime not in FEATURE_RUNTIMES:
-            raise ValueError(f"image.feature_runtime must be one of {FEATURE_RUNTIMES}, not {s.feature_runtime!r}")
+        if s.feature_runtime not in tflite_backbone.RUNTIMES:
+            raise ValueError(f"image.feature_runtime must be one of {tflite_backbone.RUNTIMES}, not {s.feature_runtime!r}")
         if not 0.0 <= s.view_crop < 1.0:
             raise ValueError(f"image.view_crop must be in [0, 1) (0 = no crop views), not {s.view_crop}")
         return s
+
+
+def bundle_settings(s: ImageSettings) -> dict[str, Any]:
+    """What a bundle's model.json records of ``s``: ``settings_dict`` without the training-only
+    settings."""
+    return {k: v for k, v in settings_dict(s).items() if k not in TRAINING_ONLY_SETTINGS}
 
 
 def settings_dict(s: ImageSettings) -> dict[str, Any]:
@@ -310,7 +318,7 @@ def _init_horovod():
     hvd.init()
     gpus = tf.config.list_physical_devices("GPU")
     # Processes on one machine share its cores: don't let each one start a thread per core.
-    threads = max(1, (os.cpu_count() or 1) // max(1, hvd.local_size()))
+    threads = max(1, tflite_backbone.machine_cores() // max(1, hvd.local_size()))
     if gpus:
         tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
         tf.config.experimental.set_memory_growth(gpus[hvd.local_rank() % len(gpus)], True)
@@ -353,14 +361,15 @@ def _label_table(labels: Mapping[str, int]):
 
 def frozen_view_features(backbone, s: ImageSettings, has_gpu: bool, threads: int):
     """The fold job's feature function, views B x V x size x size x 3 -> B x V' x FEATURES, over
-    the frozen ``backbone``: on TF Lite's CPU kernels (see ``feature_runtime``) or as a compiled
-    Keras graph."""
+    the frozen ``backbone``, and the runtime it uses: TF Lite's CPU kernels or a compiled Keras
+    graph (``feature_runtime``; the TF Lite conversion takes ~5 s of each process)."""
     import tensorflow as tf
 
-    if s.feature_runtime == "tflite" or (s.feature_runtime == "auto" and not has_gpu):
+    runtime = tflite_backbone.resolve_runtime(s.feature_runtime, has_gpu)
+    if runtime == "tflite":
         lite = tflite_backbone.TfliteBackbone(tflite_backbone.convert(backbone, s.image_size), threads)
-        return lambda views: view_features(lite, views, s)
-    return tf.function(lambda views: view_features(lambda x: backbone(x, training=False), views, s), reduce_retracing=True)
+        return (lambda views: view_features(lite, views, s)), runtime
+    return tf.function(lambda views: view_features(lambda x: backbone(x, training=False), views, s), reduce_retracing=True), runtime
 
 
 def extract_features(job: WorkerJob, features, rank: int, size: int) -> tuple[list[str], np.ndarray]:
@@ -414,7 +423,7 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
     rank, size = hvd.rank(), hvd.size()
     s = job.settings
     tf.keras.utils.set_random_seed(s.seed)
-    features = frozen_view_features(backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads)
+    features, feature_runtime = frozen_view_features(backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads)
     guids, feats = extract_features(job, features, rank, size)
     feature_seconds = time.time() - started
     y = np.array([job.labels[g] for g in guids], dtype=np.int64)
@@ -458,6 +467,7 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
         "oof": oof_rows,
         "histories": histories if rank == 0 else {},
         "feature_seconds": feature_seconds,
+        "feature_runtime": feature_runtime,
         "seconds": time.time() - started,
     }
 
@@ -711,7 +721,7 @@ class ImageBundle:
     """A trained image model loaded from its bundle directory: ``predict_proba(images)`` is the
     mean softmax of its heads (K fold heads, or the one final head) in CLASSES order."""
 
-    def __init__(self, directory: str | Path, views: str = "trained", runtime: str = "tflite", threads: int = 0):
+    def __init__(self, directory: str | Path, views: str = "trained", runtime: str = "auto", threads: int = 0):
         """``views``: "trained" predicts over every view the heads were trained with (the TTA the
         measured metrics used); "whole" only over the whole image and its mirror, about 6x less
         backbone work with the default 12 views, for scoring large catalogues on CPUs. The whole
@@ -720,7 +730,8 @@ class ImageBundle:
 
         ``runtime``: "tflite" runs the backbone on TF Lite's CPU kernels (the bundle's
         ``backbone.tflite``, converted here for bundles written before it existed), "keras" as a
-        compiled Keras graph (GPU executors). ``threads`` (TF Lite only): 0 = ``task_threads()``."""
+        compiled Keras graph, "auto" the Keras graph where TensorFlow sees a GPU and TF Lite
+        elsewhere. ``threads`` (TF Lite only): 0 = ``tflite_backbone.task_threads()``."""
         import tensorflow as tf
 
         directory = Path(directory)
@@ -730,8 +741,9 @@ class ImageBundle:
             self.settings = whole_image_settings(self.settings)
         elif views != "trained":
             raise ValueError(f"image views at scoring must be 'trained' or 'whole', not {views!r}")
-        if runtime not in ("tflite", "keras"):
-            raise ValueError(f"image runtime at scoring must be 'tflite' or 'keras', not {runtime!r}")
+        if runtime not in tflite_backbone.RUNTIMES:
+            raise ValueError(f"image runtime at scoring must be one of {', '.join(tflite_backbone.RUNTIMES)}, not {runtime!r}")
+        runtime = tflite_backbone.resolve_runtime(runtime)
         self.version = self.meta["version"]
         self.runtime = runtime
         self.heads = []
@@ -740,8 +752,9 @@ class ImageBundle:
             head.load_weights(str(directory / name))
             self.heads.append(head)
         self._embed = self._load_backbone(directory, runtime, threads)
-        # One graph for every image's views (shapes vary, so the traced graph keeps them free):
-        # run eagerly, the dozen crops, resizes and flips cost more than the CNN on TF Lite.
+        # One compiled graph for every image's views (after a shape or two, tf.function traces
+        # it with free height and width): eagerly, the dozen crops, resizes and flips of an
+        # image cost about as much as its CNN passes on TF Lite.
         self._views = tf.function(lambda image: make_views(image, self.settings), reduce_retracing=True)
         self._tf = tf
 

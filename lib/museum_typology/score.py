@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import bundles, storage
+from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv
 from .config import Settings
@@ -165,7 +165,7 @@ class ScorerSpec:
     text_batch: int = 1024
     image_batch: int = 32
     image_views: str = "trained"  # ImageBundle views: "trained" (all, TTA) or "whole" (whole + mirror)
-    image_runtime: str = "tflite"  # ImageBundle backbone: "tflite" (CPU kernels) or "keras" (GPU executors)
+    image_runtime: str = "auto"  # ImageBundle backbone: "tflite" (CPU kernels), "keras", "auto" (keras where a GPU is)
     image_threads: int = 0  # TF Lite threads per scorer; 0 = the Spark task's cpus
 
     @property
@@ -209,9 +209,11 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3)
     images = settings.section("images")
     # Checked here on the driver: an executor would only find out when it loads the image model.
-    for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", ("tflite", "keras"))):
+    for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", tflite_backbone.RUNTIMES)):
         if settings.get(key) not in allowed:
             raise ScoreError(f"{key} = {settings.get(key)!r}: must be one of {', '.join(allowed)}")
+    if not isinstance(settings.get("score.image_threads"), int) or settings.get("score.image_threads") < 0:
+        raise ScoreError(f"score.image_threads = {settings.get('score.image_threads')!r}: must be a whole number >= 0 (0 = the Spark task's cpus)")
     return ScorerSpec(
         text, image, tuple(sorted(params.to_dict().items())), version, s3,
         int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),

@@ -184,6 +184,7 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
         else {"macro_f1": report.macro_f1(y, pred_whole), "accuracy": float((pred_whole == y).mean()), "per_class": report.per_class_table(y, pred_whole)},
         "per_fold_macro_f1": [report.macro_f1(y[fold == k], pred[fold == k]) for k in range(s.folds)],
         "feature_seconds_per_rank": [round(r["feature_seconds"], 1) for r in results],
+        "feature_runtime": sorted({r["feature_runtime"] for r in results}),
         "seconds": round(time.time() - started, 1),
     }
     head_files = []
@@ -250,7 +251,7 @@ def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str,
                 "version": version,
                 "kind": job.mode,
                 "heads": heads,
-                "settings": image_model.settings_dict(s),
+                "settings": image_model.bundle_settings(s),
                 "backbone": {"variant": s.variant, "imagenet_weights": weights_file.name, "imagenet_weights_sha256": backbone_lib.file_sha256(weights_file), "fine_tuned": job.mode == "final"},
             },
             indent=2,
