@@ -1,4 +1,4 @@
-"""The image backbone as TensorFlow Lite, for scoring on CPUs.
+"""The image backbone as TensorFlow Lite, for its forward passes on CPUs (scoring, fold features).
 
 The same network and weights as the Keras backbone, converted to a float32 TensorFlow Lite
 flatbuffer (once when a bundle is written; by each fold-job process for its frozen features) and
@@ -63,9 +63,9 @@ def convert(model, image_size: int) -> bytes:
 
 
 def task_threads() -> int:
-    """CPU threads for one scorer: the Spark task's ``spark.task.cpus`` inside an executor task
-    (the executor runs that many tasks' worth of cores side by side, and busy interpreter threads
-    beyond them would only fight each other), else every core of the machine."""
+    """CPU threads for one scorer: inside an executor task, the task's ``spark.task.cpus`` (the
+    executor runs its other tasks on the other cores, and interpreter threads beyond the task's
+    share would only fight them); outside Spark, every core this process may use."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
