@@ -170,7 +170,7 @@ def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path
     bundle = Path(result["bundle"])
     assert bundle.name.endswith("-final") and (bundle / "heads" / "final.weights.h5").is_file()
     assert json.loads((bundle / "model.json").read_text())["backbone"]["fine_tuned"] is True
-    # The bundle's backbone.tflite is the fine-tuned backbone, not the ImageNet one.
+    # The bundle's backbone.tflite scores as its saved (fine-tuned) Keras backbone does.
     _assert_runtimes_agree(bundle)
     assert not (tmp_path / "unused.parquet").exists()
 
