@@ -266,7 +266,7 @@ def make_views(image, s: ImageSettings):
 def view_features(embed, views, s: ImageSettings):
     """B x V x size x size x 3 views -> B x V' x FEATURES: V' = V (``view_mode`` "each") or 1 (the
     mean over the views, "mean"). ``embed`` maps N views to N x FEATURES: the Keras backbone in
-    inference mode, or its TF Lite twin at scoring."""
+    inference mode, or its TF Lite twin (``tflite_backbone.TfliteBackbone``)."""
     import tensorflow as tf
 
     shape = tf.shape(views)
@@ -741,9 +741,7 @@ class ImageBundle:
             self.settings = whole_image_settings(self.settings)
         elif views != "trained":
             raise ValueError(f"image views at scoring must be 'trained' or 'whole', not {views!r}")
-        if runtime not in tflite_backbone.RUNTIMES:
-            raise ValueError(f"image runtime at scoring must be one of {', '.join(tflite_backbone.RUNTIMES)}, not {runtime!r}")
-        runtime = tflite_backbone.resolve_runtime(runtime)
+        runtime = tflite_backbone.resolve_runtime(runtime)  # checks it too
         self.version = self.meta["version"]
         self.runtime = runtime
         self.heads = []
@@ -759,18 +757,21 @@ class ImageBundle:
         self._tf = tf
 
     def _load_backbone(self, directory: Path, runtime: str, threads: int):
+        """The backbone as ``runtime`` ("tflite" or "keras") runs it: views -> features."""
         import tensorflow as tf
 
         size = self.settings.image_size
         tflite_file = directory / tflite_backbone.FILE_NAME
         if runtime == "tflite" and tflite_file.exists():
-            return tflite_backbone.TfliteBackbone(tflite_file.read_bytes(), threads or tflite_backbone.task_threads())
-        backbone = backbone_lib.build_backbone(self.settings.variant)
-        backbone.load_weights(str(directory / "backbone.weights.h5"))
-        if runtime == "tflite":
+            flatbuffer = tflite_file.read_bytes()
+        else:
+            backbone = backbone_lib.build_backbone(self.settings.variant)
+            backbone.load_weights(str(directory / "backbone.weights.h5"))
+            if runtime == "keras":
+                return tf.function(lambda x: backbone(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
             log.warning("%s has no %s (written before it was part of a bundle): converting the backbone here, about 5 s", directory, tflite_backbone.FILE_NAME)
-            return tflite_backbone.TfliteBackbone(tflite_backbone.convert(backbone, size), threads or tflite_backbone.task_threads())
-        return tf.function(lambda x: backbone(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+            flatbuffer = tflite_backbone.convert(backbone, size)
+        return tflite_backbone.TfliteBackbone(flatbuffer, threads or tflite_backbone.task_threads())
 
     def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """N x V' x FEATURES, the views the heads were trained on (see ``view_features``)."""
