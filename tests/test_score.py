@@ -150,6 +150,55 @@ def test_parquet_in_and_out_with_images_from_a_dataset(spark, settings, tmp_path
     assert got.loc[1, "description_hash"] == score.description_hash("монета") and np.isnan(got.loc[0, "text_confidence"])
 
 
+class PartitionLoggingImage(ColourImage):
+    """ColourImage that notes, in a file named after its Spark partition, how many images it scored."""
+
+    def __init__(self, log_dir: str):
+        self.log_dir = log_dir
+
+    def predict_proba(self, images, batch_size=0):
+        from pyspark import TaskContext
+
+        with open(f"{self.log_dir}/{TaskContext.get().partitionId()}", "a") as f:
+            f.write(f"{len(images)}\n")
+        return super().predict_proba(images, batch_size)
+
+
+def test_images_of_one_part_file_spread_over_every_task(spark, settings, tmp_path):
+    """A dataset of one part file used to be scored by one task while the other cores idled."""
+    dataset, seen = tmp_path / "dataset", tmp_path / "seen"
+    dataset.mkdir()
+    seen.mkdir()
+    guids = [f"g{i}" for i in range(8)]
+    pq.write_table(pa.table({"guid": guids, "image": [jpeg((230, 0, 0))] * 8}), dataset / "part-0.parquet")
+    pd.DataFrame({"guid": guids, "description": None, "typology": "x"}).to_parquet(tmp_path / "in.parquet")
+    log_dir = str(seen)
+    result = score.run(spark, settings, str(tmp_path / "in.parquet"), str(tmp_path / "out.csv"), spec(), image_dataset=str(dataset), factory=lambda s: score.Scorer(s, KeywordText(), PartitionLoggingImage(log_dir)))
+    assert list(result["result"]["source"]) == ["image"] * 8
+    per_task = {p.name: sum(map(int, p.read_text().split())) for p in seen.iterdir()}
+    assert spark.sparkContext.defaultParallelism == 2 and per_task == {"0": 4, "1": 4}
+
+
+def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_their_partition(spark):
+    kinds = [score.IMAGE_DATASET] * 12 + [score.IMAGE_FILE] * 3 + [None]
+    refs = ["big"] * 10 + ["small"] * 2 + ["f1", "f2", "f3", None]
+    tasks = pd.DataFrame({"row": range(16), "image_kind": kinds, "image_ref": refs})
+    pid = score.partition_ids(tasks, 4)
+    assert pid.min() >= 0 and pid.max() <= 3
+    in_dataset = pid[:12]
+    assert sorted(np.bincount(in_dataset, minlength=4)) == [3, 3, 3, 3]  # 12 dataset rows, 3 per partition
+    assert len(set(pid[10:12])) == 1  # the small part file is read by one task
+    assert list(pid[12:]) == [12 % 4, 13 % 4, 14 % 4, 15 % 4]  # other rows round-robin
+    # The keys send each row to exactly the partition chosen for it, on more partitions than cores.
+    from pyspark.sql import functions as F
+
+    for n in (2, 8, 16):
+        keys = score.partition_keys(spark, n)
+        frame = spark.createDataFrame(pd.DataFrame({"want": np.repeat(np.arange(n), 3), "key": np.repeat(keys, 3)}), "want long, key long")
+        got = frame.repartition(n, "key").select("want", F.spark_partition_id().alias("got")).toPandas()
+        assert (got["want"] == got["got"]).all(), n
+
+
 def test_the_tuned_cascade_changes_the_decision(spark, settings, bad_rows):
     out = bad_rows / "out.csv"
     score.run(spark, settings, str(bad_rows / "in.csv"), str(out), spec(t_text=1.01, w_text=1.0), images_dir=str(bad_rows / "images"), factory=stand_in)

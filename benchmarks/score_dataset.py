@@ -1,0 +1,106 @@
+"""Score job over `--image-dataset` with one part file: the images spread over every task (now)
+against one task per part file (before), side by side in one Spark session.
+
+    .venv/bin/python benchmarks/score_dataset.py [--models var/models] [--image-rows 96] [--repeats 2]
+
+Image-only rows (the shared images cycled under new guids) are written as one Parquet part file
+with the ingest dataset's `guid` and `image` columns, which is what a small ingest or crawl run
+leaves. "Before" is `score.partition_ids` replaced, on the driver, by the former grouping: every
+row of a part file in one partition. Runs alternate (now, before, now, before, ...) after a
+warm-up that loads the models into every Python worker; the medians are compared. Ratios come
+from one run on a noisy machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from museum_typology import score  # noqa: E402
+from museum_typology.config import load_settings  # noqa: E402
+from museum_typology.log import setup_logging  # noqa: E402
+from museum_typology.session import build_spark  # noqa: E402
+
+
+def one_task_per_part_file(tasks: pd.DataFrame, partitions: int) -> np.ndarray:
+    """The former partitioning: all rows of a dataset part file together, the rest round-robin."""
+    pid = tasks["row"].to_numpy() % partitions
+    in_dataset = (tasks["image_kind"] == score.IMAGE_DATASET).to_numpy()
+    pid[in_dataset] = pd.factorize(tasks.loc[in_dataset, "image_ref"])[0] % partitions
+    return pid
+
+
+def write_dataset(archive: Path, directory: Path, csv_path: Path, n: int) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        blobs = [zf.read(m) for m in zf.namelist() if not m.endswith("/")]
+    guids = [f"d{i:06d}" for i in range(n)]
+    directory.mkdir(parents=True)
+    pq.write_table(pa.table({"guid": guids, "image": [blobs[i % len(blobs)] for i in range(n)]}), directory / "part-00000.parquet")
+    pd.DataFrame({"guid": guids, "description": [""] * n}).to_csv(csv_path, index=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=str(ROOT / "var" / "models"))
+    parser.add_argument("--image-rows", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    setup_logging()
+    settings = load_settings()
+    spec = score.resolve_models(settings, args.models)
+    if spec.image_bundle is None:
+        sys.exit(f"benchmarks/score_dataset.py: needs an image bundle under {args.models} (run `make run` first)")
+    scratch = Path(tempfile.mkdtemp(prefix="score-dataset-bench-"))
+    shipped = score.partition_ids
+    try:
+        write_dataset(Path(settings.get("paths.data")) / settings.get("ingest.images"), scratch / "dataset", scratch / "in.csv", args.image_rows)
+        spark = build_spark(settings, "bench-score-dataset")
+
+        def timed(partitioning, name: str) -> float:
+            score.partition_ids = partitioning
+            started = time.perf_counter()
+            result = score.run(spark, settings, str(scratch / "in.csv"), str(scratch / f"{name}.csv"), spec, image_dataset=str(scratch / "dataset"))
+            seconds = time.perf_counter() - started
+            assert result["sources"] == {"image": args.image_rows}, result["sources"]
+            return seconds
+
+        timed(shipped, "warm")  # every Python worker loads the models (spread over every task)
+        seconds: dict[str, list[float]] = {"now": [], "before": []}
+        for i in range(args.repeats):
+            seconds["now"].append(timed(shipped, f"now{i}"))
+            seconds["before"].append(timed(one_task_per_part_file, f"before{i}"))
+        now, before = statistics.median(seconds["now"]), statistics.median(seconds["before"])
+        results = {
+            "cores": spark.sparkContext.defaultParallelism,
+            "image_rows": args.image_rows,
+            "seconds": {k: [round(x, 1) for x in v] for k, v in seconds.items()},
+            "rows_per_s_now": round(args.image_rows / now, 2),
+            "rows_per_s_before": round(args.image_rows / before, 2),
+            "ratio_now_vs_before": round(before / now, 2),
+        }
+        print(json.dumps(results, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    finally:
+        score.partition_ids = shipped
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
