@@ -372,15 +372,18 @@ def frozen_view_features(backbone, s: ImageSettings, has_gpu: bool, threads: int
     return tf.function(lambda views: view_features(lambda x: backbone(x, training=False), views, s), reduce_retracing=True), runtime
 
 
-def extract_features(job: WorkerJob, features, rank: int, size: int) -> tuple[list[str], np.ndarray]:
+def extract_features(job: WorkerJob, features, rank: int, size: int, threads: int = 1) -> tuple[list[str], np.ndarray]:
     """This rank's labelled images -> (guids, ``features`` of their views, N x V' x FEATURES),
-    streamed in batches; pixels are dropped as soon as their features exist."""
+    streamed in batches; pixels are dropped as soon as their features exist. ``threads``: the
+    process's share of the cores, for making views while the backbone runs (on a GPU worker the
+    input side, not the network, sets the pace: benchmarks/gpu_train.py)."""
     s = job.settings
     n_views = 1 if s.view_mode == "mean" else len(view_specs(s))
     reader, dataset = shard_dataset(job, rank, size, job.labels.keys())
     guids, chunks = [], []
+    views = dataset.map(lambda g, img: (g, make_views(img, s)), num_parallel_calls=threads).batch(images_per_batch(s)).prefetch(1)
     with reader:
-        for guid_batch, view_batch in dataset.map(lambda g, img: (g, make_views(img, s))).batch(images_per_batch(s)):
+        for guid_batch, view_batch in views:
             guids.extend(g.decode() for g in guid_batch.numpy())
             chunks.append(np.asarray(features(view_batch)))
     feats = np.concatenate(chunks) if chunks else np.zeros((0, n_views, backbone_lib.FEATURES), np.float32)
@@ -424,7 +427,7 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
     s = job.settings
     tf.keras.utils.set_random_seed(s.seed)
     features, feature_runtime = frozen_view_features(backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads)
-    guids, feats = extract_features(job, features, rank, size)
+    guids, feats = extract_features(job, features, rank, size, threads)
     feature_seconds = time.time() - started
     y = np.array([job.labels[g] for g in guids], dtype=np.int64)
     fold_of = np.array([job.folds[g] for g in guids], dtype=np.int64)
@@ -583,7 +586,7 @@ def build_final_model(s: ImageSettings, use_mixed_precision: bool):
 
 def final_worker(job: WorkerJob) -> dict[str, Any]:
     started = time.time()
-    hvd, has_gpu, _ = _init_horovod()
+    hvd, has_gpu, threads = _init_horovod()
     import tensorflow as tf
 
     rank, size = hvd.rank(), hvd.size()
@@ -616,7 +619,7 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
     train_ds = (
         dataset.flat_map(repeat_by_class)
         .shuffle(s.shuffle_buffer, seed=s.seed + rank)
-        .map(lambda img, label: (augment(img), label), num_parallel_calls=2)
+        .map(lambda img, label: (augment(img), label), num_parallel_calls=threads)  # the process's cores
         .batch(s.batch_size, drop_remainder=True)
         .prefetch(2)
     )
