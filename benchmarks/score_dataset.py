@@ -36,7 +36,7 @@ from museum_typology.log import setup_logging  # noqa: E402
 from museum_typology.session import build_spark  # noqa: E402
 
 
-def one_task_per_part_file(tasks: pd.DataFrame, partitions: int) -> np.ndarray:
+def one_task_per_part_file(tasks: pd.DataFrame, partitions: int, cores: int | None = None) -> np.ndarray:
     """The former partitioning: all rows of a dataset part file together, the rest round-robin."""
     pid = tasks["row"].to_numpy() % partitions
     in_dataset = (tasks["image_kind"] == score.IMAGE_DATASET).to_numpy()

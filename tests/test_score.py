@@ -189,6 +189,10 @@ def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_t
     assert sorted(np.bincount(in_dataset, minlength=4)) == [3, 3, 3, 3]  # 12 dataset rows, 3 per partition
     assert len(set(pid[10:12])) == 1  # the small part file is read by one task
     assert list(pid[12:]) == [12 % 4, 13 % 4, 14 % 4, 15 % 4]  # other rows round-robin
+    # More partitions than cores (a text-heavy input): dataset rows are cut by the cores only,
+    # so the big part file is read by 2 tasks, not 10.
+    wide = score.partition_ids(tasks, 40, cores=2)
+    assert len(set(wide[:10])) == 2 and len(set(wide[:12])) == 3 and wide.max() < 40
     # The keys send each row to exactly the partition chosen for it, on more partitions than cores.
     from pyspark.sql import functions as F
 

@@ -376,7 +376,8 @@ def extract_features(job: WorkerJob, features, rank: int, size: int, threads: in
     """This rank's labelled images -> (guids, ``features`` of their views, N x V' x FEATURES),
     streamed in batches; pixels are dropped as soon as their features exist. ``threads``: the
     process's share of the cores, for making views while the backbone runs (on a GPU worker the
-    input side, not the network, sets the pace: benchmarks/gpu_train.py)."""
+    input side, not the network, sets the pace: benchmarks/gpu_train.py). tf.data runs them on
+    TensorFlow's inter-op pool, which ``_init_horovod`` keeps to 2 threads on CPU-only workers."""
     s = job.settings
     n_views = 1 if s.view_mode == "mean" else len(view_specs(s))
     reader, dataset = shard_dataset(job, rank, size, job.labels.keys())

@@ -410,21 +410,22 @@ def score_partition(spec: ScorerSpec, factory: ScorerFactory = Scorer.cached):
 # ---------------------------------------------------------------- the job
 
 
-def partition_ids(tasks: pd.DataFrame, partitions: int) -> np.ndarray:
-    """The Spark partition (0 .. partitions-1) of each task row: every partition gets its share
-    of the image rows, which cost far more than text rows (decoding, 12 backbone passes).
+def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None) -> np.ndarray:
+    """The Spark partition (0 .. partitions-1) of each task row, so that each of ``cores`` (the
+    cluster's task slots; default: ``partitions``) gets about its share of the image rows, which
+    cost far more than text rows (decoding, 12 backbone passes).
 
     Rows round-robin by ``row``, except rows whose image is in a dataset part file: they are cut
-    into groups of one part file each, at most a partition's share of the dataset rows per group,
-    and each group, largest first, goes to the partition with the fewest dataset rows so far. A
-    task reads each of its groups' part files once (only the image column, filtered to its
-    guids); a few large part files still spread over every core, where one group per part file
-    left all but a few cores idle."""
+    into groups of one part file each, at most a core's share of the dataset rows per group, and
+    each group, largest first, goes to the partition with the fewest dataset rows so far. The
+    scorer reads a part file's image column (filtered to its guids) once per group and chunk of
+    rows, so cutting finer than the cores would add reads and no speed; a few large part files
+    still spread over every core, where one group per part file left all but a few idle."""
     pid = tasks["row"].to_numpy() % partitions
     in_dataset = (tasks["image_kind"] == IMAGE_DATASET).to_numpy()
     if in_dataset.any():
         parts = tasks.loc[in_dataset, "image_ref"].astype(str)
-        share = -(-int(in_dataset.sum()) // partitions)
+        share = -(-int(in_dataset.sum()) // max(1, min(partitions, cores or partitions)))
         group_of_row, groups = pd.factorize(parts + "#" + (parts.groupby(parts).cumcount() // share).astype(str))
         sizes = np.bincount(group_of_row, minlength=len(groups))
         load, partition_of_group = np.zeros(partitions, np.int64), np.empty(len(groups), np.int64)
@@ -458,7 +459,8 @@ def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition
         return pd.DataFrame(columns=list(RESULT_COLUMNS))
     partitions = max(1, min(len(tasks), max(spark.sparkContext.defaultParallelism, -(-len(tasks) // rows_per_partition))))
     keys = np.asarray(partition_keys(spark, partitions), dtype=np.int64)
-    frame = spark.createDataFrame(tasks.assign(key=keys[partition_ids(tasks, partitions)]), TASK_SCHEMA + ", key long")
+    ids = partition_ids(tasks, partitions, spark.sparkContext.defaultParallelism)
+    frame = spark.createDataFrame(tasks.assign(key=keys[ids]), TASK_SCHEMA + ", key long")
     scored = frame.repartition(partitions, "key").drop("key").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
     result = scored.toPandas().sort_values("row", kind="stable").reset_index(drop=True)
     if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
