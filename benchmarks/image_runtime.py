@@ -67,10 +67,12 @@ def timed(predict, images: list[np.ndarray], repeats: int) -> tuple[float, np.nd
     return len(images) * repeats / (time.perf_counter() - started), proba
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def image_bench_args(doc: str, script: str, rows_flag: str) -> tuple[argparse.Namespace, object, score.ScorerSpec]:
+    """The image benchmarks' command line (--models, ``rows_flag`` (96), --repeats, --json),
+    logging, settings, and the newest bundles' spec; exits when there is no image bundle."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=str(ROOT / "var" / "models"))
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument(rows_flag, type=int, default=96)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -78,7 +80,12 @@ def main() -> int:
     settings = load_settings()
     spec = score.resolve_models(settings, args.models)
     if spec.image_bundle is None:
-        sys.exit(f"benchmarks/image_runtime.py: needs an image bundle under {args.models} (run `make run` first)")
+        sys.exit(f"benchmarks/{script}: needs an image bundle under {args.models} (run `make run` first)")
+    return args, settings, spec
+
+
+def main() -> int:
+    args, settings, spec = image_bench_args(__doc__, "image_runtime.py", "--images")
     directory = bundles.resolve_bundle(spec.image_bundle, score.IMAGE_MARKER, "image", spec.s3)
     images = shared_images(Path(settings.get("paths.data")) / settings.get("ingest.images"), args.images, int(settings.get("images.max_side")))
     results: dict[str, object] = {"cores": os.cpu_count(), "bundle": spec.image_bundle, "images": len(images), "repeats": args.repeats}

@@ -12,7 +12,6 @@ from one run on a noisy machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -24,15 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from image_runtime import image_bench_args  # noqa: E402
 from museum_typology import score  # noqa: E402
-from museum_typology.config import load_settings  # noqa: E402
-from museum_typology.log import setup_logging  # noqa: E402
 from museum_typology.session import build_spark  # noqa: E402
 
 
@@ -54,17 +53,7 @@ def write_dataset(archive: Path, directory: Path, csv_path: Path, n: int) -> Non
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=str(ROOT / "var" / "models"))
-    parser.add_argument("--image-rows", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
-    setup_logging()
-    settings = load_settings()
-    spec = score.resolve_models(settings, args.models)
-    if spec.image_bundle is None:
-        sys.exit(f"benchmarks/score_dataset.py: needs an image bundle under {args.models} (run `make run` first)")
+    args, settings, spec = image_bench_args(__doc__, "score_dataset.py", "--image-rows")
     scratch = Path(tempfile.mkdtemp(prefix="score-dataset-bench-"))
     shipped = score.partition_ids
     try:
