@@ -440,10 +440,10 @@ def partition_keys(spark, partitions: int) -> list[int]:
     """For each partition k, a number that ``repartition(partitions, key)`` sends to partition k.
 
     Hash partitioning sends a row to pmod(murmur3(key), partitions), the function ``F.hash``
-    computes, so the keys are found with one small query. Keys 0..n-1 themselves would not do:
-    their hashes collide, leaving partitions empty (8 keys filled 6 of 8 partitions here, 16 keys
-    10 of 16) and the rest doing twice or three times the work. (repartitionByRange would be
-    exact only while its sample is.)"""
+    computes, so the keys are found with one small query. The keys "0".."n-1" used before did
+    not do: their hashes collide, leaving partitions empty (8 keys filled 6 of 8 partitions here,
+    16 keys 10 of 16) and others doing two or three partitions' work. (repartitionByRange would
+    be exact only while its sample is.)"""
     from pyspark.sql import functions as F
 
     ids = spark.range(64 * partitions).select("id", F.expr(f"pmod(hash(id), {partitions})").alias("k"))
