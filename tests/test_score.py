@@ -188,7 +188,12 @@ def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_t
     in_dataset = pid[:12]
     assert sorted(np.bincount(in_dataset, minlength=4)) == [3, 3, 3, 3]  # 12 dataset rows, 3 per partition
     assert len(set(pid[10:12])) == 1  # the small part file is read by one task
-    assert list(pid[12:]) == [12 % 4, 13 % 4, 14 % 4, 15 % 4]  # other rows round-robin
+    assert list(pid[12:15]) == [0, 1, 2] and pid[15] == 0  # image files and text rows round-robin, each kind on its own
+    # An image on every other row: the images still spread evenly (round-robin over all rows put
+    # every image in partition 0 of 2).
+    alternating = pd.DataFrame({"row": range(8), "image_kind": [score.IMAGE_FILE, None] * 4, "image_ref": ["f", None] * 4})
+    spread = score.partition_ids(alternating, 2)
+    assert np.bincount(spread[::2], minlength=2).tolist() == [2, 2] and np.bincount(spread[1::2], minlength=2).tolist() == [2, 2]
     # More partitions than cores (a text-heavy input): dataset rows are cut by the cores only,
     # so the big part file is read by 2 tasks, not 10.
     wide = score.partition_ids(tasks, 40, cores=2)

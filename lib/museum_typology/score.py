@@ -415,14 +415,19 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
     cluster's task slots; default: ``partitions``) gets about its share of the image rows, which
     cost far more than text rows (decoding, 12 backbone passes).
 
-    Rows round-robin by ``row``, except rows whose image is in a dataset part file: they are cut
-    into groups of one part file each, at most a core's share of the dataset rows per group, and
-    each group, largest first, goes to the partition with the fewest dataset rows so far. The
+    Rows with an image file and rows without an image round-robin, each kind on its own, so that
+    a pattern in the input (an image on every other row) cannot pile the images onto some
+    partitions, as round-robin over all rows did. Rows whose image is in a dataset part file are
+    cut into groups of one part file each, at most a core's share of the dataset rows per group,
+    and each group, largest first, goes to the partition with the fewest dataset rows so far. The
     scorer reads a part file's image column (filtered to its guids) once per group and chunk of
     rows, so cutting finer than the cores would add reads and no speed; a few large part files
     still spread over every core, where one group per part file left all but a few idle."""
-    pid = tasks["row"].to_numpy() % partitions
+    pid = np.empty(len(tasks), np.int64)
     in_dataset = (tasks["image_kind"] == IMAGE_DATASET).to_numpy()
+    other_image = tasks["image_kind"].notna().to_numpy() & ~in_dataset
+    for kind in (other_image, ~(in_dataset | other_image)):
+        pid[kind] = np.arange(int(kind.sum())) % partitions
     if in_dataset.any():
         parts = tasks.loc[in_dataset, "image_ref"].astype(str)
         share = -(-int(in_dataset.sum()) // max(1, min(partitions, cores or partitions)))
