@@ -194,6 +194,9 @@ def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_t
     alternating = pd.DataFrame({"row": range(8), "image_kind": [score.IMAGE_FILE, None] * 4, "image_ref": ["f", None] * 4})
     spread = score.partition_ids(alternating, 2)
     assert np.bincount(spread[::2], minlength=2).tolist() == [2, 2] and np.bincount(spread[1::2], minlength=2).tolist() == [2, 2]
+    # Image files and dataset images in one input (--images and --image-dataset): 3 + 3 on 2 cores.
+    mixed = pd.DataFrame({"row": range(6), "image_kind": [score.IMAGE_FILE] * 3 + [score.IMAGE_DATASET] * 3, "image_ref": ["f1", "f2", "f3", "p", "p", "p"]})
+    assert np.bincount(score.partition_ids(mixed, 2), minlength=2).tolist() == [3, 3]
     # More partitions than cores (a text-heavy input): dataset rows are cut by the cores only,
     # so the big part file is read by 2 tasks, not 10.
     wide = score.partition_ids(tasks, 40, cores=2)

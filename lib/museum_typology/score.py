@@ -419,7 +419,7 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
     a pattern in the input (an image on every other row) cannot pile the images onto some
     partitions, as round-robin over all rows did. Rows whose image is in a dataset part file are
     cut into groups of one part file each, at most a core's share of the dataset rows per group,
-    and each group, largest first, goes to the partition with the fewest dataset rows so far. The
+    and each group, largest first, goes to the partition with the fewest image rows so far. The
     scorer reads a part file's image column (filtered to its guids) once per group and chunk of
     rows, so cutting finer than the cores would add reads and no speed; a few large part files
     still spread over every core, where one group per part file left all but a few idle."""
@@ -433,7 +433,8 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
         share = -(-int(in_dataset.sum()) // max(1, min(partitions, cores or partitions)))
         group_of_row, groups = pd.factorize(parts + "#" + (parts.groupby(parts).cumcount() // share).astype(str))
         sizes = np.bincount(group_of_row, minlength=len(groups))
-        load, partition_of_group = np.zeros(partitions, np.int64), np.empty(len(groups), np.int64)
+        # Start from the image files already placed, so that a mix of both stays even.
+        load, partition_of_group = np.bincount(pid[other_image], minlength=partitions).astype(np.int64), np.empty(len(groups), np.int64)
         for g in np.argsort(-sizes, kind="stable"):
             partition_of_group[g] = int(np.argmin(load))
             load[partition_of_group[g]] += sizes[g]
