@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from museum_typology import backbone  # noqa: E402  (after the path and backend are set)
+from museum_typology import backbone, tflite_backbone  # noqa: E402  (after the path and backend are set; neither imports TensorFlow)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "backbone_reference.npz"
 NUM_CLASSES = 15
@@ -176,7 +176,7 @@ def decode_throughput(image_dir: Path, s: dict, n_images: int, rounds: int = 3) 
         raise SystemExit(f"--images {image_dir}: no image files")
     blobs = [_encode_like_ingest(p, s["max_side"], s["jpeg_quality"]) for p in paths]
     work = (blobs * (n_images // len(blobs) + 1))[:n_images]
-    cores = len(os.sched_getaffinity(0))
+    cores = tflite_backbone.machine_cores()
     result = {"images": len(blobs), "mean_kb": round(sum(map(len, blobs)) / len(blobs) / 1024, 1), "decoded_per_round": n_images, "cores": cores}
     for n in sorted({1, 2, 4, 8, cores}):
         chunks = [work[i :: n * 4] for i in range(n * 4)]

@@ -434,7 +434,8 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
         group_of_row, groups = pd.factorize(parts + "#" + (parts.groupby(parts).cumcount() // share).astype(str))
         sizes = np.bincount(group_of_row, minlength=len(groups))
         # Start from the image files already placed, so that a mix of both stays even.
-        load, partition_of_group = np.bincount(pid[other_image], minlength=partitions).astype(np.int64), np.empty(len(groups), np.int64)
+        load = np.bincount(pid[other_image], minlength=partitions).astype(np.int64)
+        partition_of_group = np.empty(len(groups), np.int64)
         for g in np.argsort(-sizes, kind="stable"):
             partition_of_group[g] = int(np.argmin(load))
             load[partition_of_group[g]] += sizes[g]
