@@ -179,6 +179,63 @@ def test_images_of_one_part_file_spread_over_every_task(spark, settings, tmp_pat
     assert spark.sparkContext.defaultParallelism == 2 and per_task == {"0": 4, "1": 4}
 
 
+def write_row_groups(path, groups) -> None:
+    """One part file, a row group per list of (guid, colour, sha256)."""
+    schema = pa.schema([("guid", pa.string()), ("image", pa.binary()), ("sha256", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for rows in groups:
+            writer.write_table(pa.table({"guid": [g for g, _, _ in rows], "image": [jpeg(c) for _, c, _ in rows], "sha256": [s for _, _, s in rows]}, schema=schema))
+
+
+RED, BLUE = (230, 0, 0), (0, 0, 230)
+
+
+def test_part_image_reader_reads_only_the_row_groups_asked_for(tmp_path):
+    part = str(tmp_path / "part-0.parquet")
+    # guids in no order across row groups; "a" twice (its last row wins, as a guid filter gave)
+    write_row_groups(part, [[("m", RED, "s-m"), ("a", RED, "old")], [("z", BLUE, "s-z"), ("b", BLUE, "")], [("a", BLUE, "new"), ("c", RED, None)]])
+    reader = score.PartImageReader()
+    assert reader.position(part, "z") == (1, 0) and reader.position(part, "a") == (2, 0) and reader.position(part, "nope") is None
+    found = reader.read(part, ["c", "a", "nope"])
+    assert set(found) == {"a", "c"} and reader.row_groups_read == 1  # both in the last row group
+    assert found["a"] == (jpeg(BLUE), "new") and found["c"] == (jpeg(RED), None)
+    assert reader.read(part, ["m"])["m"] == (jpeg(RED), "s-m") and reader.row_groups_read == 2
+    assert reader.read(part, ["m"]) and reader.row_groups_read == 2  # the last row group is kept
+    assert score.read_dataset_images(part, {"b", "z"}, None) == {"b": (jpeg(BLUE), ""), "z": (jpeg(BLUE), "s-z")}
+
+
+def test_scorer_reads_each_row_group_of_images_once_whatever_the_input_order(tmp_path):
+    """Chunks of 4 rows over a part file of 3 row groups, asked for in shuffled order: each row
+    group is read once (reading by guid filter read the whole file per chunk), results in input order."""
+    part = str(tmp_path / "part-0.parquet")
+    colour = {f"g{i}": RED if i % 3 == 0 else BLUE for i in range(12)}
+    write_row_groups(part, [[(g, colour[g], f"s-{g}") for g in list(colour)[k : k + 4]] for k in (0, 4, 8)])
+    guids = [f"g{i}" for i in np.random.default_rng(0).permutation(12)] + ["gone", "g1"]
+    refs = [part] * 13 + [str(tmp_path / "no-such-part.parquet")]
+    tasks = pd.DataFrame({"row": range(14), "guid": guids, "text": "", "image_kind": score.IMAGE_DATASET, "image_ref": refs, "note": ""})
+    scorer = score.Scorer(dataclasses.replace(spec(), image_batch=1), KeywordText(), ColourImage())
+    got = scorer.score_frame(tasks)
+    assert list(got["row"]) == list(range(14)) and list(got["guid"]) == guids
+    assert scorer.dataset_images.row_groups_read == 3
+    expected = [CLASSES[PAINTING] if colour[g] == RED else CLASSES[BOOK] for g in guids[:12]]
+    assert list(got["typology"][:12]) == expected and list(got["image_sha256"][:12]) == [f"s-{g}" for g in guids[:12]]
+    assert list(got["source"][12:]) == ["default", "default"]
+    assert "image missing from" in got["note"][12] and "image unreadable: " in got["note"][13] and "no-such-part" in got["note"][13]
+
+
+def test_scorer_indexes_each_part_file_once_when_the_input_interleaves_many(tmp_path):
+    parts = [str(tmp_path / f"part-{p}.parquet") for p in range(40)]
+    for p, part in enumerate(parts):
+        write_row_groups(part, [[(f"p{p}-{r}", RED if r else BLUE, None)] for r in range(2)])
+    guids = [f"p{p}-{r}" for r in range(2) for p in range(40)]  # part 0, 1, ..., 39, 0, 1, ...
+    tasks = pd.DataFrame({"row": range(80), "guid": guids, "text": "", "image_kind": score.IMAGE_DATASET, "image_ref": [parts[int(g[1:].split("-")[0])] for g in guids], "note": ""})
+    scorer = score.Scorer(dataclasses.replace(spec(), image_batch=2), KeywordText(), ColourImage())
+    scorer.dataset_images.indexed_parts = 8
+    got = scorer.score_frame(tasks)
+    assert list(got["typology"]) == [CLASSES[BOOK]] * 40 + [CLASSES[PAINTING]] * 40
+    assert scorer.dataset_images.parts_indexed <= 2 * 40 and scorer.dataset_images.row_groups_read == 80
+
+
 def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_their_partition(spark):
     kinds = [score.IMAGE_DATASET] * 12 + [score.IMAGE_FILE] * 3 + [None]
     refs = ["big"] * 10 + ["small"] * 2 + ["f1", "f2", "f3", None]

@@ -34,6 +34,7 @@ from .config import Settings
 from .image_source import guid_of
 from .images import decode_image
 from .log import get_logger
+from .petastorm_io import PartImageReader
 from .schema import CLASSES
 from .storage import S3Options
 from .text import normalize
@@ -249,6 +250,7 @@ class Scorer:
         self.version = spec.model_version
         self._text = text_model
         self._image = image_model
+        self.dataset_images = PartImageReader(spec.s3)
 
     @property
     def text(self) -> Any:
@@ -297,7 +299,7 @@ class Scorer:
         for i in range(n):
             if kinds[i] is None:
                 notes[i].append("no image")
-        with_image = [i for i in range(n) if kinds[i] is not None]
+        with_image = self._reading_order(tasks, [i for i in range(n) if kinds[i] is not None])
         # Images are read, decoded and scored a few batches at a time: a whole Arrow batch of
         # decoded scans (2048 x up to 512 x 512 x 3) would hold gigabytes at once.
         chunk = max(1, self.spec.image_batch * 4)
@@ -331,6 +333,23 @@ class Scorer:
             "image_sha256": shas,
         })
 
+    def _reading_order(self, tasks: pd.DataFrame, rows: list[int]) -> list[int]:
+        """``rows`` (those with an image) in the order to read them: the others first, then the
+        dataset rows part file by part file, by position in it, so that the chunks read each
+        Parquet row group of images once (in input order, every chunk read most of them again)."""
+        kinds, refs, guids = tasks["image_kind"].tolist(), tasks["image_ref"].tolist(), tasks["guid"].tolist()
+        by_part: dict[str, list[int]] = defaultdict(list)
+        ordered = []
+        for i in rows:
+            (by_part[refs[i]] if kinds[i] == IMAGE_DATASET else ordered).append(i)
+        for part in sorted(by_part):  # one part at a time: its guid index is read once
+            try:
+                positions = {i: self.dataset_images.position(part, guids[i]) or (-1, -1) for i in by_part[part]}
+            except (OSError, pa.ArrowException):  # recorded per row when its images are read
+                positions = {}
+            ordered.extend(sorted(by_part[part], key=lambda i: positions.get(i, (-1, -1))))
+        return ordered
+
     def _read_images(self, tasks: pd.DataFrame, notes: list[list[str]]) -> tuple[list[np.ndarray | None], list[str | None]]:
         """Read and decode the image of each row (rows that have one; the one decode path):
         pixels and sha256 per row; failures become notes (``notes`` lines up with ``tasks``)."""
@@ -356,7 +375,12 @@ class Scorer:
         # DIR/<guid> file gets here, so rescore sees an unchanged image whichever way it came.
         original_sha: dict[int, str] = {}
         for part, rows in by_part.items():
-            found = read_dataset_images(part, {guids[i] for i in rows}, self.spec.s3)
+            try:
+                found = self.dataset_images.read(part, [guids[i] for i in rows])
+            except (OSError, pa.ArrowException) as exc:  # the part file went or broke after planning
+                for i in rows:
+                    notes[i].append(f"image unreadable: {part}: {exc}")
+                continue
             for i in rows:
                 raws[i], sha = found.get(guids[i], (None, None))
                 if raws[i] is None:
@@ -379,13 +403,8 @@ class Scorer:
 
 def read_dataset_images(part_url: str, guids: set[str], s3: S3Options | None) -> dict[str, tuple[bytes, str | None]]:
     """guid -> (stored image bytes (the codec's JPEG/PNG), sha256 of the original file or None)
-    for the given guids in one part file."""
-    fs, path = storage.filesystem(part_url, s3)
-    names = pq.read_schema(path, filesystem=fs).names
-    columns = ["guid", "image"] + (["sha256"] if "sha256" in names else [])
-    table = pq.read_table(path, columns=columns, filesystem=fs, filters=[("guid", "in", sorted(guids))])
-    shas = table.column("sha256").to_pylist() if "sha256" in names else [None] * table.num_rows
-    return {guid: (image, sha) for guid, image, sha in zip(table.column("guid").to_pylist(), table.column("image").to_pylist(), shas)}
+    for the given guids in one part file (reading only the row groups that hold them)."""
+    return PartImageReader(s3).read(part_url, guids)
 
 
 def description_hash(text: str) -> str:
@@ -419,10 +438,10 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
     a pattern in the input (an image on every other row) cannot pile the images onto some
     partitions, as round-robin over all rows did. Rows whose image is in a dataset part file are
     cut into groups of one part file each, at most a core's share of the dataset rows per group,
-    and each group, largest first, goes to the partition with the fewest image rows so far. The
-    scorer reads a part file's image column (filtered to its guids) once per group and chunk of
-    rows, so cutting finer than the cores would add reads and no speed; a few large part files
-    still spread over every core, where one group per part file left all but a few idle."""
+    and each group, largest first, goes to the partition with the fewest image rows so far. Each
+    task reads the part file's guid column and the image row groups that hold its rows, so
+    cutting finer than the cores would add reads and no speed; a few large part files still
+    spread over every core, where one group per part file left all but a few idle."""
     pid = np.empty(len(tasks), np.int64)
     in_dataset = (tasks["image_kind"] == IMAGE_DATASET).to_numpy()
     other_image = tasks["image_kind"].notna().to_numpy() & ~in_dataset
