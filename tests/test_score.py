@@ -236,6 +236,15 @@ def test_scorer_indexes_each_part_file_once_when_the_input_interleaves_many(tmp_
     assert scorer.dataset_images.parts_indexed <= 2 * 40 and scorer.dataset_images.row_groups_read == 80
 
 
+def test_plan_tasks_gives_dataset_rows_their_place_in_the_dataset():
+    from museum_typology.catalogue import InputRow
+
+    rows = [InputRow(g, "test", "in.csv", i + 1, i + 2, "монета", None) for i, g in enumerate(["c", "a", "x", "b"])]
+    tasks = score.plan_tasks(rows, {"x": "/f/x.jpg"}, {"a": "p1", "b": "p1", "c": "p2"})  # part by part, in row order
+    assert list(tasks["image_pos"]) == [2, 0, -1, 1]
+    assert list(tasks["image_kind"]) == [score.IMAGE_DATASET, score.IMAGE_DATASET, score.IMAGE_FILE, score.IMAGE_DATASET]
+
+
 def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_their_partition(spark):
     kinds = [score.IMAGE_DATASET] * 12 + [score.IMAGE_FILE] * 3 + [None]
     refs = ["big"] * 10 + ["small"] * 2 + ["f1", "f2", "f3", None]
@@ -258,6 +267,14 @@ def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_t
     # so the big part file is read by 2 tasks, not 10.
     wide = score.partition_ids(tasks, 40, cores=2)
     assert len(set(wide[:10])) == 2 and len(set(wide[:12])) == 3 and wide.max() < 40
+    # With the rows' places in the dataset (plan_tasks' image_pos), each task gets neighbouring
+    # rows of the part file, so it reads about its share of the row groups, not all of them.
+    shuffled = pd.DataFrame({"row": range(8), "image_kind": score.IMAGE_DATASET, "image_ref": "big", "image_pos": [5, 0, 7, 2, 6, 1, 3, 4]})
+    halves = score.partition_ids(shuffled, 2)
+    by_pos = halves[np.argsort(shuffled["image_pos"].to_numpy())]
+    assert len(set(by_pos[:4])) == 1 and len(set(by_pos[4:])) == 1 and by_pos[0] != by_pos[4]
+    in_input_order = score.partition_ids(shuffled.drop(columns="image_pos"), 2)
+    assert len(set(in_input_order[[1, 5, 3, 6]])) == 2  # without them, places 0-3 went to both tasks
     # The keys send each row to exactly the partition chosen for it, on more partitions than cores.
     from pyspark.sql import functions as F
 

@@ -125,8 +125,11 @@ def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[s
 
 def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_images: dict[str, str]) -> pd.DataFrame:
     """The rows handed to the executors (TASK_SCHEMA): normalised text, where the image is, and
-    what the driver already knows is wrong (duplicate guid, rejected row). Pure."""
+    what the driver already knows is wrong (duplicate guid, rejected row); for planning only,
+    ``image_pos``: a dataset row's place in the dataset (``dataset_images`` lists the guids
+    part file by part file, in row order, as ``find_dataset_images`` reads them), else -1. Pure."""
     seen: dict[str, int] = {}
+    dataset_order = {guid: k for k, guid in enumerate(dataset_images)}
     records = []
     for index, row in enumerate(rows):
         notes = [row.rejected_reason] if row.rejected_reason else []
@@ -136,15 +139,16 @@ def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_im
             else:
                 seen[row.guid] = row.source_row
         kind = ref = None
+        position = -1
         if row.guid is not None and row.guid in image_files:
             kind, ref = IMAGE_FILE, image_files[row.guid]
         elif row.guid is not None and row.guid in dataset_images:
-            kind, ref = IMAGE_DATASET, dataset_images[row.guid]
+            kind, ref, position = IMAGE_DATASET, dataset_images[row.guid], dataset_order[row.guid]
         text = normalize(row.description)
         if not text:
             notes.append("no description" if not row.description else "description has no words")
-        records.append({"row": index, "guid": row.guid or "", "text": text, "image_kind": kind, "image_ref": ref, "note": "; ".join(notes)})
-    return pd.DataFrame.from_records(records, columns=["row", "guid", "text", "image_kind", "image_ref", "note"])
+        records.append({"row": index, "guid": row.guid or "", "text": text, "image_kind": kind, "image_ref": ref, "note": "; ".join(notes), "image_pos": position})
+    return pd.DataFrame.from_records(records, columns=["row", "guid", "text", "image_kind", "image_ref", "note", "image_pos"])
 
 
 # ---------------------------------------------------------------- models
@@ -437,11 +441,13 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
     Rows with an image file and rows without an image round-robin, each kind on its own, so that
     a pattern in the input (an image on every other row) cannot pile the images onto some
     partitions, as round-robin over all rows did. Rows whose image is in a dataset part file are
-    cut into groups of one part file each, at most a core's share of the dataset rows per group,
-    and each group, largest first, goes to the partition with the fewest image rows so far. Each
-    task reads the part file's guid column and the image row groups that hold its rows, so
-    cutting finer than the cores would add reads and no speed; a few large part files still
-    spread over every core, where one group per part file left all but a few idle."""
+    cut into groups of one part file each, at most a core's share of the dataset rows per group
+    (neighbouring rows of the part file, by ``image_pos`` where the tasks have it), and each
+    group, largest first, goes to the partition with the fewest image rows so far. Each task
+    reads the part file's guid column and the image row groups that hold its rows: cut in input
+    order, every task read nearly every row group of the file; cut by position, about its share
+    of them. Cutting finer than the cores would add reads and no speed; a few large part files
+    still spread over every core, where one group per part file left all but a few idle."""
     pid = np.empty(len(tasks), np.int64)
     in_dataset = (tasks["image_kind"] == IMAGE_DATASET).to_numpy()
     other_image = tasks["image_kind"].notna().to_numpy() & ~in_dataset
@@ -449,8 +455,11 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
         pid[kind] = np.arange(int(kind.sum())) % partitions
     if in_dataset.any():
         parts = tasks.loc[in_dataset, "image_ref"].astype(str)
+        if "image_pos" in tasks:  # cut each part file into runs of neighbouring rows
+            parts = parts.loc[tasks.loc[in_dataset, "image_pos"].sort_values(kind="stable").index]
         share = -(-int(in_dataset.sum()) // max(1, min(partitions, cores or partitions)))
-        group_of_row, groups = pd.factorize(parts + "#" + (parts.groupby(parts).cumcount() // share).astype(str))
+        cut = (parts + "#" + (parts.groupby(parts).cumcount() // share).astype(str)).reindex(tasks.index[in_dataset])
+        group_of_row, groups = pd.factorize(cut)
         sizes = np.bincount(group_of_row, minlength=len(groups))
         # Start from the image files already placed, so that a mix of both stays even.
         load = np.bincount(pid[other_image], minlength=partitions).astype(np.int64)
@@ -486,7 +495,7 @@ def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition
     partitions = max(1, min(len(tasks), max(spark.sparkContext.defaultParallelism, -(-len(tasks) // rows_per_partition))))
     keys = np.asarray(partition_keys(spark, partitions), dtype=np.int64)
     ids = partition_ids(tasks, partitions, spark.sparkContext.defaultParallelism)
-    frame = spark.createDataFrame(tasks.assign(key=keys[ids]), TASK_SCHEMA + ", key long")
+    frame = spark.createDataFrame(tasks.drop(columns="image_pos", errors="ignore").assign(key=keys[ids]), TASK_SCHEMA + ", key long")
     scored = frame.repartition(partitions, "key").drop("key").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
     result = scored.toPandas().sort_values("row", kind="stable").reset_index(drop=True)
     if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
