@@ -130,6 +130,9 @@ class WorkerJob:
     mode: str = "folds"  # or "final"
     epochs: int | None = None  # overrides head_epochs / final_epochs (tests, benchmarks)
     max_steps: int | None = None  # final mode: stop each epoch after this many steps (benchmarks)
+    # Fold mode: the frozen backbone as a TF Lite flatbuffer, converted once on the driver (about
+    # 5 s) for every process that runs it on TF Lite and for the bundle, instead of once in each.
+    backbone_tflite: bytes | None = None
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -358,15 +361,16 @@ def _label_table(labels: Mapping[str, int]):
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
 
 
-def frozen_view_features(backbone, s: ImageSettings, has_gpu: bool, threads: int):
+def frozen_view_features(backbone, s: ImageSettings, has_gpu: bool, threads: int, flatbuffer: bytes | None = None):
     """The fold job's feature function, views B x V x size x size x 3 -> B x V' x FEATURES, over
     the frozen ``backbone``, and the runtime it uses: TF Lite's CPU kernels or a compiled Keras
-    graph (``feature_runtime``; the TF Lite conversion takes ~5 s of each process)."""
+    graph (``feature_runtime``). ``flatbuffer``: ``backbone`` already converted to TF Lite
+    (else it is converted here, ~5 s)."""
     import tensorflow as tf
 
     runtime = tflite_backbone.resolve_runtime(s.feature_runtime, has_gpu)
     if runtime == "tflite":
-        lite = tflite_backbone.TfliteBackbone(tflite_backbone.convert(backbone, s.image_size), threads)
+        lite = tflite_backbone.TfliteBackbone(flatbuffer or tflite_backbone.convert(backbone, s.image_size), threads)
         return (lambda views: view_features(lite, views, s)), runtime
     return tf.function(lambda views: view_features(lambda x: backbone(x, training=False), views, s), reduce_retracing=True), runtime
 
@@ -426,7 +430,7 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
     rank, size = hvd.rank(), hvd.size()
     s = job.settings
     tf.keras.utils.set_random_seed(s.seed)
-    features, feature_runtime = frozen_view_features(backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads)
+    features, feature_runtime = frozen_view_features(backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads, job.backbone_tflite)
     guids, feats = extract_features(job, features, rank, size, threads)
     feature_seconds = time.time() - started
     y = np.array([job.labels[g] for g in guids], dtype=np.int64)

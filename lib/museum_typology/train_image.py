@@ -144,6 +144,7 @@ def run(
         mode="final" if final else "folds",
         epochs=epochs,
         max_steps=max_steps,
+        backbone_tflite=None if final else tflite_backbone.convert(backbone_lib.imagenet_backbone(s.variant), s.image_size),
     )
     log.info("train-image (%s): %d labelled images, %d classes, %d folds, %d processes, checkpoints %s", job.mode, len(guids), len(set(y.tolist())), s.folds, n_proc, checkpoint_url)
     results = run_horovod(spark, image_model.final_worker if final else image_model.fold_worker, job, n_proc, s.start_timeout)
@@ -198,7 +199,7 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
             head.set_weights(loaded[0])
             head.save_weights(str(local / "heads" / f"fold{k}.weights.h5"))
             head_files.append(f"heads/fold{k}.weights.h5")
-        _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone_lib.imagenet_backbone(s.variant))
+        _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone_lib.imagenet_backbone(s.variant), job.backbone_tflite)
         write_report(local / "report", y, pred, metrics, histories, "fold ensemble, out-of-fold")
         bundle_url = _commit_bundle(local, model_dir, version, s3)
     write_oof(oof_url, guids, y, fold, proba, version, s3)
@@ -238,12 +239,13 @@ def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest,
     return {"bundle": bundle_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
 
 
-def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str, digest: str, heads: list[str], metrics: dict[str, Any], backbone) -> None:
+def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str, digest: str, heads: list[str], metrics: dict[str, Any], backbone, flatbuffer: bytes | None = None) -> None:
+    """``flatbuffer``: ``backbone`` already converted to TF Lite (the fold job's frozen one)."""
     s = job.settings
     backbone.save_weights(str(local / "backbone.weights.h5"))
     # The same backbone for CPU scoring (score.image_runtime = "tflite"), converted once here
     # rather than in every executor that loads the bundle.
-    (local / tflite_backbone.FILE_NAME).write_bytes(tflite_backbone.convert(backbone, s.image_size))
+    (local / tflite_backbone.FILE_NAME).write_bytes(flatbuffer or tflite_backbone.convert(backbone, s.image_size))
     weights_file = backbone_lib.weights_path(s.variant)
     (local / "model.json").write_text(
         json.dumps(
