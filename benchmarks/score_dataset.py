@@ -12,9 +12,7 @@ from one run on a noisy machine.
 """
 from __future__ import annotations
 
-import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from image_runtime import image_bench_args  # noqa: E402
+from side_by_side import report_now_vs_before  # noqa: E402
 from museum_typology import score  # noqa: E402
 from museum_typology.session import build_spark  # noqa: E402
 
@@ -73,18 +72,8 @@ def main() -> int:
         for i in range(args.repeats):
             seconds["now"].append(timed(shipped, f"now{i}"))
             seconds["before"].append(timed(one_task_per_part_file, f"before{i}"))
-        now, before = statistics.median(seconds["now"]), statistics.median(seconds["before"])
-        results = {
-            "cores": spark.sparkContext.defaultParallelism,
-            "image_rows": args.image_rows,
-            "seconds": {k: [round(x, 1) for x in v] for k, v in seconds.items()},
-            "rows_per_s_now": round(args.image_rows / now, 2),
-            "rows_per_s_before": round(args.image_rows / before, 2),
-            "ratio_now_vs_before": round(before / now, 2),
-        }
-        print(json.dumps(results, indent=1))
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+        context = {"cores": spark.sparkContext.defaultParallelism, "image_rows": args.image_rows}
+        report_now_vs_before(seconds, args.image_rows, context, args.json)
     finally:
         score.partition_ids = shipped
         shutil.rmtree(scratch, ignore_errors=True)

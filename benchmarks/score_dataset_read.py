@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -28,12 +26,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
+from side_by_side import report_now_vs_before  # noqa: E402
 
 from museum_typology import score  # noqa: E402
 from museum_typology.config import load_settings  # noqa: E402
@@ -113,21 +113,14 @@ def main() -> int:
             for name in ("now", "before"):
                 took, row_groups[name] = timed(name == "before")
                 seconds[name].append(took)
-        now, before = statistics.median(seconds["now"]), statistics.median(seconds["before"])
-        results = {
+        context = {
             "rows": args.rows,
             "row_groups_in_part": pq.ParquetFile(part).num_row_groups,
             "part_mb": round(part.stat().st_size / 2**20, 1),
             "chunk_rows": spec.image_batch * 4,
             "row_groups_read": row_groups,
-            "seconds": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
-            "rows_per_s_now": round(args.rows / now, 1),
-            "rows_per_s_before": round(args.rows / before, 1),
-            "ratio_now_vs_before": round(before / now, 2),
         }
-        print(json.dumps(results, indent=1))
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+        report_now_vs_before(seconds, args.rows, context, args.json)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
