@@ -53,6 +53,9 @@ class FilterReader:
     def position(self, url: str, guid: str) -> None:
         return None  # no index: input order
 
+    def release(self) -> None:
+        pass
+
     def read(self, url: str, guids) -> dict[str, tuple[bytes, str | None]]:
         table = pq.read_table(url, columns=["guid", "image"], filters=[("guid", "in", sorted(set(guids)))])
         self.row_groups_read += pq.ParquetFile(url).num_row_groups

@@ -202,6 +202,15 @@ def test_part_image_reader_reads_only_the_row_groups_asked_for(tmp_path):
     assert reader.read(part, ["m"])["m"] == (jpeg(RED), "s-m") and reader.row_groups_read == 2
     assert reader.read(part, ["m"]) and reader.row_groups_read == 2  # the last row group is kept
     assert score.read_dataset_images(part, {"b", "z"}, None) == {"b": (jpeg(BLUE), ""), "z": (jpeg(BLUE), "s-z")}
+    reader.release()
+    assert reader.read(part, ["m"]) and reader.row_groups_read == 3  # released: read again
+    # The worker outlives the job: a re-run of ingest rewrites the part file under the same name,
+    # its rows elsewhere. The reader notices (every row read is checked) and indexes it afresh.
+    write_row_groups(part, [[("c", BLUE, "c2"), ("z", RED, "z2")], [("m", BLUE, "m2")]])
+    assert reader.read(part, ["m", "c"]) == {"m": (jpeg(BLUE), "m2"), "c": (jpeg(BLUE), "c2")}
+    assert reader.read(part, ["a", "z"]) == {"z": (jpeg(RED), "z2")} and reader.parts_indexed == 2
+    write_row_groups(part, [[("z", BLUE, "z3")]])  # fewer row groups than indexed
+    assert reader.read(part, ["m", "z"]) == {"z": (jpeg(BLUE), "z3")} and reader.parts_indexed == 3
 
 
 def test_scorer_reads_each_row_group_of_images_once_whatever_the_input_order(tmp_path):
@@ -275,6 +284,7 @@ def test_partition_ids_cut_large_part_files_keep_small_ones_whole_and_keys_hit_t
     assert len(set(by_pos[:4])) == 1 and len(set(by_pos[4:])) == 1 and by_pos[0] != by_pos[4]
     in_input_order = score.partition_ids(shuffled.drop(columns="image_pos"), 2)
     assert len(set(in_input_order[[1, 5, 3, 6]])) == 2  # without them, places 0-3 went to both tasks
+    assert list(score.partition_ids(shuffled.set_axis([0, 0, 1, 1, 2, 2, 3, 3]), 2)) == list(halves)  # any index
     # The keys send each row to exactly the partition chosen for it, on more partitions than cores.
     from pyspark.sql import functions as F
 

@@ -228,20 +228,26 @@ class PartImageReader:
     one read, so that requests in ``position`` order read each row group once. Where a guid
     occurs twice in one part file, its last row wins.
 
-    Holds the guid index of the ``indexed_parts`` most recently used part files and one row
-    group of images; no open files. Not thread-safe: one per scorer (per executor process)."""
+    It lives as long as its scorer (an executor's Python worker, across jobs), so a part file may
+    be rewritten under it (a re-run of ingest writes the same names): every row read is checked
+    against the guid asked for, and on a mismatch the part is indexed afresh. Holds the guid index
+    of the ``indexed_parts`` most recently used part files and, until ``release``, one row group
+    of images; no open files. Not thread-safe: one per scorer."""
 
     def __init__(self, s3: S3Options | None = None, indexed_parts: int = 32):
         self.s3 = s3
         self.indexed_parts = indexed_parts
         self._index: OrderedDict[str, tuple[dict[str, tuple[int, int]], bool]] = OrderedDict()
         self._last: tuple[tuple[str, int], pa.Table] | None = None
+        self._filesystems: dict[str, pafs.FileSystem] = {}  # one S3 client per bucket, not per read
         self.row_groups_read = 0  # image row groups read so far (tests and benchmarks count them)
         self.parts_indexed = 0  # guid indexes read so far
 
     def _open(self, url: str) -> pq.ParquetFile:
-        fs, path = storage.filesystem(url, self.s3)
-        return pq.ParquetFile(fs.open_input_file(path))
+        bucket = url.split("/", 3)[2] if storage.is_s3(url) else ""
+        if bucket not in self._filesystems:
+            self._filesystems[bucket] = storage.filesystem(url, self.s3)[0]
+        return pq.ParquetFile(self._filesystems[bucket].open_input_file(storage.filesystem_path(url)))
 
     def _part(self, url: str) -> tuple[dict[str, tuple[int, int]], bool]:
         if url in self._index:
@@ -265,14 +271,33 @@ class PartImageReader:
     def _row_group(self, url: str, group: int, has_sha: bool) -> pa.Table:
         if self._last is None or self._last[0] != (url, group):
             self._last = None  # let the previous row group go before the next one is read
-            table = self._open(url).read_row_group(group, columns=["image"] + (["sha256"] if has_sha else []))
+            table = self._open(url).read_row_group(group, columns=["guid", "image"] + (["sha256"] if has_sha else []))
             self._last = ((url, group), table)
             self.row_groups_read += 1
         return self._last[1]
 
+    def _forget(self, url: str) -> None:
+        self._index.pop(url, None)
+        if self._last is not None and self._last[0][0] == url:
+            self._last = None
+
+    def release(self) -> None:
+        """Let the row group kept go (a task's end: the worker may idle for long)."""
+        self._last = None
+
     def read(self, url: str, guids: Iterable[str]) -> dict[str, tuple[bytes, str | None]]:
         """guid -> (stored image bytes (the codec's JPEG/PNG), sha256 of the original file or
         None) for those of ``guids`` in the part file; absent guids are left out."""
+        guids = list(guids)
+        found = self._read_indexed(url, guids)
+        if found is None:  # the part file changed since it was indexed
+            self._forget(url)
+            found = self._read_indexed(url, guids)
+            if found is None:
+                raise pa.ArrowInvalid(f"{url}: its rows moved while it was being read")
+        return found
+
+    def _read_indexed(self, url: str, guids: list[str]) -> dict[str, tuple[bytes, str | None]] | None:
         positions, has_sha = self._part(url)
         wanted: dict[int, list[tuple[int, str]]] = {}
         for guid in guids:
@@ -281,9 +306,14 @@ class PartImageReader:
                 wanted.setdefault(group, []).append((row, guid))
         found: dict[str, tuple[bytes, str | None]] = {}
         for group in sorted(wanted):
-            table = self._row_group(url, group, has_sha)
-            images = table.column("image")
+            try:
+                table = self._row_group(url, group, has_sha)
+            except (IndexError, pa.ArrowInvalid):  # fewer row groups than indexed
+                return None
+            stored, images = table.column("guid"), table.column("image")
             shas = table.column("sha256") if has_sha else None
             for row, guid in wanted[group]:
+                if row >= table.num_rows or stored[row].as_py() != guid:
+                    return None
                 found[guid] = (images[row].as_py(), shas[row].as_py() if shas is not None else None)
         return found

@@ -322,6 +322,7 @@ class Scorer:
             idx = [rows[k] for k in decoded]
             image_proba[idx] = self.image.predict_proba([pixels[k] for k in decoded], batch_size=self.spec.image_batch)
             has_image[idx] = True
+        self.dataset_images.release()  # the worker outlives the task: do not hold a row group of images
         decision = decide(text_proba, image_proba, has_text, has_image, self.params)
         return pd.DataFrame({
             "row": tasks["row"].to_numpy(),
@@ -349,7 +350,7 @@ class Scorer:
         for part in sorted(by_part):  # one part at a time: its guid index is read once
             try:
                 positions = {i: self.dataset_images.position(part, guids[i]) or (-1, -1) for i in by_part[part]}
-            except (OSError, pa.ArrowException):  # recorded per row when its images are read
+            except (OSError, pa.ArrowException):  # a note on its rows, or the task's failure, when they are read
                 positions = {}
             ordered.extend(sorted(by_part[part], key=lambda i: positions.get(i, (-1, -1))))
         return ordered
@@ -381,7 +382,7 @@ class Scorer:
         for part, rows in by_part.items():
             try:
                 found = self.dataset_images.read(part, [guids[i] for i in rows])
-            except (OSError, pa.ArrowException) as exc:  # the part file went or broke after planning
+            except (FileNotFoundError, pa.ArrowInvalid) as exc:  # the part file went or broke after planning
                 for i in rows:
                     notes[i].append(f"image unreadable: {part}: {exc}")
                 continue
@@ -454,12 +455,14 @@ def partition_ids(tasks: pd.DataFrame, partitions: int, cores: int | None = None
     for kind in (other_image, ~(in_dataset | other_image)):
         pid[kind] = np.arange(int(kind.sum())) % partitions
     if in_dataset.any():
-        parts = tasks.loc[in_dataset, "image_ref"].astype(str)
-        if "image_pos" in tasks:  # cut each part file into runs of neighbouring rows
-            parts = parts.loc[tasks.loc[in_dataset, "image_pos"].sort_values(kind="stable").index]
+        parts = tasks["image_ref"].to_numpy()[in_dataset].astype(str)
+        # Each part file's rows are counted off in file order where known, so that a group holds
+        # neighbouring rows; else in input order.
+        order = np.argsort(tasks["image_pos"].to_numpy()[in_dataset], kind="stable") if "image_pos" in tasks else np.arange(len(parts))
+        rank = np.empty(len(parts), np.int64)
+        rank[order] = pd.Series(parts[order]).groupby(parts[order]).cumcount().to_numpy()
         share = -(-int(in_dataset.sum()) // max(1, min(partitions, cores or partitions)))
-        cut = (parts + "#" + (parts.groupby(parts).cumcount() // share).astype(str)).reindex(tasks.index[in_dataset])
-        group_of_row, groups = pd.factorize(cut)
+        group_of_row, groups = pd.factorize(pd.Series(parts) + "#" + pd.Series(rank // share).astype(str))
         sizes = np.bincount(group_of_row, minlength=len(groups))
         # Start from the image files already placed, so that a mix of both stays even.
         load = np.bincount(pid[other_image], minlength=partitions).astype(np.int64)

@@ -52,17 +52,24 @@ def join(base: str, *parts: str) -> str:
 def filesystem(url: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem that holds ``url``, and the path inside it."""
     if is_s3(url):
-        parsed = urlparse(url)
         s3 = s3 or S3Options()
         kwargs: dict[str, Any] = {"region": s3.region}
         if s3.endpoint_url:
             endpoint = urlparse(s3.endpoint_url)
             kwargs["endpoint_override"] = endpoint.netloc or endpoint.path
             kwargs["scheme"] = endpoint.scheme or "https"
-        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+        return pafs.S3FileSystem(**kwargs), filesystem_path(url)
+    return pafs.LocalFileSystem(), filesystem_path(url)
+
+
+def filesystem_path(url: str) -> str:
+    """The path of ``url`` inside its ``filesystem`` (without making a client)."""
+    if is_s3(url):
+        parsed = urlparse(url)
+        return f"{parsed.netloc}{parsed.path}".rstrip("/")
     if url.startswith("file://"):
         url = urlparse(url).path
-    return pafs.LocalFileSystem(), posixpath.abspath(url)
+    return posixpath.abspath(url)
 
 
 def to_uri(url: str) -> str:
