@@ -211,6 +211,10 @@ def test_part_image_reader_reads_only_the_row_groups_asked_for(tmp_path):
     assert reader.read(part, ["a", "z"]) == {"z": (jpeg(RED), "z2")} and reader.parts_indexed == 2
     write_row_groups(part, [[("z", BLUE, "z3")]])  # fewer row groups than indexed
     assert reader.read(part, ["m", "z"]) == {"z": (jpeg(BLUE), "z3")} and reader.parts_indexed == 3
+    assert reader.read(part, ["absent"]) == {} and reader.parts_indexed == 3  # an index of this batch is trusted
+    reader.release()  # the batch ends; then a row is added where the index has none
+    write_row_groups(part, [[("z", BLUE, "z3"), ("new", RED, "n")]])
+    assert reader.read(part, ["new"]) == {"new": (jpeg(RED), "n")} and reader.parts_indexed == 4
 
 
 def test_scorer_reads_each_row_group_of_images_once_whatever_the_input_order(tmp_path):

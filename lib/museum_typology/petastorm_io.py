@@ -230,14 +230,17 @@ class PartImageReader:
 
     It lives as long as its scorer (an executor's Python worker, across jobs), so a part file may
     be rewritten under it (a re-run of ingest writes the same names): every row read is checked
-    against the guid asked for, and on a mismatch the part is indexed afresh. Holds the guid index
+    against the guid asked for, and on a mismatch, or a guid asked for that an index from before
+    the last ``release`` lacks, the part is indexed afresh. Holds the guid index
     of the ``indexed_parts`` most recently used part files and, until ``release``, one row group
     of images; no open files. Not thread-safe: one per scorer."""
 
     def __init__(self, s3: S3Options | None = None, indexed_parts: int = 32):
         self.s3 = s3
         self.indexed_parts = indexed_parts
-        self._index: OrderedDict[str, tuple[dict[str, tuple[int, int]], bool]] = OrderedDict()
+        # url -> (guid -> (row group, row), has a sha256 column, the generation it was read in)
+        self._index: OrderedDict[str, tuple[dict[str, tuple[int, int]], bool, int]] = OrderedDict()
+        self._generation = 0  # + 1 at each release: indexes from before may be out of date
         self._last: tuple[tuple[str, int], pa.Table] | None = None
         self._filesystems: dict[str, pafs.FileSystem] = {}  # one S3 client per bucket, not per read
         self.row_groups_read = 0  # image row groups read so far (tests and benchmarks count them)
@@ -249,7 +252,7 @@ class PartImageReader:
             self._filesystems[bucket] = storage.filesystem(url, self.s3)[0]
         return pq.ParquetFile(self._filesystems[bucket].open_input_file(storage.filesystem_path(url)))
 
-    def _part(self, url: str) -> tuple[dict[str, tuple[int, int]], bool]:
+    def _part(self, url: str) -> tuple[dict[str, tuple[int, int]], bool, int]:
         if url in self._index:
             self._index.move_to_end(url)
         else:
@@ -258,7 +261,7 @@ class PartImageReader:
             for group in range(parquet.num_row_groups):
                 for row, guid in enumerate(parquet.read_row_group(group, columns=["guid"]).column("guid").to_pylist()):
                     positions[guid] = (group, row)
-            self._index[url] = (positions, "sha256" in parquet.schema_arrow.names)
+            self._index[url] = (positions, "sha256" in parquet.schema_arrow.names, self._generation)
             self.parts_indexed += 1
             while len(self._index) > self.indexed_parts:
                 self._index.popitem(last=False)
@@ -282,15 +285,19 @@ class PartImageReader:
             self._last = None
 
     def release(self) -> None:
-        """Let the row group kept go (a task's end: the worker may idle for long)."""
+        """Let the row group kept go (a batch's end: the worker may idle for long, and the
+        dataset may be rewritten before its next job)."""
         self._last = None
+        self._generation += 1
 
     def read(self, url: str, guids: Iterable[str]) -> dict[str, tuple[bytes, str | None]]:
         """guid -> (stored image bytes (the codec's JPEG/PNG), sha256 of the original file or
         None) for those of ``guids`` in the part file; absent guids are left out."""
         guids = list(guids)
         found = self._read_indexed(url, guids)
-        if found is None:  # the part file changed since it was indexed
+        # A row that is not where the index says, or (with an index from before the last release)
+        # a guid the planner found in the file but the index lacks: the file changed since.
+        if found is None or (self._index[url][2] < self._generation and len(found) < len(set(guids))):
             self._forget(url)
             found = self._read_indexed(url, guids)
             if found is None:
@@ -298,7 +305,7 @@ class PartImageReader:
         return found
 
     def _read_indexed(self, url: str, guids: list[str]) -> dict[str, tuple[bytes, str | None]] | None:
-        positions, has_sha = self._part(url)
+        positions, has_sha, _ = self._part(url)
         wanted: dict[int, list[tuple[int, str]]] = {}
         for guid in guids:
             if guid in positions:
