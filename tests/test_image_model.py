@@ -278,16 +278,21 @@ def test_fold_features_on_tflite_equal_the_keras_graph_and_auto_picks_by_device(
     backbone = backbone_lib.imagenet_backbone("efficientnet-lite0")
     s = {runtime: _image_settings("image.image_size=64", f"image.feature_runtime={runtime}") for runtime in ("tflite", "keras", "auto")}
     views = np.stack([image_model.make_views(image, s["keras"]).numpy() for image in _varied_images(3)])
-    keras_features, keras_runtime = image_model.frozen_view_features(backbone, s["keras"], has_gpu=False, threads=1)
-    lite_features, lite_runtime = image_model.frozen_view_features(backbone, s["tflite"], has_gpu=False, threads=1)
+    keras_features, keras_runtime = image_model.frozen_view_features(lambda: backbone, s["keras"], has_gpu=False, threads=1)
+    lite_features, lite_runtime = image_model.frozen_view_features(lambda: backbone, s["tflite"], has_gpu=False, threads=1)
     assert (keras_runtime, lite_runtime) == ("keras", "tflite")
     keras, lite = np.asarray(keras_features(views)), np.asarray(lite_features(views))
     assert keras.shape == lite.shape == (3, len(image_model.view_specs(s["keras"])), 1280)
     np.testing.assert_allclose(lite, keras, atol=1e-4 * np.abs(keras).max())
     # "auto": TF Lite on a CPU, the Keras graph (a tf.function) on a GPU
-    auto_cpu, runtime = image_model.frozen_view_features(backbone, s["auto"], has_gpu=False, threads=1)
+    auto_cpu, runtime = image_model.frozen_view_features(lambda: backbone, s["auto"], has_gpu=False, threads=1)
     assert runtime == "tflite" and not hasattr(auto_cpu, "get_concrete_function")
-    auto_gpu, runtime = image_model.frozen_view_features(backbone, s["auto"], has_gpu=True, threads=1)
+    # Given the driver's flatbuffer, TF Lite neither builds the Keras model nor converts it.
+    flatbuffer = tflite_backbone.convert(backbone, 64)
+    given, runtime = image_model.frozen_view_features(lambda: pytest.fail("built the Keras backbone"), s["tflite"], has_gpu=False, threads=1, flatbuffer=flatbuffer)
+    assert runtime == "tflite"
+    np.testing.assert_allclose(np.asarray(given(views)), lite, atol=1e-6 * np.abs(keras).max())
+    auto_gpu, runtime = image_model.frozen_view_features(lambda: backbone, s["auto"], has_gpu=True, threads=1)
     assert runtime == "keras" and hasattr(auto_gpu, "get_concrete_function")
     with pytest.raises(ValueError, match="image.feature_runtime must be one of"):
         _image_settings("image.feature_runtime=onnx")

@@ -28,7 +28,7 @@ import json
 import tempfile
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -361,17 +361,19 @@ def _label_table(labels: Mapping[str, int]):
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
 
 
-def frozen_view_features(backbone, s: ImageSettings, has_gpu: bool, threads: int, flatbuffer: bytes | None = None):
+def frozen_view_features(make_backbone: Callable[[], Any], s: ImageSettings, has_gpu: bool, threads: int, flatbuffer: bytes | None = None):
     """The fold job's feature function, views B x V x size x size x 3 -> B x V' x FEATURES, over
-    the frozen ``backbone``, and the runtime it uses: TF Lite's CPU kernels or a compiled Keras
-    graph (``feature_runtime``). ``flatbuffer``: ``backbone`` already converted to TF Lite
-    (else it is converted here, ~5 s)."""
+    the frozen backbone that ``make_backbone()`` builds, and the runtime it uses: TF Lite's CPU
+    kernels or a compiled Keras graph (``feature_runtime``). ``flatbuffer``: that backbone
+    already converted to TF Lite; then TF Lite needs neither the Keras model (about 2 s to build
+    and load) nor a conversion here (about 5 s)."""
     import tensorflow as tf
 
     runtime = tflite_backbone.resolve_runtime(s.feature_runtime, has_gpu)
     if runtime == "tflite":
-        lite = tflite_backbone.TfliteBackbone(flatbuffer or tflite_backbone.convert(backbone, s.image_size), threads)
+        lite = tflite_backbone.TfliteBackbone(flatbuffer or tflite_backbone.convert(make_backbone(), s.image_size), threads)
         return (lambda views: view_features(lite, views, s)), runtime
+    backbone = make_backbone()
     return tf.function(lambda views: view_features(lambda x: backbone(x, training=False), views, s), reduce_retracing=True), runtime
 
 
@@ -430,7 +432,7 @@ def fold_worker(job: WorkerJob) -> dict[str, Any]:
     rank, size = hvd.rank(), hvd.size()
     s = job.settings
     tf.keras.utils.set_random_seed(s.seed)
-    features, feature_runtime = frozen_view_features(backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads, job.backbone_tflite)
+    features, feature_runtime = frozen_view_features(lambda: backbone_lib.imagenet_backbone(s.variant), s, has_gpu, threads, job.backbone_tflite)
     guids, feats = extract_features(job, features, rank, size, threads)
     feature_seconds = time.time() - started
     y = np.array([job.labels[g] for g in guids], dtype=np.int64)

@@ -133,6 +133,7 @@ def run(
     version = bundles.make_version(run_key) + ("-final" if final else "")
     checkpoint_url = storage.join(model_dir, "_checkpoints", ("final-" if final else "folds-") + run_key[:16])
     weights = image_model.balanced_class_weights(y) if s.class_weight == "balanced" else [1.0] * len(CLASSES)
+    frozen = None if final else backbone_lib.imagenet_backbone(s.variant)  # the fold job's backbone, built once here
     job = WorkerJob(
         dataset_url=dataset_url,
         s3=s3,
@@ -144,7 +145,7 @@ def run(
         mode="final" if final else "folds",
         epochs=epochs,
         max_steps=max_steps,
-        backbone_tflite=None if final else tflite_backbone.convert(backbone_lib.imagenet_backbone(s.variant), s.image_size),
+        backbone_tflite=None if frozen is None else tflite_backbone.convert(frozen, s.image_size),
     )
     log.info("train-image (%s): %d labelled images, %d classes, %d folds, %d processes, checkpoints %s", job.mode, len(guids), len(set(y.tolist())), s.folds, n_proc, checkpoint_url)
     results = run_horovod(spark, image_model.final_worker if final else image_model.fold_worker, job, n_proc, s.start_timeout)
@@ -152,13 +153,13 @@ def run(
     if final:
         outcome = _finish_final(results, job, settings, model_dir, version, digest, s3, started)
     else:
-        outcome = _finish_folds(results, job, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started)
+        outcome = _finish_folds(results, job, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started, frozen)
     storage.delete_dir(checkpoint_url, s3)  # the bundle is committed: the run's checkpoints are done
     outcome["results"] = results
     return outcome
 
 
-def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started) -> dict[str, Any]:
+def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started, backbone) -> dict[str, Any]:
     s = job.settings
     rows = [r for result in results for r in result["oof"]]
     by_guid = {r["guid"]: r for r in rows}
@@ -199,7 +200,7 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
             head.set_weights(loaded[0])
             head.save_weights(str(local / "heads" / f"fold{k}.weights.h5"))
             head_files.append(f"heads/fold{k}.weights.h5")
-        _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone_lib.imagenet_backbone(s.variant), job.backbone_tflite)
+        _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone, job.backbone_tflite)
         write_report(local / "report", y, pred, metrics, histories, "fold ensemble, out-of-fold")
         bundle_url = _commit_bundle(local, model_dir, version, s3)
     write_oof(oof_url, guids, y, fold, proba, version, s3)
