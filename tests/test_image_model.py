@@ -195,6 +195,30 @@ def test_stratified_folds_are_balanced_and_order_free():
     assert (rev == fold).all()
 
 
+def test_worker_threads_follow_spark_task_cpus_when_set_else_split_the_machine(spark):
+    assert image_model.worker_threads(16, 2, None) == 8  # no spark.task.cpus: the machine split
+    assert image_model.worker_threads(2, 4, None) == 1
+    assert image_model.worker_threads(64, 1, 8) == 8  # one GPU task of 8 cores on a shared machine
+    assert image_model.worker_threads(4, 1, 8) == 4  # never more than the process may run on
+    assert train_image.configured_task_cpus(spark) is None  # the test session leaves it unset
+
+    class Conf:
+        def __init__(self, values):
+            self.values = values
+
+        def get(self, key, default=None):
+            return self.values.get(key, default)
+
+    class Context:
+        def getConf(self):
+            return Conf({"spark.task.cpus": "8"})
+
+    class Session:
+        sparkContext = Context()
+
+    assert train_image.configured_task_cpus(Session()) == 8
+
+
 def test_cli_train_image_help():
     import subprocess
     import sys

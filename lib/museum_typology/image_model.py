@@ -133,6 +133,9 @@ class WorkerJob:
     # Fold mode: the frozen backbone as a TF Lite flatbuffer, converted once on the driver (about
     # 5 s) for every process that runs it on TF Lite and for the bundle, instead of once in each.
     backbone_tflite: bytes | None = None
+    # spark.task.cpus when the job's Spark conf sets it: the cores Spark reserved for each
+    # Horovod process's task slot. None: the process's machine cores divided among its processes.
+    task_cpus: int | None = None
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -312,15 +315,25 @@ def preprocessing_spec(s: ImageSettings) -> dict[str, Any]:
 # ---------------------------------------------------------------- Horovod setup and reading
 
 
-def _init_horovod():
+def worker_threads(machine_cores: int, local_processes: int, task_cpus: int | None) -> int:
+    """CPU threads for one Horovod process. Processes on one machine share its cores, so none may
+    start a thread per core. With ``spark.task.cpus`` set, Spark reserved that many cores for the
+    process's task slot, and the executor may run other tasks on the rest of the machine, so that
+    is the share (never more than the cores the process can run on); without it, the machine's
+    cores are divided among the Horovod processes on it."""
+    if task_cpus:
+        return max(1, min(int(task_cpus), machine_cores))
+    return max(1, machine_cores // max(1, local_processes))
+
+
+def _init_horovod(task_cpus: int | None = None):
     """Horovod, plus this process's share of the machine: (hvd, has a GPU, CPU threads)."""
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
     hvd.init()
     gpus = tf.config.list_physical_devices("GPU")
-    # Processes on one machine share its cores: don't let each one start a thread per core.
-    threads = max(1, tflite_backbone.machine_cores() // max(1, hvd.local_size()))
+    threads = worker_threads(tflite_backbone.machine_cores(), hvd.local_size(), task_cpus)
     if gpus:
         tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
         tf.config.experimental.set_memory_growth(gpus[hvd.local_rank() % len(gpus)], True)
@@ -426,7 +439,7 @@ def load_head_checkpoint(url: str, fold: int, s3: S3Options | None) -> tuple[lis
 def fold_worker(job: WorkerJob) -> dict[str, Any]:
     """One Horovod process of the fold job. Returns its guids, out-of-fold rows and curves."""
     started = time.time()
-    hvd, has_gpu, threads = _init_horovod()
+    hvd, has_gpu, threads = _init_horovod(job.task_cpus)
     import tensorflow as tf
 
     rank, size = hvd.rank(), hvd.size()
@@ -592,7 +605,7 @@ def build_final_model(s: ImageSettings, use_mixed_precision: bool):
 
 def final_worker(job: WorkerJob) -> dict[str, Any]:
     started = time.time()
-    hvd, has_gpu, threads = _init_horovod()
+    hvd, has_gpu, threads = _init_horovod(job.task_cpus)
     import tensorflow as tf
 
     rank, size = hvd.rank(), hvd.size()

@@ -87,6 +87,13 @@ def row_group_count(dataset_url: str, s3: S3Options | None) -> int:
     return total
 
 
+def configured_task_cpus(spark) -> int | None:
+    """``spark.task.cpus`` if the job's Spark conf sets it (a cluster giving each GPU's task its
+    cores), else None: Spark's default of 1 says nothing about the cores a process may use."""
+    value = spark.sparkContext.getConf().get("spark.task.cpus", None)
+    return int(value) if value else None
+
+
 def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) -> list[dict[str, Any]]:
     import horovod.spark
 
@@ -146,6 +153,7 @@ def run(
         epochs=epochs,
         max_steps=max_steps,
         backbone_tflite=None if frozen is None else tflite_backbone.convert(frozen, s.image_size),
+        task_cpus=configured_task_cpus(spark),
     )
     log.info("train-image (%s): %d labelled images, %d classes, %d folds, %d processes, checkpoints %s", job.mode, len(guids), len(set(y.tolist())), s.folds, n_proc, checkpoint_url)
     results = run_horovod(spark, image_model.final_worker if final else image_model.fold_worker, job, n_proc, s.start_timeout)
