@@ -7,6 +7,7 @@ by value with cloudpickle."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -172,7 +173,7 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     fourth = run(spark, settings, root, "2026-03-04", model=spec("models/text/v9"))
     got = partition(root, "2026-03-04")
     assert list(got["guid"]) == ["a", "b", "c", "f"] and set(got["reason"]) == {"model"}
-    assert set(got["model_version"]) == {"text=v9;image=v2;cascade=conf"}
+    assert set(got["model_version"]) == {"text=v9;image=v2@512px,80000000pixels,50000000bytes;cascade=conf"}
     assert fourth["absent_from_catalogue"] == 1 and fourth["absent_examples"] == ["d"]
     assert len(rescore.current_predictions(str(root / "predictions"))) == 5
 
@@ -186,6 +187,18 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     expected = rescore.current_predictions(predictions)
     assert list(frame["guid"]) == list(expected["guid"]) and list(frame["typology"]) == list(expected["typology"])
     assert [str(d) for d in frame["date"]] == list(expected["date"])
+
+
+def test_an_image_over_the_byte_cap_is_not_rescored_every_night(spark, settings, night1):
+    """Score refuses a file over images.max_bytes unread and records no hash; rescore must not
+    hash the file it refused (the row would look changed, and be re-scored, every night)."""
+    capped = dataclasses.replace(spec(), max_bytes=100)  # both test JPEGs are larger
+    first = run(spark, settings, night1, "2026-03-01", model=capped)
+    got = partition(night1, "2026-03-01").set_index("guid")
+    assert first["rescored"] == 4 and got.loc["c", "source"] == "default" and got["image_sha256"].isna().all()
+    assert "images.max_bytes=100 (not read)" in got.loc["a", "note"]
+    second = run(spark, settings, night1, "2026-03-02", model=capped, factory=must_not_score)
+    assert second["rescored"] == 0 and second["unchanged"] == 4
 
 
 def test_dataset_images_are_compared_by_their_sha256_column(spark, settings, tmp_path):

@@ -117,7 +117,23 @@ def test_every_bad_row_comes_out_once_in_order_with_a_source_and_a_note(spark, s
     assert by[7]["source"] == "image" and by[7]["typology"] == CLASSES[PAINTING] and "no words" in by[7]["note"]
     assert by[8]["source"] == "text" and "empty guid" in by[8]["note"]
     assert summary["rows"] == 9 and sum(summary["sources"].values()) == 9
-    assert {r["model_version"] for r in got} == {"text=v1;image=v2;cascade=conf"}
+    assert {r["model_version"] for r in got} == {"text=v1;image=v2@512px,80000000pixels,50000000bytes;cascade=conf"}
+
+
+def test_model_version_changes_with_the_conf_cascade_and_the_image_limits(settings, tmp_path):
+    """rescore re-scores a row when its model_version changes: editing [cascade] in the conf (no
+    tuned bundle) or an [images] limit must change it; a text-only spec ignores the image limits."""
+    no_tuned = str(tmp_path / "no-cascade-bundle")
+    params, version = score.cascade_params(settings, no_tuned, None)
+    edited, edited_version = score.cascade_params(settings.set(["cascade", "t_text"], 0.5, "test"), no_tuned, None)
+    assert version.startswith("conf-") and edited_version.startswith("conf-") and version != edited_version
+    assert score.cascade_params(settings, no_tuned, None)[1] == version  # the same values, the same version
+    base = spec()
+    smaller = dataclasses.replace(base, max_side=256)
+    assert base.model_version != smaller.model_version != dataclasses.replace(base, max_bytes=10).model_version
+    assert dataclasses.replace(base, image_views="whole").model_version.split(";")[1] == "image=v2+whole@512px,80000000pixels,50000000bytes"
+    text_only = dataclasses.replace(base, image_bundle=None)
+    assert text_only.model_version == dataclasses.replace(text_only, max_side=256).model_version == "text=v1;image=none;cascade=conf"
 
 
 def test_an_image_file_over_the_cap_is_refused_unread(spark, settings, bad_rows):

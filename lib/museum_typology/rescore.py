@@ -211,15 +211,15 @@ class ImageHashes:
     """Where score finds each guid's image (a ``DIR/<guid>`` file first, else a dataset row) and
     the sha256 score will record for it, computed only for the guids asked about."""
 
-    def __init__(self, spark, images_dir: str | None, image_dataset: str | None, s3: S3Options | None):
-        self.spark, self.s3 = spark, s3
+    def __init__(self, spark, images_dir: str | None, image_dataset: str | None, s3: S3Options | None, max_bytes: int):
+        self.spark, self.s3, self.max_bytes = spark, s3, max_bytes
         self.files = find_image_files(images_dir, s3) if images_dir else {}
         self.dataset = find_dataset_images(image_dataset, s3) if image_dataset else {}
 
     def __call__(self, guids: Sequence[str]) -> dict[str, str | None]:
         result: dict[str, str | None] = {guid: None for guid in guids}
         files = {guid: self.files[guid] for guid in guids if guid in self.files}
-        result.update(hash_files(self.spark, files, self.s3))
+        result.update(hash_files(self.spark, files, self.s3, self.max_bytes))
         by_part: dict[str, list[str]] = {}
         for guid in guids:
             if guid not in self.files and guid in self.dataset:
@@ -247,13 +247,16 @@ def dataset_hashes(part_url: str, guids: Sequence[str], s3: S3Options | None) ->
     return {guid: found.get(guid) for guid in guids}
 
 
-def _hash_partition(s3: S3Options | None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def _hash_partition(s3: S3Options | None, max_bytes: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             shas = []
             for url in batch["url"]:
                 try:
-                    shas.append(hashlib.sha256(storage.read_bytes(url, s3)).hexdigest())
+                    # Score refuses a file over images.max_bytes unread and records no hash; so
+                    # does this, or such a row would look changed (and be re-scored) every night.
+                    raw, _ = storage.read_bytes_within(url, max_bytes, s3)
+                    shas.append(None if raw is None else hashlib.sha256(raw).hexdigest())
                 except OSError:  # score notes "image unreadable" and records no hash
                     shas.append(None)
             yield pd.DataFrame({"guid": batch["guid"].to_numpy(), "sha256": shas})
@@ -261,13 +264,14 @@ def _hash_partition(s3: S3Options | None) -> Callable[[Iterator[pd.DataFrame]], 
     return run
 
 
-def hash_files(spark, urls: Mapping[str, str], s3: S3Options | None) -> dict[str, str | None]:
-    """guid -> sha256 of the file's bytes (None when unreadable), read and hashed on the executors."""
+def hash_files(spark, urls: Mapping[str, str], s3: S3Options | None, max_bytes: int) -> dict[str, str | None]:
+    """guid -> sha256 of the file's bytes (None when unreadable or over ``max_bytes``, as score
+    records it), read and hashed on the executors."""
     if not urls:
         return {}
     partitions = max(1, min(len(urls), spark.sparkContext.defaultParallelism * 4))
     frame = spark.createDataFrame(pd.DataFrame({"guid": list(urls), "url": list(urls.values())}), "guid string, url string")
-    hashed = frame.repartition(partitions).mapInPandas(_hash_partition(s3), "guid string, sha256 string").toPandas()
+    hashed = frame.repartition(partitions).mapInPandas(_hash_partition(s3, max_bytes), "guid string, sha256 string").toPandas()
     return dict(zip(hashed["guid"], hashed["sha256"].where(hashed["sha256"].notna(), None)))
 
 
@@ -410,7 +414,7 @@ def run(
     before = [(d, url) for d, url in partitions if d < date]
     state_frame = current_predictions(predictions_url, s3, before=date, columns=STATE_COLUMNS)
     state = {record["guid"]: record for record in state_frame.to_dict("records")}  # string columns: None for null
-    images = ImageHashes(spark, images_dir, image_dataset, s3)
+    images = ImageHashes(spark, images_dir, image_dataset, s3, spec.max_bytes)
     version = spec.model_version
     log.info("rescore %s: %d catalogue rows against %d guids from %d partition(s), model %s", date, len(rows), len(state), len(before), version)
     plan = plan_rescore(rows, state, version, images)

@@ -182,9 +182,12 @@ class ScorerSpec:
         def name(url: str | None) -> str:
             return url.rstrip("/").rsplit("/", 1)[-1] if url else "none"
 
-        # Whole-image scoring gives other probabilities than the trained views: another version,
-        # so rescore re-scores rows when the setting changes.
-        image = name(self.image_bundle) + ("+whole" if self.image_bundle and self.image_views == "whole" else "")
+        # Whatever changes a prediction for the same input changes the version, so that rescore
+        # re-scores rows when it changes: whole-image scoring (other probabilities than the
+        # trained views) and the image limits (another decode, or a refusal).
+        image = name(self.image_bundle)
+        if self.image_bundle:
+            image += ("+whole" if self.image_views == "whole" else "") + f"@{self.max_side}px,{self.max_pixels}pixels,{self.max_bytes}bytes"
         return f"text={name(self.text_bundle)};image={image};cascade={self.cascade_version}"
 
 
@@ -233,7 +236,10 @@ def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None) -
     if bundle is not None:
         values = json.loads(storage.read_bytes(storage.join(bundle, "cascade.json"), s3))
         return CascadeParams.from_dict(values["params"]), bundle.rstrip("/").rsplit("/", 1)[-1]
-    return CascadeParams.from_dict(settings.section("cascade")), "conf"
+    params = CascadeParams.from_dict(settings.section("cascade"))
+    # "conf" plus a digest of the values: editing [cascade] is a new version (rescore re-scores).
+    digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return params, f"conf-{digest}"
 
 
 class Scorer:
