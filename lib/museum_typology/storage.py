@@ -55,11 +55,16 @@ def filesystem(url: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, 
         s3 = s3 or S3Options()
         kwargs: dict[str, Any] = {"region": s3.region}
         if s3.endpoint_url:
-            endpoint = urlparse(s3.endpoint_url)
-            kwargs["endpoint_override"] = endpoint.netloc or endpoint.path
-            kwargs["scheme"] = endpoint.scheme or "https"
+            kwargs["endpoint_override"], kwargs["scheme"] = s3_endpoint(s3.endpoint_url)
         return pafs.S3FileSystem(**kwargs), filesystem_path(url)
     return pafs.LocalFileSystem(), filesystem_path(url)
+
+
+def s3_endpoint(endpoint_url: str) -> tuple[str, str]:
+    """(host[:port], scheme) of an S3 endpoint, "http://minio:9000" or just "minio:9000" (https);
+    urlparse alone reads the latter as scheme "minio" and path "9000"."""
+    endpoint = urlparse(endpoint_url if "://" in endpoint_url else "https://" + endpoint_url)
+    return endpoint.netloc or endpoint.path, endpoint.scheme or "https"
 
 
 def filesystem_path(url: str) -> str:
@@ -78,7 +83,11 @@ def to_uri(url: str) -> str:
         return "s3://" + url.split("://", 1)[1]
     if url.startswith("file://"):
         return url
-    return "file://" + posixpath.abspath(url)
+    path = posixpath.abspath(url)
+    if "#" in path or "?" in path:
+        # petastorm parses this URI with urlparse, which would cut the path at "#" or "?".
+        raise StorageError(f"{url}: a dataset path may not contain '#' or '?' (petastorm reads it as a URL); move or rename it")
+    return "file://" + path
 
 
 def exists(url: str, s3: S3Options | None = None) -> bool:
@@ -164,13 +173,17 @@ def is_committed(url: str, s3: S3Options | None = None) -> bool:
 def atomic_directory(final_url: str, s3: S3Options | None = None) -> Iterator[str]:
     """Yield a temporary directory URL; on a clean exit it replaces ``final_url`` whole.
 
-    A crash leaves ``final_url`` as it was (the old output, or nothing) plus a hidden temporary
-    directory that the next run of the same job cleans up.
+    Locally, a crash leaves ``final_url`` as it was (the old output, or nothing) plus a hidden
+    temporary directory that the next run of the same job cleans up; a crash between the two
+    renames of the commit is undone by the next run. On S3 there is no rename: the commit removes
+    the old ``_SUCCESS`` marker, copies the new objects over the old ones, deletes the old objects
+    the new output lacks and writes the marker last, so a crash during the copy leaves an output
+    without its marker, which readers refuse and the next run replaces.
     """
     fs, final_path = filesystem(final_url, s3)
     parent, name = posixpath.split(final_path.rstrip("/"))
     fs.create_dir(parent, recursive=True)
-    _remove_stale_temporaries(fs, parent, name)
+    _remove_stale_temporaries(fs, parent, name, final_path)
     tmp_name = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_path = posixpath.join(parent, tmp_name)
     tmp_url = join(final_url.rstrip("/").rsplit("/", 1)[0], tmp_name) if is_s3(final_url) else tmp_path
@@ -184,14 +197,20 @@ def atomic_directory(final_url: str, s3: S3Options | None = None) -> Iterator[st
     _commit(fs, tmp_path, final_path, s3_layout=is_s3(final_url))
 
 
-def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str) -> None:
-    prefix = f".{name}.tmp-"
+def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final_path: str) -> None:
+    """Delete what crashed runs left: their temporary directories, and the previous output set
+    aside by a local commit (``.NAME.old-*``), which is first put back if a crash between the
+    commit's two renames left no output."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
     except (OSError, FileNotFoundError):
         return
+    olds = sorted((info.path for info in infos if posixpath.basename(info.path).startswith(f".{name}.old-") and info.type == pafs.FileType.Directory), key=lambda path: -fs.get_file_info(path).mtime_ns)
+    if olds and fs.get_file_info(final_path).type == pafs.FileType.NotFound:
+        fs.move(olds.pop(0), final_path)
     for info in infos:
-        if posixpath.basename(info.path).startswith(prefix) and info.type == pafs.FileType.Directory:
+        base = posixpath.basename(info.path)
+        if info.type == pafs.FileType.Directory and (base.startswith(f".{name}.tmp-") or info.path in olds):
             with contextlib.suppress(Exception):
                 fs.delete_dir(info.path)
 
@@ -201,21 +220,33 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
         with fs.open_output_stream(posixpath.join(tmp_path, SUCCESS_MARKER)):
             pass
         if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
-            old = f"{final_path}.old-{uuid.uuid4().hex[:8]}"
+            parent, name = posixpath.split(final_path.rstrip("/"))
+            old = posixpath.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")  # hidden, found by the next run
             fs.move(final_path, old)
-            fs.move(tmp_path, final_path)
+            try:
+                fs.move(tmp_path, final_path)
+            except BaseException:
+                fs.move(old, final_path)
+                raise
             fs.delete_dir(old)
         else:
             fs.move(tmp_path, final_path)
         return
-    # S3: drop the old marker first so readers never trust a half-replaced output.
-    if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
-        fs.delete_dir(final_path)
-    infos = fs.get_file_info(pafs.FileSelector(tmp_path, recursive=True))
-    for info in infos:
-        if info.type == pafs.FileType.File:
-            fs.copy_file(info.path, final_path + info.path[len(tmp_path):])
-    with fs.open_output_stream(posixpath.join(final_path, SUCCESS_MARKER)):
+    # S3: drop the old marker first so readers never trust a half-replaced output; then copy the
+    # new objects over the old ones (the old output is not deleted before the new one is in
+    # place) and delete the old objects the new output lacks.
+    marker = posixpath.join(final_path, SUCCESS_MARKER)
+    final_exists = fs.get_file_info(final_path).type != pafs.FileType.NotFound
+    if final_exists and fs.get_file_info(marker).type != pafs.FileType.NotFound:
+        fs.delete_file(marker)
+    new_files = {info.path[len(tmp_path):] for info in fs.get_file_info(pafs.FileSelector(tmp_path, recursive=True)) if info.type == pafs.FileType.File}
+    for relative in sorted(new_files):
+        fs.copy_file(tmp_path + relative, final_path + relative)
+    if final_exists:
+        for info in fs.get_file_info(pafs.FileSelector(final_path, recursive=True)):
+            if info.type == pafs.FileType.File and info.path[len(final_path):] not in new_files and info.path != marker:
+                fs.delete_file(info.path)
+    with fs.open_output_stream(marker):
         pass
     fs.delete_dir(tmp_path)
 

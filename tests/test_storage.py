@@ -1,0 +1,136 @@
+"""storage.atomic_directory: the commit locally (rename, rolled back or restored after a crash)
+and on S3 (a moto server: the new objects copied over the old ones, the old ones the new output
+lacks deleted, the marker last); URIs for petastorm; S3 endpoints without a scheme."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from museum_typology import storage
+from museum_typology.storage import S3Options
+
+
+def write(directory: str, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def contents(directory) -> dict[str, str]:
+    found = {}
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, directory)] = open(path, encoding="utf-8").read()
+    return found
+
+
+class Failing:
+    """A pyarrow filesystem whose ``method`` fails on its ``nth`` call (pyarrow's own classes
+    cannot be patched); everything else goes to the real one."""
+
+    def __init__(self, fs, method: str, nth: int):
+        self.fs, self.method, self.nth, self.calls = fs, method, nth, []
+
+    def __getattr__(self, name):
+        real = getattr(self.fs, name)
+        if name != self.method:
+            return real
+
+        def call(*args):
+            self.calls.append(args)
+            if len(self.calls) == self.nth:
+                raise OSError(f"{name} failed")
+            return real(*args)
+
+        return call
+
+
+def failing(monkeypatch, method: str, nth: int) -> Failing:
+    real_filesystem = storage.filesystem
+    wrapper: list[Failing] = []
+
+    def patched(url, s3=None):
+        fs, path = real_filesystem(url, s3)
+        wrapper.append(Failing(fs, method, nth))
+        return wrapper[-1], path
+
+    monkeypatch.setattr(storage, "filesystem", patched)
+    return wrapper
+
+
+def test_local_commit_replaces_the_output_and_a_failed_second_rename_puts_the_old_one_back(tmp_path, monkeypatch):
+    final = str(tmp_path / "out")
+    with storage.atomic_directory(final) as tmp:
+        write(tmp, {"a.txt": "one", "sub/b.txt": "one"})
+    assert contents(final) == {"a.txt": "one", "sub/b.txt": "one", "_SUCCESS": ""}
+
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="move failed"):
+        wrapper = failing(patch, "move", 2)
+        with storage.atomic_directory(final) as tmp:
+            write(tmp, {"a.txt": "two"})
+    assert contents(final) == {"a.txt": "one", "sub/b.txt": "one", "_SUCCESS": ""}  # rolled back
+    assert os.path.basename(wrapper[0].calls[0][1]).startswith(".out.old-")  # set aside hidden, not as out.old-*
+
+
+def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path):
+    """kill -9 after the old output was set aside and before the new one took its place: no
+    output, a hidden .NAME.old-* holding the previous one. The next run puts it back first, so
+    that run failing in turn still leaves the previous output."""
+    final = tmp_path / "out"
+    write(str(tmp_path / ".out.old-1234abcd"), {"a.txt": "previous", "_SUCCESS": ""})
+    write(str(tmp_path / ".out.tmp-deadbeef"), {"a.txt": "half"})
+    with pytest.raises(RuntimeError):
+        with storage.atomic_directory(str(final)):
+            raise RuntimeError("this run fails too")
+    assert contents(final) == {"a.txt": "previous", "_SUCCESS": ""}
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # the stale temporary is gone too
+
+    write(str(tmp_path / ".out.old-00000000"), {"a.txt": "older"})  # with an output in place: just deleted
+    with storage.atomic_directory(str(final)) as tmp:
+        write(tmp, {"a.txt": "new"})
+    assert contents(final) == {"a.txt": "new", "_SUCCESS": ""} and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_s3_commit_copies_over_the_old_output_and_deletes_only_what_the_new_one_lacks(fresh_bucket, moto_endpoint, monkeypatch):
+    client, bucket = fresh_bucket
+    s3 = S3Options(endpoint_url=moto_endpoint)
+    final = f"s3://{bucket}/work/out"
+
+    def keys() -> dict[str, bytes]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="work/")
+        return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")}
+
+    def put(tmp: str, files: dict[str, bytes]) -> None:
+        fs, path = storage.filesystem(tmp, s3)
+        for name, body in files.items():
+            with fs.open_output_stream(f"{path}/{name}") as out:
+                out.write(body)
+
+    with storage.atomic_directory(final, s3) as tmp:
+        put(tmp, {"a.bin": b"one", "gone.bin": b"one"})
+    assert keys() == {"work/out/a.bin": b"one", "work/out/gone.bin": b"one", "work/out/_SUCCESS": b""}
+
+    # A crash during the copy: the old marker is gone first, so readers refuse the mixed prefix.
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="copy_file failed"):
+        failing(patch, "copy_file", 1)  # the commit's first copy fails
+        with storage.atomic_directory(final, s3) as tmp:
+            put(tmp, {"a.bin": b"two", "new.bin": b"two"})
+    # The old marker went first, so readers refuse the prefix; nothing old was deleted before the copy.
+    assert not storage.is_committed(final, s3) and keys()["work/out/a.bin"] == b"one" and keys()["work/out/gone.bin"] == b"one"
+
+    with storage.atomic_directory(final, s3) as tmp:
+        put(tmp, {"a.bin": b"two", "new.bin": b"two"})
+    assert keys() == {"work/out/a.bin": b"two", "work/out/new.bin": b"two", "work/out/_SUCCESS": b""}  # temporaries gone
+
+
+def test_uris_for_petastorm_and_s3_endpoints_without_a_scheme(tmp_path):
+    assert storage.to_uri(str(tmp_path / "a b" / "dataset")) == "file://" + str(tmp_path / "a b" / "dataset")
+    with pytest.raises(storage.StorageError, match="may not contain '#'"):
+        storage.to_uri(str(tmp_path / "run#3" / "dataset"))
+    assert storage.s3_endpoint("minio.local:9000") == ("minio.local:9000", "https")
+    assert storage.s3_endpoint("http://127.0.0.1:9000") == ("127.0.0.1:9000", "http")
+    assert storage.s3_endpoint("https://s3.eu-central-1.amazonaws.com/") == ("s3.eu-central-1.amazonaws.com", "https")
