@@ -5,7 +5,10 @@ the same data and settings are recognisable.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +42,31 @@ def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None 
         return Path(storage.filesystem(bundle_url)[1])
     version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
     local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / kind / version
-    if not (local / marker).is_file():
-        storage.download_directory(bundle_url, str(local), s3)
+    if not (local / DOWNLOADED).is_file():
+        _download(bundle_url, local, s3)
     return local
+
+
+# Written into a cached bundle after its last file: a download cut short (or one from before this
+# marker existed) is never taken for a bundle.
+DOWNLOADED = ".downloaded"
+
+
+def _download(bundle_url: str, local: Path, s3: S3Options | None) -> None:
+    """Download into a temporary sibling and rename it into place, so that neither a download
+    cut short nor two Python workers of one host downloading at once leave a half bundle at
+    ``local``; the first rename wins, a later one drops its copy."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.parent / f".{local.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        storage.download_directory(bundle_url, str(tmp), s3)
+        (tmp / DOWNLOADED).touch()
+        if local.exists() and not (local / DOWNLOADED).is_file():
+            shutil.rmtree(local, ignore_errors=True)  # an incomplete copy from an older version of this code
+        try:
+            os.rename(tmp, local)
+        except OSError:
+            if not (local / DOWNLOADED).is_file():  # not another worker's complete copy: a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,48 @@
+"""bundles.resolve_bundle's local cache of S3 bundles (a moto server): a download cut short is
+never used, and a copy left by older code without the completion marker is downloaded again."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from museum_typology import bundles, storage
+from museum_typology.storage import S3Options
+
+FILES = {"calibration.json": b"{}", "lstm_fold0.npz": b"weights" * 100}
+
+
+def test_an_interrupted_download_is_never_used(fresh_bucket, moto_endpoint, monkeypatch, tmp_path):
+    client, bucket = fresh_bucket
+    s3 = S3Options(endpoint_url=moto_endpoint)
+    for name, body in FILES.items():
+        client.put_object(Bucket=bucket, Key=f"models/text/v1/{name}", Body=body)
+    client.put_object(Bucket=bucket, Key="models/text/latest", Body=b"v1")
+    real = storage.download_directory
+    calls = []
+
+    def cut_short(url, local, s3=None):  # the marker file lands, then the connection drops
+        calls.append(url)
+        os.makedirs(local, exist_ok=True)
+        open(os.path.join(local, "calibration.json"), "wb").write(b"{}")
+        raise OSError("connection reset")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "download_directory", cut_short)
+        with pytest.raises(OSError, match="connection reset"):
+            bundles.resolve_bundle(f"s3://{bucket}/models/text", "calibration.json", "text", s3, str(tmp_path))
+    cache = tmp_path / "museum-typology-bundles" / "text"
+    assert os.listdir(cache) == []  # the half download was removed, nothing at the bundle's place
+
+    monkeypatch.setattr(storage, "download_directory", lambda *a: calls.append(a[0]) or real(*a))
+    local = bundles.resolve_bundle(f"s3://{bucket}/models/text", "calibration.json", "text", s3, str(tmp_path))
+    assert local == cache / "v1" and {p.name: p.read_bytes() for p in local.iterdir() if p.name in FILES} == FILES
+    assert bundles.resolve_bundle(f"s3://{bucket}/models/text/v1", "calibration.json", "text", s3, str(tmp_path)) == local
+    assert len(calls) == 2  # the complete copy is reused
+
+    # A copy from before the completion marker, possibly partial: downloaded again.
+    (local / bundles.DOWNLOADED).unlink()
+    (local / "lstm_fold0.npz").unlink()
+    again = bundles.resolve_bundle(f"s3://{bucket}/models/text", "calibration.json", "text", s3, str(tmp_path))
+    assert len(calls) == 3 and (again / "lstm_fold0.npz").read_bytes() == FILES["lstm_fold0.npz"]
+    assert sorted(os.listdir(cache)) == ["v1"]
