@@ -169,3 +169,46 @@ def test_cli_evaluate_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys)
     assert "Traceback" not in err and err.count("\n") == 1
     assert f"evaluate: error: predictions {pred}: missing column(s) typology" in err
     assert not out.exists()
+
+
+def test_output_directory_holding_something_else_is_refused_untouched(tmp_path, capsys):
+    """evaluate replaces its output directory whole: `--output var` must not wipe a work dir."""
+    truth, pred = tmp_path / "truth.csv", tmp_path / "pred.csv"
+    _truth().to_csv(truth, index=False)
+    _pred().to_csv(pred, index=False)
+    work = tmp_path / "var"
+    (work / "predictions").mkdir(parents=True)
+    (work / "submission.csv").write_text("keep me")
+    assert cli.main(["evaluate", "--truth", str(truth), "--pred", str(pred), "--output", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "not empty and not an output of evaluate" in err and "submission.csv" in err and "Traceback" not in err
+    assert sorted(p.name for p in work.iterdir()) == ["predictions", "submission.csv"]
+    out = tmp_path / "evaluation"
+    for _ in range(2):  # a new directory, then its own earlier output: replaced
+        assert cli.main(["evaluate", "--truth", str(truth), "--pred", str(pred), "--output", str(out)]) == 0
+    assert (out / "metrics.json").exists()
+
+
+def test_rescore_history_is_read_as_each_guids_current_prediction(tmp_path):
+    """Pointed at rescore's predictions/ (one partition per night), evaluate scores each guid's
+    newest committed prediction, not every night's row (nor an uncommitted night)."""
+    from museum_typology import rescore
+
+    history = tmp_path / "predictions"
+
+    def night(date: str, rows: list[tuple[str, str]], committed: bool = True) -> None:
+        part = history / f"date={date}"
+        part.mkdir(parents=True)
+        frame = pd.DataFrame({name: [None] * len(rows) for name in rescore.PARTITION_COLUMNS})
+        frame["guid"], frame["typology"] = [g for g, _ in rows], [t for _, t in rows]
+        frame["source"], frame["confidence"] = "text", 0.9
+        frame.astype({"guid": object}).to_parquet(part / rescore.PART_FILE)
+        if committed:
+            (part / "_SUCCESS").write_text("")
+
+    night("2026-03-01", [("g1", B), ("g2", A)])
+    night("2026-03-02", [("g1", A)])
+    night("2026-03-03", [("g2", C)], committed=False)
+    frame = read_table(str(history), ["guid", "typology"], "predictions")
+    assert sorted(zip(frame["guid"], frame["typology"])) == [("g1", A), ("g2", A)]
+    assert set(frame["source"]) == {"text"} and list(frame["confidence"]) == ["0.9", "0.9"]

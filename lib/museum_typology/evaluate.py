@@ -49,6 +49,15 @@ class EvaluateError(CsvError):
 # --- reading (I/O at the edge) -------------------------------------------------------------------
 
 
+def _is_rescore_history(url: str, s3: S3Options | None) -> bool:
+    import pyarrow.fs as pafs
+
+    from .rescore import PARTITION_RE
+
+    fs, path = storage.filesystem(url, s3)
+    return any(PARTITION_RE.fullmatch(info.path.rstrip("/").rsplit("/", 1)[-1]) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)) if info.type == pafs.FileType.Directory)
+
+
 def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | None = None) -> pd.DataFrame:
     """A CSV (by extension ``.csv``) or Parquet (``.parquet``/``.pq``, or a directory of Parquet
     parts) file as a DataFrame of strings; the required columns must be there. ``what`` names the
@@ -64,6 +73,14 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
             frame = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
             raise EvaluateError(f"{what} {url}: not a readable CSV ({' '.join(str(exc).split())})") from None
+    elif storage.is_dir(url, s3) and _is_rescore_history(url, s3):
+        from .rescore import current_predictions
+
+        # rescore's predictions/ holds one partition per night, each with only that night's
+        # rows: the current prediction of a guid is its newest committed row, not all of them.
+        frame = current_predictions(url, s3).drop(columns="date").astype(object)
+        frame = frame.where(frame.notna(), "").astype(str)
+        log.info("%s %s: rescore's date partitions, read as each guid's current prediction (%d guids)", what, url, len(frame))
     elif lower.endswith((".parquet", ".pq")) or storage.is_dir(url, s3):
         import pyarrow.parquet as pq
 
@@ -293,6 +310,7 @@ def run(settings: Settings, truth_url: str, pred_url: str, output_url: str) -> d
     confusion.png and report.md into ``output_url`` (replaced whole, atomically).
     Returns {"output", "files": {name: url}, "metrics"}."""
     s3 = S3Options.from_settings(settings.section("s3"))
+    storage.check_replaceable(output_url, ("metrics.json",), "evaluate", s3)
     truth = read_table(truth_url, TRUTH_COLUMNS, "truth", s3)
     pred = read_table(pred_url, PRED_COLUMNS, "predictions", s3)
     alignment = align(truth, pred, f"truth {truth_url}", f"predictions {pred_url}")

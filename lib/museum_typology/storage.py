@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -167,6 +167,21 @@ def delete_dir(url: str, s3: S3Options | None = None) -> None:
 def is_committed(url: str, s3: S3Options | None = None) -> bool:
     """True when ``url`` is an output directory that a job finished writing."""
     return exists(join(url, SUCCESS_MARKER), s3)
+
+
+def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Options | None = None) -> None:
+    """Refuse an output directory that a commit would replace whole when it holds something else
+    (``--output var`` must not wipe a work directory): it may be absent, empty, or hold one of the
+    ``signature`` files this job writes. Call it before the job's long work."""
+    fs, path = filesystem(url, s3)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise StorageError(f"{url}: exists and is not a directory; {job} writes a directory there")
+    names = {posixpath.basename(info.path) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False))}
+    if names and not names & set(signature):
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise StorageError(f"{url}: not empty and not an output of {job} (it holds {shown}; {job} writes {' or '.join(signature)}); {job} replaces its output directory whole, so give a new or empty one")
 
 
 @contextlib.contextmanager
