@@ -256,7 +256,7 @@ def test_catalogue_directory_of_csv_and_parquet(tmp_path):
         rescore.read_catalogue(str(tmp_path / "empty"))
 
 
-def test_clear_errors(spark, settings, night1, capsys):
+def test_clear_errors(spark, settings, night1, capsys, monkeypatch):
     root = night1
     with pytest.raises(storage.StorageError, match="nowhere.csv: no such file or directory \\(--catalogue\\)"):
         rescore.run(spark, settings, str(root / "nowhere.csv"), str(root / "predictions"), spec(), date="2026-03-01")
@@ -281,3 +281,11 @@ def test_clear_errors(spark, settings, night1, capsys):
     assert "--date must be a date" in capsys.readouterr().err
     assert cli.main([*base, "--catalogue", str(root / "catalogue.csv")]) == 2
     assert "no text or image model bundle" in capsys.readouterr().err
+    # A missing --image-dataset: one line before Spark starts (it was pyarrow's traceback, after).
+    monkeypatch.setattr(cli, "_spark", lambda *a: pytest.fail("Spark started before the arguments were checked"))
+    for job in (["rescore", "--catalogue", str(root / "catalogue.csv"), "--predictions", str(root / "predictions")], ["score", "--input", str(root / "catalogue.csv"), "--output", str(root / "out.csv")]):
+        assert cli.main([*job, "--image-dataset", str(root / "no-dataset")]) == 2
+        err = capsys.readouterr().err
+        assert "no-dataset: --image-dataset must be a dataset directory" in err and "Traceback" not in err
+    with pytest.raises(storage.StorageError, match="--image-dataset must be a dataset directory"):
+        rescore.run(spark, settings, str(root / "catalogue.csv"), str(root / "predictions"), spec(), date="2026-03-06", image_dataset=str(root / "no-dataset"))

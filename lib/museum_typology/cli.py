@@ -180,6 +180,7 @@ def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import score
 
+    score.check_image_sources(args.images, args.image_dataset, storage.S3Options.from_settings(settings.section("s3")))  # before Spark starts
     spec = _scorer_spec(args, settings)
     spark = _spark(settings, args, "score")
     result = score.run(spark, settings, args.input, args.output, spec, images_dir=args.images, image_dataset=args.image_dataset)
@@ -219,12 +220,13 @@ def _score_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_rescore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Nightly incremental scoring: only new or changed catalogue rows, into predictions/date=DAY/."""
-    from . import rescore
+    from . import rescore, score
 
     work_dir = settings.get("paths.work_dir")
     predictions = args.predictions or storage.join(work_dir, "predictions")
     s3 = storage.S3Options.from_settings(settings.section("s3"))
     date = rescore.check_arguments(args.catalogue, predictions, args.date, s3)  # before Spark starts
+    score.check_image_sources(args.images, args.image_dataset, s3)
     spec = _scorer_spec(args, settings)
     spark = _spark(settings, args, "rescore")
     result = rescore.run(spark, settings, args.catalogue, predictions, spec, date=date, images_dir=args.images, image_dataset=args.image_dataset, force=args.force)

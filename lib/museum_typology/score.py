@@ -94,11 +94,18 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
     return rows
 
 
+def check_image_sources(images_dir: str | None, image_dataset: str | None, s3: S3Options | None = None) -> None:
+    """The image options name directories (cheap: no listing); the CLI asks before Spark starts."""
+    if images_dir and not storage.is_dir(images_dir, s3):
+        raise storage.StorageError(f"{images_dir}: --images must be a directory of <guid>[.ext] files")
+    if image_dataset and not storage.is_dir(image_dataset, s3):
+        raise storage.StorageError(f"{image_dataset}: --image-dataset must be a dataset directory written by ingest or crawl (their dataset/)")
+
+
 def find_image_files(images_dir: str, s3: S3Options | None = None) -> dict[str, str]:
     """guid -> URL of ``DIR/<guid>`` or ``DIR/<guid>.<any extension>`` (the content decides the
     format, never the name). With several files for one guid the first in name order is used."""
-    if not storage.is_dir(images_dir, s3):
-        raise storage.StorageError(f"{images_dir}: --images must be a directory of <guid>[.ext] files")
+    check_image_sources(images_dir, None, s3)
     found: dict[str, str] = {}
     for name in sorted(storage.list_files(images_dir, s3, recursive=False)):
         if name.rsplit("/", 1)[-1].startswith("."):
@@ -110,6 +117,7 @@ def find_image_files(images_dir: str, s3: S3Options | None = None) -> dict[str, 
 def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[str, str]:
     """guid -> URL of the part file that holds its image in a petastorm dataset (ingest/crawl
     output). Reads only the guid column of each part, never the images."""
+    check_image_sources(None, dataset_url, s3)
     fs, root = storage.filesystem(dataset_url, s3)
     parts = sorted(info.path for info in fs.get_file_info(pa.fs.FileSelector(root, recursive=True)) if info.path.endswith(".parquet") and "/_" not in info.path[len(root):])
     if not parts:
