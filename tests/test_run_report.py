@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from pathlib import Path
 
@@ -95,6 +96,31 @@ def test_clean_evaluate_and_submission_when_present(tmp_path):
     assert (work / "report" / "evaluate-confusion.png").is_file()
     assert '<a href="../submission.csv">' in page and "submission: rows 2" in text
     assert "no stage timings recorded" in text and "no outputs reported" in text
+
+
+def test_an_earlier_evaluation_of_other_predictions_is_marked_in_a_pipeline_report(tmp_path):
+    """The pipeline does not evaluate; an evaluation left by a manual run of other predictions
+    must not pass for this run's (its own predictions, or a report outside the pipeline: shown)."""
+    work = _work_dir(tmp_path)
+    _write(work / "evaluate" / "metrics.json", json.dumps({"macro_f1": 0.91, "pred": "old/predictions.csv", "rows": 5}))
+    build_run_report(str(work), {}, {"score": {"output": str(work / "predictions" / "test.csv")}})
+    text = _text((work / "report" / "index.html").read_text(encoding="utf-8"))
+    assert "evaluation: macro-F1 0.910 (an earlier run's, not of this run's predictions)" in text
+    assert "from an earlier evaluate run, of old/predictions.csv" in text
+    # Of this run's predictions file, or a report outside the pipeline: shown as it is.
+    predictions = work / "predictions" / "test.csv"
+    _write(predictions, "guid,typology\n")
+    os.utime(predictions, (1_000_000_000, 1_000_000_000))  # written before the evaluation
+    _write(work / "evaluate" / "metrics.json", json.dumps({"macro_f1": 0.91, "pred": str(predictions), "rows": 5}))
+    for outputs in ({"score": {"test": str(predictions)}}, {}):
+        build_run_report(str(work), {}, outputs)
+        text = _text((work / "report" / "index.html").read_text(encoding="utf-8"))
+        assert "evaluation: macro-F1 0.910 " in text + " " and "an earlier run's" not in text and "earlier evaluate run" not in text
+    # The pipeline rewrote that file after the evaluation: stale again.
+    os.utime(predictions, None)
+    os.utime(work / "evaluate" / "metrics.json", (1_000_000_000, 1_000_000_000))
+    build_run_report(str(work), {}, {"score": {"test": str(predictions)}})
+    assert "not of this run's predictions" in _text((work / "report" / "index.html").read_text(encoding="utf-8"))
 
 
 def test_a_broken_piece_says_why_and_the_rest_is_still_written(tmp_path):

@@ -54,12 +54,14 @@ img { max-width: 100%; border: 1px solid #ddd; margin: .3em .3em .3em 0; }
 class Piece:
     """One part of the report as found in the work directory. ``data`` is None when the stage did
     not run (nothing at ``source``); ``error`` says why an existing piece could not be read;
-    ``images`` are PNGs to copy next to the page (report file name -> bytes)."""
+    ``images`` are PNGs to copy next to the page (report file name -> bytes); ``stale`` says why
+    a piece found in the work directory is not this run's."""
 
     source: str
     data: Any = None
     error: str | None = None
     images: dict[str, bytes] = field(default_factory=dict)
+    stale: str | None = None
 
 
 # --- reading the work directory (I/O) ------------------------------------------------------------
@@ -150,10 +152,24 @@ def _evaluate_piece(work_dir: str, outputs: list[tuple[str, str, str]], s3: S3Op
     if named:
         directory = named[0].rsplit("/", 1)[0] if named[0].endswith(".json") else named[0]
     piece = _json_piece(storage.join(directory, "metrics.json"), s3)
+    # The pipeline does not evaluate: an evaluation left in the work directory by an earlier,
+    # manual run may be of other predictions than this run's, and must not pass for this run's.
+    # The same path is not enough: the pipeline rewrites its predictions file at the same place.
+    predicted = {path for stage, _, path in outputs if stage == "score"}
+    if piece.data is not None and not named and predicted:
+        pred = piece.data.get("pred")
+        if pred not in predicted or _modified(storage.join(directory, "metrics.json"), s3) < _modified(pred, s3):
+            piece.stale = f"from an earlier evaluate run, of {pred}, not of this run's predictions"
     confusion = storage.join(directory, "confusion.png")
     if piece.data is not None and storage.exists(confusion, s3):
         piece.images = {"evaluate-confusion.png": storage.read_bytes(confusion, s3)}
     return piece
+
+
+def _modified(url: str, s3: S3Options | None) -> float:
+    fs, path = storage.filesystem(url, s3)
+    mtime = fs.get_file_info(path).mtime
+    return mtime.timestamp() if mtime is not None else 0.0
 
 
 def _predictions_piece(work_dir: str, outputs: list[tuple[str, str, str]], s3: S3Options | None) -> Piece:
@@ -265,7 +281,8 @@ def _piece_html(piece: Piece | None, render: Callable[[Piece], str]) -> str:
         return f'<p class="missing">not run{where}</p>'
     if piece.error is not None:
         return f'<p class="missing">could not be read: {_e(piece.error)}</p>'
-    return f'<p class="source">from {_e(piece.source)}</p>\n' + render(piece)
+    stale = f'<p class="missing">{_e(piece.stale)}</p>\n' if piece.stale else ""
+    return f'<p class="source">from {_e(piece.source)}</p>\n' + stale + render(piece)
 
 
 def _glance(pieces: Mapping[str, Piece], timings: Mapping[str, float]) -> list[tuple[str, Any]]:
@@ -276,9 +293,10 @@ def _glance(pieces: Mapping[str, Piece], timings: Mapping[str, float]) -> list[t
         if piece.error is not None:
             return "could not be read"
         try:
-            return pick(piece.data)
+            value = pick(piece.data)
         except PIECE_ERRORS:
             return "—"
+        return f"{_fmt(value)} (an earlier run's, not of this run's predictions)" if piece.stale else value
 
     return [
         ("ingest: input rows / images stored", get("ingest", lambda d: f"{d['input_rows']} / {d['dataset_rows']}")),
