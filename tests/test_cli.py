@@ -54,3 +54,16 @@ def test_missing_data_dir_names_the_setting(tmp_path):
 def test_unknown_setting_file(tmp_path):
     result = _run("ingest", "--conf", str(tmp_path / "nope.toml"))
     assert result.returncode == 2 and "nope.toml: no such file" in result.stderr
+
+
+def test_data_and_master_are_options_only_of_the_jobs_that_use_them():
+    """An option accepted and then ignored looks like it did something."""
+    from museum_typology import cli
+
+    parser = cli.build_parser()
+    for name, job in cli.JOBS.items():
+        options = {o for action in parser._subparsers._group_actions[0].choices[name]._actions for o in action.option_strings}
+        assert ("--data" in options) == job.reads_data and ("--master" in options) == job.uses_spark, name
+    assert {n for n, j in cli.JOBS.items() if j.uses_spark} == {"ingest", "crawl", "score", "rescore", "train-image", "clean", "pipeline"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--truth", "t.csv", "--pred", "p.csv", "--master", "local[2]"])

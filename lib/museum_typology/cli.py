@@ -24,19 +24,23 @@ log = get_logger("museum_typology")
 USER_ERRORS: tuple[type[BaseException], ...] = (CsvError, ConfigError, storage.StorageError)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, job: Job) -> None:
+    """The options every job has, plus --data and --master for the jobs that use them (an option
+    accepted and then ignored would look like it did something)."""
     parser.add_argument("--conf", metavar="FILE", help="settings file (TOML) over conf/default.toml")
     parser.add_argument(
         "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help="override one setting, e.g. images.max_side=384 (repeatable)"
     )
-    parser.add_argument("--data", metavar="DIR", help="input data directory or s3:// prefix (default: paths.data, $MUSEUM_DATA)")
+    if job.reads_data:
+        parser.add_argument("--data", metavar="DIR", help="input data directory or s3:// prefix (default: paths.data, $MUSEUM_DATA)")
     parser.add_argument("--work-dir", metavar="DIR", help="root of outputs (default: paths.work_dir, $MUSEUM_WORK_DIR)")
-    parser.add_argument("--master", help="Spark master (default: spark.master, or spark-submit's)")
+    if job.uses_spark:
+        parser.add_argument("--master", help="Spark master (default: spark.master, or spark-submit's)")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.conf, args.overrides)
-    if args.data:
+    if getattr(args, "data", None):
         settings = settings.set(["paths", "data"], args.data, "--data")
     if args.work_dir:
         settings = settings.set(["paths", "work_dir"], args.work_dir, "--work-dir")
@@ -381,21 +385,23 @@ class Job:
     help: str
     run: Callable[[argparse.Namespace, Settings], Any]
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    reads_data: bool = False  # reads paths.data: takes --data
+    uses_spark: bool = False  # starts Spark: takes --master
 
 
 # The jobs, in pipeline order. A new job adds one entry here and one file in jobs/.
 JOBS: dict[str, Job] = {
-    "ingest": Job("CSVs + images -> petastorm dataset and manifest", cmd_ingest, _ingest_arguments),
-    "crawl": Job("URL CSV -> fetched images as a petastorm dataset and manifest (resumable)", cmd_crawl, _crawl_arguments),
-    "train-text": Job("cross-validated text model: bundle, out-of-fold probabilities, report", cmd_train_text, _train_text_arguments),
+    "ingest": Job("CSVs + images -> petastorm dataset and manifest", cmd_ingest, _ingest_arguments, reads_data=True, uses_spark=True),
+    "crawl": Job("URL CSV -> fetched images as a petastorm dataset and manifest (resumable)", cmd_crawl, _crawl_arguments, uses_spark=True),
+    "train-text": Job("cross-validated text model: bundle, out-of-fold probabilities, report", cmd_train_text, _train_text_arguments, reads_data=True),
     "tune-cascade": Job("fit the cascade's thresholds and blend weight on out-of-fold predictions", cmd_tune_cascade, _tune_cascade_arguments),
-    "score": Job("the text/image cascade over a CSV or Parquet of rows (Spark)", cmd_score, _score_arguments),
-    "rescore": Job("nightly: score only new or changed catalogue rows into predictions/date=YYYY-MM-DD/ (Spark)", cmd_rescore, _rescore_arguments),
-    "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments),
-    "clean": Job("label noise: keep / relabel / drop per out-of-fold row, cleaned manifest and review page", cmd_clean, _clean_arguments),
+    "score": Job("the text/image cascade over a CSV or Parquet of rows (Spark)", cmd_score, _score_arguments, uses_spark=True),
+    "rescore": Job("nightly: score only new or changed catalogue rows into predictions/date=YYYY-MM-DD/ (Spark)", cmd_rescore, _rescore_arguments, uses_spark=True),
+    "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments, uses_spark=True),
+    "clean": Job("label noise: keep / relabel / drop per out-of-fold row, cleaned manifest and review page", cmd_clean, _clean_arguments, reads_data=True, uses_spark=True),
     "evaluate": Job("predictions against known labels: macro-F1, per-class table, confusion matrix, by source", cmd_evaluate, _evaluate_arguments),
-    "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline),
-    "show-conf": Job("print the resolved settings as JSON", cmd_show_conf),
+    "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline, reads_data=True, uses_spark=True),
+    "show-conf": Job("print the resolved settings as JSON", cmd_show_conf, reads_data=True),
 }
 
 
@@ -405,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, job in JOBS.items():
         job_parser = sub.add_parser(name, help=job.help, description=job.help)
-        _common(job_parser)
+        _common(job_parser, job)
         job.add_arguments(job_parser)
     return parser
 
