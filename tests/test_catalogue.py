@@ -74,8 +74,26 @@ def test_quoted_newlines_stay_one_row_with_right_lines() -> None:
 
 
 def test_blank_lines_are_skipped_but_counted_for_lines() -> None:
-    rows = parse(HEADER + f"\na1,x,{LABEL}\n\n   \n,,\na2,y,{LABEL}\n\n")
+    rows = parse(HEADER + f"\na1,x,{LABEL}\n\n   \n\t\r\na2,y,{LABEL}\n\n")
     assert [(r.guid, r.source_row, r.source_line) for r in rows] == [("a1", 1, 3), ("a2", 2, 7)]
+
+
+@pytest.mark.parametrize("record", [",,", " , , "])
+def test_a_record_of_empty_fields_is_a_rejected_row_not_a_blank_line(record: str) -> None:
+    # It is a row (with separators), so it must reach the manifest and keep the numbering.
+    rows = parse(HEADER + f"a1,x,{LABEL}\n{record}\na2,y,{LABEL}\n")
+    assert [(r.guid, r.source_row, r.source_line) for r in rows] == [("a1", 1, 2), (None, 2, 3), ("a2", 3, 4)]
+    assert rows[1].rejected_reason == "train.csv row 2 (line 3): empty guid"
+    assert rows[0].rejected_reason is None and rows[2].rejected_reason is None
+
+
+def test_description_over_the_csv_module_field_limit_is_read() -> None:
+    # Python's csv refuses fields over 131072 characters by default: one such description
+    # used to make the whole file a CsvError.
+    long = "Ваза. " * 40_000  # 240000 characters
+    rows = parse(HEADER + f'a1,"{long}",{LABEL}\na2,{long},{LABEL}\na3,short,{LABEL}\n')
+    assert [(r.guid, r.rejected_reason, r.source_line) for r in rows] == [("a1", None, 2), ("a2", None, 3), ("a3", None, 4)]
+    assert rows[0].description == rows[1].description == long.strip()
 
 
 def test_empty_file_is_an_error() -> None:
@@ -141,8 +159,12 @@ def test_unlabelled_file_keeps_typology_none() -> None:
 
 
 def test_unlabelled_file_may_lack_the_typology_column() -> None:
-    rows = parse_catalogue_csv("guid,description\nt1,x\n", "test.csv", "test", required=("guid",), labelled=False)
+    # The columns required by default follow ``labelled``; ingest passes the same ones
+    # (tests/test_ingest.py checks that path).
+    rows = parse_catalogue_csv("guid,description\nt1,x\n", "test.csv", "test", labelled=False)
     assert (rows[0].guid, rows[0].typology, rows[0].rejected_reason) == ("t1", None, None)
+    with pytest.raises(CsvError, match=r"test\.csv: missing column\(s\) description"):
+        parse_catalogue_csv("guid,typology\nt1,\n", "test.csv", "test", labelled=False)
 
 
 def test_duplicate_guid_within_a_file_rejects_the_later_row() -> None:

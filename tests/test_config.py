@@ -1,6 +1,9 @@
 """Settings layering: defaults <- environment <- --conf file <- --set overrides."""
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from museum_typology.config import ConfigError, load_settings, parse_override
@@ -51,3 +54,78 @@ def test_errors_name_the_problem(tmp_path):
         load_settings(bad, environ={})
     with pytest.raises(ConfigError, match="'images.nope' is not defined"):
         load_settings(environ={}).get("images.nope")
+
+
+@pytest.mark.parametrize(
+    ("assignment", "value"),
+    [
+        # Booleans: a bare False must not become the (truthy) string 'False'.
+        ("crawl.labelled=False", False),
+        ("crawl.labelled=FALSE", False),
+        ("text.use_navec=no", False),
+        ("crawl.robots_txt=0", False),
+        ("crawl.robots_txt=Yes", True),
+        ("crawl.labelled=true", True),
+        ("crawl.labelled=1", True),
+        # Strings keep the text as written: a number or a date stays a string.
+        ("ingest.train_csv=2021", "2021"),
+        ("paths.work_dir=2024-05-01", "2024-05-01"),
+        ("ingest.train_csv='2021.csv'", "2021.csv"),
+        ("images.codec=nan", "nan"),
+        ('spark.conf."spark.sql.shuffle.partitions"=2', "2"),  # Spark conf values are strings
+        # Numbers: a float setting takes an int; an int default takes a float too, because
+        # float knobs are written as whole numbers in the defaults (crawl.host_rate = 0).
+        ("text.learning_rate=1", 1.0),
+        ("crawl.host_rate=0.5", 0.5),
+        ("images.max_side=1_024", 1024),
+        # Arrays and tables as TOML.
+        ("clean.overall_k=[3, 4]", [3, 4]),
+        ('spark.conf={"spark.driver.memory" = "1g"}', {"spark.driver.memory": "1g"}),
+        # A key the defaults don't have: a TOML literal, or the text; a date is kept as text.
+        ("x.when=2024-05-01", "2024-05-01"),
+        ("x.n=7", 7),
+    ],
+)
+def test_override_values_take_the_type_of_the_default(assignment, value):
+    keys, parsed = parse_override(assignment)
+    assert parsed == value and type(parsed) is type(value)
+    settings = load_settings(overrides=[assignment], environ={})
+    node = settings.values
+    for key in keys:  # not Settings.get: a quoted key holds dots
+        node = node[key]
+    assert node == value or (isinstance(value, dict) and node.items() >= value.items())  # tables merge
+    json.dumps(settings.values)  # what every job writes to conf.json at its end
+
+
+def test_bool_override_reaches_the_settings_as_a_bool():
+    assert load_settings(overrides=["crawl.labelled=False"], environ={}).get("crawl.labelled") is False
+
+
+@pytest.mark.parametrize(
+    ("assignment", "expected"),
+    [
+        ("crawl.labelled=maybe", "crawl.labelled expects a boolean"),
+        ('crawl.labelled="False"', "crawl.labelled expects a boolean"),
+        ("images.max_side=true", "images.max_side expects an integer"),
+        ("images.max_side=big", "images.max_side expects an integer"),
+        ("images.max_side=", "images.max_side expects an integer"),
+        ("text.learning_rate=2024-05-01", "text.learning_rate expects a number"),
+        ("clean.overall_k=5", "clean.overall_k expects a TOML array"),
+        ("clean.overall_k=[2024-05-01]", "clean.overall_k expects a TOML array"),
+        ("spark.conf=8g", "spark.conf expects a TOML inline table"),
+        ("images.max_side.x=1", "images.max_side is an integer setting, not a table"),
+        ("x.when=[2024-05-01]", "dates are not supported"),
+    ],
+)
+def test_override_of_the_wrong_type_is_refused_naming_key_value_and_type(assignment, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)) as caught:
+        load_settings(overrides=[assignment], environ={})
+    assert repr(assignment) in str(caught.value)  # the key and the value as given
+
+
+def test_typed_values_from_code_are_kept_as_given():
+    # Settings.set is how code (the CLI's --data, train_*'s --folds) passes values it has typed.
+    settings = load_settings(environ={"MUSEUM_DATA": "2021"})
+    assert settings.get("paths.data") == "2021"
+    settings = settings.set(["text", "folds"], 3, "--folds").set(["cascade", "t_text"], 0.5, "test")
+    assert (settings.get("text.folds"), settings.get("cascade.t_text")) == (3, 0.5)

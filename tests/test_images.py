@@ -8,13 +8,16 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from museum_typology import petastorm_io
+from museum_typology import petastorm_io, storage
+from museum_typology.image_source import ImageReader
 from museum_typology.images import DecodedImage, decode_image
 from museum_typology.schema import make_image_schema
 
@@ -322,6 +325,76 @@ def test_random_garbage_never_raises() -> None:
         raw = headers[i % len(headers)] + body
         result = decode(raw)
         assert result.ok or result.reason
+
+
+# ---------------------------------------------------------------- reading image files (ImageReader)
+
+
+def zip_with_a_broken_member(path: Path, method: int, keep: int = 0, method_id: int | None = None) -> bytes:
+    """A zip holding ``images/good.png`` and ``images/bad.jpg`` (compressed with ``method``) whose
+    compressed bytes after the first ``keep`` are overwritten; or, with ``method_id``, whose
+    compression method id is rewritten to one zipfile can't read. Returns the good member's bytes."""
+    good = encode(Image.fromarray(random_rgb(16, 16)), "PNG")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("images/good.png", good, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("images/bad.jpg", bytes(range(256)) * 40, compress_type=method)
+    raw = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("images/bad.jpg")
+    local = info.header_offset
+    assert raw[local : local + 4] == b"PK\x03\x04"
+    if method_id is not None:
+        central = raw.index(b"PK\x01\x02", raw.index(b"PK\x01\x02") + 4)  # the second entry: bad.jpg
+        assert raw[central + 46 : central + 46 + len(info.filename)] == info.filename.encode()
+        raw[local + 8 : local + 10] = raw[central + 10 : central + 12] = struct.pack("<H", method_id)
+    else:
+        name_len, extra_len = struct.unpack("<HH", raw[local + 26 : local + 30])
+        start = local + 30 + name_len + extra_len + keep
+        raw[start : local + 30 + name_len + extra_len + info.compress_size] = b"\xff" * (info.compress_size - keep)
+    path.write_bytes(bytes(raw))
+    return good
+
+
+@pytest.mark.parametrize(
+    ("method", "keep", "error"),
+    [
+        (zipfile.ZIP_DEFLATED, 0, "error: Error -3 while decompressing data"),  # zlib.error
+        (zipfile.ZIP_LZMA, 9, "LZMAError: Corrupt input data"),  # keep the 4-byte header and the 5 bytes of properties
+        (zipfile.ZIP_BZIP2, 0, "OSError: Invalid data stream"),
+    ],
+)
+def test_corrupt_compressed_zip_member_is_a_reason_not_a_crash(tmp_path: Path, method: int, keep: int, error: str) -> None:
+    archive = tmp_path / "images.zip"
+    good = zip_with_a_broken_member(archive, method, keep)
+    with ImageReader(str(archive), "zip", None, 1_000_000) as reader:
+        data, reason = reader.read("images/bad.jpg")
+        assert data is None and reason is not None
+        assert "'images/bad.jpg'" in reason and error in reason, reason
+        assert reader.read("images/good.png") == (good, None)  # the archive is still readable after it
+
+
+def test_unsupported_zip_compression_method_is_a_reason_not_a_crash(tmp_path: Path) -> None:
+    # zipfile's NotImplementedError is a RuntimeError, so this guards the catch, not a past crash.
+    archive = tmp_path / "images.zip"
+    good = zip_with_a_broken_member(archive, zipfile.ZIP_STORED, method_id=99)  # 99: AES-encrypted entries
+    with ImageReader(str(archive), "zip", None, 1_000_000) as reader:
+        data, reason = reader.read("images/bad.jpg")
+        assert data is None and "'images/bad.jpg'" in reason and "NotImplementedError" in reason, reason
+        assert reader.read("images/good.png") == (good, None)
+
+
+def test_directory_file_over_max_bytes_is_refused_from_its_size_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "big.tif").write_bytes(b"\0" * 5_000)
+    (tmp_path / "small.png").write_bytes(b"x" * 1_000)
+
+    def read_whole_file(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("a file was read whole before its size was checked against the cap")
+
+    monkeypatch.setattr(storage, "read_bytes", read_whole_file)
+    with ImageReader(str(tmp_path), "dir", None, 1_000) as reader:
+        assert reader.read("big.tif") == (None, "file too large: 5000 bytes > images.max_bytes=1000")
+        assert reader.read("small.png") == (b"x" * 1_000, None)  # at the cap: read
+        data, reason = reader.read("missing.jpg")
+        assert data is None and "'missing.jpg'" in reason
 
 
 # ---------------------------------------------------------------- stored image encoding

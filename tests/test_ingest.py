@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def make_data(root: Path, images_as: str = "zip") -> dict[str, bytes]:
         f"t1,Дубликат,{CLASSES[7]}\n",
         encoding="utf-8",
     )
-    (root / "test.csv").write_text("guid,description,typology\nq1,Картина,\nq2,,\n", encoding="utf-8")
+    # ",," is a row (all fields empty), not a blank line: rejected, yet in the manifest.
+    (root / "test.csv").write_text("guid,description,typology\nq1,Картина,\n,,\nq2,,\n", encoding="utf-8")
     files = {
         "i_red": _jpeg((200, 10, 10)),
         "i_png": _png_rgba(),
@@ -49,7 +51,8 @@ def make_data(root: Path, images_as: str = "zip") -> dict[str, bytes]:
         "i_html": b"<html><body>not found</body></html>",
         "q2": _jpeg((10, 10, 200), size=(1200, 600)),  # an image-only test item
     }
-    rows = ["guid,description,typology"] + [f"{g},,{CLASSES[2]}" for g in files if g != "q2"] + [f"i_escape,,{CLASSES[2]}"]
+    extra = ["i_escape", "i_deflate"]  # only in the zip: an unsafe name, a corrupt compressed stream
+    rows = ["guid,description,typology"] + [f"{g},,{CLASSES[2]}" for g in [*files, *extra] if g != "q2"]
     (root / "train_images.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     names = {"i_red": "images/i_red.jpg", "i_png": "images/i_png", "i_trunc": "images/i_trunc.jpg",
              "i_empty": "images/i_empty.png", "i_html": "images/i_html.jpg", "q2": "images/q2.JPG"}
@@ -59,11 +62,24 @@ def make_data(root: Path, images_as: str = "zip") -> dict[str, bytes]:
                 archive.writestr(names[guid], data)
             archive.writestr("../i_escape.jpg", _jpeg((1, 2, 3)))
             archive.writestr("images/orphan.jpg", _jpeg((9, 9, 9)))
+            archive.writestr("images/i_deflate.jpg", _jpeg((4, 5, 6)), compress_type=zipfile.ZIP_DEFLATED)
+        _corrupt_member(root / "images.zip", "images/i_deflate.jpg")
     else:
         (root / "images").mkdir()
         for guid, data in files.items():
             (root / "images" / Path(names[guid]).name).write_bytes(data)
     return files
+
+
+def _corrupt_member(archive: Path, member: str) -> None:
+    """Overwrite a deflated member's compressed bytes: reading it raises zlib.error (invalid
+    block type), which is neither an OSError nor a zipfile.BadZipFile."""
+    raw = bytearray(archive.read_bytes())
+    info = zipfile.ZipFile(archive).getinfo(member)
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start : start + info.compress_size] = b"\xff" * info.compress_size
+    archive.write_bytes(bytes(raw))
 
 
 def _manifest(output: Path) -> dict[str, dict]:
@@ -86,7 +102,7 @@ def test_ingest_zoo(spark, settings, tmp_path, images_as):
     summary = ingest.run(spark, settings, str(data), str(output))
 
     manifest = _manifest(output)
-    assert len(manifest) == summary["input_rows"] == 4 + 2 + 6  # every input row exactly once
+    assert len(manifest) == summary["input_rows"] == 4 + 3 + 7  # every input row exactly once
     by = {(r["source_file"], r["guid"], r["source_row"]): r for r in manifest.values()}
 
     def row(file, guid, n=None):
@@ -108,8 +124,15 @@ def test_ingest_zoo(spark, settings, tmp_path, images_as):
         escape = row("train_images.csv", "i_escape")
         assert escape["status"] == "quarantined" and "'..'" in escape["reason"]
         assert summary["orphan_images"] == ["orphan"]
+        deflate = row("train_images.csv", "i_deflate")
+        assert deflate["status"] == "quarantined"
+        assert "'images/i_deflate.jpg'" in deflate["reason"] and "while decompressing data" in deflate["reason"], deflate["reason"]
     else:
         assert row("train_images.csv", "i_escape")["status"] == "no_image"
+        assert row("train_images.csv", "i_deflate")["status"] == "no_image"
+    empty = row("test.csv", None)
+    assert (empty["source_row"], empty["status"]) == (2, "rejected") and "empty guid" in empty["reason"]
+    assert row("test.csv", "q2")["source_row"] == 3
     assert row("test.csv", "q2")["status"] == "ok"
     assert row("test.csv", "q2")["has_description"] is False
 
@@ -156,6 +179,18 @@ def test_missing_column_is_a_clear_error(spark, settings, tmp_path):
     with pytest.raises(CsvError, match=r"train\.csv: missing column\(s\) typology"):
         ingest.run(spark, settings, str(data), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_unlabelled_test_csv_may_lack_the_typology_column(settings, tmp_path):
+    data = tmp_path / "data"
+    make_data(data)
+    (data / "test.csv").write_text("guid,description\nq1,Картина\nq2,\n", encoding="utf-8")
+    rows = [r for r in ingest.read_input_rows(str(data), settings) if r.split == "test"]
+    assert [(r.guid, r.description, r.typology, r.rejected_reason) for r in rows] == [("q1", "Картина", None, None), ("q2", None, None, None)]
+    # An unlabelled file still needs its description column.
+    (data / "test.csv").write_text("guid\nq1\n", encoding="utf-8")
+    with pytest.raises(CsvError, match=r"test\.csv: missing column\(s\) description"):
+        ingest.read_input_rows(str(data), settings)
 
 
 def test_ingest_shared_data(spark, settings, shared_data, tmp_path):

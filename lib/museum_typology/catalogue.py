@@ -15,6 +15,17 @@ from dataclasses import dataclass
 from .schema import CLASS_INDEX
 
 
+# Python's csv refuses a field over 131072 characters by default, which would make one long
+# description a CsvError for the whole file. The text is already in memory, so the limit
+# protects nothing here; raise it (it is process-wide, and only ever raised, never lowered).
+_FIELD_SIZE_LIMIT = 2**31 - 1  # the C long of every platform can hold it
+csv.field_size_limit(max(csv.field_size_limit(), _FIELD_SIZE_LIMIT))
+
+# The columns a file must have: an unlabelled file (test.csv) need not carry a typology column.
+LABELLED_COLUMNS: tuple[str, ...] = ("guid", "description", "typology")
+UNLABELLED_COLUMNS: tuple[str, ...] = ("guid", "description")
+
+
 class CsvError(ValueError):
     """A CSV that cannot be read at all; the message names the file, the line and the problem."""
 
@@ -45,10 +56,14 @@ def parse_catalogue_csv(
     text: str,
     source_file: str,
     split: str,
-    required: Sequence[str] = ("guid", "description", "typology"),
+    required: Sequence[str] | None = None,
     labelled: bool = True,
 ) -> list[InputRow]:
-    """Parse CSV text (BOM already stripped or not) into ``InputRow``s. Pure: text in, rows out."""
+    """Parse CSV text (BOM already stripped or not) into ``InputRow``s. Pure: text in, rows out.
+
+    ``required`` defaults to the columns a labelled or an unlabelled file must have."""
+    if required is None:
+        required = LABELLED_COLUMNS if labelled else UNLABELLED_COLUMNS
     text = text.lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
@@ -74,8 +89,10 @@ def parse_catalogue_csv(
             break
         except csv.Error as exc:
             raise CsvError(f"{source_file}, line {line_start}: malformed CSV ({exc})") from None
-        if not fields or all(not f.strip() for f in fields):
-            continue  # blank lines are not rows
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            # Only an empty or whitespace-only line is blank. A record of empty fields (',,')
+            # is a row with an empty guid: it gets a rejected manifest row and its row number.
+            continue
         data_row += 1
 
         def field(name: str) -> str | None:

@@ -6,6 +6,7 @@ dotted key; a missing key is an error that names the key, never a silent default
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -55,11 +56,94 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def parse_override(assignment: str) -> tuple[list[str], Any]:
+_NOT_TOML = object()  # a --set value that is no TOML literal (a bare word, a path)
+_MISSING = object()  # a --set key that the defaults do not define
+
+_EXPECTED = {
+    bool: "a boolean (true/false/yes/no/1/0)",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a TOML array, e.g. [1, 2]",
+    dict: "a TOML inline table, e.g. {key = 1}",
+}
+_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _toml_literal(raw: str) -> Any:
+    """The value of ``raw`` read as a TOML literal, or ``_NOT_TOML``."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return _NOT_TOML
+
+
+def _has_datetime(value: Any) -> bool:
+    # TOML reads 2024-05-01 as a date; settings are dumped to conf.json at the end of a job,
+    # and json can't write dates, so a date would only fail there, after all the work.
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime.datetime is a date
+        return True
+    if isinstance(value, list):
+        return any(map(_has_datetime, value))
+    if isinstance(value, dict):
+        return any(map(_has_datetime, value.values()))
+    return False
+
+
+def _default_at(defaults: Mapping[str, Any], keys: list[str], assignment: str) -> Any:
+    """The default value at ``keys``, or ``_MISSING`` when the defaults don't define it."""
+    node: Any = defaults
+    for depth, key in enumerate(keys):
+        if not isinstance(node, Mapping):
+            raise ConfigError(
+                f"--set {assignment!r}: {'.'.join(keys[:depth])} is {_EXPECTED.get(type(node), type(node).__name__)} setting, not a table"
+            )
+        if key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _coerce(raw: str, default: Any, dotted: str, assignment: str) -> Any:
+    """``raw`` (the text after ``=``) as a value of the default's type, or a ``ConfigError``."""
+    literal = _toml_literal(raw)
+    kind = type(default)
+    value: Any = _NOT_TOML
+    if kind is bool:
+        value = literal if isinstance(literal, bool) else _BOOLEANS.get(raw.lower(), _NOT_TOML)
+    elif kind is str:
+        # A quoted TOML string gives its content; anything else is kept as written, so a file
+        # name "2021" or "2024-05-01" stays text instead of becoming a number or a date.
+        value = literal if isinstance(literal, str) else raw
+    elif kind in (int, float):
+        # bool is an int subclass: "true" is not a number. An int default also takes a float:
+        # several float knobs are written as whole numbers in the defaults (crawl.host_rate = 0,
+        # crawl.progress_interval_s = 10), so the default's type can't tell them from counts.
+        if isinstance(literal, (int, float)) and not isinstance(literal, bool):
+            value = float(literal) if kind is float else literal
+    elif kind in (list, dict):
+        if isinstance(literal, kind) and not _has_datetime(literal):
+            value = literal
+    else:  # no such defaults today; keep whatever TOML gives rather than guess
+        value = literal if literal is not _NOT_TOML and not _has_datetime(literal) else raw
+    if value is _NOT_TOML:
+        raise ConfigError(
+            f"--set {assignment!r}: {dotted} expects {_EXPECTED.get(kind, kind.__name__)} (its default is {default!r}), got {raw!r}"
+        )
+    return value
+
+
+def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -> tuple[list[str], Any]:
     """``"images.max_side=384"`` -> (["images", "max_side"], 384).
 
-    The value is read as a TOML literal (numbers, booleans, quoted strings, arrays) and,
-    failing that, taken as a bare string, so ``--set paths.work_dir=/tmp/x`` just works.
+    A key that ``defaults`` (the packaged defaults unless given) defines takes a value of the
+    default's type or is refused with an error naming the key, the value and the expected type:
+    booleans also accept yes/no/1/0 in any case (``crawl.labelled=False`` must not become the
+    truthy string 'False'), strings keep the text as written (unless quoted), numbers, arrays
+    and tables are TOML literals.
+    A key the defaults don't define (e.g. a new ``spark.conf`` entry) is read as a TOML literal
+    and, failing that, taken as a bare string, so ``--set paths.work_dir=/tmp/x`` just works.
+    Dates are never produced: an unquoted date is kept as its text.
     Keys may be quoted to hold dots: ``spark.conf."spark.executor.memory"=8g``.
     """
     if "=" not in assignment:
@@ -75,10 +159,15 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
         (only_key,) = node.keys()
         keys.append(only_key)
         node = node[only_key]
-    try:
-        value = tomllib.loads(f"v = {raw_value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw_value.strip()
+    raw = raw_value.strip()
+    default = _default_at(_read_default() if defaults is None else defaults, keys, assignment)
+    if default is not _MISSING:
+        return keys, _coerce(raw, default, ".".join(keys), assignment)
+    value = _toml_literal(raw)
+    if value is _NOT_TOML or isinstance(value, (datetime.date, datetime.time)):
+        return keys, raw
+    if _has_datetime(value):
+        raise ConfigError(f"--set {assignment!r}: dates are not supported in settings; quote them as strings")
     return keys, value
 
 
@@ -122,7 +211,8 @@ def load_settings(
 ) -> Settings:
     """Defaults <- environment (MUSEUM_DATA, MUSEUM_WORK_DIR) <- conf file <- ``--set`` overrides."""
     environ = os.environ if environ is None else environ
-    settings = Settings(_read_default(), [str(default_conf_path())])
+    defaults = _read_default()
+    settings = Settings(defaults, [str(default_conf_path())])
     if environ.get(DATA_ENV_VAR):
         settings = settings.set(["paths", "data"], environ[DATA_ENV_VAR], f"${DATA_ENV_VAR}")
     if environ.get(WORK_DIR_ENV_VAR):
@@ -141,6 +231,8 @@ def load_settings(
             raise ConfigError(f"--conf {conf_file}: not valid TOML ({exc})") from None
         settings = settings.with_values(loaded, str(path))
     for assignment in overrides:
-        keys, value = parse_override(assignment)
+        # Typed against the packaged defaults: a --set value is text and must be read as what
+        # the code expects. (Settings.set itself takes typed values from code as they are.)
+        keys, value = parse_override(assignment, defaults)
         settings = settings.set(keys, value, f"--set {assignment}")
     return settings

@@ -4,8 +4,10 @@ decides the format (``images.decode_image`` sniffs it).
 """
 from __future__ import annotations
 
+import lzma
 import posixpath
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -107,7 +109,17 @@ class ImageReader:
                     # Read at most one byte over the cap: a lying header can't make us read a zip bomb.
                     data = stream.read(self.max_bytes + 1)
             else:
-                data = storage.read_bytes(storage.join(self.location, member), self.s3)
+                # Check the size before reading: read-then-compare would hold a huge file in memory
+                # (twice, through Arrow's buffer) only to refuse it.
+                within, size = storage.read_bytes_within(storage.join(self.location, member), self.max_bytes, self.s3)
+                if within is None:
+                    return None, f"file too large: {size} bytes > images.max_bytes={self.max_bytes}"
+                data = within
+        except (zlib.error, lzma.LZMAError, NotImplementedError) as exc:
+            # A corrupt compressed stream (deflate: zlib.error, lzma: LZMAError; bzip2 raises
+            # OSError, caught below) or a compression method zipfile can't read is one bad member,
+            # not a reason to fail the Spark task and with it the whole ingest.
+            return None, f"unreadable archive member {member!r}: corrupt or unsupported compressed data ({type(exc).__name__}: {exc})"
         except (OSError, KeyError, zipfile.BadZipFile, EOFError, RuntimeError) as exc:
             return None, f"unreadable file {member!r}: {type(exc).__name__}: {exc}"
         if len(data) > self.max_bytes:

@@ -19,7 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import images, petastorm_io, storage
-from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
+from .catalogue import (
+    LABELLED_COLUMNS,
+    UNLABELLED_COLUMNS,
+    CsvError,
+    InputRow,
+    decode_csv_bytes,
+    parse_catalogue_csv,
+    reject_duplicates,
+)
 from .config import Settings
 from .image_source import ImageIndex, ImageReader, build_index, guid_of
 from .log import get_logger
@@ -85,7 +93,9 @@ def read_input_rows(data_dir: str, settings: Settings, s3: S3Options | None = No
             log.warning("%s: not found, skipped", url)
             continue
         text = decode_csv_bytes(storage.read_bytes(url, s3), name)
-        parsed = parse_catalogue_csv(text, name, split, labelled=labelled)
+        # An unlabelled file (test.csv) may come without a typology column: it is not used.
+        required = LABELLED_COLUMNS if labelled else UNLABELLED_COLUMNS
+        parsed = parse_catalogue_csv(text, name, split, required=required, labelled=labelled)
         log.info("%s: %d rows", name, len(parsed))
         rows.extend(parsed)
     return reject_duplicates(rows)
