@@ -172,6 +172,18 @@ def test_rerun_gives_the_same_dataset_and_failure_keeps_the_old_output(spark, se
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
 
 
+def test_an_output_directory_holding_something_else_is_refused_untouched(spark, settings, tmp_path):
+    """ingest replaces its output whole: `--output var` must not wipe a work directory."""
+    data = tmp_path / "data"
+    make_data(data)
+    work = tmp_path / "var"
+    (work / "models").mkdir(parents=True)
+    (work / "submission.csv").write_text("keep me")
+    with pytest.raises(storage.StorageError, match="not empty and not an output of ingest .*submission.csv"):
+        ingest.run(spark, settings, str(data), str(work))
+    assert sorted(p.name for p in work.iterdir()) == ["models", "submission.csv"]
+
+
 def test_missing_column_is_a_clear_error(spark, settings, tmp_path):
     data = tmp_path / "data"
     make_data(data)

@@ -485,6 +485,7 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
     """Run the crawl; returns the summary also written to ``OUTPUT/summary.json``."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
+    storage.check_replaceable(output, ("manifest.parquet", "summary.json", WORK_DIR), "crawl", s3)  # _work/: an interrupted crawl
     crawl_conf = settings.section("crawl")
     decode = DecodeSettings.from_settings(settings)
     rows, csv_sha256 = read_url_rows(input_url, settings, s3)

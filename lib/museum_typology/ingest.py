@@ -219,6 +219,7 @@ def run(spark, settings: Settings, data_dir: str, output: str) -> dict[str, Any]
     """Run the ingest job; returns the summary that is also written to ``OUTPUT/summary.json``."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
+    storage.check_replaceable(output, ("manifest.parquet", "summary.json"), "ingest", s3)
     decode = DecodeSettings.from_settings(settings)
     rows = read_input_rows(data_dir, settings, s3)
     index = image_index(data_dir, settings, s3)
