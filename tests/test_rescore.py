@@ -180,8 +180,14 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     # The PySpark way to read the current state gives the same rows.
     from pyspark.sql import Window, functions as F
 
+    # An interrupted night (its partition written, no _SUCCESS) must not count.
+    import shutil
+
+    shutil.copytree(root / "predictions" / "date=2026-03-04", root / "predictions" / "date=2026-03-05")
+    (root / "predictions" / "date=2026-03-05" / "_SUCCESS").unlink()
     predictions = str(root / "predictions")
-    current = (spark.read.option("basePath", predictions).parquet(predictions + "/date=*")  # as in the README
+    paths = [url for _, url in rescore.committed_partitions(predictions)]  # as in the README
+    current = (spark.read.option("basePath", predictions).parquet(*paths)
                .withColumn("n", F.row_number().over(Window.partitionBy("guid").orderBy(F.desc("date")))).filter("n = 1").drop("n"))
     frame = current.toPandas().sort_values("guid").reset_index(drop=True)
     expected = rescore.current_predictions(predictions)
