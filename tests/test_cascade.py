@@ -36,6 +36,29 @@ def test_each_branch_of_the_cascade():
     assert d.confidence[2] == pytest.approx(0.5 * 0.55 + 0.5 * (0.5 / (K - 1)))
 
 
+def test_a_modality_with_non_finite_probabilities_counts_as_missing():
+    params = CascadeParams(t_text=0.7, t_image=0.6, w_text=0.5, default_class=CLASSES[14])
+    nan = np.full(K, np.nan)
+    text = np.array([nan, nan, one_hot(2, 0.4), one_hot(2, 0.4)])
+    image = np.array([one_hot(3, 0.3), nan, nan, np.where(np.arange(K) == 5, np.inf, 0.0)])
+    d = decide(text, image, [True, True, True, True], [True, False, True, True], params)
+    # NaN text -> the image decides (even a weak one); NaN text and no image -> the default with
+    # confidence 0; a NaN or infinite image -> the text decides alone, not a blend.
+    assert list(d.source) == ["image", "default", "text", "text"]
+    assert list(d.label) == [3, 14, 2, 2]
+    assert np.isfinite(d.confidence).all() and d.confidence[1] == 0.0 and d.confidence[0] == pytest.approx(0.3)
+
+
+def test_cross_fitting_needs_two_folds_and_tuning_a_grid():
+    rng = np.random.default_rng(1)
+    y, proba = _oof(4, [0, 1], 2.0, rng)
+    for folds in (1, 0):
+        with pytest.raises(ValueError, match=f"at least 2 folds, got {folds}"):
+            cross_fitted(proba, proba, y, np.arange(len(y)), folds, [0.7], [0.5], CLASSES[14], seed=0)
+    with pytest.raises(ValueError, match="nothing to choose from"):
+        tune(proba, proba, y, [], [0.5], CLASSES[14])
+
+
 def test_params_are_checked():
     with pytest.raises(ValueError, match="default_class"):
         CascadeParams(default_class="картины")
@@ -98,16 +121,88 @@ def test_tune_cascade_job_writes_a_bundle_that_score_uses(tmp_path, settings):
     saved = json.loads((bundle / "cascade.json").read_text())
     assert set(saved["params"]) == {"t_text", "t_image", "w_text", "default_class"}
     assert saved["metrics"]["pairs"] == 30 * settings.get("cascade.pairs_per_image")
-    assert "Cross-fitted" in (bundle / "report.md").read_text()
+    # The configured folds (5), not the folds each estimate is tuned on (4).
+    assert saved["metrics"]["folds"] == settings.get("cascade.folds") == 5
+    assert "tuned on the other 4 folds' images" in (bundle / "report.md").read_text()
+    assert (bundle / "_SUCCESS").is_file()  # committed atomically, like the text and image bundles
+    assert not [p.name for p in (models / "cascade").iterdir() if p.name.startswith(".")]  # no staging left
     from museum_typology.score import cascade_params
 
     params, version = cascade_params(settings, str(models / "cascade"), None)
     assert params.to_dict() == saved["params"] and version == bundle.name
 
 
+def test_the_bundle_version_follows_the_data_not_only_its_model_version(tmp_path, settings):
+    settings = settings.with_values({"cascade": {"threshold_grid": [0.7, 0.9], "weight_grid": [0.5], "folds": 2, "pairs_per_image": 2}}, "test")  # a small grid: three runs
+    rng = np.random.default_rng(5)
+    t_y, t_proba = _oof(20, [0, 2], 1.5, rng)
+    i_y, i_proba = _oof(6, [0, 2], 3.0, rng)
+    _write_oof(tmp_path / "text.parquet", t_y, t_proba, "same")
+    _write_oof(tmp_path / "image.parquet", i_y, i_proba, "same")
+    run = lambda: tune_cascade.run(settings, str(tmp_path / "text.parquet"), str(tmp_path / "image.parquet"), str(tmp_path / "cascade"))["version"].split("-")[-1]  # noqa: E731
+    first = run()
+    assert run() == first  # same data and settings: the same content hash
+    _write_oof(tmp_path / "text.parquet", t_y, np.roll(t_proba, 1, axis=1), "same")  # new probabilities, same model_version
+    assert run() != first
+
+
 def test_tune_cascade_clear_errors(tmp_path, capsys):
     code = cli.main(["tune-cascade", "--text-oof", str(tmp_path / "none.parquet"), "--image-oof", str(tmp_path / "none.parquet"), "--model-dir", str(tmp_path)])
-    assert code == 2 and "no out-of-fold file" in capsys.readouterr().err
+    assert code == 2 and "none.parquet: no such out-of-fold file" in capsys.readouterr().err
     pd.DataFrame({"guid": ["a"], "label": ["картины"], "proba": [list(np.ones(K) / K)]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(tune_cascade.TuneError, match="unknown label"):
         tune_cascade.read_oof(str(tmp_path / "bad.parquet"), None)
+
+
+def _bad_oof_files(tmp_path) -> dict[str, tuple[str, str]]:
+    """name -> (path, what the error must say): files clean refuses, written in each bad way."""
+    even = list(np.ones(K) / K)
+    tables = {
+        "nan": ({"guid": ["a", "b"], "label": [CLASSES[0]] * 2, "proba": [[np.nan] * K, even]}, "finite and non-negative"),
+        "negative": ({"guid": ["a"], "label": [CLASSES[0]], "proba": [[-0.5, 1.5] + [0.0] * (K - 2)]}, "finite and non-negative"),
+        "duplicate": ({"guid": ["a", "a"], "label": [CLASSES[0]] * 2, "proba": [even, even]}, "more than once, e.g. a"),
+        "ragged": ({"guid": ["a", "b"], "label": [CLASSES[0]] * 2, "proba": [even, [0.5, 0.5]]}, "row 1 \\(guid b\\) has a proba of length 2"),
+        "empty": ({"guid": pd.Series([], dtype=str), "label": pd.Series([], dtype=str), "proba": pd.Series([], dtype=object)}, "no rows"),
+    }
+    out = {}
+    for name, (columns, message) in tables.items():
+        pd.DataFrame(columns).to_parquet(tmp_path / f"{name}.parquet")
+        out[name] = (str(tmp_path / f"{name}.parquet"), message)
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    out["junk"] = (str(tmp_path / "junk.parquet"), "not a readable Parquet file")
+    return out
+
+
+def test_tune_cascade_checks_oof_files_as_clean_does(tmp_path, capsys):
+    from museum_typology import clean
+
+    rng = np.random.default_rng(2)
+    i_y, i_proba = _oof(5, [0], 3.0, rng)
+    _write_oof(tmp_path / "image.parquet", i_y, i_proba, "i1")
+    for name, (path, message) in _bad_oof_files(tmp_path).items():
+        with pytest.raises(clean.OofError, match=message) as by_clean:
+            clean.read_oof(path)
+        with pytest.raises(tune_cascade.TuneError, match=message) as by_tune:
+            tune_cascade.read_oof(path, None)
+        assert str(by_tune.value) == str(by_clean.value), name  # one set of checks, the same words
+        code = cli.main(["tune-cascade", "--text-oof", path, "--image-oof", str(tmp_path / "image.parquet"), "--model-dir", str(tmp_path / "models")])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{name}.parquet: " in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("setting, message", [("cascade.folds=1", "cascade.folds = 1: must be a whole number >= 2"), ("cascade.folds=0", "cascade.folds = 0: must be a whole number >= 2"),
+                                              ("cascade.pairs_per_image=0", "cascade.pairs_per_image = 0: must be a whole number >= 1"), ("cascade.weight_grid=[]", "cascade.weight_grid = \\[\\]: must be a non-empty list")])
+def test_tune_cascade_refuses_settings_it_cannot_tune_with(tmp_path, capsys, setting, message):
+    rng = np.random.default_rng(3)
+    t_y, t_proba = _oof(10, [0, 2], 1.5, rng)
+    i_y, i_proba = _oof(5, [0, 2], 3.0, rng)
+    _write_oof(tmp_path / "text.parquet", t_y, t_proba, "t1")
+    _write_oof(tmp_path / "image.parquet", i_y, i_proba, "i1")
+    code = cli.main(["tune-cascade", "--set", f"paths.work_dir={tmp_path}", "--set", setting, "--text-oof", str(tmp_path / "text.parquet"), "--image-oof", str(tmp_path / "image.parquet"), "--model-dir", str(tmp_path / "models")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    import re
+
+    assert re.search(message, err), err
+    assert not (tmp_path / "models").exists()

@@ -132,6 +132,14 @@ def test_k_candidates_respect_the_minimum_cluster_size():
     assert clean.k_candidates((2, 3), 9, 5) == []
 
 
+def test_k_candidates_never_exceed_the_distinct_rows():
+    # 30 rows of only 3 distinct probability vectors (identical titles): k = 4 or 6 cannot be fitted.
+    assert clean.k_candidates((2, 3, 4, 6), 30, 5, distinct=3) == [2, 3]
+    assert clean.k_candidates((2, 3), 10, 2, distinct=1) == []  # one distinct vector: one cluster
+    x = np.array([[0.1, 0.9], [0.1, 0.9], [0.5, 0.5]])
+    assert clean.distinct_rows(x) == 2 and clean.distinct_rows(np.zeros((0, 2))) == 0
+
+
 # ---------------------------------------------------------------- bad inputs
 
 
@@ -157,6 +165,17 @@ def test_missing_or_malformed_oof_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"guid": ["a"], "label": [CLASSES[0]], "proba": [[0.5] * 15]}), str(tmp_path / "sum.parquet"))
     with pytest.raises(clean.OofError, match="sum to 7.5"):
         clean.read_oof(str(tmp_path / "sum.parquet"))
+    write_oof(tmp_path / "empty.parquet", [], [], np.zeros((0, len(CLASSES))))
+    with pytest.raises(clean.OofError, match="empty.parquet: no rows"):
+        clean.read_oof(str(tmp_path / "empty.parquet"))
+    pq.write_table(pa.table({"guid": ["a", "b"], "label": [CLASSES[0]] * 2, "fold": pa.array([0, None], pa.int32()), "proba": [[1 / 15] * 15] * 2}), str(tmp_path / "fold.parquet"))
+    with pytest.raises(clean.OofError, match="fold.parquet: empty fold in 1 row.*guid b"):
+        clean.read_oof(str(tmp_path / "fold.parquet"))
+
+
+def test_combine_of_no_rows_is_an_oof_error():
+    with pytest.raises(clean.OofError, match="no rows"):
+        clean.combine([clean.Oof([], np.zeros(0, np.int64), np.zeros((0, len(CLASSES))), [])])
 
 
 def test_cli_reports_a_missing_oof_in_one_line(tmp_path, capsys):
@@ -165,6 +184,18 @@ def test_cli_reports_a_missing_oof_in_one_line(tmp_path, capsys):
     code = cli.main(["clean", "--oof", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "missing.parquet: no such out-of-fold file" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+
+def test_cli_refuses_an_empty_oof_before_spark_starts(tmp_path, capsys, monkeypatch):
+    from museum_typology import cli
+
+    monkeypatch.setattr(cli, "_spark", lambda *a, **k: pytest.fail("Spark started for an unusable OOF file"))
+    empty = write_oof(tmp_path / "text.parquet", [], [], np.zeros((0, len(CLASSES))))
+    code = cli.main(["clean", "--oof", empty, "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "text.parquet: no rows" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
@@ -183,6 +214,48 @@ def test_read_cleaned_labels_reads_the_job_format_and_the_hand_made_one(tmp_path
     pq.write_table(pa.table({"guid": ["a"], "label": ["x"]}), str(tmp_path / "bad.parquet"))
     with pytest.raises(clean.OofError, match="needs guid, new_label, action"):
         clean.read_cleaned_labels(str(tmp_path / "bad.parquet"))
+
+
+def test_csv_manifest_guids_are_text_like_in_parquet(tmp_path):
+    # Numeric guids stay strings, and "NA" / "null" are guids, not missing values.
+    job = pa.table({"guid": ["1001", "1002", "NA", "null"], "new_label": [CLASSES[C], None, CLASSES[B], CLASSES[A]], "action": ["relabel", "drop", "relabel", "keep"]})
+    pq.write_table(job, str(tmp_path / "m.parquet"))
+    pacsv.write_csv(job, str(tmp_path / "m.csv"))
+    expected = {"1001": CLASSES[C], "1002": None, "NA": CLASSES[B], "null": CLASSES[A]}
+    assert clean.read_cleaned_labels(str(tmp_path / "m.parquet")) == expected
+    assert clean.read_cleaned_labels(str(tmp_path / "m.csv")) == expected
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_manifest_with_empty_or_duplicate_guids_is_refused(tmp_path, suffix):
+    def write(name: str, table: pa.Table) -> str:
+        path = str(tmp_path / (name + suffix))
+        pacsv.write_csv(table, path) if suffix == ".csv" else pq.write_table(table, path)
+        return path
+
+    for guids, message in ((["a", None], "empty guid in 1 row"), (["a", ""], "empty guid in 1 row"), (["a", "a"], "1 guid\\(s\\) appear more than once, e.g. a")):
+        bad = write("g", pa.table({"guid": pa.array(guids, pa.string()), "new_label": [CLASSES[A]] * 2, "action": ["keep"] * 2}))
+        with pytest.raises(clean.OofError, match=message):
+            clean.read_cleaned_labels(bad)
+    keep_without_label = write("k", pa.table({"guid": ["a"], "new_label": pa.array([None], pa.string()), "action": ["keep"]}))
+    with pytest.raises(clean.OofError, match="guid a: action keep with an empty new_label"):
+        clean.read_cleaned_labels(keep_without_label)
+
+
+def test_hand_made_keep_empty_means_not_kept_in_csv_and_parquet(tmp_path):
+    hand = pa.table({"guid": ["a", "b", "c", "d", "e"], "typology": [CLASSES[A]] * 5, "keep": pa.array(["true", "", None, "No", " 1 "], pa.string())})
+    expected = {"a": CLASSES[A], "b": None, "c": None, "d": None, "e": CLASSES[A]}
+    pq.write_table(hand, str(tmp_path / "h.parquet"))
+    assert clean.read_cleaned_labels(str(tmp_path / "h.parquet")) == expected
+    pacsv.write_csv(hand, str(tmp_path / "h.csv"))  # "" and null both become an empty cell here
+    assert clean.read_cleaned_labels(str(tmp_path / "h.csv")) == expected
+    (tmp_path / "typed.csv").write_text(f"guid,typology,keep\nx,{CLASSES[B]},\ny,{CLASSES[B]},1\n", encoding="utf-8")  # an empty cell as a spreadsheet writes it
+    assert clean.read_cleaned_labels(str(tmp_path / "typed.csv")) == {"x": None, "y": CLASSES[B]}
+    pq.write_table(pa.table({"guid": ["a", "b"], "typology": [CLASSES[A]] * 2, "keep": pa.array([True, None], pa.bool_())}), str(tmp_path / "b.parquet"))
+    assert clean.read_cleaned_labels(str(tmp_path / "b.parquet")) == {"a": CLASSES[A], "b": None}
+    pq.write_table(pa.table({"guid": ["a"], "typology": [CLASSES[A]], "keep": ["maybe"]}), str(tmp_path / "x.parquet"))
+    with pytest.raises(clean.OofError, match="guid a: keep = 'maybe' is not a yes/no value"):
+        clean.read_cleaned_labels(str(tmp_path / "x.parquet"))
 
 
 def test_apply_cleaned_labels_to_the_text_training_rows():
@@ -345,6 +418,47 @@ def test_job_end_to_end_writes_every_row_once_and_a_review_page(spark, settings,
 
     labels, _ = train_image.read_labels(dataset, str(out / "cleaned_manifest.parquet"), None)
     assert labels[text_guids[24]] == B and labels["i000"] == C
+
+
+def test_labels_with_few_distinct_vectors_are_clustered_without_failing(spark):
+    """Identical titles give identical OOF vectors: Spark's KMeans failed (ArrayIndexOutOfBounds)
+    when a label had fewer distinct vectors than k. k now stops at the distinct count."""
+    rng = np.random.default_rng(4)
+    three = rng.dirichlet(np.ones(len(CLASSES)), 3)
+    same = rng.dirichlet(np.ones(len(CLASSES)))
+    proba = np.vstack([three[np.arange(30) % 3], np.tile(same, (10, 1))])  # A: 3 distinct vectors in 30 rows; B: 1 in 10
+    y = np.array([A] * 30 + [B] * 10)
+    oof = clean.Oof([f"g{i}" for i in range(40)], y, proba, ["text"] * 40, np.zeros(40, np.int64))
+    cs = clean.CleanSettings(overall_k=(3,), label_k=(2, 4), min_cluster_size=2, max_iter=5, parallel_fits=2)
+    label_cluster, _, k_choice = clean.spark_clusters(spark, oof, cs)
+    assert k_choice[CLASSES[B]] == {"k": 1, "rows": 10, "distinct": 1, "silhouette": {}}
+    assert k_choice[CLASSES[A]]["k"] == 2 and k_choice[CLASSES[A]]["distinct"] == 3
+    assert (label_cluster[30:] == 0).all()
+    # Identical vectors land in the same cluster; the 3 vectors fill 2 clusters.
+    assert all(len(set(label_cluster[:30][np.arange(30) % 3 == v])) == 1 for v in range(3)) and set(label_cluster[:30]) == {0, 1}
+
+
+def test_job_checks_the_manifest_against_the_rows_it_read(settings, tmp_path, monkeypatch):
+    """The "every input row exactly once" check compares with the files' rows, so a row lost
+    between reading and writing fails the job instead of leaving the manifest short."""
+    y = np.array([A] * 4 + [B] * 3)
+    proba = _proba([{A: 0.9}] * 4 + [{B: 0.9}] * 3)
+    oof = write_oof(tmp_path / "text.parquet", [f"g{i}" for i in range(7)], y, proba)
+    # No Spark needed: one cluster per scope, as for labels too small to cluster.
+    monkeypatch.setattr(clean, "spark_clusters", lambda spark, o, cs: (np.zeros(len(o), np.int64), np.zeros(len(o), np.int64), {}))
+    summary = clean.run(None, settings, [oof], str(tmp_path / "ok"), data_dir=str(tmp_path / "no-data"))
+    assert summary["rows"] == 7 and (tmp_path / "ok" / "_SUCCESS").is_file()
+
+    combine = clean.combine
+
+    def lose_a_row(oofs):
+        o = combine(oofs)
+        return clean.Oof(o.guids[:-1], o.y[:-1], o.proba[:-1], o.sources[:-1], o.fold[:-1])
+
+    monkeypatch.setattr(clean, "combine", lose_a_row)
+    with pytest.raises(RuntimeError, match="exactly once.*7 guids read, 6 rows written: 1 missing"):
+        clean.run(None, settings, [oof], str(tmp_path / "short"), data_dir=str(tmp_path / "no-data"))
+    assert not (tmp_path / "short").exists()
 
 
 def test_review_page_without_images_or_titles_says_so():

@@ -66,9 +66,12 @@ class Decision:
 
 def decide(text: np.ndarray, image: np.ndarray, has_text: np.ndarray, has_image: np.ndarray, params: CascadeParams) -> Decision:
     """Vectorised cascade. ``text``/``image`` are [n, 15] probabilities; their rows are ignored
-    where ``has_text``/``has_image`` is false (so callers may fill them with anything)."""
+    where ``has_text``/``has_image`` is false (so callers may fill them with anything). A row whose
+    probabilities are not all finite counts as missing that modality: NaN would otherwise compare
+    false against every threshold and decide class 0 with NaN confidence."""
     n = len(has_text)
-    has_text, has_image = np.asarray(has_text, bool), np.asarray(has_image, bool)
+    has_text = np.asarray(has_text, bool) & np.isfinite(text).all(axis=1)
+    has_image = np.asarray(has_image, bool) & np.isfinite(image).all(axis=1)
     text_top, image_top = text.max(axis=1), image.max(axis=1)
     mixed = params.w_text * text + (1.0 - params.w_text) * image
 
@@ -117,13 +120,17 @@ def tune(text: np.ndarray, image: np.ndarray, y: np.ndarray, t_grid: Sequence[fl
         table.append({"t_text": float(t_text), "t_image": float(t_image), "w_text": float(w_text), "macro_f1": score})
         if score > best_score + 1e-12:
             best, best_score = params, score
-    assert best is not None, "empty tuning grid"
+    if best is None:  # an empty grid, or no rows (macro-F1 of no rows is NaN, which beats nothing)
+        raise ValueError(f"cascade tuning: nothing to choose from ({len(table)} grid points, {len(y)} rows)")
     return best, table
 
 
 def cross_fitted(text: np.ndarray, image: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, t_grid: Sequence[float], w_grid: Sequence[float], default_class: str, seed: int) -> np.ndarray:
     """Each group's (image row's) pairs decided by parameters tuned on the other folds' pairs:
-    the honest estimate of what tuning buys, since the grid search sees only ~150 images here."""
+    the honest estimate of what tuning buys, since the grid search sees only ~150 images here.
+    Needs ``folds`` >= 2: with one fold nothing is left to tune on."""
+    if folds < 2:
+        raise ValueError(f"cascade cross-fitting needs at least 2 folds, got {folds}")
     rng = np.random.default_rng(seed)
     unique = rng.permutation(np.unique(groups))
     fold_of = {g: k % folds for k, g in enumerate(unique)}

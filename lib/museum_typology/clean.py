@@ -131,20 +131,29 @@ def source_name(url: str) -> str:
 def read_oof(url: str, s3: S3Options | None = None) -> Oof:
     """Read and check one OOF file (guid, label, fold, proba[15]); an unusable file is an
     ``OofError`` that says what is wrong, never a half-read."""
+    return oof_from_table(read_oof_table(url, s3), url)
+
+
+def read_oof_table(url: str, s3: S3Options | None = None) -> pa.Table:
+    """The raw table of an OOF file (unchecked: ``oof_from_table`` checks it). tune-cascade reads
+    its files through here too, so both jobs accept and refuse the same files."""
     if not storage.exists(url, s3):
         raise OofError(f"{url}: no such out-of-fold file (train-text / train-image write oof/text.parquet and oof/image.parquet)")
     try:
         with storage.open_input_file(url, s3) as f:
-            table = pq.read_table(f)
+            return pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as exc:
         raise OofError(f"{url}: not a readable Parquet file ({exc})") from None
-    return oof_from_table(table, url)
 
 
 def oof_from_table(table: pa.Table, name: str) -> Oof:
+    """Check an OOF table and turn it into an ``Oof``; anything unusable is an ``OofError`` naming ``name``."""
     missing = [c for c in ("guid", "label", "proba") if c not in table.column_names]
     if missing:
         raise OofError(f"{name}: missing column(s) {', '.join(missing)} (expected guid, label, fold, proba)")
+    if table.num_rows == 0:
+        # Checked here, where the file is read, so the CLI's pre-check refuses it before Spark starts.
+        raise OofError(f"{name}: no rows (an out-of-fold file holds one row per labelled item)")
     guids = table.column("guid").to_pylist()
     labels = table.column("label").to_pylist()
     if any(g is None or g == "" for g in guids):
@@ -169,7 +178,11 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
         raise OofError(f"{name}: probabilities of guid {guids[i]} sum to {sums[i]:.4f}, not 1")
     proba = np.clip(proba, 0.0, None)
     proba /= proba.sum(axis=1, keepdims=True)  # float32 storage leaves sums of 1 +- 1e-7
-    fold = np.asarray(table.column("fold").to_pylist(), dtype=np.int64) if "fold" in table.column_names else np.zeros(len(guids), dtype=np.int64)
+    folds = table.column("fold").to_pylist() if "fold" in table.column_names else [0] * len(guids)
+    if any(f is None for f in folds):
+        i = next(i for i, f in enumerate(folds) if f is None)
+        raise OofError(f"{name}: empty fold in {sum(f is None for f in folds)} row(s), e.g. guid {guids[i]}")
+    fold = np.asarray(folds, dtype=np.int64)
     source = source_name(name)
     return Oof(guids, np.array([CLASS_INDEX[t] for t in labels], dtype=np.int64), proba, [source] * len(guids), fold)
 
@@ -203,6 +216,8 @@ def combine(oofs: list[Oof]) -> Oof:
             sums[j] += oof.proba[i]
             counts[j] += 1
             sources[j].append(oof.sources[i])
+    if not guids:  # read_oof refuses an empty file; this guards Oofs built in code
+        raise OofError("the out-of-fold files hold no rows")
     proba = np.stack(sums) / np.asarray(counts, dtype=np.float64)[:, None]
     return Oof(guids, np.asarray(y, dtype=np.int64), proba, ["+".join(s) for s in sources], np.asarray(fold, dtype=np.int64))
 
@@ -488,9 +503,18 @@ def manifest_table(c: Cleaned) -> pa.Table:
 # ---------------------------------------------------------------- Spark MLlib clustering (the edge)
 
 
-def k_candidates(grid: tuple[int, ...], rows: int, min_cluster_size: int) -> list[int]:
-    """The grid's k that leave at least ``min_cluster_size`` rows per cluster on average."""
-    return sorted({k for k in grid if k >= 2 and k * min_cluster_size <= rows})
+def k_candidates(grid: tuple[int, ...], rows: int, min_cluster_size: int, distinct: int | None = None) -> list[int]:
+    """The grid's k that leave at least ``min_cluster_size`` rows per cluster on average and, given
+    ``distinct`` (the number of distinct probability vectors), no more clusters than distinct rows:
+    Spark's KMeans initialisation finds at most that many centres, and its block solver then fails
+    with an ArrayIndexOutOfBoundsException (rows of identical titles have identical vectors)."""
+    most = rows if distinct is None else min(rows, distinct)
+    return sorted({k for k in grid if k >= 2 and k * min_cluster_size <= rows and k <= most})
+
+
+def distinct_rows(x: np.ndarray) -> int:
+    """How many distinct rows ``x`` holds (exact equality, as Spark's KMeans compares points)."""
+    return int(len(np.unique(x, axis=0))) if len(x) else 0
 
 
 def _fit_best_k(df, ks: list[int], cs: CleanSettings) -> tuple[int, dict[str, float], Any]:
@@ -528,7 +552,8 @@ def spark_clusters(spark, oof: Oof, cs: CleanSettings) -> tuple[np.ndarray, np.n
     from pyspark.ml.functions import array_to_vector
 
     n = len(oof)
-    frame = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "label": [CLASSES[i] for i in oof.y], "x": list(np.sqrt(oof.proba))})
+    features = np.sqrt(oof.proba)
+    frame = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "label": [CLASSES[i] for i in oof.y], "x": list(features)})
     partitions = max(1, min(spark.sparkContext.defaultParallelism, n // 1000 + 1))
     df = spark.createDataFrame(frame, "row long, label string, x array<double>").repartition(partitions, "row").withColumn("features", array_to_vector("x")).drop("x").cache()
     label_cluster = np.zeros(n, dtype=np.int64)
@@ -536,16 +561,17 @@ def spark_clusters(spark, oof: Oof, cs: CleanSettings) -> tuple[np.ndarray, np.n
     k_choice: dict[str, Any] = {}
 
     def one_scope(scope: str, part, rows: int) -> None:
-        ks = k_candidates(cs.overall_k if scope == ALL_SCOPE else cs.label_k, rows, cs.min_cluster_size)
+        distinct = distinct_rows(features if scope == ALL_SCOPE else features[oof.y == CLASS_INDEX[scope]])
+        ks = k_candidates(cs.overall_k if scope == ALL_SCOPE else cs.label_k, rows, cs.min_cluster_size, distinct)
         if not ks:
-            k_choice[scope] = {"k": 1, "rows": rows, "silhouette": {}}
-            return  # one cluster: the zeros already there
+            k_choice[scope] = {"k": 1, "rows": rows, "distinct": distinct, "silhouette": {}}
+            return  # one cluster (too few rows, or fewer than 2 distinct vectors): the zeros already there
         started = time.time()
         k, scores, predicted = _fit_best_k(part, ks, cs)
         got = predicted.select("row", "k").toPandas()
         target = cluster if scope == ALL_SCOPE else label_cluster
         target[got["row"].to_numpy()] = renumber_by_size(got["k"].to_numpy())  # scopes never share rows
-        k_choice[scope] = {"k": k, "rows": rows, "silhouette": scores}
+        k_choice[scope] = {"k": k, "rows": rows, "distinct": distinct, "silhouette": scores}
         log.info("clusters of %s: %d rows, k=%d (silhouette by k: %s) in %.1f s", scope, rows, k, scores, time.time() - started)
 
     counts = Counter(frame["label"])
@@ -568,34 +594,73 @@ def spark_clusters(spark, oof: Oof, cs: CleanSettings) -> tuple[np.ndarray, np.n
 # ---------------------------------------------------------------- the cleaned manifest, read back
 
 
+# Hand-made manifests' ``keep`` cells. An empty cell means "not kept", whether the file is CSV
+# (where it reads as null) or Parquet (null, or ""), so one manifest means the same in both formats.
+_KEEP_TRUE = frozenset({"true", "t", "1", "yes", "y"})
+_KEEP_FALSE = frozenset({"false", "f", "0", "no", "n", ""})
+# Read as text, never inferred: a guid "1001" must stay the string "1001" (not the integer 1001)
+# and a guid "NA" or "null" must stay itself (not null), or they would never match the data's guids.
+_MANIFEST_TEXT_COLUMNS = ("guid", "new_label", "action", "typology", "keep")
+
+
+def _keep_flag(value: Any, url: str, guid: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = "" if value is None else str(value).strip().lower()
+    if text in _KEEP_TRUE:
+        return True
+    if text in _KEEP_FALSE:
+        return False
+    raise OofError(f"{url}: guid {guid}: keep = {value!r} is not a yes/no value (true/false, 1/0, yes/no; empty = false)")
+
+
 def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str | None]:
     """guid -> the label to train on, or None to leave the row out.
 
     Reads the clean job's manifest (guid, new_label, action; Parquet or CSV) and, for manifests
     made by hand, the older shape guid, typology[, keep]. Guids it does not name keep their label.
+    In a hand-made manifest, a row is kept when ``keep`` is true/1/yes (or the column is absent)
+    and left out when it is false/0/no or empty (an empty CSV cell and a null or "" Parquet value
+    are the same: not kept), or when its typology is empty. Every guid must be non-empty and
+    appear once; new_label may be empty only on a ``drop`` row. CSV columns are read as text.
     """
     if not storage.exists(url, s3):
         raise OofError(f"{url}: no such cleaned manifest (run the clean job first)")
     try:
         if url.endswith(".csv"):
-            table = pacsv.read_csv(io.BytesIO(storage.read_bytes(url, s3)), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            # Only an unquoted empty cell is null (how Arrow writes a null); "" stays an empty string, as in Parquet.
+            options = pacsv.ConvertOptions(column_types={c: pa.string() for c in _MANIFEST_TEXT_COLUMNS}, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+            table = pacsv.read_csv(io.BytesIO(storage.read_bytes(url, s3)), convert_options=options)
         else:
             with storage.open_input_file(url, s3) as f:
                 table = pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as exc:
         raise OofError(f"{url}: not a readable cleaned manifest ({exc})") from None
     columns = set(table.column_names)
+    if "guid" in columns:
+        guids = table.column("guid").to_pylist()
+        empty = [n for n, g in enumerate(guids) if g is None or str(g).strip() == ""]
+        if empty:
+            raise OofError(f"{url}: empty guid in {len(empty)} row(s), e.g. data row {empty[0] + 1}")
+        kind = table.schema.field("guid").type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise OofError(f"{url}: the guid column holds {kind}, expected text (guids are matched as strings)")
+        duplicated = [g for g, n in Counter(guids).items() if n > 1]
+        if duplicated:
+            raise OofError(f"{url}: {len(duplicated)} guid(s) appear more than once, e.g. {duplicated[0]} (a manifest says one thing per row)")
     rows = table.to_pylist()
     result: dict[str, str | None] = {}
     if {"guid", "new_label", "action"} <= columns:
         for r in rows:
             if r["action"] not in ACTIONS:
                 raise OofError(f"{url}: guid {r['guid']}: unknown action {r['action']!r} (expected {', '.join(ACTIONS)})")
+            if r["action"] != DROP and not r["new_label"]:
+                raise OofError(f"{url}: guid {r['guid']}: action {r['action']} with an empty new_label (only a drop row has none)")
             result[r["guid"]] = None if r["action"] == DROP else r["new_label"]
     elif {"guid", "typology"} <= columns:
+        has_keep = "keep" in columns
         for r in rows:
-            keep = r.get("keep", True)
-            keep = keep if isinstance(keep, bool) else str(keep).strip().lower() not in ("false", "0", "no", "")
+            keep = _keep_flag(r["keep"], url, r["guid"]) if has_keep else True
             result[r["guid"]] = r["typology"] if keep and r["typology"] else None
     else:
         raise OofError(f"{url}: a cleaned manifest needs guid, new_label, action (or guid, typology[, keep]) columns; found {', '.join(sorted(columns))}")
@@ -632,13 +697,20 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
     cs = CleanSettings.from_settings(settings)
     if not oof_urls:
         raise OofError("clean: no --oof file given")
-    oof = combine([read_oof(url, s3) for url in oof_urls])
+    storage.check_replaceable(output_url, ("cleaned_manifest.parquet", "summary.json"), "clean", s3)
+    inputs = [read_oof(url, s3) for url in oof_urls]
+    oof = combine(inputs)
     log.info("clean: %d rows from %s (%s)", len(oof), ", ".join(oof_urls), dict(Counter(oof.sources)))
     label_cluster, cluster, k_choice = spark_clusters(spark, oof, cs)
     cleaned = clean_labels(oof, cs, label_cluster, cluster, k_choice)
     table = manifest_table(cleaned)
-    if table.num_rows != len(oof) or set(table.column("guid").to_pylist()) != set(oof.guids):
-        raise RuntimeError("clean: the manifest does not hold every input row exactly once")
+    # Against the rows read from the files, not against ``oof`` (the manifest is built from it, so
+    # that comparison could never fail): a guid lost or doubled by combine or later fails here.
+    read_guids = {g for one in inputs for g in one.guids}
+    written = table.column("guid").to_pylist()
+    if len(written) != len(read_guids) or set(written) != read_guids:
+        lost, extra = len(read_guids - set(written)), len(written) - len(set(written) & read_guids)
+        raise RuntimeError(f"clean: the manifest does not hold every input row exactly once ({len(read_guids)} guids read, {len(written)} rows written: {lost} missing, {extra} doubled or unknown)")
 
     per_class = per_class_counts(oof.y, cleaned.actions, cleaned.new_labels, cleaned.suspected)
     summary: dict[str, Any] = {

@@ -3,88 +3,109 @@
 Reads ``oof/text.parquet`` and ``oof/image.parquet`` (guid, label, proba), pairs image rows with
 text rows of the same label (``cascade.paired_oof``: the shared data has almost no real pairs),
 searches the conf's grids for the best macro-F1, and writes a versioned bundle
-``models/cascade/<version>/`` (``cascade.json`` + ``report.md``) and ``models/cascade/latest``.
+``models/cascade/<version>/`` (``cascade.json`` + ``report.md``, atomically with ``_SUCCESS``) and
+then ``models/cascade/latest``. The version hashes the settings and the OOF files' content.
 Real pairs (guids in both files) are scored with the tuned and the baseline parameters beside it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from . import bundles, storage
+from . import bundles, clean, storage
 from .cascade import CascadeParams, cross_fitted, decide, paired_oof, source_breakdown, tune
 from .config import Settings
 from .log import get_logger
 from .report import macro_f1
-from .schema import CLASSES
 from .storage import S3Options
 
 log = get_logger(__name__)
 
 
 class TuneError(ValueError):
-    """An out-of-fold file is missing or unusable."""
+    """An out-of-fold file is missing or unusable, or the [cascade] settings cannot be tuned with."""
 
 
 def read_oof(url: str, s3: S3Options | None) -> tuple[list[str], np.ndarray, np.ndarray, str]:
-    """(guids, labels as class indices, probabilities [n, 15], model_version) of an OOF file."""
-    if not storage.exists(url, s3):
-        raise TuneError(f"{url}: no out-of-fold file (run train-text / train-image first)")
-    fs, path = storage.filesystem(url, s3)
-    table = pq.read_table(path, filesystem=fs)
-    missing = [c for c in ("guid", "label", "proba") if c not in table.column_names]
-    if missing:
-        raise TuneError(f"{url}: missing column(s) {', '.join(missing)}")
-    labels = table.column("label").to_pylist()
-    unknown = sorted({label for label in labels if label not in CLASSES})
-    if unknown:
-        raise TuneError(f"{url}: unknown label(s) {unknown[:3]}")
-    proba = np.asarray(table.column("proba").to_pylist(), dtype=np.float64)
-    if proba.ndim != 2 or proba.shape[1] != len(CLASSES):
-        raise TuneError(f"{url}: proba must hold {len(CLASSES)} floats per row, got shape {proba.shape}")
+    """(guids, labels as class indices, probabilities [n, 15], model_version) of an OOF file.
+
+    Read and checked by the clean job's reader (``clean.read_oof_table`` + ``clean.oof_from_table``:
+    readable Parquet, rows, unique non-empty guids, known labels, 15 finite non-negative
+    probabilities summing to 1), so both jobs accept and refuse the same files; its ``OofError``
+    becomes a ``TuneError``."""
+    try:
+        table = clean.read_oof_table(url, s3)
+        oof = clean.oof_from_table(table, url)
+    except clean.OofError as exc:
+        raise TuneError(str(exc)) from None
     versions = table.column("model_version").to_pylist() if "model_version" in table.column_names else [""]
-    return table.column("guid").to_pylist(), np.array([CLASSES.index(label) for label in labels]), proba, str(versions[0] if versions else "")
+    return oof.guids, oof.y, oof.proba, str(versions[0] if versions and versions[0] is not None else "")
+
+
+def oof_digest(guids: list[str], y: np.ndarray, proba: np.ndarray) -> str:
+    """sha256 of an OOF file's content as read (guids, labels, probabilities): the bundle version
+    changes with the data even when the file's model_version column is absent or unchanged."""
+    h = hashlib.sha256()
+    h.update(json.dumps(guids, ensure_ascii=False).encode())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(proba, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _check_conf(conf: dict[str, Any]) -> tuple[int, int, int]:
+    """(folds, pairs_per_image, seed) of [cascade], refused with a TuneError when they cannot work."""
+    values: dict[str, int] = {}
+    for key, least, why in (("folds", 2, "the cross-fitted estimate tunes on the other folds and scores the held-out one"), ("pairs_per_image", 1, "each image row needs a text row to pair with"), ("seed", 0, "a random seed")):
+        value = conf.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise TuneError(f"cascade.{key} = {value!r}: must be a whole number >= {least} ({why})")
+        values[key] = value
+    for key in ("threshold_grid", "weight_grid"):
+        grid = conf.get(key)
+        if not isinstance(grid, list) or not grid or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid):
+            raise TuneError(f"cascade.{key} = {grid!r}: must be a non-empty list of numbers")
+    return values["folds"], values["pairs_per_image"], values["seed"]
 
 
 def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> dict[str, Any]:
     s3 = S3Options.from_settings(settings.section("s3"))
     conf = settings.section("cascade")
+    folds, per_image, seed = _check_conf(conf)  # before reading anything: a bad setting fails at once
     baseline = CascadeParams.from_dict(conf)
     t_guids, t_y, t_proba, t_version = read_oof(text_oof, s3)
     i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3)
-    text_pairs, image_pairs, y, groups = paired_oof(t_proba, t_y, i_proba, i_y, int(conf["pairs_per_image"]), int(conf["seed"]))
+    text_pairs, image_pairs, y, groups = paired_oof(t_proba, t_y, i_proba, i_y, per_image, seed)
     if len(y) == 0:
         raise TuneError(f"{image_oof}: no image row shares a label with {text_oof}: nothing to tune on")
     best, table = tune(text_pairs, image_pairs, y, conf["threshold_grid"], conf["weight_grid"], baseline.default_class)
-    held_out = cross_fitted(text_pairs, image_pairs, y, groups, int(conf["folds"]), conf["threshold_grid"], conf["weight_grid"], baseline.default_class, int(conf["seed"]))
+    held_out = cross_fitted(text_pairs, image_pairs, y, groups, folds, conf["threshold_grid"], conf["weight_grid"], baseline.default_class, seed)
     ones = np.ones(len(y), dtype=bool)
     tuned_decision, baseline_decision = decide(text_pairs, image_pairs, ones, ones, best), decide(text_pairs, image_pairs, ones, ones, baseline)
+    t_digest, i_digest = oof_digest(t_guids, t_y, t_proba), oof_digest(i_guids, i_y, i_proba)
     metrics: dict[str, Any] = {
         "pairs": int(len(y)),
-        "folds": int(conf["folds"]) - 1,
+        "folds": folds,  # as configured (cascade.folds); each held-out fold is tuned on the other folds - 1
         "params": best.to_dict(),
         "baseline_params": baseline.to_dict(),
         "paired_macro_f1": {"tuned": macro_f1(y, tuned_decision.label), "tuned_cross_fitted": macro_f1(y, held_out), "baseline": macro_f1(y, baseline_decision.label),
                             "text_only": macro_f1(y, text_pairs.argmax(1)), "image_only": macro_f1(y, image_pairs.argmax(1))},
         "paired_sources": {"tuned": source_breakdown(tuned_decision, y), "baseline": source_breakdown(baseline_decision, y)},
         "real_pairs": real_pairs(t_guids, t_proba, i_guids, i_y, i_proba, best, baseline),
-        "inputs": {"text_oof": text_oof, "text_model": t_version, "image_oof": image_oof, "image_model": i_version},
+        "inputs": {"text_oof": text_oof, "text_model": t_version, "text_digest": t_digest, "image_oof": image_oof, "image_model": i_version, "image_digest": i_digest},
     }
-    digest = hashlib.sha256(json.dumps([t_version, i_version, conf], sort_keys=True, default=str).encode()).hexdigest()
+    # The data's digests too: the model_version column may be absent, or the same over new data.
+    digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf], sort_keys=True, default=str).encode()).hexdigest()
     version = bundles.make_version(digest)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp)
-        (local / "cascade.json").write_text(json.dumps({"version": version, "params": best.to_dict(), "metrics": metrics}, ensure_ascii=False, indent=1))
-        (local / "grid.json").write_text(json.dumps(table, indent=0))
-        (local / "report.md").write_text(report_markdown(metrics), encoding="utf-8")
-        url = storage.join(cascade_dir, version)
-        storage.upload_directory(str(local), url, s3)
+    url = storage.join(cascade_dir, version)
+    # Atomic, with _SUCCESS, like the text and image bundles: a crash leaves no half bundle that
+    # score could pick up; ``latest`` moves only after the commit.
+    with storage.atomic_directory(url, s3) as staging:
+        storage.write_bytes(storage.join(staging, "cascade.json"), json.dumps({"version": version, "params": best.to_dict(), "metrics": metrics}, ensure_ascii=False, indent=1).encode(), s3)
+        storage.write_bytes(storage.join(staging, "grid.json"), json.dumps(table, indent=0).encode(), s3)
+        storage.write_bytes(storage.join(staging, "report.md"), report_markdown(metrics).encode("utf-8"), s3)
     bundles.publish_latest(cascade_dir, version, s3)
     log.info("tune-cascade: %s (paired macro-F1 %.3f, baseline %.3f) -> %s", best, metrics["paired_macro_f1"]["tuned"], metrics["paired_macro_f1"]["baseline"], url)
     return {"bundle": url, "version": version, "params": best, "metrics": metrics}
@@ -117,7 +138,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     for name in ("tuned", "baseline"):
         p = metrics["params"] if name == "tuned" else metrics["baseline_params"]
         lines.append(f"| {name} | {p['t_text']} | {p['t_image']} | {p['w_text']} | {f1[name]:.3f} |")
-    lines += ["", f"Cross-fitted (parameters tuned on the other {metrics['folds']} folds' images, scored on the held-out images' pairs): {f1['tuned_cross_fitted']:.3f} against {f1['baseline']:.3f} for the baseline's parameters."]
+    lines += ["", f"Cross-fitted (parameters tuned on the other {metrics['folds'] - 1} folds' images, scored on the held-out images' pairs): {f1['tuned_cross_fitted']:.3f} against {f1['baseline']:.3f} for the baseline's parameters."]
     lines += ["", f"Text alone: {f1['text_only']:.3f}; image alone: {f1['image_only']:.3f}.", "", "Decisions by source (tuned):", ""]
     for source, values in metrics["paired_sources"]["tuned"].items():
         lines.append(f"- {source}: {values['rows']} rows, accuracy {values['accuracy']:.3f}")
