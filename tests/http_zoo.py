@@ -225,6 +225,17 @@ class ZooServer:
             self._send(h, 301, b"", "text/plain", {"Location": "/loop/b" if parts[1] == "a" else "/loop/a"})
         elif head == "to-localhost":  # the same server under another host name: another host to a crawler
             self._send(h, 302, b"", "text/plain", {"Location": f"http://localhost:{self.port}/img/ok.jpg"})
+        elif head == "odd-retry-after":  # "²" passes str.isdigit; headers decode as latin-1
+            self._send(h, 429, b"slow down", "text/plain", {"Retry-After": "\xb2"})
+        elif head == "odd-length":
+            h.send_response(200)
+            h.send_header("Content-Type", "image/jpeg")
+            h.send_header("Content-Length", "\xb2")
+            h.end_headers()
+            h.close_connection = True
+            h.wfile.write(ok_jpeg)
+        elif head == "to-localhost-limited":  # another host that answers 429 with a Retry-After
+            self._send(h, 302, b"", "text/plain", {"Location": f"http://localhost:{self.port}/limited/{parts[1]}"})
         elif head == "to-file":
             self._send(h, 302, b"", "text/plain", {"Location": "file:///etc/passwd"})
         elif head == "huge":

@@ -217,6 +217,26 @@ def test_retry_after_parsing():
     assert 28 <= fetcher.parse_retry_after(http_date, now) <= 31
 
 
+def test_odd_header_values_are_a_result_not_an_exception(zoo):
+    """fetch() never raises: a Retry-After or Content-Length of "²" (str.isdigit says yes) is a
+    header to ignore, not a crawl task to fail."""
+    limited = _fetch(zoo, "/odd-retry-after")
+    assert (limited.status, limited.http_status, limited.attempts) == (fetcher.HTTP_ERROR, 429, FAST.retries + 1)
+    body = _fetch(zoo, "/odd-length")
+    assert body.ok and body.received_bytes > 0  # the length is unknown, so the body is read to its end
+    assert fetcher.parse_retry_after("\xb2") is None and fetcher.parse_retry_after("²") is None
+
+
+def test_retry_after_pauses_the_host_that_asked_not_the_one_that_redirected(zoo):
+    with Fetcher(FAST, seed=0) as f:
+        started = time.monotonic()
+        result = f.fetch(zoo.url("/to-localhost-limited/x"))
+        paused = {key: host.next_start - started for key, host in f._hosts.items()}
+    assert result.ok and result.attempts == 2
+    assert paused[fetcher.host_key(f"http://localhost:{zoo.port}/")] >= 0.9  # Retry-After: 1
+    assert paused[fetcher.host_key(zoo.url("/"))] < 0.5  # the redirecting host was never asked to wait
+
+
 def test_cluster_wide_limits_are_shared_between_tasks():
     section = {
         "user_agent": "ua", "connect_timeout_s": 1, "read_timeout_s": 2, "total_timeout_s": 3, "retries": 1,
@@ -224,7 +244,9 @@ def test_cluster_wide_limits_are_shared_between_tasks():
         "threads_per_task": 16, "host_connections": 10, "host_rate": 8.0,
     }
     s = FetchSettings.from_settings(section, max_bytes=100, parallel_tasks=4)
-    assert s.host_connections == 3 and s.host_rate == 2.0 and s.threads == 16 and s.max_bytes == 100
+    assert s.host_connections == 2 and s.host_rate == 2.0 and s.threads == 16 and s.max_bytes == 100  # 4 x 2 <= 10
+    assert FetchSettings.from_settings({**section, "host_connections": 48}, 100, parallel_tasks=20).host_connections == 2  # 40 <= 48
+    assert FetchSettings.from_settings({**section, "host_connections": 1}, 100, parallel_tasks=4).host_connections == 1  # one each at least
 
 
 def test_fetch_is_thread_safe_under_load(zoo):

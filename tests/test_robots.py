@@ -93,3 +93,23 @@ Allow: /tmp/public*
     everything, _ = robots.parse("User-agent: museum-typology-crawler\nDisallow: /\n", "museum-typology-crawler")
     assert not robots.HostRules(rules=everything).verdict("/img/1.jpg")
     assert robots.parse("Disallow: /\n", "x") == ((), None)  # rules before any User-agent belong to nobody
+
+
+def test_a_byte_order_mark_does_not_orphan_the_first_group():
+    body = b"\xef\xbb\xbfUser-agent: *\nDisallow: /private/\n"
+    cache = robots.RobotsCache(lambda url: _answer(FETCHED, 200, body), UA)
+    assert cache.check("http://h.example/private/x.jpg").startswith("robots.txt of h.example disallows")
+    assert cache.check("http://h.example/img/1.jpg") is None
+
+
+def test_crawl_delays_that_cannot_be_honoured():
+    """inf/nan/negative/zero are ignored (inf paused the host for ever); a finite delay over the
+    cap makes the host disallow all, with the reason."""
+    for value in ("inf", "nan", "-5", "0", "soon"):
+        rules = robots.rules_from(_answer(FETCHED, 200, f"User-agent: *\nCrawl-delay: {value}\n".encode()), UA, max_crawl_delay_s=60)
+        assert rules.crawl_delay_s is None and rules.verdict("/a.jpg"), value
+    slow = robots.rules_from(_answer(FETCHED, 200, b"User-agent: *\nCrawl-delay: 86400\n"), UA, max_crawl_delay_s=60)
+    assert not slow.verdict("/a.jpg") and "Crawl-delay of 86400 s, over crawl.max_crawl_delay_s=60" in slow.reason
+    cache = robots.RobotsCache(lambda url: _answer(FETCHED, 200, b"User-agent: *\nCrawl-delay: 86400\n"), UA, max_crawl_delay_s=60)
+    assert "over crawl.max_crawl_delay_s" in cache.check("http://h.example/a.jpg")
+    assert robots.rules_from(_answer(FETCHED, 200, b"User-agent: *\nCrawl-delay: 30\n"), UA, max_crawl_delay_s=60).crawl_delay_s == 30.0

@@ -85,6 +85,7 @@ class TaskSettings:
     decode_threads: int
     robots_txt: bool
     s3: S3Options | None
+    max_crawl_delay_s: float = 60.0
 
 
 # ---------------------------------------------------------------- read and plan (pure)
@@ -309,19 +310,21 @@ def crawl_partition(partition: int, tasks: list[dict[str, Any]], task: TaskSetti
         refusal = robots_rules.check(url_task["url"]) if robots_rules is not None else None
         if refusal:
             return [manifest_row(r, status=STATUS_ROBOTS_DISALLOWED, reason=refusal) for r in url_task["rows"]], [], 0
-        fetched = crawler.fetch(url_task["url"], check_redirect=robots_rules.check if robots_rules is not None else None)
+        fetched = None
         try:
+            fetched = crawler.fetch(url_task["url"], check_redirect=robots_rules.check if robots_rules is not None else None)
             with decode_slots:
                 manifest_rows, dataset_rows = outcome(url_task, fetched, task.decode, schema)
-        except Exception as exc:  # noqa: BLE001 - a bug on one URL must not lose the partition's rows
+        except Exception as exc:  # noqa: BLE001 - a bug on one URL (a server's odd header) must not lose the partition's rows
             reason = f"crawler error: {type(exc).__name__}: {exc}"
-            manifest_rows = [manifest_row(r, status=STATUS_QUARANTINED, reason=reason, attempts=fetched.attempts) for r in url_task["rows"]]
+            attempts = fetched.attempts if fetched is not None else 0
+            manifest_rows = [manifest_row(r, status=STATUS_QUARANTINED, reason=reason, attempts=attempts) for r in url_task["rows"]]
             dataset_rows = []
-        return manifest_rows, dataset_rows, fetched.received_bytes
+        return manifest_rows, dataset_rows, fetched.received_bytes if fetched is not None else 0
 
     received = 0
     with Fetcher(task.fetch) as crawler, ThreadPoolExecutor(task.fetch.threads, thread_name_prefix=f"crawl-{partition}") as pool:
-        robots_rules = RobotsCache(crawler.fetch, task.fetch.user_agent, on_crawl_delay=crawler.slow_host) if task.robots_txt else None
+        robots_rules = RobotsCache(crawler.fetch, task.fetch.user_agent, on_crawl_delay=crawler.slow_host, max_crawl_delay_s=task.max_crawl_delay_s) if task.robots_txt else None
         for manifest_rows, dataset_rows, nbytes in _bounded_map(pool, work, todo, 2 * task.fetch.threads):
             chunks.add(manifest_rows, dataset_rows)
             received += nbytes
@@ -525,6 +528,7 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         commit_rows=max(1, int(crawl_conf["commit_rows"])),
         decode_threads=max(1, int(crawl_conf["decode_threads_per_task"])),
         robots_txt=bool(crawl_conf["robots_txt"]),
+        max_crawl_delay_s=float(crawl_conf["max_crawl_delay_s"]),
         row_group_bytes=int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024,
         s3=s3,
     )
@@ -535,6 +539,11 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         f" (resuming: {len(done_before)} rows already stored)" if resumed else "",
         task_settings.fetch.threads, task_settings.fetch.host_connections,
     )
+    if task_settings.fetch.parallel_tasks > int(crawl_conf["host_connections"]):
+        log.warning(
+            "crawl: %d tasks run at once but crawl.host_connections = %s: each task needs one connection, so up to %d may be open to one host; use fewer partitions or executors to keep the limit",
+            task_settings.fetch.parallel_tasks, crawl_conf["host_connections"], task_settings.fetch.parallel_tasks,
+        )
 
     stats: list[dict[str, Any]] = []
     if todo_groups:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import math
 import random
 import threading
 import time
@@ -81,8 +80,10 @@ class FetchSettings:
     @classmethod
     def from_settings(cls, section: Mapping[str, Any], max_bytes: int, parallel_tasks: int = 1) -> FetchSettings:
         """``section`` is the ``[crawl]`` table. Per-host limits there are for the whole job;
-        each of the ``parallel_tasks`` tasks running at once gets its share (at least 1
-        connection)."""
+        each of the ``parallel_tasks`` tasks running at once gets its share, rounded down so that
+        the shares add up to no more than the limit; but every task needs one connection, so
+        with more tasks than ``host_connections`` the job may hold one per task (a warning says
+        so; fewer partitions or executors keep the limit)."""
         parallel_tasks = max(1, int(parallel_tasks))
         rate = float(section["host_rate"])
         return cls(
@@ -97,7 +98,7 @@ class FetchSettings:
             max_redirects=int(section["max_redirects"]),
             max_bytes=int(max_bytes),
             threads=max(1, int(section["threads_per_task"])),
-            host_connections=max(1, math.ceil(int(section["host_connections"]) / parallel_tasks)),
+            host_connections=max(1, int(section["host_connections"]) // parallel_tasks),
             host_rate=rate / parallel_tasks if rate > 0 else 0.0,
             parallel_tasks=parallel_tasks,
         )
@@ -152,7 +153,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit also takes "²" (headers decode as latin-1)
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -166,10 +167,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class _Attempt(Exception):
     """One attempt's failure inside ``Fetcher``: carries the outcome and whether to retry."""
 
-    def __init__(self, status: str, reason: str, http_status: int | None = None, retry: bool = False, retry_after: float | None = None, received: int = 0):
+    def __init__(self, status: str, reason: str, http_status: int | None = None, retry: bool = False, retry_after: float | None = None, received: int = 0, host: str | None = None):
         super().__init__(reason)
         self.status, self.reason, self.http_status = status, reason, http_status
         self.retry, self.retry_after, self.received = retry, retry_after, received
+        self.host = host  # the host that answered (after redirects): the one a Retry-After pauses
 
 
 class _Host:
@@ -276,7 +278,7 @@ class Fetcher:
                     return FetchResult(url, failure.status, http_status=failure.http_status, attempts=attempts, reason=reason, received_bytes=failure.received)
                 if failure.retry_after is not None:
                     delay = min(failure.retry_after, self.settings.retry_after_max_s)
-                    self._pause_host(host_key(url), delay)
+                    self._pause_host(failure.host or host_key(url), delay)
                 else:
                     delay = self._backoff(attempts)
                 self._sleep(delay)
@@ -342,6 +344,7 @@ class Fetcher:
                             http_status=status,
                             retry=status in RETRY_STATUSES,
                             retry_after=retry_after,
+                            host=key,
                         )
                     return self._read_body(response, deadline), current, status
                 finally:
@@ -350,7 +353,7 @@ class Fetcher:
     def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
         s = self.settings
         declared = response.headers.get("Content-Length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > s.max_bytes:
+        if declared is not None and declared.strip().isascii() and declared.strip().isdigit() and int(declared) > s.max_bytes:
             _discard(response, drain=False)
             raise _Attempt(TOO_LARGE, f"Content-Length {int(declared)} bytes > crawl.max_bytes={s.max_bytes}", http_status=200)
         chunks: list[bytes] = []
@@ -382,7 +385,7 @@ def _discard(response: urllib3.BaseHTTPResponse, drain: bool = True) -> None:
     try:
         if drain:
             length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) <= 64 * 1024:
+            if length is not None and length.isascii() and length.isdigit() and int(length) <= 64 * 1024:
                 response.drain_conn()
                 return
         response.close()

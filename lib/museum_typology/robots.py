@@ -16,6 +16,7 @@ Pure apart from the fetch function it is given, so it is tested without a networ
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable
@@ -103,9 +104,11 @@ def parse(text: str, token: str) -> tuple[tuple[Rule, ...], float | None]:
             groups[-1][1].append(Rule(allow=key == "allow", pattern=_normalise(value)))
         elif key == "crawl-delay":
             try:
-                groups[-1][2].append(float(value))
+                delay = float(value)
             except ValueError:
-                pass
+                continue
+            if math.isfinite(delay) and delay > 0:  # "inf" would pause the host for ever, "nan" compares false
+                groups[-1][2].append(delay)
     token = token.lower()
     chosen = [g for g in groups if token in g[0]] or [g for g in groups if "*" in g[0]]
     rules = tuple(rule for g in chosen for rule in g[1])
@@ -124,11 +127,15 @@ def product_token(user_agent: str) -> str:
     return user_agent.split("/", 1)[0].split(" ", 1)[0].strip() or "*"
 
 
-def rules_from(result: FetchResult, user_agent: str) -> HostRules:
-    """The verdict for one host from the fetch of its robots.txt. Pure."""
+def rules_from(result: FetchResult, user_agent: str, max_crawl_delay_s: float | None = None) -> HostRules:
+    """The verdict for one host from the fetch of its robots.txt. Pure. A Crawl-delay over
+    ``max_crawl_delay_s`` cannot be honoured within a crawl: the host counts as disallowing all."""
     if result.status == FETCHED:
-        text = (result.body or b"")[:MAX_ROBOTS_BYTES].decode("utf-8", errors="replace")
+        # utf-8-sig: a BOM would glue itself to the first "User-agent" and orphan its group's rules.
+        text = (result.body or b"")[:MAX_ROBOTS_BYTES].decode("utf-8-sig", errors="replace")
         rules, delay = parse(text, product_token(user_agent))
+        if delay is not None and max_crawl_delay_s is not None and delay > max_crawl_delay_s:
+            return HostRules(reason=f"robots.txt asks a Crawl-delay of {delay:g} s, over crawl.max_crawl_delay_s={max_crawl_delay_s:g}: the host is treated as disallowing all")
         return HostRules(rules=rules, crawl_delay_s=delay)
     if result.status == HTTP_ERROR and result.http_status is not None and 400 <= result.http_status < 500:
         return HostRules(allow_all=True)
@@ -140,8 +147,9 @@ class RobotsCache:
     """``check(url)`` -> None when robots.txt allows the URL, else the reason. Thread-safe: the
     first thread to need a host fetches its robots.txt, the others wait for that answer."""
 
-    def __init__(self, fetch: Callable[[str], FetchResult], user_agent: str, on_crawl_delay: Callable[[str, float], None] | None = None):
+    def __init__(self, fetch: Callable[[str], FetchResult], user_agent: str, on_crawl_delay: Callable[[str, float], None] | None = None, max_crawl_delay_s: float | None = None):
         self._fetch = fetch
+        self._max_crawl_delay_s = max_crawl_delay_s
         self._user_agent = user_agent
         self._token = product_token(user_agent)
         self._on_crawl_delay = on_crawl_delay
@@ -160,7 +168,7 @@ class RobotsCache:
             with self._lock:
                 if key in self._rules:
                     return self._rules[key]
-            rules = rules_from(self._fetch(robots_url(url)), self._user_agent)
+            rules = rules_from(self._fetch(robots_url(url)), self._user_agent, self._max_crawl_delay_s)
             if rules.crawl_delay_s and self._on_crawl_delay is not None:
                 self._on_crawl_delay(key, rules.crawl_delay_s)
             with self._lock:
