@@ -175,6 +175,28 @@ def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path
     assert not (tmp_path / "unused.parquet").exists()
 
 
+def test_final_mode_refuses_a_rank_without_training_images_and_folds_beyond_the_classes(spark, tiny_dataset, tmp_path):
+    """--final reads its training rows round and round: a rank whose row groups hold none would
+    hang the job (petastorm re-reads empty row groups for ever); refused up front instead."""
+    from petastorm.predicates import in_set
+
+    from museum_typology import petastorm_io
+
+    all_guids = [f"img{n:02d}" for n in range(30)]
+    assert sum(train_image.rows_per_shard(str(tiny_dataset), None, all_guids, 2)) == 30
+    with petastorm_io.make_reader(str(tiny_dataset), None, schema_fields=["guid"], predicate=in_set(set(all_guids), "guid"), cur_shard=1, shard_count=2, num_epochs=1, workers_count=1) as reader:
+        rank1 = sorted(row.guid for row in reader)
+    assert 0 < len(rank1) < 30 and train_image.rows_per_shard(str(tiny_dataset), None, rank1, 2) == [0, len(rank1)]
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("guid,typology,keep\n" + "".join(f"{g},,no\n" for g in rank1), encoding="utf-8")
+    settings = _settings(tmp_path, 4, 0.001)
+    with pytest.raises(train_image.TrainImageError, match=r"rank\(s\) \[1\] would get no training image"):
+        train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models"), str(tmp_path / "oof.parquet"), num_proc=2, final=True, manifest=str(manifest), epochs=1, max_steps=1)
+    with pytest.raises(train_image.TrainImageError, match="no class has 11 labelled images .* use --folds 10 or fewer"):
+        train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models"), str(tmp_path / "oof.parquet"), folds=11, num_proc=2)
+    assert not (tmp_path / "models").exists()
+
+
 def test_batch_assignment_is_the_same_whatever_the_sharding():
     guids = [f"g{i}" for i in range(100)]
     hashes = image_model.stable_hash(guids)

@@ -667,7 +667,6 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
 
     state_url = storage.join(job.checkpoint_url, "state.json")
     weights_url = storage.join(job.checkpoint_url, "weights.h5")
-    best_url = storage.join(job.checkpoint_url, "best.h5")
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": {"train_loss": [], "val_macro_f1": [], "images_per_s": []}}
     if storage.exists(state_url, job.s3) and storage.exists(weights_url, job.s3):
         state = json.loads(storage.read_bytes(state_url, job.s3))
@@ -691,16 +690,21 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
             state["history"]["train_loss"].append(float(hvd.allreduce(tf.constant(np.mean(losses)), op=hvd.Average).numpy()))
             state["history"]["val_macro_f1"].append(val_f1)
             state["history"]["images_per_s"].append(rate)
+            previous_best = state.get("best_file")
             if val_f1 > state["best_f1"]:
-                state.update(best_f1=val_f1, best_epoch=state["epoch"], bad_epochs=0)
+                # One file per best epoch, named in the state, which is written last: a kill before
+                # the state is written leaves the state's own best file, never an epoch it lacks.
+                state.update(best_f1=val_f1, best_epoch=state["epoch"], bad_epochs=0, best_file=f"best-epoch{state['epoch']:03d}.h5")
                 if rank == 0:
-                    _save_weights(model, best_url, job.s3)
+                    _save_weights(model, storage.join(job.checkpoint_url, state["best_file"]), job.s3)
             else:
                 state["bad_epochs"] += 1
             state["epoch"] += 1
             if rank == 0:
                 _save_weights(model, weights_url, job.s3)
                 storage.write_bytes(state_url, json.dumps(state).encode(), job.s3)
+                if previous_best and previous_best != state["best_file"]:
+                    storage.delete_file(storage.join(job.checkpoint_url, previous_best), job.s3)
             hvd.allreduce(tf.constant(0.0), name="epoch_barrier")  # rank 0's checkpoint is written
     return {"rank": rank, "size": size, "state": state, "steps_per_epoch": steps, "seconds": time.time() - started, "mixed_precision": mixed}
 

@@ -158,6 +158,13 @@ def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
     fs.move(tmp, path)
 
 
+def delete_file(url: str, s3: S3Options | None = None) -> None:
+    """Delete one file if it is there."""
+    fs, path = filesystem(url, s3)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def delete_dir(url: str, s3: S3Options | None = None) -> None:
     fs, path = filesystem(url, s3)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:

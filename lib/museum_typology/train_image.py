@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,22 @@ def row_group_count(dataset_url: str, s3: S3Options | None) -> int:
     return total
 
 
+def rows_per_shard(dataset_url: str, s3: S3Options | None, guids: Sequence[str], shards: int) -> list[int]:
+    """How many of ``guids`` each Horovod rank's shard of the dataset holds, by petastorm's own
+    sharding (row groups by index modulo the shard count; the shuffle seed only reorders them).
+    Reads the guid column only."""
+    from petastorm.predicates import in_set
+
+    from . import petastorm_io
+
+    wanted, counts = set(guids), []
+    for rank in range(shards):
+        reader = petastorm_io.make_reader(dataset_url, s3, schema_fields=["guid"], predicate=in_set(wanted, "guid"), cur_shard=rank, shard_count=shards, num_epochs=1, shuffle_row_groups=False, workers_count=1, reader_pool_type="thread")
+        with reader:
+            counts.append(sum(1 for _ in reader))
+    return counts
+
+
 def configured_task_cpus(spark) -> int | None:
     """``spark.task.cpus`` if the job's Spark conf sets it (a cluster giving each GPU's task its
     cores), else None: Spark's default of 1 says nothing about the cores a process may use."""
@@ -134,8 +151,22 @@ def run(
         raise TrainImageError(f"{dataset_url}: only {len(labels)} labelled images; need at least {s.folds * 2}")
     guids = sorted(labels)
     y = np.array([labels[g] for g in guids], dtype=np.int64)
+    largest = int(np.bincount(y).max())
+    if largest < s.folds:  # StratifiedKFold needs one class with at least a member per fold
+        raise TrainImageError(f"{dataset_url}: no class has {s.folds} labelled images (the largest has {largest}); use --folds {largest} or fewer")
     fold = stratified_folds(guids, y, s.folds, s.seed)
-    conf_digest = hashlib.sha256(json.dumps({"image": image_model.settings_dict(s), "final": final, "epochs": epochs, "max_steps": max_steps}, sort_keys=True).encode()).hexdigest()
+    if final:
+        # --final reads its training rows round and round (num_epochs=None): a rank whose row
+        # groups hold none would wait for ever, and the other ranks with it at the first allreduce.
+        per_rank = rows_per_shard(dataset_url, s3, [g for g, f in zip(guids, fold.tolist()) if f != 0], n_proc)
+        if min(per_rank) == 0:
+            raise TrainImageError(
+                f"{dataset_url}: with {n_proc} processes, rank(s) {[r for r, n in enumerate(per_rank) if n == 0]} would get no training image "
+                f"(training images per rank: {per_rank}); use fewer processes, or re-ingest with more, smaller row groups"
+            )
+    # The process count too: it scales the learning rate and the steps, so a resume under another
+    # count must not continue this run's checkpoints.
+    conf_digest = hashlib.sha256(json.dumps({"image": image_model.settings_dict(s), "final": final, "epochs": epochs, "max_steps": max_steps, "processes": n_proc}, sort_keys=True).encode()).hexdigest()
     run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
     version = bundles.make_version(run_key) + ("-final" if final else "")
     checkpoint_url = storage.join(model_dir, "_checkpoints", ("final-" if final else "folds-") + run_key[:16])
@@ -211,7 +242,11 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
         _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone, job.backbone_tflite)
         write_report(local / "report", y, pred, metrics, histories, "fold ensemble, out-of-fold")
         bundle_url = _commit_bundle(local, model_dir, version, s3)
+    # The out-of-fold file before ``latest``: a kill in between leaves the previous bundle newest
+    # (its OOF file replaced by this run's, which names its version), never a newest bundle
+    # beside the previous run's out-of-fold file.
     write_oof(oof_url, guids, y, fold, proba, version, s3)
+    bundles.publish_latest(model_dir, version, s3)
     log.info("train-image: out-of-fold macro-F1 %.3f on %d images, bundle %s, oof %s", metrics["macro_f1"], len(guids), bundle_url, oof_url)
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
 
@@ -235,7 +270,9 @@ def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest,
         "seconds": round(time.time() - started, 1),
     }
     model, backbone, head = image_model.build_final_model(s, use_mixed_precision=False)
-    best = storage.join(job.checkpoint_url, "best.h5")
+    # The best epoch's weights, as the state (written last) names them; checkpoints from before
+    # that name was recorded kept them in best.h5.
+    best = storage.join(job.checkpoint_url, state.get("best_file") or "best.h5")
     image_model._load_weights(model, best if storage.exists(best, s3) else storage.join(job.checkpoint_url, "weights.h5"), s3)
     with tempfile.TemporaryDirectory(prefix="image-bundle-") as tmp:
         local = Path(tmp) / version
@@ -244,6 +281,7 @@ def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest,
         _write_bundle(local, job, settings, version, digest, ["heads/final.weights.h5"], metrics, backbone)
         write_report(local / "report", None, None, metrics, {0: {"train_loss": state["history"]["train_loss"], "val_macro_f1": state["history"]["val_macro_f1"]}}, "final model")
         bundle_url = _commit_bundle(local, model_dir, version, s3)
+    bundles.publish_latest(model_dir, version, s3)
     log.info("train-image --final: validation macro-F1 %.3f (best epoch %d of %d), bundle %s", state["best_f1"], state["best_epoch"], state["epoch"], bundle_url)
     return {"bundle": bundle_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
 
@@ -276,10 +314,10 @@ def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str,
 
 
 def _commit_bundle(local: Path, model_dir: str, version: str, s3) -> str:
+    """Commit the bundle; ``latest`` is the caller's to move, after the bundle's other outputs."""
     bundle_url = storage.join(model_dir, version)
     with storage.atomic_directory(bundle_url, s3) as staging:
         storage.upload_directory(str(local), staging, s3)
-    bundles.publish_latest(model_dir, version, s3)
     return bundle_url
 
 
