@@ -66,11 +66,11 @@ def write_image_rows(directory: Path, csv_path: Path, archive: Path, n: int) -> 
 def naive_loop(spec: score.ScorerSpec, rows: list[score.InputRow], images: dict[str, str]) -> float:
     """Rows/s of one-row-at-a-time scoring with the models already loaded (loading not timed)."""
     scorer = score.Scorer(spec)
-    warm = score.plan_tasks(rows[:1], images, {})
+    warm = score.plan_tasks(rows[:1], images, {}, spec.text_normalization)
     scorer.score_frame(warm)  # loads the models it needs
     started = time.perf_counter()
     for row in rows:
-        scorer.score_frame(score.plan_tasks([row], images, {}))
+        scorer.score_frame(score.plan_tasks([row], images, {}, spec.text_normalization))
     return len(rows) / (time.perf_counter() - started)
 
 

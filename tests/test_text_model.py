@@ -12,9 +12,10 @@ import pytest
 
 from museum_typology import score, train_text
 from museum_typology.config import load_settings
-from museum_typology.schema import CLASSES
-from museum_typology.text_model import TextModel, calibrate, fit_temperature, fold_ids, labelled_texts
 from museum_typology.catalogue import InputRow
+from museum_typology.schema import CLASSES
+from museum_typology.text import NORMALIZATION_VERSION, normalize
+from museum_typology.text_model import TextModel, calibrate, fit_temperature, fold_ids, labelled_texts
 
 # Four classes, each with its own vocabulary plus shared filler words and typos.
 VOCAB = {
@@ -76,7 +77,14 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("text")
     make_catalogue(root / "data")
     settings = load_settings(overrides=[*TINY, f"paths.work_dir={root / 'work'}"], environ={})
-    result = train_text.run(settings, str(root / "data"), str(root / "models"), str(root / "oof" / "text.parquet"))
+    saved: list[TextModel] = []  # the model in memory as training saves it (the load test compares)
+    real_save = TextModel.save
+    TextModel.save = lambda self, directory, extra: saved.append(self) or real_save(self, directory, extra)
+    try:
+        result = train_text.run(settings, str(root / "data"), str(root / "models"), str(root / "oof" / "text.parquet"))
+    finally:
+        TextModel.save = real_save
+    result["in_memory"] = saved[0]
     return root, settings, result
 
 
@@ -146,11 +154,59 @@ def result_version(root: Path) -> str:
 
 
 def test_loaded_bundle_reproduces_in_memory_predictions(trained):
+    """Everything that shapes a probability (members, blend weight, temperatures, class offsets,
+    word vectors) must survive the bundle: the loaded model scores as the trained one did."""
     _, _, result = trained
     model = TextModel.load(Path(result["bundle"]))
-    proba = model.predict_proba(["монета копейка рубль", "сабля кинжал"])
+    texts = [normalize(t) for t in ("монета копейка рубль", "сабля кинжал", "Фотоrрафия. Снимок завода", "неизвестное слово", "Письмо В.С. Попову")]
+    proba = model.predict_proba(texts)
     assert np.allclose(proba.sum(axis=1), 1)
-    assert [CLASSES[i] for i in proba.argmax(axis=1)] == [CLASSES[7], CLASSES[3]]
+    assert [CLASSES[i] for i in proba[:2].argmax(axis=1)] == [CLASSES[7], CLASSES[3]]
+    assert np.allclose(proba, result["in_memory"].predict_proba(texts), atol=1e-6)
+    assert model.normalization == NORMALIZATION_VERSION == result["in_memory"].normalization
+
+
+def test_score_normalises_with_the_bundles_rules(trained, tmp_path):
+    """A bundle from before the normalisation had versions is scored with version 1's rules."""
+    import shutil
+
+    root, settings, result = trained
+    assert score.resolve_models(settings, str(root / "models")).text_normalization == NORMALIZATION_VERSION
+    old = tmp_path / "text" / Path(result["bundle"]).name
+    shutil.copytree(result["bundle"], old)
+    calibration = json.loads((old / "calibration.json").read_text())
+    del calibration["normalization"]
+    (old / "calibration.json").write_text(json.dumps(calibration))
+    spec = score.resolve_models(settings, str(tmp_path / "none"), text_model=str(old))
+    assert spec.text_normalization == 1 and TextModel.load(old).normalization == 1
+    rows = [InputRow("g", "test", "t.csv", 1, 1, "Письмо В.С. Попову", None)]
+    assert score.plan_tasks(rows, {}, {}, spec.text_normalization)["text"].tolist() == ["письмо в село попову"]
+    assert score.plan_tasks(rows, {}, {})["text"].tolist() == ["письмо в с попову"]
+
+
+def test_a_model_without_navec_vectors_saves_and_loads(tmp_path):
+    """text.use_navec = false leaves the navec table empty; saving it failed after the training."""
+    from gensim.models import FastText
+
+    from museum_typology.text_model import Embedder, TextSettings, settings_dict
+
+    ts = TextSettings.from_settings(load_settings(overrides=TINY, environ={}))
+    fasttext = FastText(sentences=[["монета", "копейка"], ["сабля", "кинжал"]] * 5, vector_size=8, min_count=1, epochs=1, bucket=100, seed=1, workers=1)
+    model = TextModel(Embedder(fasttext.wv, {}, 4), [], [], 0.0, 1.0, settings=ts, normalization=NORMALIZATION_VERSION)
+    model.save(tmp_path / "bundle", {"conf.json": {"text": settings_dict(ts)}})
+    loaded = TextModel.load(tmp_path / "bundle")
+    assert loaded.embedder.navec == {} and loaded.embedder.dim == 8 and loaded.normalization == NORMALIZATION_VERSION
+
+
+def test_a_linear_member_of_two_classes_scores_both():
+    """LinearSVC gives one margin per text for two classes; it was broadcast into both columns."""
+    from museum_typology.text_model import LinearMember, margins
+
+    texts = ["монета копейка", "монета рубль", "сабля казачья", "сабля кинжал"] * 3
+    member = LinearMember(C=1.0, vectors_weight=0.0, seed=0).fit(texts, None, np.array([7, 7, 3, 3] * 3))
+    got = margins(member, ["монета копейка", "сабля кинжал", "монета"], None)
+    assert got.shape == (3, len(CLASSES)) and got[:, [3, 7]].argmax(axis=1).tolist() == [1, 0, 1]
+    assert (np.delete(got, [3, 7], axis=1) == -10.0).all()
 
 
 def test_bundle_without_the_vectors_setting_still_loads(trained, tmp_path):

@@ -70,7 +70,7 @@ from .score import (
     score_tasks,
 )
 from .storage import S3Options
-from .text import normalize
+from .text import NORMALIZATION_VERSION, normalize
 
 log = get_logger(__name__)
 
@@ -299,9 +299,9 @@ class RescorePlan:
         }
 
 
-def normalised_hash(description: str | None) -> str | None:
+def normalised_hash(description: str | None, normalization: int = NORMALIZATION_VERSION) -> str | None:
     """The description hash score records: of the normalised text, None when it has no words."""
-    text = normalize(description)
+    text = normalize(description, normalization)
     return description_hash(text) if text else None
 
 
@@ -310,6 +310,7 @@ def plan_rescore(
     state: Mapping[str, Mapping[str, Any]],
     model_version: str,
     image_hashes: Callable[[list[str]], Mapping[str, str | None]],
+    normalization: int = NORMALIZATION_VERSION,
 ) -> RescorePlan:
     """Which catalogue rows to score and why. ``state``: guid -> its current ``model_version``,
     ``description_hash``, ``image_sha256``; ``image_hashes`` is asked once, for the rows whose
@@ -331,7 +332,7 @@ def plan_rescore(
         old = state.get(row.guid)
         if old is None:
             rescore.append((index, "new"))
-        elif normalised_hash(row.description) != old.get("description_hash"):
+        elif normalised_hash(row.description, normalization) != old.get("description_hash"):
             rescore.append((index, "description"))
         elif old.get("model_version") != model_version:
             rescore.append((index, "model"))
@@ -417,7 +418,7 @@ def run(
     images = ImageHashes(spark, images_dir, image_dataset, s3, spec.max_bytes)
     version = spec.model_version
     log.info("rescore %s: %d catalogue rows against %d guids from %d partition(s), model %s", date, len(rows), len(state), len(before), version)
-    plan = plan_rescore(rows, state, version, images)
+    plan = plan_rescore(rows, state, version, images, spec.text_normalization)
 
     counts = plan.counts()
     summary: dict[str, Any] = {
@@ -437,13 +438,13 @@ def run(
 
     if not force and storage.is_committed(partition_url, s3):
         current = images([row.guid for row in delta]) if delta else {}  # type: ignore[misc]
-        planned = [(row.guid, reason, normalised_hash(row.description), current.get(row.guid), version) for row, reason in zip(delta, reasons)]
+        planned = [(row.guid, reason, normalised_hash(row.description, spec.text_normalization), current.get(row.guid), version) for row, reason in zip(delta, reasons)]
         if _already_complete(partition_url, planned, summary, s3):
             log.info("rescore %s: %s already holds this delta (%d rows); nothing to do", date, partition_url, len(delta))
             stored = json.loads(storage.read_bytes(storage.join(partition_url, SUMMARY_FILE), s3))
             return {**stored, "already_complete": True, "scored": 0}
 
-    tasks = plan_tasks(delta, images.files, images.dataset)
+    tasks = plan_tasks(delta, images.files, images.dataset, spec.text_normalization)
     result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
     frame = result.assign(reason=reasons)
     summary["sources"] = dict(sorted(Counter(frame["source"]).items()))

@@ -37,7 +37,7 @@ from .log import get_logger
 from .petastorm_io import PartImageReader
 from .schema import CLASSES
 from .storage import S3Options
-from .text import normalize
+from .text import NORMALIZATION_VERSION, normalize
 
 log = get_logger(__name__)
 
@@ -131,7 +131,7 @@ def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[s
     return found
 
 
-def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_images: dict[str, str]) -> pd.DataFrame:
+def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_images: dict[str, str], normalization: int = NORMALIZATION_VERSION) -> pd.DataFrame:
     """The rows handed to the executors (TASK_SCHEMA): normalised text, where the image is, and
     what the driver already knows is wrong (duplicate guid, rejected row); for planning only,
     ``image_pos``: a dataset row's place in the dataset (``dataset_images`` lists the guids
@@ -152,7 +152,7 @@ def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_im
             kind, ref = IMAGE_FILE, image_files[row.guid]
         elif row.guid is not None and row.guid in dataset_images:
             kind, ref, position = IMAGE_DATASET, dataset_images[row.guid], dataset_order[row.guid]
-        text = normalize(row.description)
+        text = normalize(row.description, normalization)
         if not text:
             notes.append("no description" if not row.description else "description has no words")
         records.append({"row": index, "guid": row.guid or "", "text": text, "image_kind": kind, "image_ref": ref, "note": "; ".join(notes), "image_pos": position})
@@ -180,6 +180,7 @@ class ScorerSpec:
     image_views: str = "trained"  # ImageBundle views: "trained" (all, TTA) or "whole" (whole + mirror)
     image_runtime: str = "auto"  # ImageBundle backbone: "tflite" (CPU kernels), "keras", "auto" (keras where a GPU is)
     image_threads: int = 0  # TF Lite threads per scorer; 0 = the Spark task's cpus
+    text_normalization: int = NORMALIZATION_VERSION  # the text bundle's text.normalize rules
 
     @property
     def params(self) -> CascadeParams:
@@ -235,7 +236,15 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
         int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),
         int(settings.get("score.batch_size")), int(settings.get("score.image_batch_size")), str(settings.get("score.image_views")),
         str(settings.get("score.image_runtime")), int(settings.get("score.image_threads")),
+        text_normalization(text, s3) if text else NORMALIZATION_VERSION,
     )
+
+
+def text_normalization(text_bundle: str, s3: S3Options | None) -> int:
+    """The text.normalize rules a text bundle was trained on (its calibration.json; bundles
+    written before the rules had versions: 1), read on the driver, which normalises the rows."""
+    calibration = json.loads(storage.read_bytes(storage.join(text_bundle, TEXT_MARKER), s3))
+    return int(calibration.get("normalization", 1))
 
 
 def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None) -> tuple[CascadeParams, str]:
@@ -552,7 +561,7 @@ def run(
     rows = read_rows(input_url, s3)
     image_files = find_image_files(images_dir, s3) if images_dir else {}
     dataset_images = find_dataset_images(image_dataset, s3) if image_dataset else {}
-    tasks = plan_tasks(rows, image_files, dataset_images)
+    tasks = plan_tasks(rows, image_files, dataset_images, spec.text_normalization)
     log.info("score: %d rows (%d with words, %d with an image) with %s", len(tasks), int((tasks["text"] != "").sum()), int(tasks["image_kind"].notna().sum()), spec.model_version)
     result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
     write_output(output_url, result, s3)

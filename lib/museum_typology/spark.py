@@ -26,7 +26,7 @@ from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
 from . import score
 from .config import load_settings
-from .text import normalize
+from .text import NORMALIZATION_VERSION, normalize
 
 
 class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritable):
@@ -79,18 +79,18 @@ def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs:
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = score.Scorer.cached(spec)
         for batch in batches:
-            result = scorer.score_frame(tasks_of(batch, columns))
+            result = scorer.score_frame(tasks_of(batch, columns, spec.text_normalization))
             yield batch.assign(**{outputs[0]: result["typology"].to_numpy(), outputs[1]: result["confidence"].to_numpy(), outputs[2]: result["source"].to_numpy()})
 
     return run
 
 
-def tasks_of(batch: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+def tasks_of(batch: pd.DataFrame, columns: dict[str, str], normalization: int = NORMALIZATION_VERSION) -> pd.DataFrame:
     """A DataFrame batch -> the score job's task rows (TASK_SCHEMA, plus image bytes). Pure."""
     n = len(batch)
     guid = batch[columns["guidCol"]].astype("string").fillna("") if columns["guidCol"] in batch else pd.Series([""] * n)
     description = batch[columns["descriptionCol"]] if columns["descriptionCol"] else pd.Series([None] * n)
-    texts = [normalize(d if isinstance(d, str) else None) for d in description]
+    texts = [normalize(d if isinstance(d, str) else None, normalization) for d in description]
     kinds: list[str | None] = [None] * n
     refs: list[str | None] = [None] * n
     raw: list[bytes | None] = [None] * n

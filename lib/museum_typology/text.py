@@ -46,6 +46,13 @@ _ABBREVIATIONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 # A Roman numeral (typed with Latin or Cyrillic х) before "век": a century, e.g. "xix в.".
 _ROMAN_CENTURY = re.compile(r"\b(?=[xхvi]+\s)[xх]{0,3}(?:ix|iv|v?i{0,3})\s+(?=век|века|годы)")
+# Version 2 also takes a Cyrillic х after the i ("хiх в.", typed with both scripts).
+_ROMAN_CENTURY_2 = re.compile(r"\b(?=[xхvi]+\s)[xх]{0,3}(?:i[xх]|iv|v?i{0,3})\s+(?=век|века|годы)")
+# Name initials, read before lower-casing (where case still tells them from abbreviations): two
+# in a row ("М.И. Ульяновой", "В. В."), or one after a capitalised word ("Руднева В."). Version 1
+# read them as abbreviations: "В.С. Попову" -> "в село попову", "Г.Д." -> "город д".
+_TWO_INITIALS = re.compile(r"\b([А-ЯЁ])\.\s?([А-ЯЁ])\.")
+_INITIAL_AFTER_NAME = re.compile(r"\b([А-ЯЁ][а-яё]+\s+)([А-ЯЁ])\.(?!\w)")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _TOKEN = re.compile(r"<[a-z]+>|[а-яa-z]+(?:-[а-яa-z]+)*")
 
@@ -64,21 +71,37 @@ def _number_token(match: re.Match[str]) -> str:
     return " <num> "
 
 
-def normalize(text: str | None) -> str:
-    """Lower-cased, letter-normalised, abbreviation-expanded text with number shape tokens."""
+# The rules' version. A text bundle records the version it was trained with and is scored with
+# it (older bundles: 1), so a change here never feeds a model text prepared another way.
+# 2: name initials kept as letters (not "село", "город", "век"); "хiх в." is a century; Latin
+# look-alikes are mended before the abbreviations ("Cпб." is "СПб.").
+NORMALIZATION_VERSION = 2
+
+
+def normalize(text: str | None, version: int = NORMALIZATION_VERSION) -> str:
+    """Lower-cased, letter-normalised, abbreviation-expanded text with number shape tokens, by
+    the rules of ``version`` (see ``NORMALIZATION_VERSION``)."""
     if not text:
         return ""
-    text = unicodedata.normalize("NFKC", text).lower().translate(_PRE_REFORM)
+    if version not in (1, 2):
+        raise ValueError(f"unknown text normalisation version {version!r} (this code knows 1 and 2)")
+    text = unicodedata.normalize("NFKC", text)
+    if version >= 2:
+        text = _TWO_INITIALS.sub(r" \1 \2 ", text)
+        text = _INITIAL_AFTER_NAME.sub(r"\1\2 ", text)
+    text = text.lower().translate(_PRE_REFORM)
     text = re.sub(r"ъ\b", "", text)  # pre-reform final hard sign: "домъ" -> "дом"
+    if version >= 2:
+        text = " ".join(_fix_mixed_script(w) for w in re.split(r"(\s+)", text) if w and not w.isspace())
     for pattern, replacement in _ABBREVIATIONS:
         text = pattern.sub(replacement, text)
-    text = _ROMAN_CENTURY.sub(" <century> ", text)
+    text = (_ROMAN_CENTURY_2 if version >= 2 else _ROMAN_CENTURY).sub(" <century> ", text)
     text = _NUMBER.sub(_number_token, text)
     words = [_fix_mixed_script(w) for w in re.split(r"\s+", text)]
     text = " ".join(words)
     return " ".join(_TOKEN.findall(text))
 
 
-def tokenize(text: str | None) -> list[str]:
+def tokenize(text: str | None, version: int = NORMALIZATION_VERSION) -> list[str]:
     """Tokens of the normalised text (the unit of the embeddings and the BiLSTM)."""
-    return normalize(text).split()
+    return normalize(text, version).split()

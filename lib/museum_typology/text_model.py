@@ -207,6 +207,8 @@ def margins(model, texts: Sequence[str], vectors: np.ndarray | None = None) -> n
     ``model`` is a ``make_linear_svc`` pipeline or a ``LinearMember`` (which also takes the
     texts' pooled word vectors)."""
     scores = model.decision_function(list(texts), vectors) if isinstance(model, LinearMember) else model.decision_function(list(texts))
+    if scores.ndim == 1:  # a model of two classes gives one margin per text: for classes_[1] over classes_[0]
+        scores = np.stack([-scores, scores], axis=1)
     full = np.full((len(texts), NUM_CLASSES), MISSING_CLASS_MARGIN, dtype=np.float64)
     full[:, model.classes_] = scores
     return full
@@ -444,6 +446,7 @@ class TextModel:
     tfidf_temperature: float = 1.0  # softmax temperature of the linear member's margins
     offsets: np.ndarray | None = None  # per-class log-probability offsets for macro-F1
     settings: TextSettings | None = None
+    normalization: int = 1  # text.normalize's rules the model was trained on (bundles before the version: 1)
     _runner: BiLstmRunner | None = None
 
     def runner(self) -> BiLstmRunner:
@@ -479,7 +482,8 @@ class TextModel:
     def save(self, directory: Path, extra: dict[str, Any]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.embedder.fasttext.save(str(directory / "fasttext.kv"))
-        np.save(directory / "navec_subset.npy", np.array([self.embedder.navec[w] for w in sorted(self.embedder.navec)], dtype=np.float32).reshape(len(self.embedder.navec), -1))
+        # navec_dim, not -1: with text.use_navec off the table is empty, and reshape(0, -1) fails.
+        np.save(directory / "navec_subset.npy", np.array([self.embedder.navec[w] for w in sorted(self.embedder.navec)], dtype=np.float32).reshape(len(self.embedder.navec), self.embedder.navec_dim))
         (directory / "navec_subset_words.json").write_text(json.dumps(sorted(self.embedder.navec), ensure_ascii=False))
         for k, weights in enumerate(self.lstm_folds):
             np.savez(directory / f"lstm_fold{k}.npz", *weights)
@@ -487,7 +491,7 @@ class TextModel:
             pickle.dump(self.tfidf_folds, handle, protocol=pickle.HIGHEST_PROTOCOL)
         (directory / "classes.json").write_text(json.dumps(list(CLASSES), ensure_ascii=False, indent=1))
         calibration = {"weight": self.weight, "temperature": self.temperature, "tfidf_temperature": self.tfidf_temperature,
-            "offsets": None if self.offsets is None else self.offsets.tolist(), "max_len": self.embedder.max_len, "folds": len(self.tfidf_folds), "lstm_models": len(self.lstm_folds)}
+            "offsets": None if self.offsets is None else self.offsets.tolist(), "max_len": self.embedder.max_len, "folds": len(self.tfidf_folds), "lstm_models": len(self.lstm_folds), "normalization": self.normalization}
         (directory / "calibration.json").write_text(json.dumps(calibration, indent=1))
         for name, value in extra.items():
             (directory / name).write_text(json.dumps(value, ensure_ascii=False, indent=1, default=str))
@@ -521,6 +525,7 @@ class TextModel:
             tfidf_temperature=calibration["tfidf_temperature"],
             offsets=None if calibration.get("offsets") is None else np.array(calibration["offsets"]),
             settings=ts,
+            normalization=int(calibration.get("normalization", 1)),
         )
 
 

@@ -25,7 +25,7 @@ from .ingest import read_input_rows
 from .log import get_logger, progress
 from .schema import CLASSES
 from .storage import S3Options
-from .text import normalize
+from .text import NORMALIZATION_VERSION, normalize
 from .text_model import (
     Embedder,
     LinearMember,
@@ -140,7 +140,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     calibrated = softmax(log_blend + offsets, temperature)
 
     digest = data_hash(data)
-    conf_digest = hashlib.sha256(json.dumps(settings_dict(ts), sort_keys=True).encode()).hexdigest()
+    conf_digest = hashlib.sha256(json.dumps({**settings_dict(ts), "normalization": NORMALIZATION_VERSION}, sort_keys=True).encode()).hexdigest()
     version = bundles.make_version(hashlib.sha256((digest + conf_digest).encode()).hexdigest())
     metrics = build_metrics(data.y, baseline_pred, oof, blended, calibrated, honest_pred, weight, weight_scores, temperature)
     metrics["class_offsets"] = dict(zip(CLASSES, offsets.round(3).tolist())) if use_offsets else None
@@ -148,7 +148,8 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     metrics["macro_f1"]["offsets_cross_fitted"] = report.macro_f1(data.y, honest["offsets"])
     metrics.update(version=version, data_hash=digest, rows=len(data), folds=ts.folds, seconds=round(time.time() - started, 1))
     model = TextModel(
-        embedder, lstm_folds, tfidf_folds, weight, temperature, version, tfidf_temperature=tfidf_temperature, offsets=offsets, settings=ts, _runner=runner
+        embedder, lstm_folds, tfidf_folds, weight, temperature, version, tfidf_temperature=tfidf_temperature, offsets=offsets, settings=ts,
+        normalization=NORMALIZATION_VERSION, _runner=runner,
     )
 
     bundle_url = storage.join(model_dir, version)
@@ -158,8 +159,10 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         write_report(local / "report", data.y, baseline_pred, honest_pred, calibrated, blended, metrics)
         with storage.atomic_directory(bundle_url, s3) as staging:
             storage.upload_directory(str(local), staging, s3)
-    bundles.publish_latest(model_dir, version, s3)
+    # The out-of-fold file before ``latest``, as train-image does: a kill in between never leaves
+    # a newest bundle beside the previous run's out-of-fold file.
     write_oof(oof_url, data, fold, calibrated, version, s3)
+    bundles.publish_latest(model_dir, version, s3)
     log.info("train-text: macro-F1 %.3f (baseline %.3f), bundle %s", metrics["macro_f1"]["final"], metrics["macro_f1"]["baseline"], bundle_url)
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics}
 
