@@ -129,3 +129,17 @@ def test_typed_values_from_code_are_kept_as_given():
     assert settings.get("paths.data") == "2021"
     settings = settings.set(["text", "folds"], 3, "--folds").set(["cascade", "t_text"], 0.5, "test")
     assert (settings.get("text.folds"), settings.get("cascade.t_text")) == (3, 0.5)
+
+
+def test_spark_submit_conf_beats_the_packaged_defaults_but_not_explicit_settings():
+    """Under spark-submit, `--conf spark.sql.shuffle.partitions=64` was overridden by
+    conf/default.toml's [spark.conf]; a conf file or --set value still wins over it."""
+    from museum_typology.session import spark_conf_to_set
+
+    packaged = {"spark.sql.shuffle.partitions": 8, "spark.driver.memory": "4g", "spark.ui.enabled": False}
+    submitted = {"spark.master": "yarn", "spark.sql.shuffle.partitions": "64", "spark.driver.memory": "1g"}
+    assert spark_conf_to_set(packaged, packaged, submitted) == {"spark.ui.enabled": "False"}
+    explicit = {**packaged, "spark.sql.shuffle.partitions": 200}  # from --conf FILE or --set
+    assert spark_conf_to_set(explicit, packaged, submitted)["spark.sql.shuffle.partitions"] == "200"
+    assert "spark.driver.memory" not in spark_conf_to_set({**packaged, "spark.driver.memory": "8g"}, packaged, submitted)  # fixed before Python ran
+    assert spark_conf_to_set(packaged, packaged, {}) == {"spark.sql.shuffle.partitions": "8", "spark.driver.memory": "4g", "spark.ui.enabled": "False"}  # no spark-submit

@@ -32,14 +32,32 @@ def build_spark(settings: Settings, app_suffix: str = "", master: str | None = N
     under_submit = "spark.master" in _submitted_conf()
     if master or not under_submit:
         builder = builder.master(master or settings.get("spark.master"))
-    for key, value in settings.section("spark.conf").items():
-        if under_submit and key in _FIXED_UNDER_SUBMIT:
-            continue  # spark-submit decided these before this code ran (--master, --driver-memory, ...)
-        builder = builder.config(key, str(value))
+    from .config import _read_default
+
+    submitted = _submitted_conf() if under_submit else {}
+    packaged = _read_default().get("spark", {}).get("conf", {})
+    for key, value in spark_conf_to_set(settings.section("spark.conf"), packaged, submitted).items():
+        builder = builder.config(key, value)
     builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MUSEUM_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def spark_conf_to_set(conf: dict[str, object], packaged: dict[str, object], submitted: dict[str, str]) -> dict[str, str]:
+    """The ``[spark.conf]`` entries this process sets. Pure. Under spark-submit (``submitted``:
+    its settings), those it fixed before this code ran (``--master``, ``--driver-memory``, ...)
+    are never set again, and a key it was given (``--conf key=value``, spark-defaults.conf) keeps
+    spark-submit's value over this package's default; a value from ``--conf FILE`` or ``--set``
+    (one that differs from the packaged default) still wins."""
+    chosen = {}
+    for key, value in conf.items():
+        if submitted and key in _FIXED_UNDER_SUBMIT:
+            continue
+        if key in submitted and key in packaged and packaged[key] == value:
+            continue
+        chosen[key] = str(value)
+    return chosen
 
 
 def _submitted_conf() -> dict[str, str]:
