@@ -57,15 +57,15 @@ def main() -> None:
     model = TextModel.load(bundle)
     load_s = time.perf_counter() - started
     titles = synthetic_titles(args.n)
-    model.predict_proba([normalize(t) for t in titles[:64]])  # warm-up: trace the graph once
+    model.predict_proba([normalize(t, model.normalization) for t in titles[:64]])  # warm-up: trace the graph once
 
     started = time.perf_counter()
     for title in titles[: args.naive_n]:
-        model.predict_proba([normalize(title)])
+        model.predict_proba([normalize(title, model.normalization)])
     naive_rate = args.naive_n / (time.perf_counter() - started)
 
     started = time.perf_counter()
-    proba = model.predict_proba([normalize(t) for t in titles])
+    proba = model.predict_proba([normalize(t, model.normalization) for t in titles])
     batch_s = time.perf_counter() - started
     assert proba.shape == (args.n, 15)
     batch_rate = args.n / batch_s

@@ -130,7 +130,8 @@ def test_model_version_changes_with_the_conf_cascade_and_the_image_limits(settin
     assert score.cascade_params(settings, no_tuned, None)[1] == version  # the same values, the same version
     base = spec()
     smaller = dataclasses.replace(base, max_side=256)
-    assert base.model_version != smaller.model_version != dataclasses.replace(base, max_bytes=10).model_version
+    versions = {spec_.model_version for spec_ in (base, smaller, dataclasses.replace(base, max_bytes=10), dataclasses.replace(base, max_pixels=10))}
+    assert len(versions) == 4  # each limit on its own changes the version
     assert dataclasses.replace(base, image_views="whole").model_version.split(";")[1] == "image=v2+whole@512px,80000000pixels,50000000bytes"
     text_only = dataclasses.replace(base, image_bundle=None)
     assert text_only.model_version == dataclasses.replace(text_only, max_side=256).model_version == "text=v1;image=none;cascade=conf"

@@ -90,6 +90,7 @@ def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]  # the stale temporary is gone too
 
     write(str(tmp_path / ".out.old-00000000"), {"a.txt": "older"})  # with an output in place: just deleted
+    write(str(tmp_path / "out.old-1111aaaa"), {"a.txt": "oldest"})  # as older code named it
     with storage.atomic_directory(str(final)) as tmp:
         write(tmp, {"a.txt": "new"})
     assert contents(final) == {"a.txt": "new", "_SUCCESS": ""} and sorted(os.listdir(tmp_path)) == ["out"]
@@ -125,6 +126,27 @@ def test_s3_commit_copies_over_the_old_output_and_deletes_only_what_the_new_one_
     with storage.atomic_directory(final, s3) as tmp:
         put(tmp, {"a.bin": b"two", "new.bin": b"two"})
     assert keys() == {"work/out/a.bin": b"two", "work/out/new.bin": b"two", "work/out/_SUCCESS": b""}  # temporaries gone
+
+
+def test_check_replaceable_knows_whose_output_a_directory_is(tmp_path):
+    """`--output var` must not wipe a work directory, nor one job's output another's."""
+    ingest_out = tmp_path / "ingest"
+    with storage.atomic_directory(str(ingest_out), job="ingest") as tmp:
+        write(tmp, {"manifest.parquet": "m", "summary.json": "{}"})
+    assert (ingest_out / "_SUCCESS").read_text() == "ingest"
+    storage.check_replaceable(str(ingest_out), ("manifest.parquet",), "ingest")  # its own: fine
+    with pytest.raises(storage.StorageError, match="the committed output of ingest, not of clean"):
+        storage.check_replaceable(str(ingest_out), ("summary.json",), "clean")  # even sharing a file name
+    storage.check_replaceable(str(tmp_path / "absent"), ("x",), "clean")
+    (tmp_path / "empty").mkdir()
+    storage.check_replaceable(str(tmp_path / "empty"), ("x",), "clean")
+    write(str(tmp_path / "var"), {"submission.csv": "keep", "models/a": "keep"})
+    with pytest.raises(storage.StorageError, match="not empty and not an output of clean .*submission.csv.*delete it"):
+        storage.check_replaceable(str(tmp_path / "var"), ("cleaned_manifest.parquet",), "clean")
+    write(str(tmp_path / "legacy"), {"cleaned_manifest.parquet": "m", "_SUCCESS": ""})  # a marker naming no job
+    storage.check_replaceable(str(tmp_path / "legacy"), ("cleaned_manifest.parquet",), "clean")
+    with pytest.raises(storage.StorageError, match="exists and is not a directory"):
+        storage.check_replaceable(str(tmp_path / "var" / "submission.csv"), ("x",), "clean")
 
 
 def test_uris_for_petastorm_and_s3_endpoints_without_a_scheme(tmp_path):

@@ -55,3 +55,16 @@ def test_version_1_rules_stay_for_the_bundles_trained_on_them():
     assert normalize("Монета. 1789 г.", 1) == normalize("Монета. 1789 г.", 2) == "монета <year> год"
     with pytest.raises(ValueError, match="unknown text normalisation version 3"):
         normalize("x", 3)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Сборник Т. 1", "сборник том <num>"),  # a volume, a page, a sheet: not initials
+        ("Книга С. 25", "книга страниц <num>"),
+        ("Журнал Л. 5", "журнал лист <num>"),
+        ("Гартман Ф. 1911", "гартман ф <year>"),  # an initial before a year stays one
+    ],
+)
+def test_volume_page_and_sheet_before_a_number_are_not_initials(raw, expected):
+    assert normalize(raw) == expected

@@ -697,7 +697,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
     cs = CleanSettings.from_settings(settings)
     if not oof_urls:
         raise OofError("clean: no --oof file given")
-    storage.check_replaceable(output_url, ("cleaned_manifest.parquet", "summary.json"), "clean", s3)
+    storage.check_replaceable(output_url, ("cleaned_manifest.parquet",), "clean", s3)
     inputs = [read_oof(url, s3) for url in oof_urls]
     oof = combine(inputs)
     log.info("clean: %d rows from %s (%s)", len(oof), ", ".join(oof_urls), dict(Counter(oof.sources)))
@@ -740,7 +740,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
         settings,
         s3,
     )
-    with storage.atomic_directory(output_url, s3) as staging:
+    with storage.atomic_directory(output_url, s3, job="clean") as staging:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         storage.write_bytes(storage.join(staging, "cleaned_manifest.parquet"), sink.getvalue().to_pybytes(), s3)

@@ -35,6 +35,11 @@ def default_conf_path() -> Path:
     return packaged
 
 
+def packaged_defaults() -> dict[str, Any]:
+    """conf/default.toml as shipped (what a setting is when no layer sets it)."""
+    return _read_default()
+
+
 def _read_default() -> dict[str, Any]:
     path = default_conf_path()
     if path.is_file():

@@ -594,7 +594,7 @@ def assemble(
     crawled, drop = _deduplicate([(name, read_fragment(work_url, name, s3).to_pylist()) for name in fragments])
     manifest = sorted(finished + crawled, key=lambda r: r["source_row"])
     dataset_src, _ = _work_paths(work_url)
-    with storage.atomic_directory(output, s3) as tmp:
+    with storage.atomic_directory(output, s3, job="crawl") as tmp:
         dataset_url = storage.join(tmp, "dataset")
         parts = 0
         for name in fragments:

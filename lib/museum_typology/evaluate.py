@@ -322,7 +322,7 @@ def run(settings: Settings, truth_url: str, pred_url: str, output_url: str) -> d
         "confusion.png": png,
         "report.md": markdown_report(metrics).encode("utf-8"),
     }
-    with storage.atomic_directory(output_url, s3) as staging:
+    with storage.atomic_directory(output_url, s3, job="evaluate") as staging:
         for name, data in contents.items():
             storage.write_bytes(storage.join(staging, name), data, s3)
     cov = metrics["coverage"]

@@ -19,15 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import images, petastorm_io, storage
-from .catalogue import (
-    LABELLED_COLUMNS,
-    UNLABELLED_COLUMNS,
-    CsvError,
-    InputRow,
-    decode_csv_bytes,
-    parse_catalogue_csv,
-    reject_duplicates,
-)
+from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
 from .config import Settings
 from .image_source import ImageIndex, ImageReader, build_index, guid_of
 from .log import get_logger
@@ -93,9 +85,8 @@ def read_input_rows(data_dir: str, settings: Settings, s3: S3Options | None = No
             log.warning("%s: not found, skipped", url)
             continue
         text = decode_csv_bytes(storage.read_bytes(url, s3), name)
-        # An unlabelled file (test.csv) may come without a typology column: it is not used.
-        required = LABELLED_COLUMNS if labelled else UNLABELLED_COLUMNS
-        parsed = parse_catalogue_csv(text, name, split, required=required, labelled=labelled)
+        # An unlabelled file (test.csv) may come without a typology column (the parser's default).
+        parsed = parse_catalogue_csv(text, name, split, labelled=labelled)
         log.info("%s: %d rows", name, len(parsed))
         rows.extend(parsed)
     return reject_duplicates(rows)
@@ -233,7 +224,7 @@ def run(spark, settings: Settings, data_dir: str, output: str) -> dict[str, Any]
     row_group_bytes = int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024
     schema = make_image_schema(decode.codec, decode.jpeg_quality)
 
-    with storage.atomic_directory(output, s3) as tmp:
+    with storage.atomic_directory(output, s3, job="ingest") as tmp:
         dataset_url = storage.join(tmp, "dataset")
         log.info("decoding %d images in %d Spark partitions", len(tasks), partitions)
         location, kind = index.location, index.kind

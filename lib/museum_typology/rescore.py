@@ -10,11 +10,14 @@ A catalogue row (``guid,description``; CSV or Parquet, one file or a directory o
 when, against that current state:
 
 - ``new``: no committed partition before the run's date has its guid;
-- ``description``: the hash of its normalised description differs (``score.description_hash``, so
-  case, spacing and ё/е do not count);
 - ``model``: the state's ``model_version`` is not the current ``ScorerSpec.model_version`` (any
   difference, a rollback included);
+- ``description``: the hash of its normalised description differs (``score.description_hash``, so
+  case, spacing and ё/е do not count);
 - ``image``: its image's sha256 differs (an image that appeared or disappeared included).
+
+``model`` comes before ``description``: a new text bundle may normalise by other rules, and then
+the stored hashes differ from the new ones although the catalogue did not change.
 
 The first that applies is the row's ``reason``, in that order; the image is compared only for rows
 that nothing else sends to scoring. Image hashes: a petastorm dataset (``--image-dataset``) carries
@@ -74,7 +77,7 @@ from .text import NORMALIZATION_VERSION, normalize
 
 log = get_logger(__name__)
 
-REASONS = ("new", "description", "model", "image")  # in the order they are tested
+REASONS = ("new", "model", "description", "image")  # in the order they are tested
 NOT_SCORED = ("empty guid", "duplicate guid")
 PARTITION_COLUMNS = (*OUTPUT_COLUMNS, *DETAIL_COLUMNS, "reason")
 PARTITION_SCHEMA = pa.schema(
@@ -332,10 +335,10 @@ def plan_rescore(
         old = state.get(row.guid)
         if old is None:
             rescore.append((index, "new"))
-        elif normalised_hash(row.description, normalization) != old.get("description_hash"):
-            rescore.append((index, "description"))
         elif old.get("model_version") != model_version:
             rescore.append((index, "model"))
+        elif normalised_hash(row.description, normalization) != old.get("description_hash"):
+            rescore.append((index, "description"))
         else:
             check.append(index)
     unchanged = 0

@@ -158,7 +158,8 @@ def _evaluate_piece(work_dir: str, outputs: list[tuple[str, str, str]], s3: S3Op
     predicted = {path for stage, _, path in outputs if stage == "score"}
     if piece.data is not None and not named and predicted:
         pred = piece.data.get("pred")
-        if pred not in predicted or _modified(storage.join(directory, "metrics.json"), s3) < _modified(pred, s3):
+        same_file = pred is not None and storage.filesystem_path(str(pred)) in {storage.filesystem_path(p) for p in predicted}  # ./var/x and var/x alike
+        if not same_file or _modified(storage.join(directory, "metrics.json"), s3) < _modified(pred, s3):
             piece.stale = f"from an earlier evaluate run, of {pred}, not of this run's predictions"
     confusion = storage.join(directory, "confusion.png")
     if piece.data is not None and storage.exists(confusion, s3):

@@ -284,7 +284,10 @@ class Scorer:
         if self._text is None and self.spec.text_bundle:
             from .text_model import TextModel
 
-            self._text = TextModel.load(bundles.resolve_bundle(self.spec.text_bundle, TEXT_MARKER, "text", self.spec.s3))
+            model = TextModel.load(bundles.resolve_bundle(self.spec.text_bundle, TEXT_MARKER, "text", self.spec.s3))
+            if model.normalization != self.spec.text_normalization:  # the rows were normalised by other rules
+                raise ScoreError(f"{self.spec.text_bundle}: trained on text normalisation {model.normalization}, but the rows were normalised by version {self.spec.text_normalization} (build the spec with score.resolve_models)")
+            self._text = model
         return self._text
 
     @property

@@ -32,10 +32,10 @@ def build_spark(settings: Settings, app_suffix: str = "", master: str | None = N
     under_submit = "spark.master" in _submitted_conf()
     if master or not under_submit:
         builder = builder.master(master or settings.get("spark.master"))
-    from .config import _read_default
+    from .config import packaged_defaults
 
     submitted = _submitted_conf() if under_submit else {}
-    packaged = _read_default().get("spark", {}).get("conf", {})
+    packaged = packaged_defaults().get("spark", {}).get("conf", {})
     for key, value in spark_conf_to_set(settings.section("spark.conf"), packaged, submitted).items():
         builder = builder.config(key, value)
     builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])

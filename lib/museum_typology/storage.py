@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -178,21 +179,37 @@ def is_committed(url: str, s3: S3Options | None = None) -> bool:
 
 def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Options | None = None) -> None:
     """Refuse an output directory that a commit would replace whole when it holds something else
-    (``--output var`` must not wipe a work directory): it may be absent, empty, or hold one of the
-    ``signature`` files this job writes. Call it before the job's long work."""
+    (``--output var`` must not wipe a work directory, nor ``clean --output var/ingest`` the
+    ingest output). It may be absent or empty, or be this job's committed output (its
+    ``_SUCCESS`` names the job: ``atomic_directory(..., job=)``); an output committed before
+    markers named their job, or an unfinished one, must hold one of the ``signature`` files this
+    job writes. Call it before the job's long work."""
     fs, path = filesystem(url, s3)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         raise StorageError(f"{url}: exists and is not a directory; {job} writes a directory there")
     names = {posixpath.basename(info.path) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False))}
-    if names and not names & set(signature):
+    if not names:
+        return
+    refuse = f"{job} replaces its output directory whole, so give a new or empty one"
+    if SUCCESS_MARKER in names:
+        with fs.open_input_stream(posixpath.join(path, SUCCESS_MARKER)) as stream:
+            owner = stream.read(200).decode("utf-8", errors="replace").strip()
+        if owner == job:
+            return
+        if owner:
+            raise StorageError(f"{url}: the committed output of {owner}, not of {job}; {refuse}")
+    if not names & set(signature):
         shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
-        raise StorageError(f"{url}: not empty and not an output of {job} (it holds {shown}; {job} writes {' or '.join(signature)}); {job} replaces its output directory whole, so give a new or empty one")
+        raise StorageError(
+            f"{url}: not empty and not an output of {job} (it holds {shown}; {job} writes {' or '.join(signature)}); {refuse}"
+            + ("" if SUCCESS_MARKER in names else f" (if it is what a crashed first run of {job} left, with no {SUCCESS_MARKER}, delete it)")
+        )
 
 
 @contextlib.contextmanager
-def atomic_directory(final_url: str, s3: S3Options | None = None) -> Iterator[str]:
+def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "") -> Iterator[str]:
     """Yield a temporary directory URL; on a clean exit it replaces ``final_url`` whole.
 
     Locally, a crash leaves ``final_url`` as it was (the old output, or nothing) plus a hidden
@@ -216,7 +233,7 @@ def atomic_directory(final_url: str, s3: S3Options | None = None) -> Iterator[st
         with contextlib.suppress(Exception):
             fs.delete_dir(tmp_path)
         raise
-    _commit(fs, tmp_path, final_path, s3_layout=is_s3(final_url))
+    _commit(fs, tmp_path, final_path, s3_layout=is_s3(final_url), job=job)
 
 
 def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final_path: str) -> None:
@@ -227,7 +244,9 @@ def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final
         infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
     except (OSError, FileNotFoundError):
         return
-    olds = sorted((info.path for info in infos if posixpath.basename(info.path).startswith(f".{name}.old-") and info.type == pafs.FileType.Directory), key=lambda path: -fs.get_file_info(path).mtime_ns)
+    # ".NAME.old-1234abcd"; older versions of this code named it "NAME.old-1234abcd", visibly.
+    old_name = re.compile(rf"\.?{re.escape(name)}\.old-[0-9a-f]{{8}}")
+    olds = sorted((info.path for info in infos if old_name.fullmatch(posixpath.basename(info.path)) and info.type == pafs.FileType.Directory), key=lambda path: -fs.get_file_info(path).mtime_ns)
     if olds and fs.get_file_info(final_path).type == pafs.FileType.NotFound:
         fs.move(olds.pop(0), final_path)
     for info in infos:
@@ -237,10 +256,11 @@ def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final
                 fs.delete_dir(info.path)
 
 
-def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool) -> None:
+def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool, job: str = "") -> None:
+    """``job``, when given, is written into ``_SUCCESS``: whose output this is (``check_replaceable``)."""
     if not s3_layout:
-        with fs.open_output_stream(posixpath.join(tmp_path, SUCCESS_MARKER)):
-            pass
+        with fs.open_output_stream(posixpath.join(tmp_path, SUCCESS_MARKER)) as out:
+            out.write(job.encode())
         if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
             parent, name = posixpath.split(final_path.rstrip("/"))
             old = posixpath.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")  # hidden, found by the next run
@@ -276,8 +296,8 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
         for info in fs.get_file_info(pafs.FileSelector(final_path, recursive=True)):
             if info.type == pafs.FileType.File and info.path[len(final_path):] not in new_files and info.path != marker:
                 fs.delete_file(info.path)
-    with fs.open_output_stream(marker):
-        pass
+    with fs.open_output_stream(marker) as out:
+        out.write(job.encode())
     fs.delete_dir(tmp_path)
 
 

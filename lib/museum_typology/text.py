@@ -52,7 +52,8 @@ _ROMAN_CENTURY_2 = re.compile(r"\b(?=[xхvi]+\s)[xх]{0,3}(?:i[xх]|iv|v?i{0,3})
 # in a row ("М.И. Ульяновой", "В. В."), or one after a capitalised word ("Руднева В."). Version 1
 # read them as abbreviations: "В.С. Попову" -> "в село попову", "Г.Д." -> "город д".
 _TWO_INITIALS = re.compile(r"\b([А-ЯЁ])\.\s?([А-ЯЁ])\.")
-_INITIAL_AFTER_NAME = re.compile(r"\b([А-ЯЁ][а-яё]+\s+)([А-ЯЁ])\.(?!\w)")
+# Not Т., С., Л. before a number: "Сборник Т. 1" is a volume, "С. 25" a page, "Л. 5" a sheet.
+_INITIAL_AFTER_NAME = re.compile(r"\b([А-ЯЁ][а-яё]+\s+)(?![ТСЛ]\.\s*\d)([А-ЯЁ])\.(?!\w)")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _TOKEN = re.compile(r"<[a-z]+>|[а-яa-z]+(?:-[а-яa-z]+)*")
 
