@@ -182,6 +182,12 @@ def test_score_normalises_with_the_bundles_rules(trained, tmp_path):
     rows = [InputRow("g", "test", "t.csv", 1, 1, "Письмо В.С. Попову", None)]
     assert score.plan_tasks(rows, {}, {}, spec.text_normalization)["text"].tolist() == ["письмо в село попову"]
     assert score.plan_tasks(rows, {}, {})["text"].tolist() == ["письмо в с попову"]
+    # A spec built by hand with rules other than the bundle's: refused when the model loads.
+    import dataclasses
+
+    mismatched = dataclasses.replace(score.resolve_models(settings, str(root / "models")), text_normalization=1)
+    with pytest.raises(score.ScoreError, match="trained on text normalisation 2, but the rows were normalised by version 1"):
+        score.Scorer(mismatched).text
 
 
 def test_a_model_without_navec_vectors_saves_and_loads(tmp_path):
