@@ -85,6 +85,11 @@ def test_plan_groups_duplicate_urls_and_finishes_bad_rows():
     assert [r["guid"] for r in tasks[0]["rows"]] == ["g1", "g2"]
     assert {r["source_row"]: r["status"] for r in finished} == {3: "bad_url", 4: "bad_url", 5: "rejected"}
     assert all(r["attempts"] == 0 for r in finished)
+    # One resource however it is spelled: fetched once, each row keeping its own URL.
+    spellings = ["http://c.example/4.jpg", "HTTP://C.example/4.jpg", "http://c.example:80/4.jpg", "http://c.example/4.jpg#top"]
+    same, _ = crawl.plan([_row(10 + i, url) for i, url in enumerate(spellings)])
+    assert [t["url"] for t in same] == ["http://c.example/4.jpg"] and [r["url"] for r in same[0]["rows"]] == spellings
+    assert [t["url"] for t in crawl.plan([_row(20, "http://c.example/4.JPG"), _row(21, "http://c.example/4.jpg?a=1")])[0]] == ["http://c.example/4.JPG", "http://c.example/4.jpg?a=1"]
     groups = crawl.group_tasks(tasks * 3, 4)
     assert crawl.group_tasks(tasks * 3, 4) == groups  # stable
     assert sum(map(len, groups.values())) == 6

@@ -108,9 +108,10 @@ def manifest_record(row: InputRow) -> dict[str, Any]:
 def plan(rows: list[InputRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Split rows into (fetch tasks, finished manifest rows). Pure.
 
-    One task per distinct URL (in first-seen order) carrying every row that names it, so a URL
-    shared by several guids is fetched once. Rejected CSV rows and unusable URLs are finished
-    here.
+    One task per distinct resource (in first-seen order) carrying every row that names it, so a
+    URL shared by several guids is fetched once, however it is spelled (``fetcher.canonical_url``:
+    ``HTTP://Host:80/a.jpg#x`` is ``http://host/a.jpg``; the task fetches that spelling, and each
+    row's manifest keeps its own). Rejected CSV rows and unusable URLs are finished here.
     """
     tasks: dict[str, dict[str, Any]] = {}
     finished: list[dict[str, Any]] = []
@@ -123,7 +124,8 @@ def plan(rows: list[InputRow]) -> tuple[list[dict[str, Any]], list[dict[str, Any
         if problem:
             finished.append({**record, "status": STATUS_BAD_URL, "reason": problem})
             continue
-        task = tasks.setdefault(row.url, {"url": row.url, "rows": []})
+        url = fetcher.canonical_url(row.url)
+        task = tasks.setdefault(url, {"url": url, "rows": []})
         task["rows"].append({**record, "description": row.description})
     return list(tasks.values()), finished
 

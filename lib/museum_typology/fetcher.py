@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import urllib3
 from urllib3.exceptions import (
@@ -140,6 +140,21 @@ def url_problem(url: str | None) -> str | None:
     except ValueError as exc:
         return f"unparsable url {url!r}: {exc}"
     return None
+
+
+def canonical_url(url: str) -> str:
+    """One spelling per resource, for fetching a URL shared by rows once: scheme and host in
+    lower case, no default port, no fragment (never sent to the server). The path and the query
+    stay as written: servers may tell their case apart. ``url`` must have passed ``url_problem``."""
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == {"http": 80, "https": 443}.get(scheme) else f"{host}:{port}"
+    if parts.username is not None:
+        netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
 def host_key(url: str) -> str:
