@@ -289,12 +289,16 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
         new_dirs |= {"/".join(d.split("/")[:i]) for d in new_dirs for i in range(1, d.count("/") + 1)}
         # Whole directories the new output lacks go with their directory marker objects (a job's
         # work area inside its output, e.g. crawl's _work/); then the stray files.
-        stale_dirs = sorted((info.path for info in fs.get_file_info(pafs.FileSelector(final_path, recursive=True)) if info.type == pafs.FileType.Directory and info.path[len(final_path):] not in new_dirs), key=len)
-        for path in stale_dirs:
-            if fs.get_file_info(path).type == pafs.FileType.Directory:  # not gone with a stale parent
+        # One listing serves both passes (on S3 each listing is a series of requests).
+        listing = fs.get_file_info(pafs.FileSelector(final_path, recursive=True))
+        deleted: list[str] = []
+        for path in sorted((info.path for info in listing if info.type == pafs.FileType.Directory and info.path[len(final_path):] not in new_dirs), key=len):
+            if not any(path.startswith(gone + "/") for gone in deleted):  # not gone with a stale parent
                 fs.delete_dir(path)
-        for info in fs.get_file_info(pafs.FileSelector(final_path, recursive=True)):
-            if info.type == pafs.FileType.File and info.path[len(final_path):] not in new_files and info.path != marker:
+                deleted.append(path)
+        for info in listing:
+            inside_deleted = any(info.path.startswith(gone + "/") for gone in deleted)
+            if info.type == pafs.FileType.File and not inside_deleted and info.path[len(final_path):] not in new_files and info.path != marker:
                 fs.delete_file(info.path)
     with fs.open_output_stream(marker) as out:
         out.write(job.encode())
