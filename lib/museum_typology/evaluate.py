@@ -49,13 +49,10 @@ class EvaluateError(CsvError):
 # --- reading (I/O at the edge) -------------------------------------------------------------------
 
 
-def _is_rescore_history(url: str, s3: S3Options | None) -> bool:
-    import pyarrow.fs as pafs
+def _rescore_partitions(url: str, s3: S3Options | None) -> list[tuple[str, str]]:
+    from .rescore import partition_dirs  # late: rescore pulls in the score job
 
-    from .rescore import PARTITION_RE
-
-    fs, path = storage.filesystem(url, s3)
-    return any(PARTITION_RE.fullmatch(info.path.rstrip("/").rsplit("/", 1)[-1]) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)) if info.type == pafs.FileType.Directory)
+    return partition_dirs(url, s3)
 
 
 def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | None = None) -> pd.DataFrame:
@@ -73,7 +70,7 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
             frame = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), dtype=str, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
             raise EvaluateError(f"{what} {url}: not a readable CSV ({' '.join(str(exc).split())})") from None
-    elif storage.is_dir(url, s3) and _is_rescore_history(url, s3):
+    elif storage.is_dir(url, s3) and _rescore_partitions(url, s3):
         from .rescore import current_predictions
 
         # rescore's predictions/ holds one partition per night, each with only that night's

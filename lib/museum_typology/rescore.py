@@ -154,23 +154,30 @@ def committed_partitions(predictions_url: str, s3: S3Options | None = None) -> l
         return []
     if not storage.is_dir(predictions_url, s3):
         raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
+    found = []
+    for date, url in partition_dirs(predictions_url, s3):
+        try:
+            dt.date.fromisoformat(date)
+        except ValueError:
+            continue
+        if storage.is_committed(url, s3):
+            found.append((date, url))
+        else:
+            log.warning("rescore: %s has no %s marker (an interrupted write?); ignored", url, storage.SUCCESS_MARKER)
+    return sorted(found)
+
+
+def partition_dirs(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, str]]:
+    """``(date, url)`` of the ``date=YYYY-MM-DD`` directories directly under a directory, committed
+    or not, in listing order (``evaluate`` tells rescore's history from other Parquet by them)."""
     fs, path = storage.filesystem(predictions_url, s3)
     found = []
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
         name = info.path.rstrip("/").rsplit("/", 1)[-1]
         match = PARTITION_RE.fullmatch(name)
-        if info.type != pafs.FileType.Directory or not match:
-            continue
-        try:
-            dt.date.fromisoformat(match.group(1))
-        except ValueError:
-            continue
-        url = storage.join(predictions_url, name)
-        if storage.is_committed(url, s3):
-            found.append((match.group(1), url))
-        else:
-            log.warning("rescore: %s has no %s marker (an interrupted write?); ignored", url, storage.SUCCESS_MARKER)
-    return sorted(found)
+        if info.type == pafs.FileType.Directory and match:
+            found.append((match.group(1), storage.join(predictions_url, name)))
+    return found
 
 
 def read_partition(url: str, s3: S3Options | None = None, columns: Sequence[str] = PARTITION_COLUMNS) -> pa.Table:
