@@ -274,9 +274,30 @@ def test_class_offsets_recover_a_suppressed_rare_class():
     assert offsets[1] - offsets[0] > 0.8
     assert macro_f1(y, (logits + offsets).argmax(1)) > before + 0.3
     proba = softmax(logits)
-    honest = cross_fitted_predictions(proba, proba, y, np.arange(1000) % 5, (0.5,))
+    honest = cross_fitted_predictions(proba, logits, y, np.arange(1000) % 5, (0.0,))
     assert macro_f1(y, honest["blend"]) == pytest.approx(before)
     assert macro_f1(y, honest["offsets"]) > before + 0.3
+
+
+def test_cross_fitted_predictions_fit_the_linear_temperature_without_the_fold_they_decide(monkeypatch):
+    from museum_typology import train_text
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    margins = rng.normal(0, 1, (300, 3)) + np.eye(3)[y] * 2
+    fold = np.arange(300) % 3
+    seen: list[int] = []
+    real = train_text.fit_logit_temperature
+
+    def recording(logits, labels):
+        seen.append(len(labels))
+        return real(logits, labels)
+
+    monkeypatch.setattr(train_text, "fit_logit_temperature", recording)
+    honest = train_text.cross_fitted_predictions(train_text.softmax(margins), margins, y, fold, (0.0, 0.5))
+    # one temperature per fold, each on the other two folds' 200 rows, never on all 300
+    assert seen == [200, 200, 200]
+    assert (honest["blend"] == y).mean() > 0.8
 
 
 def test_typology_classifier_transformer_adds_columns_and_keeps_rows(trained, spark, tmp_path):

@@ -50,12 +50,14 @@ from .text_model import (
 log = get_logger(__name__)
 
 
-def cross_fitted_predictions(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, fold: np.ndarray, grid: tuple[float, ...]) -> dict[str, np.ndarray]:
-    """Out-of-fold decisions whose tuned parts (blend weight, class offsets) were fitted without
-    the fold they decide: {"blend": argmax of the blend, "offsets": argmax with class offsets}."""
+def cross_fitted_predictions(lstm: np.ndarray, tfidf_margin: np.ndarray, y: np.ndarray, fold: np.ndarray, grid: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """Out-of-fold decisions whose tuned parts (the linear member's temperature, the blend weight,
+    class offsets) were fitted without the fold they decide: {"blend": argmax of the blend,
+    "offsets": argmax with class offsets}."""
     result = {"blend": np.zeros(len(y), dtype=np.int64), "offsets": np.zeros(len(y), dtype=np.int64)}
     for k in np.unique(fold):
         inside, outside = fold == k, fold != k
+        tfidf = softmax(tfidf_margin, fit_logit_temperature(tfidf_margin[outside], y[outside]))
         weight, _ = choose_weight(lstm[outside], tfidf[outside], y[outside], grid)
         log_blend = np.log(np.clip(blend(lstm, tfidf, weight), 1e-9, 1.0))
         offsets = fit_class_offsets(log_blend[outside], y[outside])
@@ -132,7 +134,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     log_blend = np.log(np.clip(blended, 1e-9, 1.0))
     # Honest scores: the blend weight (and the class offsets) used on each fold are chosen on the
     # other folds only. Offsets are kept only if they win under that cross-fitting.
-    honest = cross_fitted_predictions(oof["lstm"], oof["tfidf"], data.y, fold, ts.blend_grid)
+    honest = cross_fitted_predictions(oof["lstm"], oof["tfidf_margin"], data.y, fold, ts.blend_grid)
     use_offsets = report.macro_f1(data.y, honest["offsets"]) > report.macro_f1(data.y, honest["blend"])
     offsets = fit_class_offsets(log_blend, data.y) if use_offsets else np.zeros(len(CLASSES))
     honest_pred = honest["offsets" if use_offsets else "blend"]
