@@ -144,6 +144,14 @@ def test_empty_guid_and_empty_label_are_rejected() -> None:
     assert "empty typology" in rows[1].rejected_reason
 
 
+@pytest.mark.parametrize("guid", ["a\x00b", "a\tb", "a\x7fb"])
+def test_a_guid_with_a_control_character_is_rejected(guid: str) -> None:
+    # pandas cuts a field at NUL: evaluate and submission would have seen the guid "a".
+    rows = parse(HEADER + f'"{guid}",x,{LABEL}\nok,y,{LABEL}\n')
+    assert rows[0].rejected_reason == f"train.csv row 1 (line 2): guid {guid!r} holds a control character"
+    assert rows[1].rejected_reason is None
+
+
 @pytest.mark.parametrize(("line", "count"), [(f"a1,x,{LABEL},extra", 4), ("a1,x", 2)])
 def test_wrong_field_count_is_rejected(line: str, count: int) -> None:
     rows = parse(HEADER + line + "\n")

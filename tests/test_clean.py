@@ -258,6 +258,29 @@ def test_hand_made_keep_empty_means_not_kept_in_csv_and_parquet(tmp_path):
         clean.read_cleaned_labels(str(tmp_path / "x.parquet"))
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_hand_made_manifest_guids_are_stripped_like_the_catalogues(tmp_path, suffix):
+    # "abc " named nothing (the training rows' guids are stripped) and the drop was lost silently.
+    hand = pa.table({"guid": ["abc ", " def"], "typology": [CLASSES[A], CLASSES[B]], "keep": ["no", "yes"]})
+    path = str(tmp_path / ("h" + suffix))
+    pacsv.write_csv(hand, path) if suffix == ".csv" else pq.write_table(hand, path)
+    assert clean.read_cleaned_labels(path) == {"abc": None, "def": CLASSES[B]}
+    twice = pa.table({"guid": ["abc", "abc "], "typology": [CLASSES[A], CLASSES[B]]})
+    pq.write_table(twice, str(tmp_path / "t.parquet"))
+    with pytest.raises(clean.OofError, match="1 guid\\(s\\) appear more than once, e.g. abc"):
+        clean.read_cleaned_labels(str(tmp_path / "t.parquet"))
+
+
+def test_manifest_guids_outside_the_training_rows_are_warned_about(caplog):
+    from museum_typology.text_model import LabelledTexts
+
+    data = LabelledTexts(guids=["a", "b"], texts=["t1", "t2"], y=np.array([A, B]))
+    with caplog.at_level("WARNING"):
+        cleaned = clean.apply_cleaned_labels(data, {"a": None, "zz": None})
+    assert cleaned.guids == ["b"]
+    assert "1 manifest guid(s) are not among the 2 labelled rows and change nothing, e.g. ['zz']" in caplog.text
+
+
 def test_apply_cleaned_labels_to_the_text_training_rows():
     from museum_typology.text_model import LabelledTexts
 

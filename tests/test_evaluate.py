@@ -9,7 +9,7 @@ import pytest
 
 from museum_typology import cli
 from museum_typology.catalogue import CsvError
-from museum_typology.evaluate import NO_PREDICTION, EvaluateError, evaluate, read_table
+from museum_typology.evaluate import NO_PREDICTION, PRED_COLUMNS, TRUTH_COLUMNS, EvaluateError, evaluate, read_table
 from museum_typology.schema import CLASSES
 
 A, B, C = CLASSES[0], CLASSES[1], CLASSES[2]  # графика, документы, живопись
@@ -139,6 +139,29 @@ def test_read_table_csv_parquet_and_errors(tmp_path):
     (tmp_path / "bad.csv").write_bytes(b"guid,typology\n\xff,x\n")
     with pytest.raises(CsvError, match=r"^truth .*bad\.csv, line 2: not UTF-8"):
         read_table(str(tmp_path / "bad.csv"), ("guid",), "truth")
+
+
+def test_a_record_with_an_extra_field_is_named_by_its_line_not_read_shifted(tmp_path):
+    # pandas took the first record's extra field for an index column and shifted every column:
+    # the error then blamed other rows, or every guid became the second field.
+    path = tmp_path / "truth.csv"
+    path.write_text(f"guid,description,typology\nt1,Монета, медь,{CLASSES[7]}\nt2,Сабля,{CLASSES[3]}\n", encoding="utf-8")
+    with pytest.raises(EvaluateError, match=r"^truth .*truth\.csv, line 2: 4 fields, the header has 3$"):
+        read_table(str(path), TRUTH_COLUMNS, "truth")
+    path.write_text("guid,typology\nt1,x\n\n  \nt2,y\n", encoding="utf-8")  # blank lines are skipped
+    assert read_table(str(path), TRUTH_COLUMNS, "truth")["guid"].tolist() == ["t1", "t2"]
+    path.write_text("guid,typology\n", encoding="utf-8")
+    assert read_table(str(path), TRUTH_COLUMNS, "truth").empty
+
+
+def test_integer_parquet_guids_with_a_null_read_as_score_writes_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "pred.parquet"
+    pq.write_table(pa.table({"guid": pa.array([1, 2, None], pa.int64()), "typology": [A, A, A]}), path)
+    # not "1.0" / "2.0" / "nan": an integer column with a null became floats in pandas
+    assert read_table(str(path), PRED_COLUMNS, "predictions")["guid"].tolist() == ["1", "2", ""]
 
 
 def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):

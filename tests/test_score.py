@@ -334,6 +334,20 @@ def test_missing_column_and_missing_models_are_clear_errors(tmp_path, capsys):
     assert code == 2 and "no text or image model bundle" in capsys.readouterr().err
 
 
+def test_an_output_that_is_a_directory_or_the_input_is_refused_before_spark(tmp_path, capsys, monkeypatch):
+    # A directory failed the job after all the scoring, with a traceback and a stray temp file;
+    # the input as output was overwritten.
+    write_csv(tmp_path / "in.csv", [("a", "Монета")])
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(cli, "_spark", lambda *a: pytest.fail("Spark started before the arguments were checked"))
+    for output, message in ((tmp_path / "out", "--output is a directory; name a .csv or .parquet file"), (tmp_path / "." / "in.csv", "--output is the --input file")):
+        assert cli.main(["score", "--input", str(tmp_path / "in.csv"), "--output", str(output), "--model", str(tmp_path / "models")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert (tmp_path / "in.csv").read_text(encoding="utf-8").startswith("guid,description")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out"]
+
+
 def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
     for name in ["x.JPG", "y", "z.tar.gz", ".DS_Store"]:
         (tmp_path / name).write_bytes(b"1")

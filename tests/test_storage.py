@@ -156,3 +156,12 @@ def test_uris_for_petastorm_and_s3_endpoints_without_a_scheme(tmp_path):
     assert storage.s3_endpoint("minio.local:9000") == ("minio.local:9000", "https")
     assert storage.s3_endpoint("http://127.0.0.1:9000") == ("127.0.0.1:9000", "http")
     assert storage.s3_endpoint("https://s3.eu-central-1.amazonaws.com/") == ("s3.eu-central-1.amazonaws.com", "https")
+
+
+def test_write_bytes_onto_a_directory_is_a_storage_error_and_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(storage.StorageError, match=r"out: cannot write the file \(is a directory\)"):
+        storage.write_bytes(str(tmp_path / "out"), b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    storage.write_bytes(str(tmp_path / "f.txt"), b"x")
+    assert (tmp_path / "f.txt").read_bytes() == b"x" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "out"]

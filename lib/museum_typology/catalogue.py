@@ -106,6 +106,9 @@ def parse_catalogue_csv(
         typology = field("typology") if "typology" in index else None
         if reason is None and guid is None:
             reason = f"{source_file} row {data_row} (line {line_start}): empty guid"
+        if reason is None and has_control_character(guid):
+            # pandas and some CSV tools cut a field at NUL, so later jobs would see another guid.
+            reason = f"{source_file} row {data_row} (line {line_start}): guid {guid!r} holds a control character"
         if reason is None and labelled and typology is None:
             reason = f"{source_file} row {data_row} (line {line_start}): empty typology in a labelled file"
         if reason is None and labelled and typology is not None and typology not in CLASS_INDEX:
@@ -125,6 +128,40 @@ def parse_catalogue_csv(
             )
         )
     return rows
+
+
+def has_control_character(text: str | None) -> bool:
+    """A C0 control character (NUL, tab, ...) or DEL inside ``text``: never part of a guid."""
+    return text is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
+def read_strict_csv(text: str, where: str) -> tuple[list[str], list[list[str]]]:
+    """CSV text -> (lower-cased header, records of exactly as many fields), read as the catalogue
+    parser reads: strictly, a BOM dropped, blank lines skipped. A malformed record or one whose
+    field count differs from the header's is a ``CsvError`` naming its line. (pandas' reader
+    takes one extra field in the first record for an index column and shifts every column.)"""
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), strict=True)
+    try:
+        header = [name.strip().lstrip("\ufeff").lower() for name in next(reader)]
+    except StopIteration:
+        raise CsvError(f"{where}: the file is empty") from None
+    except csv.Error as exc:
+        raise CsvError(f"{where}, line 1: unreadable header ({exc})") from None
+    records: list[list[str]] = []
+    while True:
+        line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise CsvError(f"{where}, line {line}: malformed CSV ({exc})") from None
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue
+        if len(fields) != len(header):
+            raise CsvError(f"{where}, line {line}: {len(fields)} fields, the header has {len(header)}")
+        records.append(fields)
+    return header, records
 
 
 def decode_csv_bytes(raw: bytes, source_file: str) -> str:

@@ -645,6 +645,9 @@ def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str 
         kind = table.schema.field("guid").type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise OofError(f"{url}: the guid column holds {kind}, expected text (guids are matched as strings)")
+        # The catalogue's guids are stripped when read; a hand-made "abc " must still name "abc".
+        guids = [g.strip() for g in guids]
+        table = table.set_column(table.column_names.index("guid"), "guid", pa.array(guids, pa.string()))
         duplicated = [g for g, n in Counter(guids).items() if n > 1]
         if duplicated:
             raise OofError(f"{url}: {len(duplicated)} guid(s) appear more than once, e.g. {duplicated[0]} (a manifest says one thing per row)")
@@ -673,6 +676,9 @@ def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str 
 def apply_cleaned_labels(data, cleaned: dict[str, str | None]):
     """A ``text_model.LabelledTexts`` with the cleaned labels: relabelled rows get their new
     label, dropped rows leave, rows the manifest does not name stay as they are."""
+    unknown = set(cleaned) - set(data.guids)
+    if unknown:
+        log.warning("cleaned labels: %d manifest guid(s) are not among the %d labelled rows and change nothing, e.g. %s", len(unknown), len(data), sorted(unknown)[:3])
     keep = [i for i, g in enumerate(data.guids) if cleaned.get(g, CLASSES[data.y[i]]) is not None]
     y = np.array([CLASS_INDEX[cleaned.get(data.guids[i]) or CLASSES[data.y[i]]] for i in keep], dtype=np.int64)
     changed = int(sum(y[n] != data.y[i] for n, i in enumerate(keep)))

@@ -184,7 +184,9 @@ def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import score
 
-    score.check_image_sources(args.images, args.image_dataset, storage.S3Options.from_settings(settings.section("s3")))  # before Spark starts
+    s3 = storage.S3Options.from_settings(settings.section("s3"))
+    score.check_image_sources(args.images, args.image_dataset, s3)  # before Spark starts
+    score.check_output(args.input, args.output, s3)
     spec = _scorer_spec(args, settings)
     spark = _spark(settings, args, "score")
     result = score.run(spark, settings, args.input, args.output, spec, images_dir=args.images, image_dataset=args.image_dataset)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import report, storage
-from .catalogue import CsvError, decode_csv_bytes
+from .catalogue import CsvError, decode_csv_bytes, read_strict_csv
 from .config import Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -55,6 +55,18 @@ def _rescore_partitions(url: str, s3: S3Options | None) -> list[tuple[str, str]]
     return partition_dirs(url, s3)
 
 
+def _strings_to_pandas(table) -> pd.DataFrame:
+    """A Parquet table as pandas with its guid column as text, cast in Arrow: pandas would make an
+    integer column with a null into floats ("1.0"), which match no guid that score wrote as "1"."""
+    import pyarrow as pa
+
+    for position, name in enumerate(table.column_names):
+        kind = table.schema.field(position).type
+        if str(name).strip().lower() == "guid" and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            table = table.set_column(position, name, table.column(position).cast(pa.string()))
+    return table.to_pandas()
+
+
 def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | None = None) -> pd.DataFrame:
     """A CSV (by extension ``.csv``) or Parquet (``.parquet``/``.pq``, or a directory of Parquet
     parts) file as a DataFrame of strings; the required columns must be there. ``what`` names the
@@ -67,9 +79,10 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
         text = decode_csv_bytes(storage.read_bytes(url, s3), f"{what} {url}")
         try:
             # Strings only: guids that look like numbers must not become floats, "NA" is not missing.
-            frame = pd.read_csv(io.StringIO(text.lstrip("\ufeff")), dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
-            raise EvaluateError(f"{what} {url}: not a readable CSV ({' '.join(str(exc).split())})") from None
+            header, records = read_strict_csv(text, f"{what} {url}")
+        except CsvError as exc:
+            raise EvaluateError(str(exc)) from None
+        frame = pd.DataFrame(records, columns=header, dtype=object) if records else pd.DataFrame({c: pd.Series(dtype=object) for c in header})
     elif storage.is_dir(url, s3) and _rescore_partitions(url, s3):
         from .rescore import current_predictions
 
@@ -83,7 +96,7 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
 
         fs, path = storage.filesystem(url, s3)
         try:
-            frame = pq.read_table(path, filesystem=fs).to_pandas()
+            frame = _strings_to_pandas(pq.read_table(path, filesystem=fs))
         except (OSError, ValueError) as exc:
             raise EvaluateError(f"{what} {url}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
     else:

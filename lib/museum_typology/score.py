@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -100,6 +101,21 @@ def check_image_sources(images_dir: str | None, image_dataset: str | None, s3: S
         raise storage.StorageError(f"{images_dir}: --images must be a directory of <guid>[.ext] files")
     if image_dataset and not storage.is_dir(image_dataset, s3):
         raise storage.StorageError(f"{image_dataset}: --image-dataset must be a dataset directory written by ingest or crawl (their dataset/)")
+
+
+def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -> None:
+    """The output is a file that is not the input (cheap; the CLI asks before Spark starts): a
+    directory there failed the job at its very end, and the input would have been overwritten."""
+    if _same_location(input_url, output_url):
+        raise storage.StorageError(f"{output_url}: --output is the --input file; scoring would overwrite its rows")
+    if storage.is_dir(output_url, s3):
+        raise storage.StorageError(f"{output_url}: --output is a directory; name a .csv or .parquet file (e.g. {storage.join(output_url, 'predictions.csv')})")
+
+
+def _same_location(a: str, b: str) -> bool:
+    if storage.is_s3(a) or storage.is_s3(b):
+        return a.split("://", 1)[-1].rstrip("/") == b.split("://", 1)[-1].rstrip("/")
+    return os.path.realpath(a.removeprefix("file://")) == os.path.realpath(b.removeprefix("file://"))
 
 
 def find_image_files(images_dir: str, s3: S3Options | None = None) -> dict[str, str]:
@@ -561,6 +577,7 @@ def run(
 ) -> dict[str, Any]:
     """Score ``input_url`` into ``output_url`` (CSV or Parquet by extension): one row per input row."""
     s3 = S3Options.from_settings(settings.section("s3"))
+    check_output(input_url, output_url, s3)
     rows = read_rows(input_url, s3)
     image_files = find_image_files(images_dir, s3) if images_dir else {}
     dataset_images = find_dataset_images(image_dataset, s3) if image_dataset else {}

@@ -154,9 +154,15 @@ def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
             out.write(data)
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except OSError as exc:
+        if fs.get_file_info(tmp).type == pafs.FileType.File:
+            fs.delete_file(tmp)
+        what = "is a directory" if fs.get_file_info(path).type == pafs.FileType.Directory else " ".join(str(exc).split())
+        raise StorageError(f"{url}: cannot write the file ({what})") from None
 
 
 def delete_file(url: str, s3: S3Options | None = None) -> None:

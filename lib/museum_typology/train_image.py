@@ -67,6 +67,9 @@ def read_labels(dataset_url: str, manifest: str | None, s3: S3Options | None) ->
         # The clean job's manifest (guid, new_label, action) or a hand-made one (guid, typology[, keep]):
         # the guids it names take its label or leave (drop); the others keep the dataset's label.
         cleaned = read_cleaned_labels(manifest, s3)
+        outside = set(cleaned) - set(sha)
+        if outside:
+            log.warning("cleaned manifest %s: %d guid(s) are not in the image dataset and change nothing, e.g. %s", manifest, len(outside), sorted(outside)[:3])
         keep = {g: cleaned.get(g, t) for g, t in labels.items()}
         keep.update({g: t for g, t in cleaned.items() if g in sha and g not in labels})
         labels = {g: t for g, t in keep.items() if t is not None}
