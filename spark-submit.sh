@@ -5,10 +5,15 @@
 #
 # Ships the package as a zip (--py-files) and the chosen settings file (--files), and makes the
 # driver and executors run this environment's Python (they must import horovod, petastorm, ...).
-# Extra spark-submit options go in SPARK_SUBMIT_ARGS, e.g. SPARK_SUBMIT_ARGS="--deploy-mode client".
+# The master and the driver's memory come from the settings (--conf FILE, --set) unless given.
+# Extra spark-submit options go in SPARK_SUBMIT_ARGS, split as a shell would split them (quotes
+# keep a value with spaces whole), e.g. SPARK_SUBMIT_ARGS="--deploy-mode client".
+# MUSEUM_PYTHON: the Python here (driver side; default .venv/bin/python); MUSEUM_EXECUTOR_PYTHON:
+# the same environment's Python on the workers, when it lives at another path there.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${MUSEUM_PYTHON:-$ROOT/.venv/bin/python}"
+EXECUTOR_PY="${MUSEUM_EXECUTOR_PYTHON:-$PY}"
 
 list_jobs() { (cd "$ROOT/jobs" && ls -- *.py) | sed "s/\.py$//" | paste -sd " " -; }
 usage() { echo "usage: $0 <job> [--master URL] [--conf FILE] [job options...]; jobs: $(list_jobs)" >&2; exit 2; }
@@ -21,30 +26,48 @@ case "$JOB" in -h|--help) usage ;; esac
 JOB_FILE="$ROOT/jobs/${JOB//-/_}.py"
 [[ -x "$PY" ]] || die "no Python at $PY (run 'make setup' or set MUSEUM_PYTHON)"
 
-MASTER="" ; CONF_FILE="" ; JOB_ARGS=()
+MASTER="" ; CONF_FILE="" ; JOB_ARGS=() ; SETS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --master) [[ $# -ge 2 ]] || die "--master needs a URL"; MASTER="$2"; shift 2 ;;
     --master=*) MASTER="${1#*=}"; shift ;;
     --conf) [[ $# -ge 2 ]] || die "--conf needs a file"; CONF_FILE="$2"; JOB_ARGS+=("--conf" "$2"); shift 2 ;;
     --conf=*) CONF_FILE="${1#*=}"; JOB_ARGS+=("$1"); shift ;;
+    --set) [[ $# -ge 2 ]] || die "--set needs KEY=VALUE"; SETS+=("$2"); JOB_ARGS+=("--set" "$2"); shift 2 ;;
+    --set=*) SETS+=("${1#*=}"); JOB_ARGS+=("$1"); shift ;;
     *) JOB_ARGS+=("$1"); shift ;;
   esac
 done
 # The settings file is shipped with --files; the driver finds it by its path or, where spark-submit
 # put it in the driver's working directory (cluster deploy mode), by its base name.
 [[ -z "$CONF_FILE" || -f "$CONF_FILE" ]] || die "--conf $CONF_FILE: no such file"
-if [[ -z "$MASTER" ]]; then
-  # The conf file's spark.master, else the default settings' (local[*]).
-  MASTER="$("$PY" -c '
-import sys
+# From the resolved settings (defaults <- --conf FILE <- --set): spark.master (unless --master was
+# given) and the driver's memory, which spark-submit fixes before the job's code runs; then
+# SPARK_SUBMIT_ARGS as a list, split with shell quoting rules.
+RESOLVED=()
+while IFS= read -r line; do RESOLVED+=("$line"); done < <("$PY" -c '
+import shlex, sys
 from museum_typology.config import ConfigError, load_settings
 try:
-    print(load_settings(sys.argv[1] or None).get("spark.master"))
+    settings = load_settings(sys.argv[1] or None, sys.argv[4:])
 except ConfigError as exc:
     sys.exit(f"{sys.argv[2]}: error: {exc}")
-' "$CONF_FILE" "$0")" || exit 2
-fi
+try:
+    extra = shlex.split(sys.argv[3])
+except ValueError as exc:
+    sys.exit(f"{sys.argv[2]}: error: SPARK_SUBMIT_ARGS: {exc}")
+if any("\n" in value for value in extra):
+    sys.exit(f"{sys.argv[2]}: error: SPARK_SUBMIT_ARGS: a value holds a line break")
+print(settings.get("spark.master"))
+print((settings.get("spark.conf") or {}).get("spark.driver.memory", ""))
+for value in extra:
+    print(value)
+' "$CONF_FILE" "$0" "${SPARK_SUBMIT_ARGS:-}" ${SETS[@]+"${SETS[@]}"})
+[[ ${#RESOLVED[@]} -ge 2 ]] || exit 2
+[[ -n "$MASTER" ]] || MASTER="${RESOLVED[0]}"
+DRIVER=()
+[[ -n "${RESOLVED[1]}" ]] && DRIVER=(--driver-memory "${RESOLVED[1]}")
+EXTRA=("${RESOLVED[@]:2}")
 
 # The package as a zip, with the default settings inside it (museum_typology/conf/default.toml).
 # One build directory per run: a concurrent run must not replace the zip this driver reads.
@@ -60,16 +83,21 @@ find "$BUILD/pkg" -name __pycache__ -prune -exec rm -rf {} +
 SPARK_SUBMIT="$("$PY" -c 'from pyspark.find_spark_home import _find_spark_home as f; print(f())')/bin/spark-submit"
 FILES=()
 [[ -n "$CONF_FILE" ]] && FILES=(--files "$CONF_FILE")
-export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+export PYSPARK_PYTHON="$EXECUTOR_PY" PYSPARK_DRIVER_PYTHON="$PY"
+# PYTHONPATH on the executors: the Horovod ranks of train-image are processes that Horovod starts
+# with the Python worker's environment, where --py-files is on sys.path but not on PYTHONPATH;
+# without this they imported an installed copy of the package, or failed. The zip is in the
+# executor's working directory (where spark-submit ships --py-files), also the ranks'.
 # Not exec: the EXIT trap removes the build directory once spark-submit is done with it.
-# shellcheck disable=SC2086
 "$SPARK_SUBMIT" \
   --master "$MASTER" \
   --name "museum-typology-$JOB" \
-  --conf "spark.pyspark.python=$PY" \
+  ${DRIVER[@]+"${DRIVER[@]}"} \
+  --conf "spark.pyspark.python=$EXECUTOR_PY" \
   --conf "spark.pyspark.driver.python=$PY" \
+  --conf "spark.executorEnv.PYTHONPATH=museum_typology.zip" \
   --py-files "$BUILD/museum_typology.zip" \
-  "${FILES[@]}" \
-  ${SPARK_SUBMIT_ARGS:-} \
-  "$JOB_FILE" "${JOB_ARGS[@]}" && status=0 || status=$?
+  ${FILES[@]+"${FILES[@]}"} \
+  ${EXTRA[@]+"${EXTRA[@]}"} \
+  "$JOB_FILE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"} && status=0 || status=$?
 exit "$status"

@@ -67,3 +67,26 @@ def test_data_and_master_are_options_only_of_the_jobs_that_use_them():
     assert {n for n, j in cli.JOBS.items() if j.uses_spark} == {"ingest", "crawl", "score", "rescore", "train-image", "clean", "pipeline"}
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "--truth", "t.csv", "--pred", "p.csv", "--master", "local[2]"])
+
+
+def test_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
+    """Executors resolve a relative path in Spark's work folder, not the submitter's directory:
+    on a standalone cluster ingest --data data failed to open work/app-*/0/data/images.zip."""
+    import dataclasses
+
+    from museum_typology import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MUSEUM_DATA", raising=False)
+    monkeypatch.delenv("MUSEUM_WORK_DIR", raising=False)
+    seen = {}
+    monkeypatch.setitem(cli.JOBS, "evaluate", dataclasses.replace(cli.JOBS["evaluate"], run=lambda args, settings: seen.update(args=args, settings=settings)))
+    assert cli.main(["evaluate", "--truth", "t.csv", "--pred", "s3://bucket/p.csv", "--work-dir", "out"]) == 0
+    args, settings = seen["args"], seen["settings"]
+    assert args.truth == str(tmp_path / "t.csv") and args.pred == "s3://bucket/p.csv"
+    assert settings.get("paths.work_dir") == str(tmp_path / "out")
+    # the defaults' relative paths too ("../shared/data", "var"), and each of clean's --oof files
+    parsed = cli.build_parser().parse_args(["clean", "--oof", "a.parquet,s3://b/c.parquet"])
+    settings = cli._settings(parsed)
+    assert parsed.oof == f"{tmp_path / 'a.parquet'},s3://b/c.parquet"
+    assert settings.get("paths.work_dir") == str(tmp_path / "var") and settings.get("paths.data") == str(tmp_path.parent / "shared" / "data")

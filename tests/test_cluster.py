@@ -241,7 +241,10 @@ def test_ingest_on_standalone_cluster(cluster, small_data, tmp_path):
     )
     output = tmp_path / "ingest"
     env = {**cluster["env"], "SPARK_SUBMIT_ARGS": "--conf spark.ui.enabled=false"}
-    command = [str(SUBMIT), "ingest", "--master", cluster["url"], "--conf", str(conf), "--data", str(small_data), "--output", str(output)]
+    # Relative paths, as a user types them: the executors run in the worker's own directory, so
+    # the driver must make them absolute (they once opened work/app-*/0/<data>/images.zip).
+    data = os.path.relpath(small_data, tmp_path)
+    command = [str(SUBMIT), "ingest", "--master", cluster["url"], "--conf", str(conf), "--data", data, "--output", "ingest"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     except subprocess.TimeoutExpired as exc:
@@ -294,3 +297,39 @@ def test_ingest_on_standalone_cluster(cluster, small_data, tmp_path):
         # Aspect ratio kept (within rounding).
         assert abs(width / height - row.orig_width / row.orig_height) < 0.1 * (row.orig_width / row.orig_height)
     assert rows["g1"].typology == TYPOLOGY and rows["g4"].split == "test"
+
+
+def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
+    """What ./spark-submit.sh hands spark-submit (a stand-in that prints its arguments)."""
+    home = tmp_path / "spark"
+    (home / "bin").mkdir(parents=True)
+    stub = home / "bin" / "spark-submit"
+    stub.write_text('#!/usr/bin/env bash\nfor a in "$@"; do printf "%s\\n" "$a"; done\necho "PYSPARK_PYTHON=$PYSPARK_PYTHON"\n')
+    stub.chmod(0o755)
+    conf = tmp_path / "c.toml"
+    conf.write_text('[spark]\nmaster = "spark://from-file:7077"\n[spark.conf]\n"spark.driver.memory" = "5g"\n')
+    env = {**_spark_env(tmp_path), "SPARK_HOME": str(home), "MUSEUM_EXECUTOR_PYTHON": "/opt/museum/bin/python",
+           "SPARK_SUBMIT_ARGS": "--conf 'spark.executor.extraJavaOptions=-Xss4m -Dfoo=1' --deploy-mode client"}
+
+    def submitted(*args: str) -> list[str]:
+        result = subprocess.run([str(SUBMIT), "ingest", *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    got = submitted("--conf", str(conf), "--data", "d")
+    pairs = list(zip(got, got[1:]))
+    assert ("--master", "spark://from-file:7077") in pairs and ("--driver-memory", "5g") in pairs
+    # a value with spaces stays one argument; the Horovod ranks find the shipped zip
+    assert ("--conf", "spark.executor.extraJavaOptions=-Xss4m -Dfoo=1") in pairs and ("--deploy-mode", "client") in pairs
+    assert ("--conf", "spark.executorEnv.PYTHONPATH=museum_typology.zip") in pairs
+    # the executors' Python may live elsewhere; the driver's is this environment's
+    assert ("--conf", "spark.pyspark.python=/opt/museum/bin/python") in pairs and "PYSPARK_PYTHON=/opt/museum/bin/python" in got
+    assert ("--conf", f"spark.pyspark.driver.python={sys.executable}") in pairs
+    # --set beats the file, --master beats both; the job still gets every option
+    got = submitted("--conf", str(conf), "--set", "spark.master=yarn", "--set", 'spark.conf."spark.driver.memory"="2g"')
+    pairs = list(zip(got, got[1:]))
+    assert ("--master", "yarn") in pairs and ("--driver-memory", "2g") in pairs and ("--set", "spark.master=yarn") in pairs
+    got = submitted("--conf", str(conf), "--set", "spark.master=yarn", "--master", "local[1]")
+    assert ("--master", "local[1]") in list(zip(got, got[1:]))
+    bad = subprocess.run([str(SUBMIT), "ingest"], capture_output=True, text=True, timeout=120, env={**env, "SPARK_SUBMIT_ARGS": "--conf 'open"}, cwd=tmp_path)
+    assert bad.returncode == 2 and "SPARK_SUBMIT_ARGS: No closing quotation" in bad.stderr

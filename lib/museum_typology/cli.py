@@ -38,12 +38,33 @@ def _common(parser: argparse.ArgumentParser, job: Job) -> None:
         parser.add_argument("--master", help="Spark master (default: spark.master, or spark-submit's)")
 
 
+# Options that name files or directories (each job has some of them); clean's --oof is a list.
+PATH_OPTIONS = (
+    "data", "work_dir", "input", "output", "images", "image_dataset", "model", "text_model", "image_model", "model_dir",
+    "dataset", "manifest", "oof", "text_oof", "image_oof", "pred", "truth", "predictions", "catalogue",
+)
+
+
+def _absolute_paths(args: argparse.Namespace) -> None:
+    """Local paths made absolute before any job uses them: Spark executors (and Horovod ranks)
+    would read a relative path from their own working directory, not the submitter's."""
+    for name in PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value:
+            setattr(args, name, ",".join(storage.absolute(part.strip()) if part.strip() else part for part in value.split(",")) if name == "oof" else storage.absolute(value))
+
+
 def _settings(args: argparse.Namespace) -> Settings:
+    _absolute_paths(args)
     settings = load_settings(args.conf, args.overrides)
     if getattr(args, "data", None):
         settings = settings.set(["paths", "data"], args.data, "--data")
     if args.work_dir:
         settings = settings.set(["paths", "work_dir"], args.work_dir, "--work-dir")
+    for key in ("data", "work_dir"):  # the defaults ("../shared/data", "var") and conf files' too
+        value = settings.get(f"paths.{key}")
+        if isinstance(value, str) and value and storage.absolute(value) != value:
+            settings = settings.set(["paths", key], storage.absolute(value), f"paths.{key} made absolute")
     return settings
 
 

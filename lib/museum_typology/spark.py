@@ -24,7 +24,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-from . import score
+from . import score, storage
 from .config import load_settings
 from .text import NORMALIZATION_VERSION, normalize
 
@@ -58,7 +58,8 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
 
     def _spec(self) -> score.ScorerSpec:
         conf = self.getOrDefault(self.confPath)
-        return score.resolve_models(load_settings(conf_file=conf or None), self.getOrDefault(self.modelPath))
+        # Absolute here, on the driver: executors resolve relative paths in their own directory.
+        return score.resolve_models(load_settings(conf_file=conf or None), storage.absolute(self.getOrDefault(self.modelPath)))
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         get = self.getOrDefault

@@ -10,6 +10,7 @@ keys and writes a ``_SUCCESS`` marker last; readers (``is_committed``) trust onl
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import re
 import uuid
@@ -66,6 +67,15 @@ def s3_endpoint(endpoint_url: str) -> tuple[str, str]:
     urlparse alone reads the latter as scheme "minio" and path "9000"."""
     endpoint = urlparse(endpoint_url if "://" in endpoint_url else "https://" + endpoint_url)
     return endpoint.netloc or endpoint.path, endpoint.scheme or "https"
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute here, on the driver; a URL (s3://, file://) as it is. Executors
+    resolve a relative path against their own working directory, which on a cluster is Spark's
+    work folder, not the directory the job was started from."""
+    if "://" in url or not url:
+        return url
+    return os.path.abspath(url)
 
 
 def filesystem_path(url: str) -> str:
