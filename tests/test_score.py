@@ -20,7 +20,7 @@ from PIL import Image
 from pyspark import cloudpickle
 
 from museum_typology import cli, score
-from museum_typology.catalogue import CsvError
+from museum_typology.catalogue import CsvError, InputRow
 from museum_typology.schema import CLASSES
 
 K = len(CLASSES)
@@ -340,12 +340,18 @@ def test_an_output_that_is_a_directory_or_the_input_is_refused_before_spark(tmp_
     write_csv(tmp_path / "in.csv", [("a", "Монета")])
     (tmp_path / "out").mkdir()
     monkeypatch.setattr(cli, "_spark", lambda *a: pytest.fail("Spark started before the arguments were checked"))
-    for output, message in ((tmp_path / "out", "--output is a directory; name a .csv or .parquet file"), (tmp_path / "." / "in.csv", "--output is the --input file")):
+    (tmp_path / "afile").write_text("x")
+    for output, message in (
+        (tmp_path / "out", "--output is a directory; name a .csv or .parquet file"),
+        (tmp_path / "." / "in.csv", "--output is the --input file"),
+        (tmp_path / "out.json", "--output must end in .csv, .parquet or .pq"),  # it was written as CSV
+        (tmp_path / "afile" / "sub" / "o.csv", f"{tmp_path / 'afile'} is a file, not a folder"),  # failed after scoring
+    ):
         assert cli.main(["score", "--input", str(tmp_path / "in.csv"), "--output", str(output), "--model", str(tmp_path / "models")]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert (tmp_path / "in.csv").read_text(encoding="utf-8").startswith("guid,description")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.csv", "out"]
 
 
 def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
@@ -355,3 +361,15 @@ def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
     assert found == {"x": str(tmp_path / "x.JPG"), "y": str(tmp_path / "y"), "z": str(tmp_path / "z.tar.gz")}
     with pytest.raises(OSError, match="must be a directory"):
         score.find_image_files(str(tmp_path / "x.JPG"))
+
+
+def test_a_guid_with_several_image_files_gets_no_image_and_a_note(tmp_path):
+    # The first by name was used silently (a broken g3.jpg hid a good g3.png); ingest quarantines.
+    for name in ["g3.jpg", "g3.png", "g4.png"]:
+        (tmp_path / name).write_bytes(b"1")
+    found = score.find_image_files(str(tmp_path))
+    assert found == {"g4": str(tmp_path / "g4.png")} and found.ambiguous == {"g3": ["g3.jpg", "g3.png"]}
+    rows = [InputRow(guid=g, split="test", source_file="t.csv", source_row=n, source_line=n + 1, description="Монета", typology=None) for n, g in enumerate(["g3", "g4"], 1)]
+    tasks = score.plan_tasks(rows, found, {"g3": "part-0.parquet"})
+    assert tasks["image_kind"].tolist() == [None, score.IMAGE_FILE]
+    assert tasks["note"].tolist() == ["image ambiguous: 2 image files for this guid: g3.jpg, g3.png", ""]

@@ -165,3 +165,12 @@ def test_write_bytes_onto_a_directory_is_a_storage_error_and_leaves_no_temporary
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     storage.write_bytes(str(tmp_path / "f.txt"), b"x")
     assert (tmp_path / "f.txt").read_bytes() == b"x" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "out"]
+
+
+def test_file_uris_as_spark_writes_them_name_the_local_file(tmp_path):
+    # binaryFile's path column is "file:/dir/a%20b.png"; it was read as <cwd>/file:/dir/...
+    (tmp_path / "a b.png").write_bytes(b"x")
+    for url in (f"file:{tmp_path}/a%20b.png", f"file://{tmp_path}/a%20b.png"):
+        assert storage.filesystem_path(url) == str(tmp_path / "a b.png")
+        assert storage.read_bytes(url) == b"x" and storage.absolute(url) == url
+    assert storage.to_uri(f"file:{tmp_path}/d") == f"file://{tmp_path}/d"

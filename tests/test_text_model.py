@@ -324,6 +324,31 @@ def test_typology_classifier_transformer_adds_columns_and_keeps_rows(trained, sp
     assert loaded.getOrDefault(loaded.descriptionCol) == "title" and loaded.getOrDefault(loaded.modelPath) == str(root / "models")
     with pytest.raises(ValueError, match="descriptionCol='nope' is not a column"):
         TypologyClassifier(modelPath=str(root / "models"), descriptionCol="nope").transform(items)
+    # noteCol says why a row fell back (it was dropped: an unreadable image looked like no image)
+    noted = TypologyClassifier(modelPath=str(root / "models"), guidCol="id", descriptionCol="title", imageCol="picture", noteCol="why").transform(items).orderBy("n").collect()
+    assert noted[0]["why"] == "no image" and noted[1]["why"].startswith("no description; image") and noted[1]["why"] != "no description; no image"
+    assert [r["typology"] for r in noted] == [r["typology"] for r in scored]
+
+
+def test_typology_classifier_checks_its_columns_on_the_driver():
+    from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
+
+    from museum_typology.spark import check_columns
+
+    schema = StructType([StructField("guid", StringType()), StructField("title", StringType()), StructField("n", IntegerType()), StructField("Typology", StringType()), StructField("pic", BinaryType()), StructField("path", StringType())])
+    inputs = {"guidCol": "guid", "descriptionCol": "title", "imageCol": "pic", "imagePathCol": "path"}
+    check_columns(schema, inputs, ("label", "confidence", "source"))
+    # Spark resolves names without case: a second "typology" made every later select ambiguous
+    with pytest.raises(ValueError, match="output column\\(s\\) typology already exist"):
+        check_columns(schema, inputs, ("typology", "confidence", "source"))
+    check_columns(schema, inputs, ("typology", "confidence", "source"), case_sensitive=True)
+    with pytest.raises(ValueError, match="the output columns must have different names, got p, c, p"):
+        check_columns(schema, inputs, ("p", "c", "p"))
+    # a wrong type gave every row the default class, or an executor traceback
+    with pytest.raises(ValueError, match="descriptionCol='n' is int, expected string"):
+        check_columns(schema, {**inputs, "descriptionCol": "n"}, ("a", "b", "c"))
+    with pytest.raises(ValueError, match="imageCol='path' is string, expected binary \\(the image file's bytes; for paths use imagePathCol\\)"):
+        check_columns(schema, {**inputs, "imageCol": "path"}, ("a", "b", "c"))
 
 
 class _FakeVectors:

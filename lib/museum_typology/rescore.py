@@ -66,6 +66,7 @@ from .score import (
     ScorerSpec,
     description_hash,
     find_dataset_images,
+    ImageFiles,
     find_image_files,
     plan_tasks,
     read_dataset_images,
@@ -223,7 +224,7 @@ class ImageHashes:
 
     def __init__(self, spark, images_dir: str | None, image_dataset: str | None, s3: S3Options | None, max_bytes: int):
         self.spark, self.s3, self.max_bytes = spark, s3, max_bytes
-        self.files = find_image_files(images_dir, s3) if images_dir else {}
+        self.files = find_image_files(images_dir, s3) if images_dir else ImageFiles()
         self.dataset = find_dataset_images(image_dataset, s3) if image_dataset else {}
 
     def __call__(self, guids: Sequence[str]) -> dict[str, str | None]:
@@ -232,7 +233,8 @@ class ImageHashes:
         result.update(hash_files(self.spark, files, self.s3, self.max_bytes))
         by_part: dict[str, list[str]] = {}
         for guid in guids:
-            if guid not in self.files and guid in self.dataset:
+            # An ambiguous guid gets no image in score (not the dataset's either): no hash.
+            if guid not in self.files and guid not in self.files.ambiguous and guid in self.dataset:
                 by_part.setdefault(self.dataset[guid], []).append(guid)
         for part, part_guids in by_part.items():
             result.update(dataset_hashes(part, part_guids, self.s3))

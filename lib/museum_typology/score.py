@@ -110,6 +110,14 @@ def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -
         raise storage.StorageError(f"{output_url}: --output is the --input file; scoring would overwrite its rows")
     if storage.is_dir(output_url, s3):
         raise storage.StorageError(f"{output_url}: --output is a directory; name a .csv or .parquet file (e.g. {storage.join(output_url, 'predictions.csv')})")
+    if not output_url.lower().endswith(OUTPUT_EXTENSIONS):
+        raise storage.StorageError(f"{output_url}: --output must end in .csv, .parquet or .pq (the extension chooses the format)")
+    if not storage.is_s3(output_url):
+        folder = os.path.dirname(storage.filesystem_path(output_url))
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder):
+            raise storage.StorageError(f"{output_url}: --output cannot be written: {folder} is a file, not a folder")
 
 
 def _same_location(a: str, b: str) -> bool:
@@ -118,16 +126,28 @@ def _same_location(a: str, b: str) -> bool:
     return os.path.realpath(a.removeprefix("file://")) == os.path.realpath(b.removeprefix("file://"))
 
 
-def find_image_files(images_dir: str, s3: S3Options | None = None) -> dict[str, str]:
+class ImageFiles(dict):
+    """guid -> URL of its one image file; ``ambiguous``: guid -> the names of its several files
+    (such a row gets no image and a note, as ingest quarantines it: which one is meant is unknown)."""
+
+    def __init__(self, files: dict[str, str] | None = None, ambiguous: dict[str, list[str]] | None = None):
+        super().__init__(files or {})
+        self.ambiguous: dict[str, list[str]] = ambiguous or {}
+
+
+def find_image_files(images_dir: str, s3: S3Options | None = None) -> ImageFiles:
     """guid -> URL of ``DIR/<guid>`` or ``DIR/<guid>.<any extension>`` (the content decides the
-    format, never the name). With several files for one guid the first in name order is used."""
+    format, never the name). A guid with several such files is listed under ``ambiguous``."""
     check_image_sources(images_dir, None, s3)
-    found: dict[str, str] = {}
+    names: dict[str, list[str]] = defaultdict(list)
     for name in sorted(storage.list_files(images_dir, s3, recursive=False)):
         if name.rsplit("/", 1)[-1].startswith("."):
             continue
-        found.setdefault(guid_of(name), storage.join(images_dir, name))
-    return found
+        names[guid_of(name)].append(name)
+    return ImageFiles(
+        {guid: storage.join(images_dir, found[0]) for guid, found in names.items() if len(found) == 1},
+        {guid: found for guid, found in names.items() if len(found) > 1},
+    )
 
 
 def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[str, str]:
@@ -164,7 +184,10 @@ def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_im
                 seen[row.guid] = row.source_row
         kind = ref = None
         position = -1
-        if row.guid is not None and row.guid in image_files:
+        ambiguous = getattr(image_files, "ambiguous", {}).get(row.guid) if row.guid is not None else None
+        if ambiguous:
+            notes.append(f"image ambiguous: {len(ambiguous)} image files for this guid: {', '.join(ambiguous)}")
+        elif row.guid is not None and row.guid in image_files:
             kind, ref = IMAGE_FILE, image_files[row.guid]
         elif row.guid is not None and row.guid in dataset_images:
             kind, ref, position = IMAGE_DATASET, dataset_images[row.guid], dataset_order[row.guid]
@@ -557,6 +580,9 @@ def to_parquet(result: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(result.loc[:, [*OUTPUT_COLUMNS, *DETAIL_COLUMNS]], preserve_index=False), buffer)
     return buffer.getvalue()
+
+
+OUTPUT_EXTENSIONS = (".csv", ".parquet", ".pq")
 
 
 def write_output(url: str, result: pd.DataFrame, s3: S3Options | None) -> None:

@@ -14,7 +14,7 @@ It saves and loads with a Pipeline like any other stage (``DefaultParamsWritable
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pandas as pd
 from pyspark import keyword_only
@@ -22,7 +22,7 @@ from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
-from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+from pyspark.sql.types import BinaryType, DoubleType, StringType, StructField, StructType
 
 from . import score, storage
 from .config import load_settings
@@ -42,14 +42,15 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
     predictionCol = Param(Params._dummy(), "predictionCol", "output: the typology", TypeConverters.toString)
     confidenceCol = Param(Params._dummy(), "confidenceCol", "output: its confidence", TypeConverters.toString)
     sourceCol = Param(Params._dummy(), "sourceCol", "output: text / image / blend / default", TypeConverters.toString)
+    noteCol = Param(Params._dummy(), "noteCol", "output: why a row fell back or what was wrong with its input (e.g. an unreadable image); empty string = no such column", TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, modelPath: str = "var/models", confPath: str = "", guidCol: str = "guid", descriptionCol: str = "description",
                  imageCol: str = "", imagePathCol: str = "", predictionCol: str = "typology", confidenceCol: str = "typology_confidence",
-                 sourceCol: str = "typology_source"):
+                 sourceCol: str = "typology_source", noteCol: str = ""):
         super().__init__()
         self._setDefault(modelPath="var/models", confPath="", guidCol="guid", descriptionCol="description", imageCol="", imagePathCol="",
-                         predictionCol="typology", confidenceCol="typology_confidence", sourceCol="typology_source")
+                         predictionCol="typology", confidenceCol="typology_confidence", sourceCol="typology_source", noteCol="")
         self._set(**self._input_kwargs)
 
     @keyword_only
@@ -64,24 +65,48 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
     def _transform(self, dataset: DataFrame) -> DataFrame:
         get = self.getOrDefault
         columns = {name: get(getattr(self, name)) for name in ("guidCol", "descriptionCol", "imageCol", "imagePathCol")}
-        outputs = (get(self.predictionCol), get(self.confidenceCol), get(self.sourceCol))
-        for name, column in columns.items():
-            # guidCol is optional (it only names rows in notes); the inputs must exist.
-            if column and column not in dataset.columns and name != "guidCol":
-                raise ValueError(f"TypologyClassifier: {name}={column!r} is not a column of the DataFrame (columns: {', '.join(dataset.columns)})")
-        clash = [c for c in outputs if c in dataset.columns]
-        if clash:
-            raise ValueError(f"TypologyClassifier: output column(s) {', '.join(clash)} already exist; set predictionCol/confidenceCol/sourceCol")
-        schema = StructType([*dataset.schema.fields, StructField(outputs[0], StringType()), StructField(outputs[1], DoubleType()), StructField(outputs[2], StringType())])
+        outputs = (get(self.predictionCol), get(self.confidenceCol), get(self.sourceCol)) + ((get(self.noteCol),) if get(self.noteCol) else ())
+        check_columns(dataset.schema, columns, outputs, dataset.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true")
+        kinds = (StringType(), DoubleType(), StringType(), StringType())
+        schema = StructType([*dataset.schema.fields, *(StructField(name, kind) for name, kind in zip(outputs, kinds))])
         return dataset.mapInPandas(_transform_batches(self._spec(), columns, outputs), schema)
 
 
-def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs: tuple[str, str, str]):
+# The type each input column must have (a wrong one gave every row the default class, or failed
+# in the executors with a long trace).
+INPUT_TYPES = {"descriptionCol": StringType(), "imageCol": BinaryType(), "imagePathCol": StringType()}
+
+
+def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence[str], case_sensitive: bool = False) -> None:
+    """The inputs exist with usable types and the outputs are new, distinct names (compared as
+    Spark compares them: without case unless spark.sql.caseSensitive). Pure; ValueError naming the
+    param otherwise."""
+    fold = (lambda name: name) if case_sensitive else str.lower
+    types = {fold(f.name): f.dataType for f in schema.fields}
+    for name, column in columns.items():
+        # guidCol is optional (it only names rows in notes); the inputs must exist.
+        if column and fold(column) not in types and name != "guidCol":
+            raise ValueError(f"TypologyClassifier: {name}={column!r} is not a column of the DataFrame (columns: {', '.join(schema.names)})")
+        wanted = INPUT_TYPES.get(name)
+        if column and wanted is not None and types[fold(column)] != wanted:
+            raise ValueError(f"TypologyClassifier: {name}={column!r} is {types[fold(column)].simpleString()}, expected {wanted.simpleString()}" + (" (the image file's bytes; for paths use imagePathCol)" if name == "imageCol" else ""))
+    if not all(outputs):
+        raise ValueError("TypologyClassifier: predictionCol, confidenceCol and sourceCol need a name")
+    if len({fold(c) for c in outputs}) != len(outputs):
+        raise ValueError(f"TypologyClassifier: the output columns must have different names, got {', '.join(outputs)} (predictionCol, confidenceCol, sourceCol, noteCol)")
+    clash = [c for c in outputs if fold(c) in types]
+    if clash:
+        raise ValueError(f"TypologyClassifier: output column(s) {', '.join(clash)} already exist; set predictionCol/confidenceCol/sourceCol/noteCol")
+
+
+def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs: tuple[str, ...]):
+    fields = ("typology", "confidence", "source", "note")[: len(outputs)]
+
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = score.Scorer.cached(spec)
         for batch in batches:
             result = scorer.score_frame(tasks_of(batch, columns, spec.text_normalization))
-            yield batch.assign(**{outputs[0]: result["typology"].to_numpy(), outputs[1]: result["confidence"].to_numpy(), outputs[2]: result["source"].to_numpy()})
+            yield batch.assign(**{name: result[field].to_numpy() for name, field in zip(outputs, fields)})
 
     return run
 

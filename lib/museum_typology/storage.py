@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
@@ -73,7 +73,7 @@ def absolute(url: str) -> str:
     """A local path made absolute here, on the driver; a URL (s3://, file://) as it is. Executors
     resolve a relative path against their own working directory, which on a cluster is Spark's
     work folder, not the directory the job was started from."""
-    if "://" in url or not url:
+    if "://" in url or url.startswith("file:") or not url:
         return url
     return os.path.abspath(url)
 
@@ -83,8 +83,8 @@ def filesystem_path(url: str) -> str:
     if is_s3(url):
         parsed = urlparse(url)
         return f"{parsed.netloc}{parsed.path}".rstrip("/")
-    if url.startswith("file://"):
-        url = urlparse(url).path
+    if url.startswith("file:"):  # file:///x, and file:/x as Spark writes it (binaryFile's path)
+        url = unquote(urlparse(url).path)
     return posixpath.abspath(url)
 
 
@@ -92,8 +92,8 @@ def to_uri(url: str) -> str:
     """An absolute URI for tools that want one (petastorm, Spark): file:///... or s3://..."""
     if is_s3(url):
         return "s3://" + url.split("://", 1)[1]
-    if url.startswith("file://"):
-        return url
+    if url.startswith("file:"):
+        url = unquote(urlparse(url).path)
     path = posixpath.abspath(url)
     if "#" in path or "?" in path:
         # petastorm parses this URI with urlparse, which would cut the path at "#" or "?".
@@ -157,7 +157,6 @@ def list_files(url: str, s3: S3Options | None = None, recursive: bool = False) -
 def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
     """Write one file atomically: a temporary sibling, then a rename (local) or a single PUT (S3)."""
     fs, path = filesystem(url, s3)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
     if is_s3(url):
         # A single PUT is atomic on S3: readers see the old object or the new one, never half.
         with fs.open_output_stream(path) as out:
@@ -165,6 +164,7 @@ def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        fs.create_dir(posixpath.dirname(path), recursive=True)
         with fs.open_output_stream(tmp) as out:
             out.write(data)
         fs.move(tmp, path)
