@@ -256,7 +256,10 @@ def test_catalogue_directory_of_csv_and_parquet(tmp_path):
     pd.DataFrame({"guid": ["g2"], "description": ["Сабля"]}).to_parquet(directory / "sub" / "b.parquet")
     (directory / "_SUCCESS").write_bytes(b"")
     (directory / "notes.txt").write_text("ignored")
-    assert [row.guid for row in rescore.read_catalogue(str(directory))] == ["g1", "g2"]
+    rows = rescore.read_catalogue(str(directory))
+    assert [row.guid for row in rows] == ["g1", "g2"]
+    # named by their path under the catalogue: two museums' items.csv were both "items.csv"
+    assert [row.source_file for row in rows] == ["a.csv", "sub/b.parquet"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(rescore.RescoreError, match="no .csv or .parquet files"):
         rescore.read_catalogue(str(tmp_path / "empty"))

@@ -141,7 +141,8 @@ def read_catalogue(url: str, s3: S3Options | None = None) -> list[InputRow]:
         raise RescoreError(f"{url}: no .csv or .parquet files in the catalogue directory")
     rows: list[InputRow] = []
     for name in names:
-        rows.extend(read_rows(storage.join(url, name), s3))
+        # Named by the path under the catalogue: museum_a/items.csv and museum_b/items.csv differ.
+        rows.extend(read_rows(storage.join(url, name), s3, name=name))
     return rows
 
 

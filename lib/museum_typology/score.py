@@ -65,10 +65,11 @@ class ScoreError(ValueError):
 # ---------------------------------------------------------------- input
 
 
-def read_rows(url: str, s3: S3Options | None = None) -> list[InputRow]:
+def read_rows(url: str, s3: S3Options | None = None, name: str | None = None) -> list[InputRow]:
     """Rows to score from a CSV or a Parquet file: ``guid`` and ``description`` columns are
-    required (either value may be empty); anything else (``typology`` included) is ignored."""
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    required (either value may be empty); anything else (``typology`` included) is ignored.
+    ``name``: how messages and ``source_file`` name the file (default: its base name)."""
+    name = name or url.rstrip("/").rsplit("/", 1)[-1]
     if not storage.exists(url, s3):
         raise storage.StorageError(f"{url}: no such file")
     if name.lower().endswith((".parquet", ".pq")) or storage.is_dir(url, s3):
