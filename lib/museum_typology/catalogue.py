@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .schema import CLASS_INDEX
@@ -64,15 +64,7 @@ def parse_catalogue_csv(
     ``required`` defaults to the columns a labelled or an unlabelled file must have."""
     if required is None:
         required = LABELLED_COLUMNS if labelled else UNLABELLED_COLUMNS
-    text = text.lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise CsvError(f"{source_file}: the file is empty (expected a header with {', '.join(required)})") from None
-    except csv.Error as exc:
-        raise CsvError(f"{source_file}, line 1: unreadable header ({exc})") from None
-    columns = [name.strip().lstrip("\ufeff").lower() for name in header]
+    columns, records = csv_records(text, source_file, f" (expected a header with {', '.join(required)})")
     missing = [name for name in required if name not in columns]
     if missing:
         raise CsvError(
@@ -81,18 +73,7 @@ def parse_catalogue_csv(
     index = {name: columns.index(name) for name in columns}
     rows: list[InputRow] = []
     data_row = 0
-    while True:
-        line_start = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise CsvError(f"{source_file}, line {line_start}: malformed CSV ({exc})") from None
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            # Only an empty or whitespace-only line is blank. A record of empty fields (',,')
-            # is a row with an empty guid: it gets a rejected manifest row and its row number.
-            continue
+    for line_start, fields in records:
         data_row += 1
 
         def field(name: str) -> str | None:
@@ -135,33 +116,46 @@ def has_control_character(text: str | None) -> bool:
     return text is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
 
 
-def read_strict_csv(text: str, where: str) -> tuple[list[str], list[list[str]]]:
-    """CSV text -> (lower-cased header, records of exactly as many fields), read as the catalogue
-    parser reads: strictly, a BOM dropped, blank lines skipped. A malformed record or one whose
-    field count differs from the header's is a ``CsvError`` naming its line. (pandas' reader
-    takes one extra field in the first record for an index column and shifts every column.)"""
+def csv_records(text: str, where: str, expected: str = "") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """CSV text (a BOM dropped) -> (the header's names, stripped and lower-cased; the records as
+    (line where each starts, fields)), read strictly. Blank lines are skipped: only an empty or
+    whitespace-only line is blank; a record of empty fields (',,') is a row. A malformed record
+    is a ``CsvError`` naming its line when the iterator reaches it."""
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), strict=True)
     try:
         header = [name.strip().lstrip("\ufeff").lower() for name in next(reader)]
     except StopIteration:
-        raise CsvError(f"{where}: the file is empty") from None
+        raise CsvError(f"{where}: the file is empty{expected}") from None
     except csv.Error as exc:
         raise CsvError(f"{where}, line 1: unreadable header ({exc})") from None
-    records: list[list[str]] = []
-    while True:
-        line = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise CsvError(f"{where}, line {line}: malformed CSV ({exc})") from None
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            continue
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        while True:
+            line = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise CsvError(f"{where}, line {line}: malformed CSV ({exc})") from None
+            if fields and not (len(fields) == 1 and not fields[0].strip()):
+                yield line, fields
+
+    return header, records()
+
+
+def read_strict_csv(text: str, where: str) -> tuple[list[str], list[list[str]]]:
+    """CSV text -> (lower-cased header, records of exactly as many fields), read as the catalogue
+    parser reads. A record whose field count differs from the header's is a ``CsvError`` naming
+    its line (pandas' reader took one extra field in the first record for an index column and
+    shifted every column)."""
+    header, records = csv_records(text, where)
+    rows: list[list[str]] = []
+    for line, fields in records:
         if len(fields) != len(header):
             raise CsvError(f"{where}, line {line}: {len(fields)} fields, the header has {len(header)}")
-        records.append(fields)
-    return header, records
+        rows.append(fields)
+    return header, rows
 
 
 def decode_csv_bytes(raw: bytes, source_file: str) -> str:
