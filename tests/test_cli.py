@@ -90,3 +90,20 @@ def test_local_paths_are_made_absolute_on_the_driver(tmp_path, monkeypatch):
     settings = cli._settings(parsed)
     assert parsed.oof == f"{tmp_path / 'a.parquet'},s3://b/c.parquet"
     assert settings.get("paths.work_dir") == str(tmp_path / "var") and settings.get("paths.data") == str(tmp_path.parent / "shared" / "data")
+
+
+def test_a_trial_model_dir_keeps_its_out_of_fold_file_beside_its_bundles(tmp_path):
+    """train-text --model-dir X wrote WORK_DIR/oof/text.parquet, and the next tune-cascade fitted
+    the cascade score uses to the trial's model."""
+    from museum_typology import cli
+
+    work = str(tmp_path / "work")
+    for job, kind in (("train-text", "text"), ("train-image", "image")):
+        def oof(*extra: str) -> str:
+            args = cli.build_parser().parse_args([job, "--work-dir", work, *extra])
+            return cli._oof_url(args, cli._settings(args), kind)
+
+        assert oof() == f"{work}/oof/{kind}.parquet"
+        assert oof("--model-dir", f"{work}/models/{kind}/") == f"{work}/oof/{kind}.parquet"
+        assert oof("--model-dir", str(tmp_path / "trial")) == str(tmp_path / "trial" / "oof.parquet")
+        assert oof("--model-dir", str(tmp_path / "trial"), "--oof", str(tmp_path / "o.parquet")) == str(tmp_path / "o.parquet")

@@ -444,3 +444,27 @@ def test_bilstm_runner_is_deterministic_per_seed_index():
     first, other, again = runner.fit(x, y, 0), runner.fit(x, y, 1), runner.fit(x, y, 0)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_data_too_small_or_too_alike_for_the_folds_is_one_clear_line(tmp_path, capsys):
+    """Fewer distinct titles than folds left folds empty and sklearn failed deep inside
+    (TfidfTransformer on 0 samples, "empty vocabulary"); too few rows was a traceback (rc 1)."""
+    from museum_typology import cli
+    from museum_typology.train_text import TrainTextError, check_folds
+
+    with pytest.raises(TrainTextError, match="2 of 5 folds get no titles"):
+        check_folds(np.array([0, 1, 0, 1, 0, 1]), np.array([0, 0, 1, 1, 2, 2]), 5, "data")
+    with pytest.raises(TrainTextError, match="the rows outside fold 1 of 2 hold a single typology"):
+        check_folds(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), 2, "data")
+    check_folds(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), 2, "data")
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"g{i},Монета № {i},{CLASSES[7] if i % 2 else CLASSES[0]}\n" for i in range(12))  # one title once numbers are shapes
+    (data / "train.csv").write_text("guid,description,typology\n" + rows, encoding="utf-8")
+    args = ["train-text", "--data", str(data), "--work-dir", str(tmp_path / "work")]
+    assert cli.main(args) == 2
+    assert "4 of 5 folds get no titles" in capsys.readouterr().err
+    (data / "train.csv").write_text("guid,description,typology\ng1,Монета,графика\n", encoding="utf-8")
+    assert cli.main(args) == 2
+    assert "only 1 labelled rows with a description; need at least 10" in capsys.readouterr().err

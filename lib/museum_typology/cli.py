@@ -178,6 +178,18 @@ def _models_dir(settings: Settings, kind: str = "") -> str:
     return storage.join(settings.get("paths.work_dir"), "models", *([kind] if kind else []))
 
 
+def _oof_url(args: argparse.Namespace, settings: Settings, kind: str) -> str:
+    """--oof, else WORK_DIR/oof/<kind>.parquet (what clean and tune-cascade read) for bundles in
+    WORK_DIR/models/<kind>, else oof.parquet beside the bundles of another --model-dir: a trial
+    run into its own directory must not replace the out-of-fold file of the bundles score uses
+    (tune-cascade would then fit the cascade to the trial's model)."""
+    if args.oof:
+        return args.oof
+    if args.model_dir and args.model_dir.rstrip("/") != _models_dir(settings, kind).rstrip("/"):
+        return storage.join(args.model_dir, "oof.parquet")
+    return storage.join(settings.get("paths.work_dir"), "oof", f"{kind}.parquet")
+
+
 def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import train_text
 
@@ -185,7 +197,7 @@ def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, An
         settings,
         settings.get("paths.data"),
         args.model_dir or _models_dir(settings, "text"),
-        args.oof or storage.join(settings.get("paths.work_dir"), "oof", "text.parquet"),
+        _oof_url(args, settings, "text"),
         folds=args.folds,
         manifest=args.manifest,
     )
@@ -197,7 +209,7 @@ def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, An
 
 def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/text)")
-    parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/text.parquet)")
+    parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/text.parquet, or DIR/oof.parquet with another --model-dir)")
     parser.add_argument("--folds", type=int, metavar="K", help="number of folds (default: text.folds)")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job: relabelled rows train on their new label, dropped rows are left out")
 
@@ -352,7 +364,7 @@ def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, A
         settings,
         args.dataset or storage.join(work_dir, "ingest", "dataset"),
         args.model_dir or storage.join(work_dir, "models", "image"),
-        storage.join(work_dir, "oof", "image.parquet"),
+        _oof_url(args, settings, "image"),
         folds=args.folds,
         num_proc=args.num_proc,
         final=args.final,
@@ -370,6 +382,7 @@ def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, A
 def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="DIR", help="petastorm dataset (default: WORK_DIR/ingest/dataset)")
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/image)")
+    parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/image.parquet, or DIR/oof.parquet with another --model-dir)")
     parser.add_argument("--folds", type=int, metavar="K", help="number of stratified folds (default: image.folds)")
     parser.add_argument("--num-proc", type=int, metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
     parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on all labelled images (a stratified fold validates)")
@@ -456,9 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _input_errors() -> tuple[type[BaseException], ...]:
     """User errors of the jobs' own modules (imported late: they pull in pandas and pyarrow)."""
     from .score import ScoreError
+    from .train_text import TrainTextError
     from .tune_cascade import TuneError
 
-    return (ScoreError, TuneError)
+    return (ScoreError, TrainTextError, TuneError)
 
 
 def _job_errors() -> tuple[type[BaseException], ...]:

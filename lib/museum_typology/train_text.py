@@ -50,6 +50,21 @@ from .text_model import (
 log = get_logger(__name__)
 
 
+class TrainTextError(ValueError):
+    """Labelled data the text model cannot be cross-validated on (a user error: one clear line)."""
+
+
+def check_folds(y: np.ndarray, fold: np.ndarray, folds: int, where: str) -> None:
+    """Every fold holds rows and every training side two classes at least. Identical titles stay
+    in one fold, so a few distinct titles leave folds empty (sklearn then failed deep inside)."""
+    sizes = np.bincount(fold, minlength=folds)
+    if sizes.min() == 0:
+        raise TrainTextError(f"{where}: {int((sizes == 0).sum())} of {folds} folds get no titles: the labelled rows have fewer distinct titles than folds (identical titles stay in one fold); lower text.folds or add data")
+    for k in range(folds):
+        if len(np.unique(y[fold != k])) < 2:
+            raise TrainTextError(f"{where}: the rows outside fold {k + 1} of {folds} hold a single typology; the model needs two at least")
+
+
 def cross_fitted_predictions(lstm: np.ndarray, tfidf_margin: np.ndarray, y: np.ndarray, fold: np.ndarray, grid: tuple[float, ...]) -> dict[str, np.ndarray]:
     """Out-of-fold decisions whose tuned parts (the linear member's temperature, the blend weight,
     class offsets) were fitted without the fold they decide: {"blend": argmax of the blend,
@@ -88,11 +103,12 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
 
         data = apply_cleaned_labels(data, read_cleaned_labels(manifest, s3))
     if len(data) < ts.folds * 2:
-        raise ValueError(f"{data_dir}: only {len(data)} labelled rows with a description; need at least {ts.folds * 2}")
+        raise TrainTextError(f"{data_dir}: only {len(data)} labelled rows with a description; need at least {ts.folds * 2}")
     corpus = [normalize(r.description) for r in rows if r.description]
     log.info("train-text: %d labelled titles, %d descriptions for word vectors, %d folds", len(data), len(corpus), ts.folds)
 
     fold = fold_ids(data, ts.folds, ts.seed)
+    check_folds(data.y, fold, ts.folds, data_dir)
     vectors = train_word_vectors(corpus, ts)
     vocabulary = {token for text in corpus for token in text.split()}
     navec = load_navec_table(vocabulary) if ts.use_navec else {}
