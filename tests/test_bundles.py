@@ -2,6 +2,7 @@
 never used, and a copy left by older code without the completion marker is downloaded again."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -31,7 +32,7 @@ def test_an_interrupted_download_is_never_used(fresh_bucket, moto_endpoint, monk
         patch.setattr(storage, "download_directory", cut_short)
         with pytest.raises(OSError, match="connection reset"):
             bundles.resolve_bundle(f"s3://{bucket}/models/text", "calibration.json", "text", s3, str(tmp_path))
-    cache = tmp_path / "museum-typology-bundles" / "text"
+    cache = tmp_path / "museum-typology-bundles" / "text" / hashlib.sha256(f"s3://{bucket}/models/text/v1".encode()).hexdigest()[:12]
     assert os.listdir(cache) == []  # the half download was removed, nothing at the bundle's place
 
     monkeypatch.setattr(storage, "download_directory", lambda *a: calls.append(a[0]) or real(*a))
@@ -46,3 +47,15 @@ def test_an_interrupted_download_is_never_used(fresh_bucket, moto_endpoint, monk
     again = bundles.resolve_bundle(f"s3://{bucket}/models/text", "calibration.json", "text", s3, str(tmp_path))
     assert len(calls) == 3 and (again / "lstm_fold0.npz").read_bytes() == FILES["lstm_fold0.npz"]
     assert sorted(os.listdir(cache)) == ["v1"]
+
+
+def test_bundles_of_one_name_in_two_places_are_cached_apart(fresh_bucket, moto_endpoint, tmp_path):
+    """The cache was keyed by the version name alone: another prefix's "v1" got the first's files."""
+    client, bucket = fresh_bucket
+    s3 = S3Options(endpoint_url=moto_endpoint)
+    for prefix, body in (("a", b"A"), ("b", b"B")):
+        client.put_object(Bucket=bucket, Key=f"{prefix}/text/v1/calibration.json", Body=body)
+    first = bundles.resolve_bundle(f"s3://{bucket}/a/text/v1", "calibration.json", "text", s3, str(tmp_path))
+    second = bundles.resolve_bundle(f"s3://{bucket}/b/text/v1", "calibration.json", "text", s3, str(tmp_path))
+    assert first != second and first.name == second.name == "v1"
+    assert (first / "calibration.json").read_bytes() == b"A" and (second / "calibration.json").read_bytes() == b"B"

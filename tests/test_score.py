@@ -323,6 +323,34 @@ def test_the_tuned_cascade_changes_the_decision(spark, settings, bad_rows):
     assert got[4]["source"] == "blend" and got[4]["typology"] == CLASSES[SWORD]  # all weight on the text
 
 
+def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_path, caplog):
+    """score paired the newest cascade with whatever bundles it scored with: after a retraining
+    without tune-cascade, or a trial run's out-of-fold file, thresholds fitted to another model."""
+    import json
+
+    models = tmp_path / "models"
+    for kind, version, marker, body in (("text", "T1", "calibration.json", {}), ("image", "I1", "model.json", {"kind": "folds"}), ("image", "I2", "model.json", {"kind": "final"})):
+        (models / kind / version).mkdir(parents=True)
+        (models / kind / version / marker).write_text(json.dumps(body))
+    (models / "cascade" / "C1").mkdir(parents=True)
+    tuned = {"t_text": 0.5, "t_image": 0.6, "w_text": 0.3, "default_class": CLASSES[14]}
+    (models / "cascade" / "C1" / "cascade.json").write_text(json.dumps({"params": tuned, "metrics": {"inputs": {"text_model": "T1", "image_model": "I1"}}}))
+    (models / "cascade" / "latest").write_text("C1")
+    cascade = str(models / "cascade")
+    text, fold_image, final_image = (str(models / k / v) for k, v in (("text", "T1"), ("image", "I1"), ("image", "I2")))
+    assert score.cascade_params(settings, cascade, None, text, fold_image) == (score.CascadeParams.from_dict(tuned), "C1")
+    # a --final bundle is scored with the cascade tuned on its fold models' out-of-fold predictions
+    assert score.cascade_params(settings, cascade, None, text, final_image)[1] == "C1"
+    (models / "text" / "T2").mkdir()
+    with caplog.at_level("WARNING"):
+        params, version = score.cascade_params(settings, cascade, None, str(models / "text" / "T2"), fold_image)
+    assert version.startswith("conf-") and params == score.CascadeParams.from_dict(settings.section("cascade"))
+    assert "was tuned on text model T1, not T2; scoring with the [cascade] settings instead" in caplog.text
+    # a cascade that did not record its inputs (older bundles) is used as before
+    (models / "cascade" / "C1" / "cascade.json").write_text(json.dumps({"params": tuned}))
+    assert score.cascade_params(settings, cascade, None, str(models / "text" / "T2"), fold_image)[1] == "C1"
+
+
 def test_missing_column_and_missing_models_are_clear_errors(tmp_path, capsys):
     write_csv(tmp_path / "no_description.csv", [("a", "")], header=("guid", "typology"))
     with pytest.raises(CsvError, match="missing column.*description"):

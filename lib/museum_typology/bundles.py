@@ -5,6 +5,7 @@ the same data and settings are recognisable.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -40,8 +41,12 @@ def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None 
         bundle_url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
     if not storage.is_s3(bundle_url):
         return Path(storage.filesystem(bundle_url)[1])
+    # Keyed by the version and the whole URL: two buckets' bundles of one name are two bundles.
+    # A bundle is never changed in place (a new version is a new directory), so a cached copy
+    # stays right; a bundle replaced under the same URL is not noticed.
     version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
-    local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / kind / version
+    url_key = hashlib.sha256(bundle_url.rstrip("/").encode()).hexdigest()[:12]
+    local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / kind / url_key / version  # named by its version, as loaders read it
     if not (local / DOWNLOADED).is_file():
         _download(bundle_url, local, s3)
     return local

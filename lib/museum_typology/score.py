@@ -263,7 +263,7 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     image = image or _concrete_bundle(storage.join(model_dir, "image"), IMAGE_MARKER, s3) or (None if image_model else _concrete_bundle(model_dir, IMAGE_MARKER, s3))
     if text is None and image is None:
         raise ScoreError(f"{model_dir}: no text or image model bundle found (run train-text / train-image, or pass --model)")
-    params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3)
+    params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3, text, image)
     images = settings.section("images")
     # Checked here on the driver: an executor would only find out when it loads the image model.
     for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", tflite_backbone.RUNTIMES)):
@@ -280,6 +280,21 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     )
 
 
+def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bundle: str | None, s3: S3Options | None) -> str | None:
+    """How a tuned cascade's inputs differ from the bundles to score with (None: they agree, or
+    the cascade did not record them). A --final image bundle has no out-of-fold predictions of
+    its own: the cascade tuned on its fold models' is the one meant for it."""
+    leaf = lambda url: url.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
+    differ = []
+    if text_bundle and inputs.get("text_model") and inputs["text_model"] != leaf(text_bundle):
+        differ.append(f"text model {inputs['text_model']}, not {leaf(text_bundle)}")
+    if image_bundle and inputs.get("image_model") and inputs["image_model"] != leaf(image_bundle):
+        model = json.loads(storage.read_bytes(storage.join(image_bundle, IMAGE_MARKER), s3))
+        if model.get("kind") != "final":
+            differ.append(f"image model {inputs['image_model']}, not {leaf(image_bundle)}")
+    return "; ".join(differ) or None
+
+
 def text_normalization(text_bundle: str, s3: S3Options | None) -> int:
     """The text.normalize rules a text bundle was trained on (its calibration.json; bundles
     written before the rules had versions: 1), read on the driver, which normalises the rows."""
@@ -287,12 +302,17 @@ def text_normalization(text_bundle: str, s3: S3Options | None) -> int:
     return int(calibration.get("normalization", 1))
 
 
-def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None) -> tuple[CascadeParams, str]:
-    """The newest tuned cascade (``tune-cascade``) when there is one, else the conf's [cascade]."""
+def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None, text_bundle: str | None = None, image_bundle: str | None = None) -> tuple[CascadeParams, str]:
+    """The newest tuned cascade (``tune-cascade``) when there is one and it was tuned on the
+    out-of-fold predictions of the bundles scored with, else the conf's [cascade]."""
     bundle = _concrete_bundle(cascade_dir, "cascade.json", s3)
     if bundle is not None:
         values = json.loads(storage.read_bytes(storage.join(bundle, "cascade.json"), s3))
-        return CascadeParams.from_dict(values["params"]), bundle.rstrip("/").rsplit("/", 1)[-1]
+        stale = cascade_mismatch(values.get("metrics", {}).get("inputs", {}), text_bundle, image_bundle, s3)
+        if stale is None:
+            return CascadeParams.from_dict(values["params"]), bundle.rstrip("/").rsplit("/", 1)[-1]
+        # Thresholds fitted to another model's confidences mean something else for this one.
+        log.warning("cascade %s was tuned on %s; scoring with the [cascade] settings instead (run tune-cascade after training)", bundle, stale)
     params = CascadeParams.from_dict(settings.section("cascade"))
     # "conf" plus a digest of the values: editing [cascade] is a new version (rescore re-scores).
     digest = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
