@@ -415,6 +415,30 @@ def test_jpeg_encoding_reads_back_through_the_codec() -> None:
     assert tuple(ours[30, 50]) == pytest.approx((200, 30, 10), abs=12)
 
 
+def test_an_image_scored_from_its_file_gets_the_pixels_training_got_from_the_dataset(shared_data: Path) -> None:
+    """Training reads images that ingest stored as JPEG; score read a DIR/<guid> file without that
+    compression (a median pixel change of 1.7, class probabilities up to 0.15 apart)."""
+    from museum_typology.images import as_stored
+
+    field = make_image_schema("jpeg", 92).fields["image"]
+    with zipfile.ZipFile(shared_data / "images.zip") as archive:
+        members = sorted(n for n in archive.namelist() if not n.endswith("/"))[:12]
+        for name in members:
+            decoded = decode_image(archive.read(name), 512)
+            assert decoded.ok, name
+            trained_on = field.codec.decode(field, petastorm_io.encode_image(field, decoded.pixels))  # ingest, then petastorm
+            assert np.array_equal(as_stored(decoded.pixels, "jpeg", 92), trained_on), name
+            assert not np.array_equal(decoded.pixels, trained_on), name  # the compression is there to match
+    pixels = smooth_rgb(32, 48)
+    assert as_stored(pixels, "png", 92) is pixels
+
+
+def test_a_heic_photo_is_named_not_called_no_image() -> None:
+    heic = struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0mif1heic" + b"\0" * 64
+    assert decode_image(heic, 512).reason == "unsupported image format HEIC (convert it to JPEG)"
+    assert decode_image(b"\0\0\0\x18ftypisom" + b"\0" * 64, 512).reason == "not an image: content matches no known image format"
+
+
 def test_a_petastorm_read_never_ends_before_the_ventilator_has_finished() -> None:
     """petastorm 0.13.1's thread pool checked "every worker returned all its items" (0 == 0 before
     anything is ventilated) before "the ventilator has finished"; a tiny dataset could finish

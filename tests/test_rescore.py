@@ -173,7 +173,7 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     fourth = run(spark, settings, root, "2026-03-04", model=spec("models/text/v9"))
     got = partition(root, "2026-03-04")
     assert list(got["guid"]) == ["a", "b", "c", "f"] and set(got["reason"]) == {"model"}
-    assert set(got["model_version"]) == {"text=v9;image=v2@512px,80000000pixels,50000000bytes;cascade=conf"}
+    assert set(got["model_version"]) == {"text=v9;image=v2@512px,80000000pixels,50000000bytes,jpeg92;cascade=conf"}
     assert fourth["absent_from_catalogue"] == 1 and fourth["absent_examples"] == ["d"]
     assert len(rescore.current_predictions(str(root / "predictions"))) == 5
 

@@ -117,7 +117,7 @@ def test_every_bad_row_comes_out_once_in_order_with_a_source_and_a_note(spark, s
     assert by[7]["source"] == "image" and by[7]["typology"] == CLASSES[PAINTING] and "no words" in by[7]["note"]
     assert by[8]["source"] == "text" and "empty guid" in by[8]["note"]
     assert summary["rows"] == 9 and sum(summary["sources"].values()) == 9
-    assert {r["model_version"] for r in got} == {"text=v1;image=v2@512px,80000000pixels,50000000bytes;cascade=conf"}
+    assert {r["model_version"] for r in got} == {"text=v1;image=v2@512px,80000000pixels,50000000bytes,jpeg92;cascade=conf"}
 
 
 def test_model_version_changes_with_the_conf_cascade_and_the_image_limits(settings, tmp_path):
@@ -132,7 +132,7 @@ def test_model_version_changes_with_the_conf_cascade_and_the_image_limits(settin
     smaller = dataclasses.replace(base, max_side=256)
     versions = {spec_.model_version for spec_ in (base, smaller, dataclasses.replace(base, max_bytes=10), dataclasses.replace(base, max_pixels=10))}
     assert len(versions) == 4  # each limit on its own changes the version
-    assert dataclasses.replace(base, image_views="whole").model_version.split(";")[1] == "image=v2+whole@512px,80000000pixels,50000000bytes"
+    assert dataclasses.replace(base, image_views="whole").model_version.split(";")[1] == "image=v2+whole@512px,80000000pixels,50000000bytes,jpeg92"
     text_only = dataclasses.replace(base, image_bundle=None)
     assert text_only.model_version == dataclasses.replace(text_only, max_side=256).model_version == "text=v1;image=none;cascade=conf"
 

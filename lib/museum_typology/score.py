@@ -33,7 +33,7 @@ from .cascade import CascadeParams, decide
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv
 from .config import Settings
 from .image_source import guid_of
-from .images import decode_image
+from .images import as_stored, decode_image
 from .log import get_logger
 from .petastorm_io import PartImageReader
 from .schema import CLASSES
@@ -221,6 +221,8 @@ class ScorerSpec:
     image_runtime: str = "auto"  # ImageBundle backbone: "tflite" (CPU kernels), "keras", "auto" (keras where a GPU is)
     image_threads: int = 0  # TF Lite threads per scorer; 0 = the Spark task's cpus
     text_normalization: int = NORMALIZATION_VERSION  # the text bundle's text.normalize rules
+    stored_codec: str = "jpeg"  # images.codec: how the training images were stored, and files are scored
+    stored_quality: int = 92  # images.jpeg_quality
 
     @property
     def params(self) -> CascadeParams:
@@ -236,7 +238,8 @@ class ScorerSpec:
         # trained views) and the image limits (another decode, or a refusal).
         image = name(self.image_bundle)
         if self.image_bundle:
-            image += ("+whole" if self.image_views == "whole" else "") + f"@{self.max_side}px,{self.max_pixels}pixels,{self.max_bytes}bytes"
+            stored = f"jpeg{self.stored_quality}" if self.stored_codec == "jpeg" else self.stored_codec
+            image += ("+whole" if self.image_views == "whole" else "") + f"@{self.max_side}px,{self.max_pixels}pixels,{self.max_bytes}bytes,{stored}"
         return f"text={name(self.text_bundle)};image={image};cascade={self.cascade_version}"
 
 
@@ -277,6 +280,7 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
         int(settings.get("score.batch_size")), int(settings.get("score.image_batch_size")), str(settings.get("score.image_views")),
         str(settings.get("score.image_runtime")), int(settings.get("score.image_threads")),
         text_normalization(text, s3) if text else NORMALIZATION_VERSION,
+        str(images["codec"]), int(images["jpeg_quality"]),
     )
 
 
@@ -486,7 +490,8 @@ class Scorer:
             decoded = decode_image(raw, self.spec.max_side, self.spec.max_pixels, self.spec.max_bytes)
             shas[i] = original_sha.get(i, decoded.sha256)
             if decoded.ok:
-                pixels[i] = decoded.pixels
+                # A dataset row is already what training saw; a file or bytes get its storage.
+                pixels[i] = decoded.pixels if kinds[i] == IMAGE_DATASET else as_stored(decoded.pixels, self.spec.stored_codec, self.spec.stored_quality)
             else:
                 notes[i].append(f"image unusable: {decoded.reason}")
         return pixels, shas
