@@ -47,7 +47,7 @@ done
 RESOLVED=()
 while IFS= read -r line; do RESOLVED+=("$line"); done < <("$PY" -c '
 import shlex, sys
-from museum_typology.config import ConfigError, load_settings
+from museum_typology.config import ConfigError, load_settings, packaged_defaults
 try:
     settings = load_settings(sys.argv[1] or None, sys.argv[4:])
 except ConfigError as exc:
@@ -59,7 +59,10 @@ except ValueError as exc:
 if any("\n" in value for value in extra):
     sys.exit(f"{sys.argv[2]}: error: SPARK_SUBMIT_ARGS: a value holds a line break")
 print(settings.get("spark.master"))
-print((settings.get("spark.conf") or {}).get("spark.driver.memory", ""))
+# Only a value from --conf FILE or --set: the packaged default must not beat a cluster
+# spark-defaults.conf (as in session.spark_conf_to_set).
+memory = (settings.get("spark.conf") or {}).get("spark.driver.memory", "")
+print(memory if memory != packaged_defaults().get("spark", {}).get("conf", {}).get("spark.driver.memory") else "")
 for value in extra:
     print(value)
 ' "$CONF_FILE" "$0" "${SPARK_SUBMIT_ARGS:-}" ${SETS[@]+"${SETS[@]}"})

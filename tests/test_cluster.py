@@ -331,5 +331,7 @@ def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
     assert ("--master", "yarn") in pairs and ("--driver-memory", "2g") in pairs and ("--set", "spark.master=yarn") in pairs
     got = submitted("--conf", str(conf), "--set", "spark.master=yarn", "--master", "local[1]")
     assert ("--master", "local[1]") in list(zip(got, got[1:]))
+    # the packaged default driver memory is not passed: it would beat the cluster's spark-defaults.conf
+    assert "--driver-memory" not in submitted("--data", "d")
     bad = subprocess.run([str(SUBMIT), "ingest"], capture_output=True, text=True, timeout=120, env={**env, "SPARK_SUBMIT_ARGS": "--conf 'open"}, cwd=tmp_path)
     assert bad.returncode == 2 and "SPARK_SUBMIT_ARGS: No closing quotation" in bad.stderr

@@ -152,6 +152,9 @@ def test_a_record_with_an_extra_field_is_named_by_its_line_not_read_shifted(tmp_
     assert read_table(str(path), TRUTH_COLUMNS, "truth")["guid"].tolist() == ["t1", "t2"]
     path.write_text("guid,typology\n", encoding="utf-8")
     assert read_table(str(path), TRUTH_COLUMNS, "truth").empty
+    path.write_text("guid,typology,source,source\nt1,x,text,y\n", encoding="utf-8")
+    with pytest.raises(EvaluateError, match=r"truth\.csv, line 1: column\(s\) source appear more than once in the header$"):
+        read_table(str(path), TRUTH_COLUMNS, "truth")
 
 
 def test_integer_parquet_guids_with_a_null_read_as_score_writes_them(tmp_path):

@@ -323,6 +323,12 @@ def test_the_tuned_cascade_changes_the_decision(spark, settings, bad_rows):
     assert got[4]["source"] == "blend" and got[4]["typology"] == CLASSES[SWORD]  # all weight on the text
 
 
+def test_a_parquet_guid_with_a_control_character_is_rejected_as_in_csv(tmp_path):
+    pd.DataFrame({"guid": ["a\x00b", "ok"], "description": ["x", "y"]}).to_parquet(tmp_path / "in.parquet")
+    rows = score.read_rows(str(tmp_path / "in.parquet"))
+    assert [r.rejected_reason for r in rows] == ["in.parquet row 1: guid 'a\\x00b' holds a control character", None]
+
+
 def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_path, caplog):
     """score paired the newest cascade with whatever bundles it scored with: after a retraining
     without tune-cascade, or a trial run's out-of-fold file, thresholds fitted to another model."""
@@ -339,7 +345,7 @@ def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_pat
     cascade = str(models / "cascade")
     text, fold_image, final_image = (str(models / k / v) for k, v in (("text", "T1"), ("image", "I1"), ("image", "I2")))
     assert score.cascade_params(settings, cascade, None, text, fold_image) == (score.CascadeParams.from_dict(tuned), "C1")
-    # a --final bundle is scored with the cascade tuned on its fold models' out-of-fold predictions
+    # a --final bundle has no out-of-fold predictions of its own: its side is not checked
     assert score.cascade_params(settings, cascade, None, text, final_image)[1] == "C1"
     (models / "text" / "T2").mkdir()
     with caplog.at_level("WARNING"):

@@ -324,6 +324,9 @@ def test_typology_classifier_transformer_adds_columns_and_keeps_rows(trained, sp
     assert loaded.getOrDefault(loaded.descriptionCol) == "title" and loaded.getOrDefault(loaded.modelPath) == str(root / "models")
     with pytest.raises(ValueError, match="descriptionCol='nope' is not a column"):
         TypologyClassifier(modelPath=str(root / "models"), descriptionCol="nope").transform(items)
+    # names are matched as Spark matches them, without case (the batches hold the schema's spelling)
+    upper = TypologyClassifier(modelPath=str(root / "models"), guidCol="ID", descriptionCol="Title", predictionCol="label").transform(items).orderBy("n").collect()
+    assert [r["label"] for r in upper] == [r["typology"] for r in TypologyClassifier(modelPath=str(root / "models"), guidCol="id", descriptionCol="title").transform(items).orderBy("n").collect()]
     # noteCol says why a row fell back (it was dropped: an unreadable image looked like no image)
     noted = TypologyClassifier(modelPath=str(root / "models"), guidCol="id", descriptionCol="title", imageCol="picture", noteCol="why").transform(items).orderBy("n").collect()
     assert noted[0]["why"] == "no image" and noted[1]["why"].startswith("no description; image") and noted[1]["why"] != "no description; no image"

@@ -150,6 +150,9 @@ def read_strict_csv(text: str, where: str) -> tuple[list[str], list[list[str]]]:
     its line (pandas' reader took one extra field in the first record for an index column and
     shifted every column)."""
     header, records = csv_records(text, where)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise CsvError(f"{where}, line 1: column(s) {', '.join(repeated)} appear more than once in the header")
     rows: list[list[str]] = []
     for line, fields in records:
         if len(fields) != len(header):

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
-from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv
+from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, has_control_character
 from .config import Settings
 from .image_source import guid_of
 from .images import as_stored, decode_image
@@ -92,6 +92,8 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
         guid = str(guid).strip() if guid is not None and str(guid).strip() else None
         description = str(description).strip() if description is not None and str(description).strip() else None
         reason = None if guid else f"{name} row {number}: empty guid"
+        if guid and has_control_character(guid):
+            reason = f"{name} row {number}: guid {guid!r} holds a control character"
         rows.append(InputRow(guid=guid, split="score", source_file=name, source_row=number, source_line=number, description=description, typology=None, rejected_reason=reason))
     return rows
 
@@ -287,7 +289,7 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
 def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bundle: str | None, s3: S3Options | None) -> str | None:
     """How a tuned cascade's inputs differ from the bundles to score with (None: they agree, or
     the cascade did not record them). A --final image bundle has no out-of-fold predictions of
-    its own: the cascade tuned on its fold models' is the one meant for it."""
+    its own and records no fold run to compare with, so its side is not checked."""
     leaf = lambda url: url.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
     differ = []
     if text_bundle and inputs.get("text_model") and inputs["text_model"] != leaf(text_bundle):

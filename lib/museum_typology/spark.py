@@ -66,7 +66,11 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
         get = self.getOrDefault
         columns = {name: get(getattr(self, name)) for name in ("guidCol", "descriptionCol", "imageCol", "imagePathCol")}
         outputs = (get(self.predictionCol), get(self.confidenceCol), get(self.sourceCol)) + ((get(self.noteCol),) if get(self.noteCol) else ())
-        check_columns(dataset.schema, columns, outputs, dataset.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true")
+        case_sensitive = dataset.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
+        check_columns(dataset.schema, columns, outputs, case_sensitive)
+        if not case_sensitive:  # the batches hold the schema's spelling of each name
+            actual = {name.lower(): name for name in dataset.columns}
+            columns = {param: actual.get(column.lower(), column) if column else column for param, column in columns.items()}
         kinds = (StringType(), DoubleType(), StringType(), StringType())
         schema = StructType([*dataset.schema.fields, *(StructField(name, kind) for name, kind in zip(outputs, kinds))])
         return dataset.mapInPandas(_transform_batches(self._spec(), columns, outputs), schema)
