@@ -147,6 +147,14 @@ class ZooServer:
         h.end_headers()
         h.wfile.write(body)
 
+    @staticmethod
+    def _jpeg_head(h: BaseHTTPRequestHandler, declared_length: str) -> None:
+        """A 200 image/jpeg head whose Content-Length the route's body then does not honour."""
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", declared_length)
+        h.end_headers()
+
     def _route(self, h: BaseHTTPRequestHandler) -> None:
         path = h.path.split("?", 1)[0]
         parts = path.strip("/").split("/")
@@ -195,10 +203,7 @@ class ZooServer:
             else:
                 self._send(h, 200, ok_jpeg, "image/jpeg")
         elif head == "drip":
-            h.send_response(200)
-            h.send_header("Content-Type", "image/jpeg")
-            h.send_header("Content-Length", "100000")
-            h.end_headers()
+            self._jpeg_head(h, "100000")
             h.close_connection = True
             for byte in ok_jpeg[:200]:
                 h.wfile.write(bytes([byte]))
@@ -209,10 +214,7 @@ class ZooServer:
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             h.connection.close()
         elif head == "short":
-            h.send_response(200)
-            h.send_header("Content-Type", "image/jpeg")
-            h.send_header("Content-Length", "5000")
-            h.end_headers()
+            self._jpeg_head(h, "5000")
             h.wfile.write(ok_jpeg[:1000])
             h.wfile.flush()
             h.close_connection = True
@@ -228,10 +230,7 @@ class ZooServer:
         elif head == "odd-retry-after":  # "²" passes str.isdigit; headers decode as latin-1
             self._send(h, 429, b"slow down", "text/plain", {"Retry-After": "\xb2"})
         elif head == "odd-length":
-            h.send_response(200)
-            h.send_header("Content-Type", "image/jpeg")
-            h.send_header("Content-Length", "\xb2")
-            h.end_headers()
+            self._jpeg_head(h, "\xb2")
             h.close_connection = True
             h.wfile.write(ok_jpeg)
         elif head == "to-localhost-limited":  # another host that answers 429 with a Retry-After

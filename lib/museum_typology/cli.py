@@ -39,8 +39,9 @@ def _common(parser: argparse.ArgumentParser, job: Job) -> None:
 
 
 # Options that name files or directories (each job has some of them); clean's --oof is a list.
+# --data and --work-dir become paths.data and paths.work_dir, made absolute with the settings.
 PATH_OPTIONS = (
-    "data", "work_dir", "input", "output", "images", "image_dataset", "model", "text_model", "image_model", "model_dir",
+    "input", "output", "images", "image_dataset", "model", "text_model", "image_model", "model_dir",
     "dataset", "manifest", "oof", "text_oof", "image_oof", "pred", "truth", "predictions", "catalogue",
 )
 

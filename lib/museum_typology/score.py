@@ -58,6 +58,10 @@ RESULT_SCHEMA = (
 RESULT_COLUMNS = tuple(part.strip().split(" ")[0] for part in RESULT_SCHEMA.split(","))
 
 
+PARQUET_EXTENSIONS = (".parquet", ".pq")
+OUTPUT_EXTENSIONS = (".csv", *PARQUET_EXTENSIONS)
+
+
 class ScoreError(ValueError):
     """The input or the models cannot be scored (a user error: one clear line)."""
 
@@ -72,7 +76,7 @@ def read_rows(url: str, s3: S3Options | None = None, name: str | None = None) ->
     name = name or url.rstrip("/").rsplit("/", 1)[-1]
     if not storage.exists(url, s3):
         raise storage.StorageError(f"{url}: no such file")
-    if name.lower().endswith((".parquet", ".pq")) or storage.is_dir(url, s3):
+    if name.lower().endswith(PARQUET_EXTENSIONS) or storage.is_dir(url, s3):
         return _parquet_rows(url, name, s3)
     text = decode_csv_bytes(storage.read_bytes(url, s3), name)
     return parse_catalogue_csv(text, name, split="score", required=("guid", "description"), labelled=False)
@@ -124,9 +128,10 @@ def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -
 
 
 def _same_location(a: str, b: str) -> bool:
-    if storage.is_s3(a) or storage.is_s3(b):
-        return a.split("://", 1)[-1].rstrip("/") == b.split("://", 1)[-1].rstrip("/")
-    return os.path.realpath(a.removeprefix("file://")) == os.path.realpath(b.removeprefix("file://"))
+    if storage.is_s3(a) != storage.is_s3(b):
+        return False
+    path_a, path_b = storage.filesystem_path(a), storage.filesystem_path(b)
+    return path_a == path_b if storage.is_s3(a) else os.path.realpath(path_a) == os.path.realpath(path_b)
 
 
 class ImageFiles(dict):
@@ -233,7 +238,7 @@ class ScorerSpec:
     @property
     def model_version(self) -> str:
         def name(url: str | None) -> str:
-            return url.rstrip("/").rsplit("/", 1)[-1] if url else "none"
+            return bundle_version(url) if url else "none"
 
         # Whatever changes a prediction for the same input changes the version, so that rescore
         # re-scores rows when it changes: whole-image scoring (other probabilities than the
@@ -243,6 +248,11 @@ class ScorerSpec:
             stored = f"jpeg{self.stored_quality}" if self.stored_codec == "jpeg" else self.stored_codec
             image += ("+whole" if self.image_views == "whole" else "") + f"@{self.max_side}px,{self.max_pixels}pixels,{self.max_bytes}bytes,{stored}"
         return f"text={name(self.text_bundle)};image={image};cascade={self.cascade_version}"
+
+
+def bundle_version(bundle_url: str) -> str:
+    """A bundle's version: the name of its directory."""
+    return bundle_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _concrete_bundle(model_dir: str, marker: str, s3: S3Options | None) -> str | None:
@@ -290,14 +300,13 @@ def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bund
     """How a tuned cascade's inputs differ from the bundles to score with (None: they agree, or
     the cascade did not record them). A --final image bundle has no out-of-fold predictions of
     its own and records no fold run to compare with, so its side is not checked."""
-    leaf = lambda url: url.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
     differ = []
-    if text_bundle and inputs.get("text_model") and inputs["text_model"] != leaf(text_bundle):
-        differ.append(f"text model {inputs['text_model']}, not {leaf(text_bundle)}")
-    if image_bundle and inputs.get("image_model") and inputs["image_model"] != leaf(image_bundle):
+    if text_bundle and inputs.get("text_model") and inputs["text_model"] != bundle_version(text_bundle):
+        differ.append(f"text model {inputs['text_model']}, not {bundle_version(text_bundle)}")
+    if image_bundle and inputs.get("image_model") and inputs["image_model"] != bundle_version(image_bundle):
         model = json.loads(storage.read_bytes(storage.join(image_bundle, IMAGE_MARKER), s3))
         if model.get("kind") != "final":
-            differ.append(f"image model {inputs['image_model']}, not {leaf(image_bundle)}")
+            differ.append(f"image model {inputs['image_model']}, not {bundle_version(image_bundle)}")
     return "; ".join(differ) or None
 
 
@@ -316,7 +325,7 @@ def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None, t
         values = json.loads(storage.read_bytes(storage.join(bundle, "cascade.json"), s3))
         stale = cascade_mismatch(values.get("metrics", {}).get("inputs", {}), text_bundle, image_bundle, s3)
         if stale is None:
-            return CascadeParams.from_dict(values["params"]), bundle.rstrip("/").rsplit("/", 1)[-1]
+            return CascadeParams.from_dict(values["params"]), bundle_version(bundle)
         # Thresholds fitted to another model's confidences mean something else for this one.
         log.warning("cascade %s was tuned on %s; scoring with the [cascade] settings instead (run tune-cascade after training)", bundle, stale)
     params = CascadeParams.from_dict(settings.section("cascade"))
@@ -610,12 +619,9 @@ def to_parquet(result: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-OUTPUT_EXTENSIONS = (".csv", ".parquet", ".pq")
-
-
 def write_output(url: str, result: pd.DataFrame, s3: S3Options | None) -> None:
     """CSV or Parquet by the extension, written atomically."""
-    data = to_parquet(result) if url.lower().endswith((".parquet", ".pq")) else to_csv(result)
+    data = to_parquet(result) if url.lower().endswith(PARQUET_EXTENSIONS) else to_csv(result)
     storage.write_bytes(url, data, s3)
 
 

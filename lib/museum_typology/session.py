@@ -29,12 +29,13 @@ def build_spark(settings: Settings, app_suffix: str = "", master: str | None = N
 
     app_name = settings.get("spark.app_name") + (f"-{app_suffix}" if app_suffix else "")
     builder = SparkSession.builder.appName(app_name)
-    under_submit = "spark.master" in _submitted_conf()
+    submitted = _submitted_conf()
+    under_submit = "spark.master" in submitted
     if master or not under_submit:
         builder = builder.master(master or settings.get("spark.master"))
     from .config import packaged_defaults
 
-    submitted = _submitted_conf() if under_submit else {}
+    submitted = submitted if under_submit else {}
     packaged = packaged_defaults().get("spark", {}).get("conf", {})
     for key, value in spark_conf_to_set(settings.section("spark.conf"), packaged, submitted).items():
         builder = builder.config(key, value)

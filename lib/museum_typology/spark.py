@@ -67,10 +67,7 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
         columns = {name: get(getattr(self, name)) for name in ("guidCol", "descriptionCol", "imageCol", "imagePathCol")}
         outputs = (get(self.predictionCol), get(self.confidenceCol), get(self.sourceCol)) + ((get(self.noteCol),) if get(self.noteCol) else ())
         case_sensitive = dataset.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
-        check_columns(dataset.schema, columns, outputs, case_sensitive)
-        if not case_sensitive:  # the batches hold the schema's spelling of each name
-            actual = {name.lower(): name for name in dataset.columns}
-            columns = {param: actual.get(column.lower(), column) if column else column for param, column in columns.items()}
+        columns = check_columns(dataset.schema, columns, outputs, case_sensitive)
         kinds = (StringType(), DoubleType(), StringType(), StringType())
         schema = StructType([*dataset.schema.fields, *(StructField(name, kind) for name, kind in zip(outputs, kinds))])
         return dataset.mapInPandas(_transform_batches(self._spec(), columns, outputs), schema)
@@ -81,12 +78,13 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
 INPUT_TYPES = {"descriptionCol": StringType(), "imageCol": BinaryType(), "imagePathCol": StringType()}
 
 
-def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence[str], case_sensitive: bool = False) -> None:
+def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence[str], case_sensitive: bool = False) -> dict[str, str]:
     """The inputs exist with usable types and the outputs are new, distinct names (compared as
     Spark compares them: without case unless spark.sql.caseSensitive). Pure; ValueError naming the
-    param otherwise."""
+    param otherwise. Returns ``columns`` spelled as in the schema, as the batches name them."""
     fold = (lambda name: name) if case_sensitive else str.lower
     types = {fold(f.name): f.dataType for f in schema.fields}
+    spelled = {fold(f.name): f.name for f in schema.fields}
     for name, column in columns.items():
         # guidCol is optional (it only names rows in notes); the inputs must exist.
         if column and fold(column) not in types and name != "guidCol":
@@ -101,6 +99,7 @@ def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence
     clash = [c for c in outputs if fold(c) in types]
     if clash:
         raise ValueError(f"TypologyClassifier: output column(s) {', '.join(clash)} already exist; set predictionCol/confidenceCol/sourceCol/noteCol")
+    return {param: spelled.get(fold(column), column) if column else column for param, column in columns.items()}
 
 
 def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs: tuple[str, ...]):
