@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from museum_typology.catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
-from museum_typology.image_source import build_index, guid_of, unsafe_member_reason
+from museum_typology.image_source import build_index, guid_of, is_junk, unsafe_member_reason
 from museum_typology.schema import CLASSES
 
 LABEL = CLASSES[0]
@@ -206,10 +206,66 @@ GUID = "c84c547b-c5c5-45cf-9199-736df1301124"
 
 @pytest.mark.parametrize(
     ("member", "guid"),
-    [(f"images/{GUID}.jpg", GUID), (f"images/{GUID}", GUID), (f"{GUID}.png", GUID), (f"a\\b\\{GUID}.JPG", GUID)],
+    [
+        (f"images/{GUID}.jpg", GUID),
+        (f"images/{GUID}", GUID),
+        (f"{GUID}.png", GUID),
+        (f"a\\b\\{GUID}.JPG", GUID),
+        ("abc-123", "abc-123"),
+        ("u1.JPG", "u1"),
+        ("u1.Jpeg", "u1"),
+        ("u1.webp", "u1"),
+        # A guid may contain dots: only one trailing image extension is stripped (was cut at the first dot).
+        ("images/inv.1.jpg", "inv.1"),
+        ("images/inv.1", "inv.1"),
+        ("inv.1.jpg.png", "inv.1.jpg"),
+        # An unknown extension is part of the name: the content decides whether it is an image.
+        ("z.tar.gz", "z.tar.gz"),
+        ("u1.", "u1."),
+    ],
 )
 def test_guid_of(member: str, guid: str) -> None:
     assert guid_of(member) == guid
+
+
+SIDECARS = ["u1.xmp", "u1.JSON", "u1.txt", "u1.xml", "u1.csv", "u1.jpg.md5", "u1.THM", "Thumbs.db", "desktop.ini"]
+
+
+@pytest.mark.parametrize("name", SIDECARS)
+def test_sidecar_files_are_junk(name: str) -> None:
+    assert is_junk(f"images/{name}")
+
+
+@pytest.mark.parametrize("name", ["u1.jpg", "u1", "inv.1", "z.tar.gz", "u1.heic"])
+def test_images_and_unknown_names_are_not_junk(name: str) -> None:
+    assert not is_junk(f"images/{name}")
+
+
+def test_build_index_on_a_zip_skips_sidecars_and_keeps_dotted_guids(tmp_path: Path) -> None:
+    # A sidecar made u1 "ambiguous" (2 files) and the item lost its image; inv.1.jpg was guid "inv".
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("images/u1.jpg", b"jpeg")
+        for name in SIDECARS:
+            zf.writestr(f"images/{name}", b"metadata")
+        zf.writestr("images/inv.1.jpg", b"jpeg")
+        zf.writestr("images/inv.2", b"no extension")
+        zf.writestr("images/U2.PNG", b"png")
+    index = build_index(str(archive))
+    assert index.members == {"u1": ["images/u1.jpg"], "inv.1": ["images/inv.1.jpg"], "inv.2": ["images/inv.2"], "U2": ["images/U2.PNG"]}
+    assert index.unsafe == {}
+
+
+def test_build_index_on_a_directory_skips_sidecars_and_keeps_dotted_guids(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    (root / "u1.jpg").write_bytes(b"x")
+    for name in SIDECARS:
+        (root / name).write_bytes(b"x")
+    (root / "sub" / "inv.1.JPG").write_bytes(b"x")
+    (root / "inv.2").write_bytes(b"x")
+    index = build_index(str(root))
+    assert index.members == {"u1": ["u1.jpg"], "inv.1": ["sub/inv.1.JPG"], "inv.2": ["inv.2"]}
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,9 @@ def bad_rows(tmp_path):
     images.mkdir()
     (images / "b.jpg").write_bytes(jpeg((220, 10, 10)))  # red: a confident image
     (images / "d").write_bytes(jpeg((220, 10, 10))[:200])  # truncated, no extension
-    (images / "e.xyz").write_bytes(jpeg((10, 10, 220), "PNG"))  # unknown extension, PNG inside
+    # PNG inside a wrong, upper-case name: content decides. (Was e.xyz: an unknown extension is now
+    # part of the guid, "e.xyz", so that guids with dots and no extension, inv.1, keep their image.)
+    (images / "e.GIF").write_bytes(jpeg((10, 10, 220), "PNG"))
     (images / "f.jpg").write_bytes(b"")  # an empty file
     (images / "g.png").write_bytes(jpeg((220, 10, 10)))  # a JPEG named .png: content decides
     rows = [
@@ -392,9 +394,19 @@ def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
     for name in ["x.JPG", "y", "z.tar.gz", ".DS_Store"]:
         (tmp_path / name).write_bytes(b"1")
     found = score.find_image_files(str(tmp_path))
-    assert found == {"x": str(tmp_path / "x.JPG"), "y": str(tmp_path / "y"), "z": str(tmp_path / "z.tar.gz")}
+    # z.tar.gz: .gz is no image extension, so the whole name is the guid (it was "z", cut at the first dot).
+    assert found == {"x": str(tmp_path / "x.JPG"), "y": str(tmp_path / "y"), "z.tar.gz": str(tmp_path / "z.tar.gz")}
     with pytest.raises(OSError, match="must be a directory"):
         score.find_image_files(str(tmp_path / "x.JPG"))
+
+
+def test_image_lookup_skips_sidecars_and_keeps_dotted_guids(tmp_path):
+    # u1.xmp beside u1.jpg made u1 "ambiguous" (no image, a note); inv.1.jpg was looked up as "inv".
+    for name in ["u1.jpg", "u1.xmp", "u1.json", "u1.txt", "Thumbs.db", "inv.1.jpg", "inv.2"]:
+        (tmp_path / name).write_bytes(b"1")
+    found = score.find_image_files(str(tmp_path))
+    assert found == {"u1": str(tmp_path / "u1.jpg"), "inv.1": str(tmp_path / "inv.1.jpg"), "inv.2": str(tmp_path / "inv.2")}
+    assert found.ambiguous == {}
 
 
 def test_a_guid_with_several_image_files_gets_no_image_and_a_note(tmp_path):

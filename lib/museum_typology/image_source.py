@@ -25,10 +25,36 @@ class ImageIndex:
     unsafe: dict[str, str] = field(default_factory=dict)  # member -> why refused
 
 
+# Extensions a file named ``<guid>.<ext>`` may carry (compared without case). Only these are
+# stripped to get the guid: a guid may itself contain dots (``inv.1.jpg`` is guid ``inv.1``), and an
+# image may have no extension at all, so cutting at the first dot, or at any last dot, would lose or
+# merge guids. The content still decides the format (``images.decode_image`` sniffs it).
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "heif", "mpo", "jfif"})
+
+# Extensions of metadata written beside images (Lightroom/Bridge ``.xmp``, camera ``.thm`` thumbnails,
+# Windows ``Thumbs.db``/``desktop.ini``, exported ``.json``/``.txt``/``.xml``/``.csv``, checksum
+# files). They are never images: indexed, ``u1.xmp`` beside ``u1.jpg`` would make guid ``u1``
+# ambiguous and cost the item its image, so they are skipped like hidden files. Any other extension
+# is kept under the full file name: the content is sniffed later, and dropping an unknown name
+# could silently lose the image of a guid that has no extension.
+SIDECAR_EXTENSIONS = frozenset({"xmp", "json", "txt", "xml", "csv", "db", "ini", "md5", "sha1", "sha256", "thm"})
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """``inv.1.JPG`` -> (``inv.1``, ``jpg``); ``abc`` -> (``abc``, ``""``): the last dot only."""
+    stem, dot, extension = name.rpartition(".")
+    return (stem, extension.lower()) if dot and stem else (name, "")
+
+
 def guid_of(member: str) -> str:
-    """``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``."""
+    """The guid of an image file: its base name less one trailing image extension.
+
+    ``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``;
+    ``images/inv.1.JPG`` -> ``inv.1``; ``inv.1`` -> ``inv.1`` (``1`` is not an image extension).
+    """
     name = posixpath.basename(member.replace("\\", "/"))
-    return name.split(".", 1)[0]
+    stem, extension = _split_extension(name)
+    return stem if extension in IMAGE_EXTENSIONS else name
 
 
 def unsafe_member_reason(member: str) -> str | None:
@@ -41,11 +67,13 @@ def unsafe_member_reason(member: str) -> str | None:
     return None
 
 
-def _is_junk(member: str) -> bool:
-    """Hidden files and macOS resource forks (``__MACOSX/images/._abc.jpg``) are not images; they
-    would otherwise be indexed under a bogus empty guid."""
+def is_junk(member: str) -> bool:
+    """Files that are never images and so are left out of every image index: hidden files and
+    macOS resource forks (``__MACOSX/images/._abc.jpg``; they would be indexed under a bogus
+    guid) and metadata sidecars (``u1.xmp``, ``Thumbs.db``: see ``SIDECAR_EXTENSIONS``; beside
+    ``u1.jpg`` they would make ``u1`` ambiguous)."""
     parts = member.replace("\\", "/").split("/")
-    return parts[-1].startswith(".") or "__MACOSX" in parts
+    return parts[-1].startswith(".") or "__MACOSX" in parts or _split_extension(parts[-1])[1] in SIDECAR_EXTENSIONS
 
 
 def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
@@ -54,7 +82,7 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
     unsafe: dict[str, str] = {}
     if storage.is_dir(location, s3):
         for name in storage.list_files(location, s3, recursive=True):
-            if _is_junk(name):
+            if is_junk(name):
                 continue
             members[guid_of(name)].append(name)
         kind = "dir"
@@ -71,7 +99,7 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
                 if reason:
                     unsafe[info.filename] = reason
                     continue
-                if _is_junk(info.filename):
+                if is_junk(info.filename):
                     continue
                 members[guid_of(info.filename)].append(info.filename)
         kind = "zip"
