@@ -101,6 +101,7 @@ def test_decode_failure_statuses():
     assert crawl.decode_failure_status("unsupported image format ICO") == "not_image"
     assert crawl.decode_failure_status("file too large: 9 bytes > images.max_bytes=1") == "too_large"
     assert crawl.decode_failure_status("corrupt image: OSError: image file is truncated") == "quarantined"
+    assert crawl.decode_failure_status("corrupt image: JPEG data ends early: the bottom 123 of 300 rows are flat grey (truncated file)") == "quarantined"
     assert crawl.decode_failure_status("decompression bomb guard: 1x1") == "quarantined"
 
 

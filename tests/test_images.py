@@ -192,7 +192,8 @@ def test_16bit_constant_image_keeps_its_level() -> None:
 def test_exif_orientation_6_is_applied() -> None:
     # Stored 64 wide x 32 high, red block in the stored top-left. Orientation 6 = "rotate 90 degrees
     # clockwise to display": the display is 32 wide x 64 high and the red block is top-right.
-    stored = np.full((32, 64, 3), 128, dtype=np.uint8)
+    # Background 100, not 128: exact 128 across the bottom rows is libjpeg's fill for a cut file.
+    stored = np.full((32, 64, 3), 100, dtype=np.uint8)
     stored[:8, :8] = RED
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -204,7 +205,7 @@ def test_exif_orientation_6_is_applied() -> None:
     top_right = result.pixels[1:7, 25:31].astype(int)
     top_left = result.pixels[1:7, 1:7].astype(int)
     assert (np.abs(top_right - RED) < 40).all()
-    assert (np.abs(top_left - 128) < 40).all()
+    assert (np.abs(top_left - 100) < 40).all()
 
 
 def test_broken_exif_does_not_lose_the_image() -> None:
@@ -263,6 +264,86 @@ def test_truncated_jpeg_fails_as_corrupt() -> None:
 def test_truncated_png_fails_as_corrupt() -> None:
     raw = encode(Image.fromarray(random_rgb(100, 100)), "PNG")
     assert_fails(raw[: len(raw) // 2], "truncated")
+
+
+def noisy_jpeg(mode: str = "RGB", height: int = 200, width: int = 300, **params: object) -> bytes:
+    """A JPEG with detail in every row (a gradient plus noise), so no row decodes flat."""
+    pixels = np.clip(smooth_rgb(height, width).astype(np.int16) + random_rgb(height, width) // 8 - 16, 0, 255).astype(np.uint8)
+    return encode(Image.fromarray(pixels).convert(mode), "JPEG", quality=90, **params)
+
+
+# (mode, encoder params, max_side): 4:2:0 (16-px MCUs), 4:4:4 and greyscale (8 px), Adobe CMYK,
+# and a 1/4-scale draft decode (300x200 drafted to 75x50).
+JPEG_KINDS = [
+    pytest.param("RGB", {}, MAX_SIDE, id="rgb-420"),
+    pytest.param("RGB", {"subsampling": 0}, MAX_SIDE, id="rgb-444"),
+    pytest.param("L", {}, MAX_SIDE, id="grey"),
+    pytest.param("CMYK", {}, MAX_SIDE, id="cmyk"),
+    pytest.param("RGB", {}, 40, id="rgb-420-draft"),
+]
+
+
+@pytest.mark.parametrize(("mode", "params", "max_side"), JPEG_KINDS)
+def test_jpeg_without_its_eoi_marker_decodes_to_the_same_pixels(mode: str, params: dict[str, object], max_side: int) -> None:
+    raw = noisy_jpeg(mode, **params)
+    assert raw.endswith(b"\xff\xd9")
+    reference = decode(raw, max_side)
+    assert reference.ok, reference.reason
+    result = decode(raw[:-2], max_side)  # every pixel there, only the end marker gone
+    assert result.ok, result.reason
+    np.testing.assert_array_equal(result.pixels, reference.pixels)
+    assert (result.format, result.orig_width, result.orig_height) == ("JPEG", 300, 200)
+
+
+@pytest.mark.parametrize("end_marker", [b"\xff\xd9", b""], ids=["cut-then-eoi", "cut-no-eoi"])
+@pytest.mark.parametrize(("mode", "params", "max_side"), JPEG_KINDS)
+def test_jpeg_cut_in_its_scan_data_is_refused_for_its_flat_grey_bottom(
+    mode: str, params: dict[str, object], max_side: int, end_marker: bytes
+) -> None:
+    # libjpeg decodes a cut file that ends in EOI (its own by chance, or the one decode_image adds
+    # to a file without one) with no error: the missing rows come out flat grey (128).
+    raw = noisy_jpeg(mode, **params)
+    result = assert_fails(raw[: len(raw) * 6 // 10] + end_marker, "corrupt image: JPEG data ends early: the bottom")
+    assert "rows are flat grey (truncated file)" in result.reason
+    rows = int(result.reason.split("the bottom ")[1].split(" of 200 rows")[0])
+    assert 40 <= rows <= 120  # about 40% of the 200 rows, counted in the file's rows even when drafted
+    assert (result.format, result.orig_width, result.orig_height) == ("JPEG", 300, 200)
+
+
+def test_progressive_jpeg_without_its_eoi_stays_refused_as_truncated() -> None:
+    # Cut after its first scan a progressive JPEG decodes blurred rather than flat, which no cheap
+    # check sees, so it gets no retry with an EOI added.
+    raw = noisy_jpeg(progressive=True)
+    result = assert_fails(raw[: len(raw) * 6 // 10], "corrupt image: OSError: image file is truncated")
+    assert "ends early" not in result.reason
+
+
+@pytest.mark.parametrize(
+    "bottom",
+    [
+        pytest.param((255, 255, 255), id="white-band"),
+        pytest.param((0, 0, 0), id="black-band"),
+        pytest.param((127, 127, 127), id="grey-127-band"),
+        pytest.param("half-128", id="grey-128-left-half"),
+        pytest.param("short-128", id="grey-128-under-one-mcu-row"),
+    ],
+)
+def test_honest_jpeg_with_a_flat_bottom_is_accepted(bottom: object) -> None:
+    pixels = np.clip(smooth_rgb(200, 304).astype(np.int16) + random_rgb(200, 304) // 8 - 16, 0, 255).astype(np.uint8)
+    if bottom == "half-128":
+        pixels[-48:, :152] = 128  # exact fill grey, but not across the full width
+    elif bottom == "short-128":
+        pixels[-8:] = 128  # exact fill grey across the width, but under one 16-px MCU row
+    else:
+        pixels[-48:] = bottom
+    raw = encode(Image.fromarray(pixels), "JPEG", quality=95)
+    decoded = assert_ok(raw, (200, 304), "JPEG")
+    if bottom == "half-128":
+        assert (decoded[-16:, :128] == 128).all()  # really exact grey where the test says
+    elif bottom == "short-128":
+        assert (decoded[-7:] == 128).all()
+    else:
+        assert len(np.unique(decoded[-16:].reshape(-1, 3), axis=0)) == 1  # really one flat colour
 
 
 def test_zero_byte_file() -> None:

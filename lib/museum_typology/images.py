@@ -20,6 +20,25 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"
 # Truncated files must fail, not decode into half-grey images that poison training.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+JPEG_EOI = b"\xff\xd9"
+
+# A JPEG cut short inside its scan data but ending in an EOI marker (its own, or the one we add
+# to a file that lacks only its EOI) decodes without error: libjpeg gives every missing block
+# all-zero coefficients, so the missing MCU rows come out exactly 128 in every channel (127 or
+# 128 per ink of an Adobe CMYK/YCCK JPEG, which Pillow inverts). Such a file is refused when
+# its bottom rows are exactly one fill value across the full width over at least this many MCU
+# rows (8 px, 16 px for vertically subsampled chroma), counted at the decoded (draft) scale. With
+# vertically subsampled chroma at full scale the first fill row is one row short: libjpeg's fancy
+# upsampling blends it with the last real row (measured with libjpeg-turbo 3: a missing 16-px MCU
+# row gives 15 exact rows). Exact fill values over a whole MCU row keep real photos with a uniform
+# border out: 7 of the 87 JPEGs among the 153 shared images end in exactly uniform black or white
+# bands of 8 to 96 rows, none at a fill value. A cut inside the last MCU row is not caught, and
+# loses less than that row. A progressive JPEG cut after its first (DC) scan decodes blurred, not
+# flat, and is not caught either (hence no EOI retry for progressive JPEGs below).
+JPEG_FILL_BAND_MCU_ROWS = 1
+_JPEG_FILL_LEVELS = {"L": (128,), "RGB": (128,), "CMYK": (127, 128)}
+
 
 @dataclass(frozen=True)
 class DecodedImage:
@@ -86,6 +105,57 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
+def _draft_and_load(image: Image.Image, max_side: int) -> None:
+    """Decode ``image``'s pixels; a big JPEG at the smallest libjpeg scale that keeps the longer
+    side >= ``max_side``."""
+    width, height = image.size
+    if image.format in JPEG_FORMATS and max_side > 0 and max(width, height) > max_side:
+        # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: big scans decode ~10x
+        # faster. Pillow picks the largest scale that keeps *both* sides >= the requested
+        # box, so ask for the capped size with the same aspect (a square box would let the
+        # short side block any reduction of a wide image). The longer side stays >= max_side.
+        longer = max(width, height)
+        image.draft("RGB", (max(1, -(-width * max_side // longer)), max(1, -(-height * max_side // longer))))
+    image.load()
+
+
+def _is_truncation(exc: BaseException) -> bool:
+    """Pillow's error for a file whose data ends before the decoder is done."""
+    return isinstance(exc, OSError) and str(exc).startswith("image file is truncated")
+
+
+def _jpeg_fill_rows(image: Image.Image, orig_width: int, orig_height: int) -> int:
+    """How many bottom rows of a decoded (not yet transposed) JPEG are libjpeg's fill for missing
+    data, in the file's own rows; 0 unless there are at least JPEG_FILL_BAND_MCU_ROWS MCU rows of
+    it. Costs one pixel read for almost every image, a slice of the bottom rows for the rest."""
+    levels = _JPEG_FILL_LEVELS.get(image.mode)
+    if levels is None:
+        return 0
+    width, height = image.size
+    corner = image.getpixel((0, height - 1))
+    fill = corner if isinstance(corner, tuple) else (corner,)
+    if any(value not in levels for value in fill):
+        return 0
+    # The draft scale (1, 2, 4 or 8): Pillow rounds the scaled sides up.
+    scale = next((s for s in (1, 2, 4, 8) if (-(-orig_width // s), -(-orig_height // s)) == (width, height)), 1)
+    layers = getattr(image, "layer", None) or []
+    v_sampling = max((layer[2] for layer in layers), default=1) if len(layers) > 1 else 1
+    mcu_rows = -(-8 * v_sampling // scale)
+    fancy_upsampling_loss = 1 if v_sampling > 1 and scale == 1 else 0
+    required = min(height, max(1, JPEG_FILL_BAND_MCU_ROWS * mcu_rows - fancy_upsampling_loss))
+    target = np.asarray(fill, dtype=np.uint8)
+    rows, step = 0, required
+    while rows < height:  # the first slice decides; the rest only measures a refused file's band
+        top = max(0, height - rows - step)
+        band = np.asarray(image.crop((0, top, width, height - rows)))
+        flat = (band == target).reshape(band.shape[0], -1).all(axis=1)
+        if not flat.all():
+            rows += band.shape[0] - 1 - int(np.flatnonzero(~flat)[-1])
+            break
+        rows, step = rows + band.shape[0], step * 2
+    return min(orig_height, rows * scale) if rows >= required else 0
+
+
 # ISO base media "ftyp" brands of HEIF/HEIC images, which Pillow cannot read without a plugin.
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 
@@ -122,14 +192,30 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
                     orig_width=width,
                     orig_height=height,
                 )
-            if fmt in ("JPEG", "MPO") and max_side > 0 and max(width, height) > max_side:
-                # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: big scans decode ~10x
-                # faster. Pillow picks the largest scale that keeps *both* sides >= the requested
-                # box, so ask for the capped size with the same aspect (a square box would let the
-                # short side block any reduction of a wide image). The longer side stays >= max_side.
-                longer = max(width, height)
-                image.draft("RGB", (max(1, -(-width * max_side // longer)), max(1, -(-height * max_side // longer))))
-            image.load()
+            try:
+                _draft_and_load(image, max_side)
+            except OSError as exc:
+                # Some scanners and servers drop a baseline JPEG's final EOI marker although every
+                # pixel is there: try once more with it added. The fill check below refuses the
+                # result when the data really ended early. Not for progressive JPEGs: cut after
+                # their first scan they decode blurred, not flat, which no cheap check can see.
+                progressive = bool(image.info.get("progressive"))
+                if not (fmt in JPEG_FORMATS and not progressive and _is_truncation(exc) and not raw.endswith(JPEG_EOI)):
+                    raise
+                try:
+                    image = Image.open(io.BytesIO(raw + JPEG_EOI))
+                    _draft_and_load(image, max_side)
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    raise exc from None
+            if fmt in JPEG_FORMATS:
+                fill_rows = _jpeg_fill_rows(image, width, height)
+                if fill_rows:
+                    return fail(
+                        f"corrupt image: JPEG data ends early: the bottom {fill_rows} of {height} rows are flat grey (truncated file)",
+                        format=fmt,
+                        orig_width=width,
+                        orig_height=height,
+                    )
             try:
                 ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
             except Exception:  # noqa: BLE001 - a broken EXIF block must not lose good pixels
