@@ -219,8 +219,13 @@ GUID = "c84c547b-c5c5-45cf-9199-736df1301124"
         ("images/inv.1.jpg", "inv.1"),
         ("images/inv.1", "inv.1"),
         ("inv.1.jpg.png", "inv.1.jpg"),
-        # An unknown extension is part of the name: the content decides whether it is an image.
-        ("z.tar.gz", "z.tar.gz"),
+        # Any other suffix that looks like a file type is cut too (the content decides the format);
+        # an all-digit one, or an empty one, is part of the guid.
+        ("x-1.weird", "x-1"),
+        ("z.tar.gz", "z.tar"),
+        ("inv.12", "inv.12"),
+        ("inv.1.2a", "inv.1"),
+        ("abc.toolongext", "abc.toolongext"),
         ("u1.", "u1."),
     ],
 )

@@ -81,9 +81,7 @@ def bad_rows(tmp_path):
     images.mkdir()
     (images / "b.jpg").write_bytes(jpeg((220, 10, 10)))  # red: a confident image
     (images / "d").write_bytes(jpeg((220, 10, 10))[:200])  # truncated, no extension
-    # PNG inside a wrong, upper-case name: content decides. (Was e.xyz: an unknown extension is now
-    # part of the guid, "e.xyz", so that guids with dots and no extension, inv.1, keep their image.)
-    (images / "e.GIF").write_bytes(jpeg((10, 10, 220), "PNG"))
+    (images / "e.xyz").write_bytes(jpeg((10, 10, 220), "PNG"))  # unknown extension, PNG inside
     (images / "f.jpg").write_bytes(b"")  # an empty file
     (images / "g.png").write_bytes(jpeg((220, 10, 10)))  # a JPEG named .png: content decides
     rows = [
@@ -394,8 +392,8 @@ def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
     for name in ["x.JPG", "y", "z.tar.gz", ".DS_Store"]:
         (tmp_path / name).write_bytes(b"1")
     found = score.find_image_files(str(tmp_path))
-    # z.tar.gz: .gz is no image extension, so the whole name is the guid (it was "z", cut at the first dot).
-    assert found == {"x": str(tmp_path / "x.JPG"), "y": str(tmp_path / "y"), "z.tar.gz": str(tmp_path / "z.tar.gz")}
+    # z.tar.gz: one extension is cut, not everything after the first dot (it was "z").
+    assert found == {"x": str(tmp_path / "x.JPG"), "y": str(tmp_path / "y"), "z.tar": str(tmp_path / "z.tar.gz")}
     with pytest.raises(OSError, match="must be a directory"):
         score.find_image_files(str(tmp_path / "x.JPG"))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import lzma
 import posixpath
+import re
 import zipfile
 import zlib
 from collections import defaultdict
@@ -25,18 +26,20 @@ class ImageIndex:
     unsafe: dict[str, str] = field(default_factory=dict)  # member -> why refused
 
 
-# Extensions a file named ``<guid>.<ext>`` may carry (compared without case). Only these are
-# stripped to get the guid: a guid may itself contain dots (``inv.1.jpg`` is guid ``inv.1``), and an
-# image may have no extension at all, so cutting at the first dot, or at any last dot, would lose or
-# merge guids. The content still decides the format (``images.decode_image`` sniffs it).
+# Extensions a file named ``<guid>.<ext>`` may carry (compared without case). A guid may itself
+# contain dots (``inv.1.jpg`` is guid ``inv.1``) and an image may have no extension at all, so
+# cutting at the first dot would merge guids, and cutting at any last dot would lose ``inv.1``.
+# So the last suffix is cut when it is one of these, or when it looks like a file type: 1-5
+# letters and digits with a letter in them (``x-1.weird``, ``e.xyz``: the content decides the
+# format anyway, ``images.decode_image`` sniffs it). An all-digit suffix (``inv.1``) is part of
+# the guid.
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "heif", "mpo", "jfif"})
 
 # Extensions of metadata written beside images (Lightroom/Bridge ``.xmp``, camera ``.thm`` thumbnails,
 # Windows ``Thumbs.db``/``desktop.ini``, exported ``.json``/``.txt``/``.xml``/``.csv``, checksum
 # files). They are never images: indexed, ``u1.xmp`` beside ``u1.jpg`` would make guid ``u1``
-# ambiguous and cost the item its image, so they are skipped like hidden files. Any other extension
-# is kept under the full file name: the content is sniffed later, and dropping an unknown name
-# could silently lose the image of a guid that has no extension.
+# ambiguous and cost the item its image, so they are skipped like hidden files. Files of any other
+# name are indexed: the content is sniffed later.
 SIDECAR_EXTENSIONS = frozenset({"xmp", "json", "txt", "xml", "csv", "db", "ini", "md5", "sha1", "sha256", "thm"})
 
 
@@ -46,15 +49,20 @@ def _split_extension(name: str) -> tuple[str, str]:
     return (stem, extension.lower()) if dot and stem else (name, "")
 
 
+_TYPE_LIKE_EXTENSION = re.compile(r"[a-z0-9]{0,4}[a-z][a-z0-9]{0,4}")
+
+
 def guid_of(member: str) -> str:
-    """The guid of an image file: its base name less one trailing image extension.
+    """The guid of an image file: its base name less one trailing extension (see
+    ``IMAGE_EXTENSIONS``).
 
     ``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``;
-    ``images/inv.1.JPG`` -> ``inv.1``; ``inv.1`` -> ``inv.1`` (``1`` is not an image extension).
+    ``images/inv.1.JPG`` -> ``inv.1``; ``inv.1`` -> ``inv.1``; ``x-1.weird`` -> ``x-1``.
     """
     name = posixpath.basename(member.replace("\\", "/"))
     stem, extension = _split_extension(name)
-    return stem if extension in IMAGE_EXTENSIONS else name
+    is_extension = extension in IMAGE_EXTENSIONS or (len(extension) <= 5 and _TYPE_LIKE_EXTENSION.fullmatch(extension) is not None)
+    return stem if is_extension else name
 
 
 def unsafe_member_reason(member: str) -> str | None:
