@@ -59,3 +59,49 @@ def test_bundles_of_one_name_in_two_places_are_cached_apart(fresh_bucket, moto_e
     second = bundles.resolve_bundle(f"s3://{bucket}/b/text/v1", "calibration.json", "text", s3, str(tmp_path))
     assert first != second and first.name == second.name == "v1"
     assert (first / "calibration.json").read_bytes() == b"A" and (second / "calibration.json").read_bytes() == b"B"
+
+
+# ---------------------------------------------------------------- reuse of a bundle trained on the same run
+
+
+def _bundle(model_dir, version: str, run_key: str, oof_version: str | None = None, oof=None) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (model_dir / version).mkdir(parents=True)
+    (model_dir / version / "metrics.json").write_text(json.dumps({"version": version, "run_key": run_key}))
+    (model_dir / "latest").write_text(version)
+    if oof is not None:
+        pq.write_table(pa.table({"guid": ["a", "b"], "model_version": [oof_version or version] * 2}), oof)
+
+
+def test_the_newest_bundle_of_the_same_run_is_reused(tmp_path):
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "20261128T000000Z-aaaa", "key-1", oof=oof)
+    url, metrics = bundles.reusable_bundle(str(models), "key-1", str(oof))
+    assert url == storage.join(str(models), "20261128T000000Z-aaaa") and metrics["run_key"] == "key-1"
+    assert bundles.reusable_bundle(str(models), "key-1") is not None  # no out-of-fold file to check (--final)
+    assert bundles.reusable_bundle(str(models), "key-2", str(oof)) is None  # other data or settings
+
+
+def test_a_bundle_is_not_reused_without_its_own_out_of_fold_file(tmp_path):
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "v2", "key-1", oof_version="v1", oof=oof)  # the file a later or other run wrote
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None
+    assert bundles.reusable_bundle(str(models), "key-1", str(tmp_path / "missing.parquet")) is None
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    assert bundles.reusable_bundle(str(models), "key-1", str(tmp_path / "bad.parquet")) is None
+
+
+def test_no_bundle_or_a_damaged_one_is_never_reused(tmp_path):
+    models = tmp_path / "models"
+    assert bundles.reusable_bundle(str(models), "key-1") is None  # nothing trained yet
+    _bundle(models, "v1", "key-1")
+    (models / "v1" / "metrics.json").write_text("{truncated")
+    assert bundles.reusable_bundle(str(models), "key-1") is None
+    (models / "v1" / "metrics.json").write_text('{"version": "v1"}')  # a bundle from before run keys
+    assert bundles.reusable_bundle(str(models), "key-1") is None
+    (models / "latest").write_text("gone")  # latest names a bundle that is not there
+    assert bundles.reusable_bundle(str(models), "key-1") is None

@@ -93,6 +93,33 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
     assert [r["fold"] for r in sorted(oof[2], key=lambda r: r["guid"])] == [r["fold"] for r in sorted(oof[1], key=lambda r: r["guid"])]
     assert max(np.abs(two[g] - one[g]).max() for g in labelled) < 1e-4
     assert runs[1]["metrics"]["macro_f1"] == pytest.approx(runs[2]["metrics"]["macro_f1"])
+    # The same images, labels and settings again: the fold bundle and its out-of-fold file are
+    # reused without a Horovod run; --retrain, another stored image size or a setting that only
+    # changes how a run goes (start_timeout: reused) are told apart.
+    work = tmp_path / "p2"
+
+    class Trained(Exception):
+        pass
+
+    def no_horovod(*args, **kwargs):
+        raise Trained
+
+    real_run_horovod = train_image.run_horovod
+    train_image.run_horovod = no_horovod
+    try:
+        def rerun(settings, **kwargs):
+            return train_image.run(spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "oof" / "image.parquet"), num_proc=2, **kwargs)
+
+        again = rerun(_settings(work, 4, 0.01))
+        assert again["reused"] and not runs[2]["reused"] and again["bundle"] == runs[2]["bundle"] and again["oof"] == runs[2]["oof"]
+        assert again["metrics"]["macro_f1"] == runs[2]["metrics"]["macro_f1"]
+        assert rerun(_settings(work, 4, 0.01).set(["image", "start_timeout"], 999, "test"))["reused"]
+        with pytest.raises(Trained):
+            rerun(_settings(work, 4, 0.01), retrain=True)
+        with pytest.raises(Trained):
+            rerun(_settings(work, 4, 0.01).set(["images", "max_side"], 256, "test"))
+    finally:
+        train_image.run_horovod = real_run_horovod
     # The metrics also say what scoring over the whole image only (score.image_views = "whole")
     # gives; that side result stays out of the out-of-fold file, whose contract is unchanged.
     for p in runs:
@@ -173,6 +200,10 @@ def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path
     # The bundle's backbone.tflite scores as its saved (fine-tuned) Keras backbone does.
     _assert_runtimes_agree(bundle)
     assert not (tmp_path / "unused.parquet").exists()
+    # The same images, labels and settings again: the bundle is reused, no Horovod run.
+    again = train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models" / "image"), str(tmp_path / "unused.parquet"), num_proc=2, final=True, epochs=1, max_steps=2)
+    assert again["reused"] and not result["reused"] and again["results"] == []
+    assert again["bundle"] == result["bundle"] and again["metrics"]["validation_macro_f1"] == metrics["validation_macro_f1"]
 
 
 def test_final_mode_refuses_a_rank_without_training_images_and_folds_beyond_the_classes(spark, tiny_dataset, tmp_path):

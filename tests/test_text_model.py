@@ -97,6 +97,44 @@ def test_cross_validation_learns_and_beats_chance(trained):
     assert per_class[CLASSES[3]]["support"] == 42
 
 
+def test_a_rerun_on_the_same_data_and_settings_reuses_the_bundle(trained, tmp_path, monkeypatch):
+    """Training is a function of the data and settings: a second run reuses the bundle (no word
+    vectors, no folds); --retrain, a new unlabelled description (the word vectors learn from it)
+    or an out-of-fold file written by another run make it train again."""
+    import shutil
+
+    root, settings, result = trained
+
+    class Trained(Exception):
+        pass
+
+    def no_training(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(train_text, "train_word_vectors", no_training)
+    again = train_text.run(settings, str(root / "data"), str(root / "models"), str(root / "oof" / "text.parquet"))
+    assert again["reused"] and not result["reused"]
+    assert again["bundle"] == result["bundle"] and again["metrics"]["version"] == result["metrics"]["version"]
+    assert again["metrics"]["macro_f1"] == result["metrics"]["macro_f1"]
+
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    shutil.copytree(root / "models", models)
+    shutil.copy(root / "oof" / "text.parquet", oof)
+    assert train_text.run(settings, str(root / "data"), str(models), str(oof))["reused"]  # a copied work dir still matches
+    with pytest.raises(Trained):
+        train_text.run(settings, str(root / "data"), str(models), str(oof), retrain=True)
+    with pytest.raises(Trained):
+        train_text.run(settings, str(root / "data"), str(models), str(tmp_path / "other-oof.parquet"))
+    with pytest.raises(Trained):
+        train_text.run(settings.set(["text", "epochs"], 7, "test"), str(root / "data"), str(models), str(oof))
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    with open(data / "test.csv", "a", encoding="utf-8") as handle:
+        handle.write("t9,Новое описание без метки,\n")
+    with pytest.raises(Trained):
+        train_text.run(settings, str(data), str(models), str(oof))
+
+
 def test_oof_has_every_labelled_row_once_in_class_order(trained):
     root, _, result = trained
     table = pq.read_table(root / "oof" / "text.parquet").to_pylist()

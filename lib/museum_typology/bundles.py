@@ -1,17 +1,22 @@
 """Model bundles: versioned directories ``models/<kind>/<version>/`` and the ``latest`` pointer.
 
 ``<version>`` is the UTC time plus a short content hash, so versions sort by age and two runs on
-the same data and settings are recognisable.
+the same data and settings are recognisable. A training job records its full run key (a hash
+of its data and settings) in the bundle's ``metrics.json``; a re-run with the same key reuses
+the bundle instead of training again (``reusable_bundle``).
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from . import storage
 from .storage import S3Options
@@ -27,6 +32,49 @@ def make_version(digest: str, now: datetime | None = None) -> str:
 def publish_latest(model_dir: str, version: str, s3: S3Options | None = None) -> None:
     """Point ``model_dir/latest`` at a committed bundle (one atomic write)."""
     storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
+
+
+def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3: S3Options | None = None) -> tuple[str, dict[str, Any]] | None:
+    """(URL, metrics) of the newest bundle under ``model_dir`` when it came from this very run:
+    the same data and settings (``run_key`` in its ``metrics.json``) and, where the job writes
+    one, an out-of-fold file at ``oof_url`` that names that bundle's version. Else None.
+
+    Training is seeded, so such a bundle is what training again would give (up to float noise),
+    at the cost of minutes to hours: a re-run of the pipeline after a late failure, or a nightly
+    run on unchanged data, goes on from there. An out-of-fold file written by another bundle
+    (another ``--model-dir``, a later run) means training again, as the clean and cascade jobs
+    read it."""
+    latest = storage.join(model_dir, LATEST)
+    if not storage.exists(latest, s3):
+        return None
+    version = storage.read_bytes(latest, s3).decode().strip()
+    bundle_url = storage.join(model_dir, version)
+    metrics_url = storage.join(bundle_url, "metrics.json")
+    if not version or not storage.exists(metrics_url, s3):
+        return None
+    try:
+        metrics = json.loads(storage.read_bytes(metrics_url, s3))
+    except ValueError:  # a hand-edited or damaged file: train again rather than trust it
+        return None
+    if not isinstance(metrics, dict) or metrics.get("run_key") != run_key:
+        return None
+    if oof_url is not None and oof_versions(oof_url, s3) != {version}:
+        return None
+    return bundle_url, metrics
+
+
+def oof_versions(url: str, s3: S3Options | None = None) -> set[str]:
+    """The ``model_version`` values of an out-of-fold Parquet file (empty when it is missing or
+    unreadable, or has no such column)."""
+    import pyarrow.parquet as pq
+
+    if not storage.exists(url, s3):
+        return set()
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(url, s3)), columns=["model_version"])
+    except Exception:  # noqa: BLE001 - any unreadable file is "not this run's"
+        return set()
+    return set(table.column("model_version").to_pylist())
 
 
 def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:

@@ -120,7 +120,9 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Every stage end to end: ingest -> image folds -> text model -> label-noise review (clean) ->
     cascade tuning -> score the test file -> submission -> the run's HTML report. Prints where
-    each output went."""
+    each output went. A training stage whose newest bundle was trained on the same data and
+    settings reuses it (``--retrain`` trains anyway): a re-run after a later stage failed, or on
+    unchanged data, skips the slow part."""
     from . import clean, ingest, run_report, score, submission, train_image, train_text, tune_cascade
 
     work_dir = settings.get("paths.work_dir")
@@ -139,9 +141,9 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     summary = stage("ingest", lambda: ingest.run(spark, settings, data, ingest_dir))
     outputs["ingest"] = {name: storage.join(ingest_dir, path) for name, path in (("dataset", "dataset"), ("manifest", "manifest.parquet"), ("summary", "summary.json"))}
     oof = {kind: storage.join(work_dir, "oof", f"{kind}.parquet") for kind in ("image", "text")}
-    image = stage("train-image", lambda: train_image.run(spark, settings, outputs["ingest"]["dataset"], _models_dir(settings, "image"), oof["image"]))
+    image = stage("train-image", lambda: train_image.run(spark, settings, outputs["ingest"]["dataset"], _models_dir(settings, "image"), oof["image"], retrain=args.retrain))
     outputs["train-image"] = {name: image[name] for name in ("bundle", "oof", "report") if name in image}
-    text = stage("train-text", lambda: train_text.run(settings, data, _models_dir(settings, "text"), oof["text"]))
+    text = stage("train-text", lambda: train_text.run(settings, data, _models_dir(settings, "text"), oof["text"], retrain=args.retrain))
     outputs["train-text"] = {"bundle": text["bundle"], "oof": text["oof"], "report": text["report"]}
     cleaned = stage("clean", lambda: clean.run(spark, settings, [oof["text"], oof["image"]], storage.join(work_dir, "clean"), dataset_url=outputs["ingest"]["dataset"]))
     outputs["clean"] = {name: cleaned[name] for name in ("manifest", "manifest_csv", "review") if name in cleaned}
@@ -156,8 +158,8 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     outputs["report"] = {"html": run_report.build_run_report(work_dir, timings, outputs, storage.S3Options.from_settings(settings.section("s3")))}
     print(
         f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}); "
-        f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}; "
-        f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}); "
+        f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}{_reused_mark(image)}; "
+        f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}){_reused_mark(text)}; "
         f"clean: kept {cleaned['actions']['keep']}, relabelled {cleaned['actions']['relabel']}, dropped {cleaned['actions']['drop']}; cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}; "
         f"{scored['rows']} test rows scored ({_source_counts(scored['sources'])}); {sum(timings.values()) / 60:.1f} min"
     )
@@ -166,6 +168,19 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         for name, path in paths.items():
             print(f"  {stage_name:12s} {name:9s} {path}")
     return outputs
+
+
+def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    _retrain_argument(parser)
+
+
+def _reused_mark(result: dict[str, Any]) -> str:
+    return " (bundle reused)" if result.get("reused") else ""
+
+
+def _print_reused(job: str, result: dict[str, Any]) -> None:
+    if result.get("reused"):
+        print(f"{job}: the newest bundle was trained on these data and settings: reused, not trained again (--retrain trains anyway)")
 
 
 def _print_paths(result: dict[str, Any], names: tuple[str, ...] = ("bundle", "oof", "report")) -> None:
@@ -201,8 +216,10 @@ def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, An
         _oof_url(args, settings, "text"),
         folds=args.folds,
         manifest=args.manifest,
+        retrain=args.retrain,
     )
     macro = result["metrics"]["macro_f1"]
+    _print_reused("train-text", result)
     print(f"train-text: out-of-fold macro-F1 {macro['final']:.3f} (baseline {macro['baseline']:.3f}, tfidf {macro['tfidf']:.3f}, bilstm {macro['bilstm']:.3f})")
     _print_paths(result)
     return result
@@ -213,6 +230,11 @@ def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/text.parquet, or DIR/oof.parquet with another --model-dir)")
     parser.add_argument("--folds", type=int, metavar="K", help="number of folds (default: text.folds)")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job: relabelled rows train on their new label, dropped rows are left out")
+    _retrain_argument(parser)
+
+
+def _retrain_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--retrain", action="store_true", help="train even when the newest bundle was trained on the same data and settings (by default it is reused)")
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -370,8 +392,10 @@ def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, A
         num_proc=args.num_proc,
         final=args.final,
         manifest=args.manifest,
+        retrain=args.retrain,
     )
     metrics = result["metrics"]
+    _print_reused("train-image", result)
     if args.final:
         print(f"train-image --final: validation macro-F1 {metrics['validation_macro_f1']:.3f} (best epoch {metrics['best_epoch'] + 1} of {metrics['epochs_run']}, {metrics['processes']} processes)")
     else:
@@ -388,6 +412,7 @@ def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-proc", type=int, metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
     parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on all labelled images (a stratified fold validates)")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job (guid, new_label, action; or guid, typology[, keep]): its labels replace the dataset's, dropped rows are left out")
+    _retrain_argument(parser)
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -437,7 +462,7 @@ JOBS: dict[str, Job] = {
     "train-image": Job("image model with Horovod on Spark: fold models + out-of-fold probabilities, or --final", cmd_train_image, _train_image_arguments, uses_spark=True),
     "clean": Job("label noise: keep / relabel / drop per out-of-fold row, cleaned manifest and review page", cmd_clean, _clean_arguments, reads_data=True, uses_spark=True),
     "evaluate": Job("predictions against known labels: macro-F1, per-class table, confusion matrix, by source", cmd_evaluate, _evaluate_arguments),
-    "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline, reads_data=True, uses_spark=True),
+    "pipeline": Job("run every stage end to end on the configured data", cmd_pipeline, _pipeline_arguments, reads_data=True, uses_spark=True),
     "show-conf": Job("print the resolved settings as JSON", cmd_show_conf, reads_data=True),
 }
 

@@ -122,6 +122,22 @@ def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) ->
     return sorted(results, key=lambda r: r["rank"])
 
 
+# Bump when a change to the training code changes the models it trains with the same data and
+# settings: the run key includes it, so bundles of older code are not reused.
+TRAINING_VERSION = 1
+# Settings that change how a run goes, not what it trains: left out of the run key.
+RUN_ONLY_SETTINGS = ("start_timeout", "reader_workers")
+
+
+def run_settings(s: image_model.ImageSettings, settings: Settings, final: bool, epochs: int | None, max_steps: int | None, processes: int) -> dict[str, Any]:
+    """What the trained model depends on besides the labelled images' bytes and labels: the
+    [image] settings, the [images] settings that made the dataset's pixels from those bytes, the
+    mode, and the process count (it scales the learning rate and the steps)."""
+    image = {k: v for k, v in image_model.settings_dict(s).items() if k not in RUN_ONLY_SETTINGS}
+    stored = {k: settings.get(f"images.{k}") for k in ("max_side", "codec", "jpeg_quality")}
+    return {"image": image, "images": stored, "final": final, "epochs": epochs, "max_steps": max_steps, "processes": processes, "training_version": TRAINING_VERSION}
+
+
 def run(
     spark,
     settings: Settings,
@@ -134,7 +150,11 @@ def run(
     manifest: str | None = None,
     epochs: int | None = None,
     max_steps: int | None = None,
+    retrain: bool = False,
 ) -> dict[str, Any]:
+    """K fold models and their out-of-fold file, or with ``final`` one fine-tuned model, trained
+    with Horovod; or the newest bundle under ``model_dir`` reused when it was trained on the same
+    images, labels and settings (unless ``retrain``)."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     if folds:
@@ -169,9 +189,17 @@ def run(
             )
     # The process count too: it scales the learning rate and the steps, so a resume under another
     # count must not continue this run's checkpoints.
-    conf_digest = hashlib.sha256(json.dumps({"image": image_model.settings_dict(s), "final": final, "epochs": epochs, "max_steps": max_steps, "processes": n_proc}, sort_keys=True).encode()).hexdigest()
+    conf_digest = hashlib.sha256(json.dumps(run_settings(s, settings, final, epochs, max_steps, n_proc), sort_keys=True).encode()).hexdigest()
     run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
     version = bundles.make_version(run_key) + ("-final" if final else "")
+    # The same key means the same model (training is seeded): reuse the newest bundle if it is
+    # this run's, and for folds its out-of-fold file too.
+    reusable = None if retrain else bundles.reusable_bundle(model_dir, run_key, None if final else oof_url, s3)
+    if reusable:
+        bundle_url, metrics = reusable
+        log.info("train-image (%s): %s was trained on these images, labels and settings; reused (--retrain trains again)", "final" if final else "folds", bundle_url)
+        outcome = {"bundle": bundle_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": metrics.get("version"), "results": [], "reused": True}
+        return outcome if final else {**outcome, "oof": oof_url}
     checkpoint_url = storage.join(model_dir, "_checkpoints", ("final-" if final else "folds-") + run_key[:16])
     weights = image_model.balanced_class_weights(y) if s.class_weight == "balanced" else [1.0] * len(CLASSES)
     frozen = None if final else backbone_lib.imagenet_backbone(s.variant)  # the fold job's backbone, built once here
@@ -193,15 +221,16 @@ def run(
     results = run_horovod(spark, image_model.final_worker if final else image_model.fold_worker, job, n_proc, s.start_timeout)
 
     if final:
-        outcome = _finish_final(results, job, settings, model_dir, version, digest, s3, started)
+        outcome = _finish_final(results, job, settings, model_dir, version, digest, s3, started, run_key)
     else:
-        outcome = _finish_folds(results, job, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started, frozen)
+        outcome = _finish_folds(results, job, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started, frozen, run_key)
     storage.delete_dir(checkpoint_url, s3)  # the bundle is committed: the run's checkpoints are done
     outcome["results"] = results
+    outcome["reused"] = False
     return outcome
 
 
-def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started, backbone) -> dict[str, Any]:
+def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version, digest, guids, y, fold, s3, started, backbone, run_key: str) -> dict[str, Any]:
     s = job.settings
     rows = [r for result in results for r in result["oof"]]
     by_guid = {r["guid"]: r for r in rows}
@@ -214,6 +243,7 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
     metrics = {
         "version": version,
         "mode": "folds",
+        "run_key": run_key,
         "data_hash": digest,
         "rows": len(guids),
         "folds": s.folds,
@@ -254,12 +284,13 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
 
 
-def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest, s3, started) -> dict[str, Any]:
+def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest, s3, started, run_key: str) -> dict[str, Any]:
     s = job.settings
     state = results[0]["state"]
     metrics = {
         "version": version,
         "mode": "final",
+        "run_key": run_key,
         "data_hash": digest,
         "rows": len(job.labels),
         "validation_rows": sum(1 for f in job.folds.values() if f == 0),

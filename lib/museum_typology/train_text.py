@@ -54,6 +54,11 @@ class TrainTextError(ValueError):
     """Labelled data the text model cannot be cross-validated on (a user error: one clear line)."""
 
 
+# Bump when a change to the training code changes the model it trains from the same data and
+# settings: the run key includes it, so bundles of older code are not reused.
+TRAINING_VERSION = 1
+
+
 def check_folds(y: np.ndarray, fold: np.ndarray, folds: int, where: str) -> None:
     """Every fold holds rows and every training side two classes at least. Identical titles stay
     in one fold, so a few distinct titles leave folds empty (sklearn then failed deep inside)."""
@@ -88,7 +93,10 @@ def choose_weight(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, grid: tupl
     return best, scores
 
 
-def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: int | None = None, manifest: str | None = None) -> dict[str, Any]:
+def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: int | None = None, manifest: str | None = None, retrain: bool = False) -> dict[str, Any]:
+    """Train the text model in K folds, or reuse the newest bundle under ``model_dir`` when it was
+    trained on the same data and settings and ``oof_url`` holds its out-of-fold file (unless
+    ``retrain``). Returns the bundle, out-of-fold and report URLs, the metrics, and ``reused``."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     if folds:
@@ -109,6 +117,17 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
 
     fold = fold_ids(data, ts.folds, ts.seed)
     check_folds(data.y, fold, ts.folds, data_dir)
+    # The run key: the labelled titles, every description the word vectors learn from, and the
+    # settings. The same key means the same model, so a bundle trained under it is reused.
+    digest = data_hash(data)
+    conf_digest = hashlib.sha256(json.dumps({**settings_dict(ts), "normalization": NORMALIZATION_VERSION, "training_version": TRAINING_VERSION}, sort_keys=True).encode()).hexdigest()
+    corpus_digest = hashlib.sha256("\n".join(corpus).encode()).hexdigest()
+    run_key = hashlib.sha256((digest + conf_digest + corpus_digest).encode()).hexdigest()
+    reusable = None if retrain else bundles.reusable_bundle(model_dir, run_key, oof_url, s3)
+    if reusable:
+        bundle_url, metrics = reusable
+        log.info("train-text: %s was trained on these data and settings; reused (--retrain trains again)", bundle_url)
+        return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "reused": True}
     vectors = train_word_vectors(corpus, ts)
     vocabulary = {token for text in corpus for token in text.split()}
     navec = load_navec_table(vocabulary) if ts.use_navec else {}
@@ -157,14 +176,12 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     temperature = fit_logit_temperature(log_blend + offsets, data.y)
     calibrated = softmax(log_blend + offsets, temperature)
 
-    digest = data_hash(data)
-    conf_digest = hashlib.sha256(json.dumps({**settings_dict(ts), "normalization": NORMALIZATION_VERSION}, sort_keys=True).encode()).hexdigest()
-    version = bundles.make_version(hashlib.sha256((digest + conf_digest).encode()).hexdigest())
+    version = bundles.make_version(run_key)
     metrics = build_metrics(data.y, baseline_pred, oof, blended, calibrated, honest_pred, weight, weight_scores, temperature)
     metrics["class_offsets"] = dict(zip(CLASSES, offsets.round(3).tolist())) if use_offsets else None
     metrics["macro_f1"]["blend_cross_fitted"] = report.macro_f1(data.y, honest["blend"])
     metrics["macro_f1"]["offsets_cross_fitted"] = report.macro_f1(data.y, honest["offsets"])
-    metrics.update(version=version, data_hash=digest, rows=len(data), folds=ts.folds, seconds=round(time.time() - started, 1))
+    metrics.update(version=version, run_key=run_key, data_hash=digest, rows=len(data), folds=ts.folds, seconds=round(time.time() - started, 1))
     model = TextModel(
         embedder, lstm_folds, tfidf_folds, weight, temperature, version, tfidf_temperature=tfidf_temperature, offsets=offsets, settings=ts,
         normalization=NORMALIZATION_VERSION, _runner=runner,
@@ -182,7 +199,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     write_oof(oof_url, data, fold, calibrated, version, s3)
     bundles.publish_latest(model_dir, version, s3)
     log.info("train-text: macro-F1 %.3f (baseline %.3f), bundle %s", metrics["macro_f1"]["final"], metrics["macro_f1"]["baseline"], bundle_url)
-    return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics}
+    return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "reused": False}
 
 
 def build_metrics(y, baseline_pred, oof, blended, calibrated, final_pred, weight, weight_scores, temperature) -> dict[str, Any]:
