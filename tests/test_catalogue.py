@@ -219,12 +219,16 @@ GUID = "c84c547b-c5c5-45cf-9199-736df1301124"
         ("images/inv.1.jpg", "inv.1"),
         ("images/inv.1", "inv.1"),
         ("inv.1.jpg.png", "inv.1.jpg"),
-        # Any other suffix that looks like a file type is cut too (the content decides the format);
-        # an all-digit one, or an empty one, is part of the guid.
+        # Any other suffix of 1-5 Latin letters is cut too (the content decides the format); one
+        # with a digit (museum part numbers: 2a) or a Cyrillic letter, or an empty one, is part of
+        # the guid.
         ("x-1.weird", "x-1"),
         ("z.tar.gz", "z.tar"),
         ("inv.12", "inv.12"),
-        ("inv.1.2a", "inv.1"),
+        ("inv.1.2a", "inv.1.2a"),
+        ("1999.12.3b", "1999.12.3b"),
+        ("КП.123а", "КП.123а"),
+        ("inv.1.2a.jpg", "inv.1.2a"),
         ("abc.toolongext", "abc.toolongext"),
         ("u1.", "u1."),
     ],

@@ -346,6 +346,18 @@ def test_honest_jpeg_with_a_flat_bottom_is_accepted(bottom: object) -> None:
         assert len(np.unique(decoded[-16:].reshape(-1, 3), axis=0)) == 1  # really one flat colour
 
 
+@pytest.mark.parametrize("quality", [50, 75])
+def test_honest_jpeg_on_a_smooth_grey_backdrop_is_accepted(quality: int) -> None:
+    # A near-128 backdrop compresses to exact 128 over many rows (as libjpeg's fill for missing
+    # data does), but the rows above it are grey too: no cut into content, so the image is kept.
+    rng = np.random.default_rng(0)
+    pixels = np.clip(smooth_rgb(200, 304).astype(np.int16) + random_rgb(200, 304) // 8 - 16, 0, 255).astype(np.uint8)
+    pixels[-60:] = np.clip(128 + rng.normal(0, 0.5, (60, 304, 3)), 0, 255).round().astype(np.uint8)
+    raw = encode(Image.fromarray(pixels), "JPEG", quality=quality)
+    decoded = assert_ok(raw, (200, 304), "JPEG")
+    assert (decoded[-16:] == 128).all()  # really the fill value across the full width at the bottom
+
+
 def test_zero_byte_file() -> None:
     assert_fails(b"", "empty file")
 

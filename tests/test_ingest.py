@@ -216,3 +216,16 @@ def test_ingest_shared_data(spark, settings, shared_data, tmp_path):
     for row in dataset.values():
         assert row.image.ndim == 3 and row.image.shape[2] == 3 and max(row.image.shape[:2]) <= 512
         assert row.typology in CLASSES
+
+
+def test_a_refused_sidecar_does_not_quarantine_the_guid_it_names():
+    """An unsafe name is refused unread; a refused sidecar (../u1.xmp) is no image of u1 either,
+    so u1 without an image is no_image, while a refused image (../u2.jpg) quarantines u2."""
+    from museum_typology.catalogue import InputRow
+    from museum_typology.image_source import ImageIndex
+
+    rows = [InputRow(g, "train", "train.csv", n, n + 1, "описание", None) for n, g in enumerate(["u1", "u2"], start=1)]
+    index = ImageIndex("images.zip", "zip", members={}, unsafe={"../u1.xmp": "escapes the archive root", "../u2.jpg": "escapes the archive root"})
+    tasks, finished = ingest.plan(rows, index)
+    status = {r["guid"]: r["status"] for r in finished}
+    assert not tasks and status == {"u1": "no_image", "u2": "quarantined"}

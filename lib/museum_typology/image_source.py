@@ -29,10 +29,11 @@ class ImageIndex:
 # Extensions a file named ``<guid>.<ext>`` may carry (compared without case). A guid may itself
 # contain dots (``inv.1.jpg`` is guid ``inv.1``) and an image may have no extension at all, so
 # cutting at the first dot would merge guids, and cutting at any last dot would lose ``inv.1``.
-# So the last suffix is cut when it is one of these, or when it looks like a file type: 1-5
-# letters and digits with a letter in them (``x-1.weird``, ``e.xyz``: the content decides the
-# format anyway, ``images.decode_image`` sniffs it). An all-digit suffix (``inv.1``) is part of
-# the guid.
+# So the last suffix is cut when it is one of these, or when it looks like a file type: 1-5 Latin
+# letters (``x-1.weird``, ``e.xyz``: the content decides the format anyway,
+# ``images.decode_image`` sniffs it). A suffix with a digit (``inv.1``, ``1999.12.3a``) or a
+# Cyrillic letter is part of the guid; a guid ending in a dot and 1-5 Latin letters (``MS.A``)
+# must keep an extension on its file name.
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "heif", "mpo", "jfif"})
 
 # Extensions of metadata written beside images (Lightroom/Bridge ``.xmp``, camera ``.thm`` thumbnails,
@@ -49,7 +50,7 @@ def _split_extension(name: str) -> tuple[str, str]:
     return (stem, extension.lower()) if dot and stem else (name, "")
 
 
-_TYPE_LIKE_EXTENSION = re.compile(r"[a-z0-9]{0,4}[a-z][a-z0-9]{0,4}")
+_TYPE_LIKE_EXTENSION = re.compile(r"[a-z]{1,5}")
 
 
 def guid_of(member: str) -> str:
@@ -61,7 +62,7 @@ def guid_of(member: str) -> str:
     """
     name = posixpath.basename(member.replace("\\", "/"))
     stem, extension = _split_extension(name)
-    is_extension = extension in IMAGE_EXTENSIONS or (len(extension) <= 5 and _TYPE_LIKE_EXTENSION.fullmatch(extension) is not None)
+    is_extension = extension in IMAGE_EXTENSIONS or _TYPE_LIKE_EXTENSION.fullmatch(extension) is not None
     return stem if is_extension else name
 
 

@@ -37,6 +37,12 @@ JPEG_EOI = b"\xff\xd9"
 # loses less than that row. A progressive JPEG cut after its first (DC) scan decodes blurred, not
 # flat, and is not caught either (hence no EOI retry for progressive JPEGs below).
 JPEG_FILL_BAND_MCU_ROWS = 1
+# ... and when the row just above the band (real data, where the file was cut) differs from the
+# fill somewhere by at least this much. A genuine smooth grey backdrop also compresses to exact 128
+# over many rows (a 128 +- 1 backdrop at quality 75 does), but the rows above it are grey too,
+# so it is kept; a cut lands in arbitrary content. A whole image of exact fill has no such row
+# and is refused (a file cut at its first MCU row, or a blank grey placeholder).
+JPEG_FILL_EDGE_MIN_DIFFERENCE = 16
 _JPEG_FILL_LEVELS = {"L": (128,), "RGB": (128,), "CMYK": (127, 128)}
 
 
@@ -153,7 +159,13 @@ def _jpeg_fill_rows(image: Image.Image, orig_width: int, orig_height: int) -> in
             rows += band.shape[0] - 1 - int(np.flatnonzero(~flat)[-1])
             break
         rows, step = rows + band.shape[0], step * 2
-    return min(orig_height, rows * scale) if rows >= required else 0
+    if rows < required:
+        return 0
+    if rows < height:
+        above = np.asarray(image.crop((0, height - rows - 1, width, height - rows)), dtype=np.int16)
+        if int(np.abs(above - target.astype(np.int16)).max()) < JPEG_FILL_EDGE_MIN_DIFFERENCE:
+            return 0  # grey fading into grey: a backdrop, not a cut
+    return min(orig_height, rows * scale)
 
 
 # ISO base media "ftyp" brands of HEIF/HEIC images, which Pillow cannot read without a plugin.

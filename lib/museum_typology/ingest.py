@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from . import images, petastorm_io, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
 from .config import Settings
-from .image_source import ImageIndex, ImageReader, build_index, guid_of
+from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_junk
 from .log import get_logger
 from .schema import (
     MANIFEST_SCHEMA,
@@ -111,7 +111,8 @@ def plan(rows: list[InputRow], index: ImageIndex) -> tuple[list[dict[str, Any]],
     A row needs decoding when its guid has exactly one image file; every other row is finished
     here with its status and reason.
     """
-    unsafe_by_guid: dict[str, str] = {guid_of(m): reason for m, reason in index.unsafe.items()}
+    # A refused sidecar (``../u1.xmp``) is no image of u1's either: it must not quarantine u1.
+    unsafe_by_guid: dict[str, str] = {guid_of(m): reason for m, reason in index.unsafe.items() if not is_junk(m)}
     tasks: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
     for row in rows:

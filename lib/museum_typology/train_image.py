@@ -123,7 +123,9 @@ def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) ->
 
 
 # Bump when a change to the training code changes the models it trains with the same data and
-# settings: the run key includes it, so bundles of older code are not reused.
+# settings: the run key includes it, so bundles of older code are not reused. That includes a
+# change to how ingest decodes and stores the same source bytes (images.decode_image): the key
+# hashes the source files, not the stored pixels.
 TRAINING_VERSION = 1
 # Settings that change how a run goes, not what it trains: left out of the run key.
 RUN_ONLY_SETTINGS = ("start_timeout", "reader_workers")
