@@ -34,6 +34,15 @@ def publish_latest(model_dir: str, version: str, s3: S3Options | None = None) ->
     storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
 
 
+def latest_version(model_dir: str, s3: S3Options | None = None) -> str | None:
+    """The version ``model_dir/latest`` names (stripped; may be empty if the file is), or None
+    when there is no ``latest``."""
+    latest = storage.join(model_dir, LATEST)
+    if not storage.exists(latest, s3):
+        return None
+    return storage.read_bytes(latest, s3).decode().strip()
+
+
 def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3: S3Options | None = None) -> tuple[str, dict[str, Any]] | None:
     """(URL, metrics) of the newest bundle under ``model_dir`` when it came from this very run:
     the same data and settings (``run_key`` in its ``metrics.json``) and, where the job writes
@@ -44,13 +53,12 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     run on unchanged data, goes on from there. An out-of-fold file written by another bundle
     (another ``--model-dir``, a later run) means training again, as the clean and cascade jobs
     read it."""
-    latest = storage.join(model_dir, LATEST)
-    if not storage.exists(latest, s3):
+    version = latest_version(model_dir, s3)
+    if not version:
         return None
-    version = storage.read_bytes(latest, s3).decode().strip()
     bundle_url = storage.join(model_dir, version)
     metrics_url = storage.join(bundle_url, "metrics.json")
-    if not version or not storage.exists(metrics_url, s3):
+    if not storage.exists(metrics_url, s3):
         return None
     try:
         metrics = json.loads(storage.read_bytes(metrics_url, s3))
@@ -83,10 +91,10 @@ def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None 
     if storage.exists(storage.join(model_dir, marker), s3):
         bundle_url = model_dir
     else:
-        latest = storage.join(model_dir, LATEST)
-        if not storage.exists(latest, s3):
+        version = latest_version(model_dir, s3)
+        if version is None:
             raise storage.StorageError(f"{model_dir}: no {kind} model bundle (run train-{kind} first)")
-        bundle_url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
+        bundle_url = storage.join(model_dir, version)
     if not storage.is_s3(bundle_url):
         return Path(storage.filesystem(bundle_url)[1])
     # Keyed by the version and the whole URL: two buckets' bundles of one name are two bundles.

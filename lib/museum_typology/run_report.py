@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from . import storage
-from .bundles import LATEST
+from .bundles import LATEST, latest_version
 from .evaluate import read_table
 from .log import get_logger
 from .storage import S3Options
@@ -121,10 +121,9 @@ def _pngs(directory: str, prefix: str, s3: S3Options | None) -> dict[str, bytes]
 def _model_piece(work_dir: str, kind: str, s3: S3Options | None) -> Piece:
     """The newest bundle of ``kind``: its metrics.json and its report's PNGs."""
     models = storage.join(work_dir, "models", kind)
-    latest = storage.join(models, LATEST)
-    if not storage.exists(latest, s3):
-        return Piece(latest)
-    version = storage.read_bytes(latest, s3).decode().strip()
+    version = latest_version(models, s3)
+    if version is None:
+        return Piece(storage.join(models, LATEST))
     bundle = storage.join(models, version)
     piece = _json_piece(storage.join(bundle, "metrics.json"), s3)
     if piece.data is not None:

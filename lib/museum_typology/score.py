@@ -261,9 +261,9 @@ def _concrete_bundle(model_dir: str, marker: str, s3: S3Options | None) -> str |
     """``model_dir`` itself when it is a bundle, else the bundle its ``latest`` names, else None."""
     if storage.exists(storage.join(model_dir, marker), s3):
         return model_dir
-    latest = storage.join(model_dir, bundles.LATEST)
-    if storage.exists(latest, s3):
-        url = storage.join(model_dir, storage.read_bytes(latest, s3).decode().strip())
+    version = bundles.latest_version(model_dir, s3)
+    if version is not None:
+        url = storage.join(model_dir, version)
         if storage.exists(storage.join(url, marker), s3):
             return url
     return None
