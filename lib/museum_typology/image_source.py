@@ -26,15 +26,15 @@ class ImageIndex:
     unsafe: dict[str, str] = field(default_factory=dict)  # member -> why refused
 
 
-# Extensions a file named ``<guid>.<ext>`` may carry (compared without case). A guid may itself
-# contain dots (``inv.1.jpg`` is guid ``inv.1``) and an image may have no extension at all, so
-# cutting at the first dot would merge guids, and cutting at any last dot would lose ``inv.1``.
-# So the last suffix is cut when it is one of these, or when it looks like a file type: 1-5 Latin
-# letters (``x-1.weird``, ``e.xyz``: the content decides the format anyway,
-# ``images.decode_image`` sniffs it). A suffix with a digit (``inv.1``, ``1999.12.3a``) or a
-# Cyrillic letter is part of the guid; a guid ending in a dot and 1-5 Latin letters (``MS.A``)
-# must keep an extension on its file name.
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "png", "gif", "bmp", "tif", "tiff", "webp", "heic", "heif", "mpo", "jfif"})
+# The extension cut off a file name to get its guid: the last suffix when it is 1-5 Latin letters
+# (compared without case). Every image extension is one (jpg, jpeg, png, gif, bmp, tif, tiff,
+# webp, heic, mpo, jfif, ...), and so is an odd one (``x-1.weird``, ``e.xyz``: the content decides
+# the format anyway, ``images.decode_image`` sniffs it). A guid may itself contain dots
+# (``inv.1.jpg`` is guid ``inv.1``) and an image may have no extension at all, so cutting at the
+# first dot would merge guids, and cutting at any last dot would lose ``inv.1``: a suffix with a
+# digit (``inv.1``, ``1999.12.3a``) or a Cyrillic letter is part of the guid, and a guid ending in
+# a dot and 1-5 Latin letters (``MS.A``) must keep an extension on its file name.
+_EXTENSION = re.compile(r"[a-z]{1,5}")
 
 # Extensions of metadata written beside images (Lightroom/Bridge ``.xmp``, camera ``.thm`` thumbnails,
 # Windows ``Thumbs.db``/``desktop.ini``, exported ``.json``/``.txt``/``.xml``/``.csv``, checksum
@@ -50,20 +50,15 @@ def _split_extension(name: str) -> tuple[str, str]:
     return (stem, extension.lower()) if dot and stem else (name, "")
 
 
-_TYPE_LIKE_EXTENSION = re.compile(r"[a-z]{1,5}")
-
-
 def guid_of(member: str) -> str:
-    """The guid of an image file: its base name less one trailing extension (see
-    ``IMAGE_EXTENSIONS``).
+    """The guid of an image file: its base name less one trailing extension (see ``_EXTENSION``).
 
     ``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``;
     ``images/inv.1.JPG`` -> ``inv.1``; ``inv.1`` -> ``inv.1``; ``x-1.weird`` -> ``x-1``.
     """
     name = posixpath.basename(member.replace("\\", "/"))
     stem, extension = _split_extension(name)
-    is_extension = extension in IMAGE_EXTENSIONS or _TYPE_LIKE_EXTENSION.fullmatch(extension) is not None
-    return stem if is_extension else name
+    return stem if _EXTENSION.fullmatch(extension) else name
 
 
 def unsafe_member_reason(member: str) -> str | None:
