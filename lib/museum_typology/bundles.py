@@ -34,6 +34,11 @@ def publish_latest(model_dir: str, version: str, s3: S3Options | None = None) ->
     storage.write_bytes(storage.join(model_dir, LATEST), version.encode(), s3)
 
 
+def bundle_version(bundle_url: str) -> str:
+    """A bundle's version: the name of its directory."""
+    return bundle_url.rstrip("/").rsplit("/", 1)[-1]
+
+
 def latest_version(model_dir: str, s3: S3Options | None = None) -> str | None:
     """The version ``model_dir/latest`` names (stripped; may be empty if the file is), or None
     when there is no ``latest``."""
@@ -100,7 +105,7 @@ def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None 
     # Keyed by the version and the whole URL: two buckets' bundles of one name are two bundles.
     # A bundle is never changed in place (a new version is a new directory), so a cached copy
     # stays right; a bundle replaced under the same URL is not noticed.
-    version = bundle_url.rstrip("/").rsplit("/", 1)[-1]
+    version = bundle_version(bundle_url)
     url_key = hashlib.sha256(bundle_url.rstrip("/").encode()).hexdigest()[:12]
     local = Path(cache_dir or tempfile.gettempdir()) / "museum-typology-bundles" / kind / url_key / version  # named by its version, as loaders read it
     if not (local / DOWNLOADED).is_file():

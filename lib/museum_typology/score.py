@@ -240,7 +240,7 @@ class ScorerSpec:
     @property
     def model_version(self) -> str:
         def name(url: str | None) -> str:
-            return bundle_version(url) if url else "none"
+            return bundles.bundle_version(url) if url else "none"
 
         # Whatever changes a prediction for the same input changes the version, so that rescore
         # re-scores rows when it changes: whole-image scoring (other probabilities than the
@@ -250,11 +250,6 @@ class ScorerSpec:
             stored = f"jpeg{self.stored_quality}" if self.stored_codec == "jpeg" else self.stored_codec
             image += ("+whole" if self.image_views == "whole" else "") + f"@{self.max_side}px,{self.max_pixels}pixels,{self.max_bytes}bytes,{stored}"
         return f"text={name(self.text_bundle)};image={image};cascade={self.cascade_version}"
-
-
-def bundle_version(bundle_url: str) -> str:
-    """A bundle's version: the name of its directory."""
-    return bundle_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _concrete_bundle(model_dir: str, marker: str, s3: S3Options | None) -> str | None:
@@ -303,12 +298,12 @@ def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bund
     the cascade did not record them). A --final image bundle has no out-of-fold predictions of
     its own and records no fold run to compare with, so its side is not checked."""
     differ = []
-    if text_bundle and inputs.get("text_model") and inputs["text_model"] != bundle_version(text_bundle):
-        differ.append(f"text model {inputs['text_model']}, not {bundle_version(text_bundle)}")
-    if image_bundle and inputs.get("image_model") and inputs["image_model"] != bundle_version(image_bundle):
+    if text_bundle and inputs.get("text_model") and inputs["text_model"] != bundles.bundle_version(text_bundle):
+        differ.append(f"text model {inputs['text_model']}, not {bundles.bundle_version(text_bundle)}")
+    if image_bundle and inputs.get("image_model") and inputs["image_model"] != bundles.bundle_version(image_bundle):
         model = json.loads(storage.read_bytes(storage.join(image_bundle, IMAGE_MARKER), s3))
         if model.get("kind") != "final":
-            differ.append(f"image model {inputs['image_model']}, not {bundle_version(image_bundle)}")
+            differ.append(f"image model {inputs['image_model']}, not {bundles.bundle_version(image_bundle)}")
     return "; ".join(differ) or None
 
 
@@ -327,7 +322,7 @@ def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None, t
         values = json.loads(storage.read_bytes(storage.join(bundle, "cascade.json"), s3))
         stale = cascade_mismatch(values.get("metrics", {}).get("inputs", {}), text_bundle, image_bundle, s3)
         if stale is None:
-            return CascadeParams.from_dict(values["params"]), bundle_version(bundle)
+            return CascadeParams.from_dict(values["params"]), bundles.bundle_version(bundle)
         # Thresholds fitted to another model's confidences mean something else for this one.
         log.warning("cascade %s was tuned on %s; scoring with the [cascade] settings instead (run tune-cascade after training)", bundle, stale)
     params = CascadeParams.from_dict(settings.section("cascade"))
