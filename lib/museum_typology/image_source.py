@@ -10,6 +10,7 @@ import re
 import zipfile
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import storage
@@ -80,17 +81,24 @@ def is_junk(member: str) -> bool:
     return parts[-1].startswith(".") or "__MACOSX" in parts or _split_extension(parts[-1])[1] in SIDECAR_EXTENSIONS
 
 
+def images_by_guid(names: Iterable[str]) -> dict[str, list[str]]:
+    """guid (``guid_of``) -> its file names, sorted; hidden files and sidecars (``is_junk``)
+    left out. More than one name for a guid means the guid's image is ambiguous."""
+    members: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        if not is_junk(name):
+            members[guid_of(name)].append(name)
+    return {guid: sorted(found) for guid, found in members.items()}
+
+
 def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
     """List the images at ``location`` (a .zip or a directory) without reading them."""
-    members: dict[str, list[str]] = defaultdict(list)
     unsafe: dict[str, str] = {}
     if storage.is_dir(location, s3):
-        for name in storage.list_files(location, s3, recursive=True):
-            if is_junk(name):
-                continue
-            members[guid_of(name)].append(name)
+        names = list(storage.list_files(location, s3, recursive=True))
         kind = "dir"
     else:
+        names = []
         with storage.open_input_file(location, s3) as handle:
             try:
                 archive = zipfile.ZipFile(handle)
@@ -102,12 +110,10 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
                 reason = unsafe_member_reason(info.filename)
                 if reason:
                     unsafe[info.filename] = reason
-                    continue
-                if is_junk(info.filename):
-                    continue
-                members[guid_of(info.filename)].append(info.filename)
+                else:
+                    names.append(info.filename)
         kind = "zip"
-    return ImageIndex(location, kind, {g: sorted(m) for g, m in members.items()}, unsafe)
+    return ImageIndex(location, kind, images_by_guid(names), unsafe)
 
 
 class ImageReader:

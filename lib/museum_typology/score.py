@@ -32,7 +32,7 @@ from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, has_control_character
 from .config import Settings
-from .image_source import guid_of, is_junk
+from .image_source import images_by_guid
 from .images import as_stored, decode_image
 from .log import get_logger
 from .petastorm_io import PartImageReader
@@ -144,16 +144,12 @@ class ImageFiles(dict):
 
 
 def find_image_files(images_dir: str, s3: S3Options | None = None) -> ImageFiles:
-    """guid -> URL of ``DIR/<guid>`` or ``DIR/<guid>.<image extension>`` (``guid_of``; the
+    """guid -> URL of ``DIR/<guid>`` or ``DIR/<guid>.<extension>`` (``guid_of``; the
     content decides the format, never the name). Hidden files and metadata sidecars (``u1.xmp``)
-    are skipped as ingest skips them (``is_junk``). A guid with several files is listed under
+    are skipped as ingest skips them (``images_by_guid``). A guid with several files is listed under
     ``ambiguous``."""
     check_image_sources(images_dir, None, s3)
-    names: dict[str, list[str]] = defaultdict(list)
-    for name in sorted(storage.list_files(images_dir, s3, recursive=False)):
-        if is_junk(name):
-            continue
-        names[guid_of(name)].append(name)
+    names = images_by_guid(storage.list_files(images_dir, s3, recursive=False))
     return ImageFiles(
         {guid: storage.join(images_dir, found[0]) for guid, found in names.items() if len(found) == 1},
         {guid: found for guid, found in names.items() if len(found) > 1},
