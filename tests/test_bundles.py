@@ -95,6 +95,40 @@ def test_a_bundle_is_not_reused_without_its_own_out_of_fold_file(tmp_path):
     assert bundles.reusable_bundle(str(models), "key-1", str(tmp_path / "bad.parquet")) is None
 
 
+def test_the_fold_bundle_its_out_of_fold_file_names_is_reused_when_a_newer_final_one_is_latest(tmp_path):
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "20261128T000000Z-aaaa", "folds-key", oof=oof)
+    _bundle(models, "20261128T010000Z-bbbb-final", "final-key")  # train-image --final, now latest
+    url, metrics = bundles.reusable_bundle(str(models), "folds-key", str(oof))
+    assert url == storage.join(str(models), "20261128T000000Z-aaaa") and metrics["run_key"] == "folds-key"
+    assert bundles.latest_version(str(models)) == "20261128T010000Z-bbbb-final"  # left as it was
+    assert bundles.reusable_bundle(str(models), "final-key") is not None  # --final: the newest
+    assert bundles.reusable_bundle(str(models), "final-key", str(oof)) is None  # not the folds' bundle
+
+
+def test_a_run_killed_before_publishing_is_finished_by_its_reuse(tmp_path):
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "20261128T000000Z-aaaa", "old-key")
+    _bundle(models, "20261128T010000Z-bbbb", "key-1", oof=oof)  # committed, out-of-fold file written...
+    (models / "latest").write_text("20261128T000000Z-aaaa")  # ...and killed before publishing
+    url, _ = bundles.reusable_bundle(str(models), "key-1", str(oof))
+    assert url == storage.join(str(models), "20261128T010000Z-bbbb")
+    assert bundles.latest_version(str(models)) == "20261128T010000Z-bbbb"
+
+
+def test_an_out_of_fold_file_naming_a_path_or_several_bundles_reuses_nothing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "v1", "key-1", oof=oof)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "metrics.json").write_text('{"run_key": "key-1"}')
+    for named in (["../outside"] * 2, ["v1", "v2"]):
+        pq.write_table(pa.table({"guid": ["a", "b"], "model_version": named}), oof)
+        assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None
+
+
 def test_no_bundle_or_a_damaged_one_is_never_reused(tmp_path):
     models = tmp_path / "models"
     assert bundles.reusable_bundle(str(models), "key-1") is None  # nothing trained yet

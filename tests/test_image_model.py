@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from museum_typology import image_model, ingest, tflite_backbone, train_image
+from museum_typology import bundles, image_model, ingest, tflite_backbone, train_image
 from museum_typology.schema import CLASSES
 
 COLOURS = {0: (200, 30, 30), 6: (30, 180, 40), 12: (30, 40, 200)}  # class index -> colour
@@ -114,6 +114,16 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
         assert again["reused"] and not runs[2]["reused"] and again["bundle"] == runs[2]["bundle"] and again["oof"] == runs[2]["oof"]
         assert again["metrics"]["macro_f1"] == runs[2]["metrics"]["macro_f1"]
         assert rerun(_settings(work, 4, 0.01).set(["image", "start_timeout"], 999, "test"))["reused"]
+        # After train-image --final (a newer bundle, now latest) the folds are still reused, and
+        # the final bundle stays the one scoring uses.
+        final = work / "models" / "image" / (Path(runs[2]["bundle"]).name + "-final")
+        final.mkdir()
+        (final / "metrics.json").write_text(json.dumps({"mode": "final", "run_key": "another"}))
+        bundles.publish_latest(str(work / "models" / "image"), final.name)
+        assert rerun(_settings(work, 4, 0.01))["bundle"] == runs[2]["bundle"]
+        assert bundles.latest_version(str(work / "models" / "image")) == final.name
+        shutil.rmtree(final)
+        bundles.publish_latest(str(work / "models" / "image"), Path(runs[2]["bundle"]).name)
         with pytest.raises(Trained):
             rerun(_settings(work, 4, 0.01), retrain=True)
         with pytest.raises(Trained):

@@ -49,17 +49,28 @@ def latest_version(model_dir: str, s3: S3Options | None = None) -> str | None:
 
 
 def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3: S3Options | None = None) -> tuple[str, dict[str, Any]] | None:
-    """(URL, metrics) of the newest bundle under ``model_dir`` when it came from this very run:
-    the same data and settings (``run_key`` in its ``metrics.json``) and, where the job writes
-    one, an out-of-fold file at ``oof_url`` that names that bundle's version. Else None.
+    """(URL, metrics) of a bundle under ``model_dir`` that came from this very run: the same data
+    and settings (``run_key`` in its ``metrics.json``). Else None. Which bundle: where the job
+    writes an out-of-fold file (``oof_url``), the one bundle that file names, newest or not;
+    else (``--final``) the newest.
 
     Training is seeded, so such a bundle is what training again would give (up to float noise),
     at the cost of minutes to hours: a re-run of the pipeline after a late failure, or a nightly
-    run on unchanged data, goes on from there. An out-of-fold file written by another bundle
-    (another ``--model-dir``, a later run) means training again, as the clean and cascade jobs
-    read it."""
-    version = latest_version(model_dir, s3)
-    if not version:
+    run on unchanged data, goes on from there. Looking the fold bundle up by its out-of-fold file
+    lets a pipeline run after ``train-image --final`` go on from the folds that the clean and
+    cascade jobs read, where the newest bundle is the final one. An out-of-fold file written by
+    another bundle (another ``--model-dir``, a later run), or none, means training again.
+
+    A reused bundle newer than the one ``latest`` names becomes ``latest``: it is a run killed
+    between writing its out-of-fold file and publishing, which this finishes. An older one (the
+    folds under a ``--final`` bundle) leaves ``latest`` as it is."""
+    latest = latest_version(model_dir, s3)
+    if oof_url is None:
+        version = latest
+    else:
+        named = oof_versions(oof_url, s3)
+        version = next(iter(named)) if len(named) == 1 else None
+    if not version or "/" in version or version.startswith("."):  # a name, not a path out of model_dir
         return None
     bundle_url = storage.join(model_dir, version)
     metrics_url = storage.join(bundle_url, "metrics.json")
@@ -71,8 +82,8 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
         return None
     if not isinstance(metrics, dict) or metrics.get("run_key") != run_key:
         return None
-    if oof_url is not None and oof_versions(oof_url, s3) != {version}:
-        return None
+    if version > (latest or ""):  # versions start with their UTC time, so they sort by age
+        publish_latest(model_dir, version, s3)
     return bundle_url, metrics
 
 

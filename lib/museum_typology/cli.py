@@ -120,8 +120,8 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Every stage end to end: ingest -> image folds -> text model -> label-noise review (clean) ->
     cascade tuning -> score the test file -> submission -> the run's HTML report. Prints where
-    each output went. A training stage whose newest bundle was trained on the same data and
-    settings reuses it (``--retrain`` trains anyway): a re-run after a later stage failed, or on
+    each output went. A training stage whose bundle (the one its out-of-fold file names) was
+    trained on the same data and settings reuses it (``--retrain`` trains anyway): a re-run after a later stage failed, or on
     unchanged data, skips the slow part."""
     from . import clean, ingest, run_report, score, submission, train_image, train_text, tune_cascade
 
@@ -180,7 +180,7 @@ def _reused_mark(result: dict[str, Any]) -> str:
 
 def _print_reused(job: str, result: dict[str, Any]) -> None:
     if result.get("reused"):
-        print(f"{job}: the newest bundle was trained on these data and settings: reused, not trained again (--retrain trains anyway)")
+        print(f"{job}: {result['bundle']} was trained on these data and settings: reused, not trained again (--retrain trains anyway)")
 
 
 def _print_paths(result: dict[str, Any], names: tuple[str, ...] = ("bundle", "oof", "report")) -> None:
@@ -234,7 +234,7 @@ def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _retrain_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--retrain", action="store_true", help="train even when the newest bundle was trained on the same data and settings (by default it is reused)")
+    parser.add_argument("--retrain", action="store_true", help="train even when a bundle was trained on the same data and settings (by default it is reused)")
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

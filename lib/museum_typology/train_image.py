@@ -155,8 +155,8 @@ def run(
     retrain: bool = False,
 ) -> dict[str, Any]:
     """K fold models and their out-of-fold file, or with ``final`` one fine-tuned model, trained
-    with Horovod; or the newest bundle under ``model_dir`` reused when it was trained on the same
-    images, labels and settings (unless ``retrain``)."""
+    with Horovod; or a bundle under ``model_dir`` reused when it was trained on the same images,
+    labels and settings (unless ``retrain``; ``bundles.reusable_bundle`` says which)."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     if folds:
@@ -194,8 +194,8 @@ def run(
     conf_digest = hashlib.sha256(json.dumps(run_settings(s, settings, final, epochs, max_steps, n_proc), sort_keys=True).encode()).hexdigest()
     run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
     version = bundles.make_version(run_key) + ("-final" if final else "")
-    # The same key means the same model (training is seeded): reuse the newest bundle if it is
-    # this run's, and for folds its out-of-fold file too.
+    # The same key means the same model (training is seeded): reuse this run's bundle, for folds
+    # the one the out-of-fold file names, with --final the newest.
     reusable = None if retrain else bundles.reusable_bundle(model_dir, run_key, None if final else oof_url, s3)
     if reusable:
         bundle_url, metrics = reusable

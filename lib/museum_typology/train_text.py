@@ -94,9 +94,8 @@ def choose_weight(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, grid: tupl
 
 
 def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: int | None = None, manifest: str | None = None, retrain: bool = False) -> dict[str, Any]:
-    """Train the text model in K folds, or reuse the newest bundle under ``model_dir`` when it was
-    trained on the same data and settings and ``oof_url`` holds its out-of-fold file (unless
-    ``retrain``). Returns the bundle, out-of-fold and report URLs, the metrics, and ``reused``."""
+    """Train the text model in K folds, or reuse the bundle under ``model_dir`` that ``oof_url``
+    names when it was trained on the same data and settings (unless ``retrain``). Returns the bundle, out-of-fold and report URLs, the metrics, and ``reused``."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     if folds:
