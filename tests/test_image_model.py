@@ -126,8 +126,16 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
         bundles.publish_latest(str(work / "models" / "image"), Path(runs[2]["bundle"]).name)
         with pytest.raises(Trained):
             rerun(_settings(work, 4, 0.01), retrain=True)
+        # The [images] settings that made the pixels are ingest's record beside the dataset: editing
+        # them after ingest changes nothing; a dataset ingested with other ones trains.
+        assert rerun(_settings(work, 4, 0.01).set(["images", "max_side"], 256, "test"))["reused"]
+        other = work / "other-ingest"
+        shutil.copytree(tiny_dataset.parent, other)
+        recorded = json.loads((other / "conf.json").read_text())
+        recorded["images"]["max_side"] = 256
+        (other / "conf.json").write_text(json.dumps(recorded))
         with pytest.raises(Trained):
-            rerun(_settings(work, 4, 0.01).set(["images", "max_side"], 256, "test"))
+            train_image.run(spark, _settings(work, 4, 0.01), str(other / "dataset"), str(work / "models" / "image"), str(work / "oof" / "image.parquet"), num_proc=2)
     finally:
         train_image.run_horovod = real_run_horovod
     # The metrics also say what scoring over the whole image only (score.image_views = "whole")
@@ -402,3 +410,18 @@ def test_view_features_mean_or_each_and_head_proba_averages_views():
     np.testing.assert_allclose(proba, per_view.mean(axis=1), rtol=1e-5, atol=1e-6)
     assert image_model.head_proba(head, np.zeros((0, 4, 1280), np.float32)).shape == (0, len(CLASSES))
     assert image_model.images_per_batch(_image_settings("image.batch_size=32", "image.view_crop=0.8", "image.view_corners=true")) == 2
+
+
+def test_the_run_key_takes_the_storage_settings_from_ingests_record(tmp_path):
+    from museum_typology.config import load_settings
+
+    settings = load_settings(overrides=["images.max_side=300"], environ={})
+    dataset = tmp_path / "ingest" / "dataset"
+    dataset.mkdir(parents=True)
+    current = {"max_side": 300, "codec": settings.get("images.codec"), "jpeg_quality": settings.get("images.jpeg_quality")}
+    assert train_image.stored_image_settings(str(dataset), settings, None) == current  # no record
+    (tmp_path / "ingest" / "conf.json").write_text("{damaged")
+    assert train_image.stored_image_settings(str(dataset) + "/", settings, None) == current
+    (tmp_path / "ingest" / "conf.json").write_text(json.dumps({"images": {"max_side": 512, "codec": "png", "jpeg_quality": 90, "max_pixels": 1}}))
+    assert train_image.stored_image_settings(str(dataset), settings, None) == {"max_side": 512, "codec": "png", "jpeg_quality": 90}
+    assert train_image.stored_image_settings(str(tmp_path / "ingest" / "elsewhere"), settings, None) == current  # not ingest's layout

@@ -131,12 +131,34 @@ TRAINING_VERSION = 1
 RUN_ONLY_SETTINGS = ("start_timeout", "reader_workers")
 
 
-def run_settings(s: image_model.ImageSettings, settings: Settings, final: bool, epochs: int | None, max_steps: int | None, processes: int) -> dict[str, Any]:
+# The [images] settings that turn an image's bytes into the dataset's pixels.
+STORAGE_SETTINGS = ("max_side", "codec", "jpeg_quality")
+
+
+def stored_image_settings(dataset_url: str, settings: Settings, s3: S3Options | None) -> dict[str, Any]:
+    """The [images] STORAGE_SETTINGS that made the dataset's pixels: ingest's own record beside
+    it (``OUTPUT/conf.json`` for ``OUTPUT/dataset``), so that editing them after ingest changes
+    nothing until the images are ingested again; else, for a dataset without that record, the
+    current settings."""
+    parent, _, name = dataset_url.rstrip("/").rpartition("/")
+    record = storage.join(parent, "conf.json") if parent and name == "dataset" else None
+    if record and storage.exists(record, s3):
+        try:
+            recorded = json.loads(storage.read_bytes(record, s3)).get("images", {})
+            if isinstance(recorded, dict) and all(k in recorded for k in STORAGE_SETTINGS):
+                return {k: recorded[k] for k in STORAGE_SETTINGS}
+        except (ValueError, AttributeError):  # a damaged record: fall back to the settings
+            pass
+    log.info("%s: no ingest record of its [images] settings; the run key uses the current ones", dataset_url)
+    return {k: settings.get(f"images.{k}") for k in STORAGE_SETTINGS}
+
+
+def run_settings(s: image_model.ImageSettings, stored: dict[str, Any], final: bool, epochs: int | None, max_steps: int | None, processes: int) -> dict[str, Any]:
     """What the trained model depends on besides the labelled images' bytes and labels: the
-    [image] settings, the [images] settings that made the dataset's pixels from those bytes, the
-    mode, and the process count (it scales the learning rate and the steps)."""
+    [image] settings, the [images] settings that made the dataset's pixels from those bytes
+    (``stored_image_settings``), the mode, and the process count (it scales the learning rate
+    and the steps)."""
     image = {k: v for k, v in image_model.settings_dict(s).items() if k not in RUN_ONLY_SETTINGS}
-    stored = {k: settings.get(f"images.{k}") for k in ("max_side", "codec", "jpeg_quality")}
     return {"image": image, "images": stored, "final": final, "epochs": epochs, "max_steps": max_steps, "processes": processes, "training_version": TRAINING_VERSION}
 
 
@@ -191,7 +213,7 @@ def run(
             )
     # The process count too: it scales the learning rate and the steps, so a resume under another
     # count must not continue this run's checkpoints.
-    conf_digest = hashlib.sha256(json.dumps(run_settings(s, settings, final, epochs, max_steps, n_proc), sort_keys=True).encode()).hexdigest()
+    conf_digest = hashlib.sha256(json.dumps(run_settings(s, stored_image_settings(dataset_url, settings, s3), final, epochs, max_steps, n_proc), sort_keys=True).encode()).hexdigest()
     run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
     version = bundles.make_version(run_key) + ("-final" if final else "")
     # The same key means the same model (training is seeded): reuse this run's bundle, for folds
