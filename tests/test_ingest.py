@@ -157,7 +157,7 @@ def test_rerun_gives_the_same_dataset_and_failure_keeps_the_old_output(spark, se
     first = {g: r.image.tobytes() for g, r in _dataset(output).items()}
     first_manifest = pq.read_table(output / "manifest.parquet").to_pylist()
 
-    ingest.run(spark, settings, str(data), str(output))
+    ingest.run(spark, settings, str(data), str(output), force=True)  # decoded again, not kept
     assert {g: r.image.tobytes() for g, r in _dataset(output).items()} == first
     assert pq.read_table(output / "manifest.parquet").to_pylist() == first_manifest
 
@@ -167,9 +167,55 @@ def test_rerun_gives_the_same_dataset_and_failure_keeps_the_old_output(spark, se
 
     monkeypatch.setattr(petastorm_io, "write_metadata", boom)
     with pytest.raises(RuntimeError, match="killed"):
-        ingest.run(spark, settings, str(data), str(output))
+        ingest.run(spark, settings, str(data), str(output), force=True)
     assert pq.read_table(output / "manifest.parquet").to_pylist() == first_manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
+
+
+@pytest.mark.parametrize("images_as", ["zip", "dir"])
+def test_an_output_made_from_the_same_rows_images_and_settings_is_kept(spark, settings, tmp_path, images_as):
+    """A re-run on an unchanged catalogue decodes nothing; a changed row, image file or setting,
+    or force, decodes again."""
+    data, output = tmp_path / "data", tmp_path / "out"
+    make_data(data, images_as)
+    if images_as == "dir":
+        settings = settings.set(["ingest", "images"], "images", "test")
+    first = ingest.run(spark, settings, str(data), str(output))
+    assert not first.get("reused") and first["run_key"]
+
+    def rerun(run_settings=settings, **kwargs):
+        """(summary, whether the output was written again): a run that writes replaces the whole
+        directory, so a file left in it beforehand is gone."""
+        (output / "left-here").write_text("")
+        summary = ingest.run(spark, run_settings, str(data), str(output), **kwargs)
+        return summary, not (output / "left-here").exists()
+
+    summary, did_decode = rerun()
+    assert summary["reused"] and not did_decode
+    assert {k: v for k, v in summary.items() if k != "reused"} == json.loads((output / "summary.json").read_text())
+    assert summary["status_counts"] == first["status_counts"]
+    summary, did_decode = rerun(force=True)
+    assert not summary.get("reused") and did_decode and summary["run_key"] == first["run_key"]
+    summary, did_decode = rerun(settings.set(["images", "max_side"], 64, "test"))
+    assert not summary.get("reused") and did_decode and summary["run_key"] != first["run_key"]
+    summary, did_decode = rerun()  # back to the first settings: decoded again, then kept
+    assert not summary.get("reused") and summary["run_key"] == first["run_key"]
+    assert rerun()[0]["reused"]
+
+    # An image file is added (zip) or rewritten (directory): decoded again.
+    if images_as == "zip":
+        with zipfile.ZipFile(data / "images.zip", "a") as archive:
+            archive.writestr("images/extra.jpg", _jpeg((5, 5, 5)))
+    else:
+        (data / "images" / "i_red.jpg").write_bytes(_jpeg((250, 10, 10), size=(64, 32)))
+    summary, did_decode = rerun()
+    assert not summary.get("reused") and did_decode
+    assert rerun()[0]["reused"]
+    # A row changes: decoded again.
+    with (data / "test.csv").open("a", encoding="utf-8") as handle:
+        handle.write("q3,Ваза,\n")
+    summary, did_decode = rerun()
+    assert not summary.get("reused") and summary["input_rows"] == first["input_rows"] + 1
 
 
 def test_an_output_directory_holding_something_else_is_refused_untouched(spark, settings, tmp_path):

@@ -153,7 +153,8 @@ def test_ingest_reads_and_writes_s3(spark, s3_env, moto_endpoint):
     # A re-run onto the same output replaces it whole, and cleans up what a crashed run left.
     s3_env.put_object(Bucket=BUCKET, Key="work/ingest/stale-from-before.txt", Body=b"old")
     s3_env.put_object(Bucket=BUCKET, Key="work/.ingest.tmp-deadbeef/dataset/part-00000.parquet", Body=b"half")
-    summary = ingest.run(spark, settings, DATA_URL, OUTPUT_URL)
+    assert ingest.run(spark, settings, DATA_URL, OUTPUT_URL)["reused"]  # the same inputs: kept as it is
+    summary = ingest.run(spark, settings, DATA_URL, OUTPUT_URL, force=True)
     assert summary["manifest_rows"] == len(EXPECTED_STATUS)
     _check_output(s3_env, s3)
     assert "work/ingest/stale-from-before.txt" not in _keys(s3_env, "work/ingest/")

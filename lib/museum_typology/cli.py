@@ -80,7 +80,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     output = args.output or storage.join(settings.get("paths.work_dir"), "ingest")
     spark = _spark(settings, args, "ingest")
-    summary = ingest.run(spark, settings, settings.get("paths.data"), output)
+    summary = ingest.run(spark, settings, settings.get("paths.data"), output, force=args.force)
+    if summary.get("reused"):
+        print(f"ingest: {output} was made from these rows, image files and settings: reused, nothing decoded again (--force decodes anyway)")
     print(f"ingest: {summary['dataset_rows']} images decoded; manifest rows {summary['manifest_rows']} = input rows {summary['input_rows']} ({_counts(summary)})")
     print(f"  dataset:  {storage.join(output, 'dataset')}")
     print(f"  manifest: {storage.join(output, 'manifest.parquet')}")
@@ -120,7 +122,8 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Every stage end to end: ingest -> image folds -> text model -> label-noise review (clean) ->
     cascade tuning -> score the test file -> submission -> the run's HTML report. Prints where
-    each output went. A training stage whose bundle (the one its out-of-fold file names) was
+    each output went. An ingest output made from the same rows, image files and settings is kept
+    (``--reingest`` decodes again). A training stage whose bundle (the one its out-of-fold file names) was
     trained on the same data and settings reuses it (``--retrain`` trains anyway): a re-run after a later stage failed, or on
     unchanged data, skips the slow part."""
     from . import clean, ingest, run_report, score, submission, train_image, train_text, tune_cascade
@@ -138,7 +141,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         return result
 
     ingest_dir = storage.join(work_dir, "ingest")
-    summary = stage("ingest", lambda: ingest.run(spark, settings, data, ingest_dir))
+    summary = stage("ingest", lambda: ingest.run(spark, settings, data, ingest_dir, force=args.reingest))
     outputs["ingest"] = {name: storage.join(ingest_dir, path) for name, path in (("dataset", "dataset"), ("manifest", "manifest.parquet"), ("summary", "summary.json"))}
     oof = {kind: storage.join(work_dir, "oof", f"{kind}.parquet") for kind in ("image", "text")}
     image = stage("train-image", lambda: train_image.run(spark, settings, outputs["ingest"]["dataset"], _models_dir(settings, "image"), oof["image"], retrain=args.retrain))
@@ -157,7 +160,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     outputs["submission"] = {"csv": submitted["output"]}
     outputs["report"] = {"html": run_report.build_run_report(work_dir, timings, outputs, storage.S3Options.from_settings(settings.section("s3")))}
     print(
-        f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}); "
+        f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}){' (output reused)' if summary.get('reused') else ''}; "
         f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}{_reused_mark(image)}; "
         f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}){_reused_mark(text)}; "
         f"clean: kept {cleaned['actions']['keep']}, relabelled {cleaned['actions']['relabel']}, dropped {cleaned['actions']['drop']}; cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}; "
@@ -172,6 +175,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     _retrain_argument(parser)
+    parser.add_argument("--reingest", action="store_true", help="decode the images again even when the ingest output was made from the same rows, image files and settings (by default it is reused)")
 
 
 def _reused_mark(result: dict[str, Any]) -> str:
@@ -374,6 +378,7 @@ def _counts(summary: dict[str, Any]) -> str:
 
 def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/ingest)")
+    parser.add_argument("--force", action="store_true", help="decode again even when the output was made from the same rows, image files and settings (by default it is kept)")
 
 
 def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

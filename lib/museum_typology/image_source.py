@@ -4,6 +4,7 @@ decides the format (``images.decode_image`` sniffs it).
 """
 from __future__ import annotations
 
+import hashlib
 import lzma
 import posixpath
 import re
@@ -25,6 +26,9 @@ class ImageIndex:
     kind: str  # "zip" or "dir"
     members: dict[str, list[str]] = field(default_factory=dict)
     unsafe: dict[str, str] = field(default_factory=dict)  # member -> why refused
+    # A hash of every file's name, size and CRC-32 (zip) or modification time (directory): the
+    # same fingerprint means the same images, without reading them (ingest's run key).
+    fingerprint: str = ""
 
 
 # The extension cut off a file name to get its guid: the last suffix when it is 1-5 Latin letters
@@ -94,8 +98,12 @@ def images_by_guid(names: Iterable[str]) -> dict[str, list[str]]:
 def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
     """List the images at ``location`` (a .zip or a directory) without reading them."""
     unsafe: dict[str, str] = {}
+    digest = hashlib.sha256()
     if storage.is_dir(location, s3):
-        names = list(storage.list_files(location, s3, recursive=True))
+        stats = storage.list_file_stats(location, s3, recursive=True)
+        names = [name for name, _, _ in stats]
+        for name, size, mtime_ns in stats:
+            digest.update(f"{name}\t{size}\t{mtime_ns}\n".encode())
         kind = "dir"
     else:
         names = []
@@ -107,13 +115,14 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
             for info in archive.infolist():
                 if info.is_dir():
                     continue
+                digest.update(f"{info.filename}\t{info.file_size}\t{info.CRC}\n".encode())
                 reason = unsafe_member_reason(info.filename)
                 if reason:
                     unsafe[info.filename] = reason
                 else:
                     names.append(info.filename)
         kind = "zip"
-    return ImageIndex(location, kind, images_by_guid(names), unsafe)
+    return ImageIndex(location, kind, images_by_guid(names), unsafe, f"{kind}:{digest.hexdigest()}")
 
 
 class ImageReader:

@@ -6,6 +6,8 @@ committed atomically). Every input row gets exactly one manifest row.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import posixpath
 import time
@@ -44,6 +46,11 @@ INPUT_FILES = (
     ("ingest.test_csv", SPLIT_TEST, False),
     ("ingest.image_items_csv", SPLIT_TRAIN_IMAGES, True),
 )
+
+
+# Bumped when decoding or the manifest changes what the same inputs give: an output written by
+# another version is not reused.
+INGEST_VERSION = 1
 
 
 class IngestError(RuntimeError):
@@ -207,8 +214,38 @@ def _process_partition(
 # ---------------------------------------------------------------- the job
 
 
-def run(spark, settings: Settings, data_dir: str, output: str) -> dict[str, Any]:
-    """Run the ingest job; returns the summary that is also written to ``OUTPUT/summary.json``."""
+def run_key(rows: list[InputRow], index: ImageIndex, settings: Settings, partitions: int) -> str:
+    """A hash of what the output is made from: every input row, the image files' fingerprint
+    (names, sizes, CRCs or modification times; not their bytes, which would cost a read of every
+    image), the [images] and [ingest] settings, the partition count and INGEST_VERSION."""
+    made_from = {
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "images": [index.kind, index.fingerprint],
+        "settings": {"images": settings.section("images"), "ingest": settings.section("ingest")},
+        "partitions": partitions,
+        "version": INGEST_VERSION,
+    }
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def reusable_output(output: str, key: str, s3: S3Options | None) -> dict[str, Any] | None:
+    """The summary of a finished ingest output made from the same inputs and settings, else None."""
+    summary_url = storage.join(output, "summary.json")
+    if not storage.is_committed(output, s3) or not storage.exists(summary_url, s3):
+        return None
+    try:
+        summary = json.loads(storage.read_bytes(summary_url, s3))
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) and summary.get("run_key") == key else None
+
+
+def run(spark, settings: Settings, data_dir: str, output: str, force: bool = False) -> dict[str, Any]:
+    """Run the ingest job; returns the summary that is also written to ``OUTPUT/summary.json``.
+
+    An output already made from the same input rows, image files and settings (``run_key``) is
+    kept and its summary returned with ``reused`` (``force`` decodes again): re-running the
+    pipeline on an unchanged catalogue does not decode every image again."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     storage.check_replaceable(output, ("manifest.parquet", "summary.json"), "ingest", s3)
@@ -219,6 +256,11 @@ def run(spark, settings: Settings, data_dir: str, output: str) -> dict[str, Any]
 
     partitions = int(settings.get("ingest.partitions")) or 4 * spark.sparkContext.defaultParallelism
     partitions = max(1, min(partitions, len(tasks) or 1))
+    key = run_key(rows, index, settings, partitions)
+    previous = None if force else reusable_output(output, key, s3)
+    if previous is not None:
+        log.info("ingest: %s was made from these rows, image files and settings; reused (--force decodes again)", output)
+        return {**previous, "reused": True}
     groups: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
     for task in tasks:
         groups[partition_of(task["guid"], partitions)].append(task)
@@ -250,6 +292,7 @@ def run(spark, settings: Settings, data_dir: str, output: str) -> dict[str, Any]
             unsafe_archive_members=index.unsafe,
             orphan_images=sorted(set(index.members) - {r.guid for r in rows if r.guid}),
             seconds=round(time.time() - started, 2),
+            run_key=key,
         )
         _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), s3)
         storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)

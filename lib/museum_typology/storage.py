@@ -144,6 +144,12 @@ def open_input_file(url: str, s3: S3Options | None = None):  # -> pyarrow.Native
 
 def list_files(url: str, s3: S3Options | None = None, recursive: bool = False) -> list[str]:
     """Base names (or paths relative to ``url`` when recursive) of the files under a directory."""
+    return [name for name, _, _ in list_file_stats(url, s3, recursive)]
+
+
+def list_file_stats(url: str, s3: S3Options | None = None, recursive: bool = False) -> list[tuple[str, int, int]]:
+    """(name as ``list_files`` gives it, size in bytes, modification time in ns; 0 where the
+    store gives none) of the files under a directory, sorted by name."""
     fs, path = filesystem(url, s3)
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=False)
     try:
@@ -151,7 +157,7 @@ def list_files(url: str, s3: S3Options | None = None, recursive: bool = False) -
     except (OSError, FileNotFoundError) as exc:
         raise StorageError(f"{url}: cannot list ({exc})") from None
     prefix = path.rstrip("/") + "/"
-    return sorted(info.path[len(prefix):] for info in infos if info.type == pafs.FileType.File)
+    return sorted((info.path[len(prefix):], int(info.size or 0), int(info.mtime_ns or 0)) for info in infos if info.type == pafs.FileType.File)
 
 
 def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
