@@ -116,6 +116,32 @@ def test_a_run_killed_before_publishing_is_finished_by_its_reuse(tmp_path):
     assert bundles.latest_version(str(models)) == "20261128T010000Z-bbbb"
 
 
+def test_a_reused_bundle_becomes_latest_over_a_newer_trial_but_not_over_a_newer_final_one(tmp_path):
+    """A pipeline re-run that reuses its folds scores with them, not with a bundle trained since
+    into the same directory with other settings; a newer --final bundle stays latest."""
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "20261128T000000Z-aaaa", "key-1", oof=oof)
+    _bundle(models, "20261128T010000Z-bbbb", "trial-key")  # another run's, out-of-fold file elsewhere
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is not None
+    assert bundles.latest_version(str(models)) == "20261128T000000Z-aaaa"
+    _bundle(models, "20261128T020000Z-cccc-final", "final-key")
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is not None
+    assert bundles.latest_version(str(models)) == "20261128T020000Z-cccc-final"
+    (models / "latest").write_text("20261127T000000Z-dddd-final")  # a final bundle older than the folds
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is not None
+    assert bundles.latest_version(str(models)) == "20261128T000000Z-aaaa"
+
+
+def test_an_out_of_fold_file_with_a_non_text_version_reuses_nothing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "v1", "key-1")
+    pq.write_table(pa.table({"guid": ["a"], "model_version": [7]}), oof)
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None
+
+
 def test_an_out_of_fold_file_naming_a_path_or_several_bundles_reuses_nothing(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -61,16 +61,17 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     cascade jobs read, where the newest bundle is the final one. An out-of-fold file written by
     another bundle (another ``--model-dir``, a later run), or none, means training again.
 
-    A reused bundle newer than the one ``latest`` names becomes ``latest``: it is a run killed
-    between writing its out-of-fold file and publishing, which this finishes. An older one (the
-    folds under a ``--final`` bundle) leaves ``latest`` as it is."""
+    A reused bundle becomes ``latest`` (the run goes on with the model it reused, as it would
+    have with one it trained; and a run killed between writing its out-of-fold file and
+    publishing is finished), except under a newer ``--final`` bundle, which supersedes the folds
+    it was trained after."""
     latest = latest_version(model_dir, s3)
     if oof_url is None:
         version = latest
     else:
         named = oof_versions(oof_url, s3)
         version = next(iter(named)) if len(named) == 1 else None
-    if not version or "/" in version or version.startswith("."):  # a name, not a path out of model_dir
+    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):  # a name, not a path out of model_dir
         return None
     bundle_url = storage.join(model_dir, version)
     metrics_url = storage.join(bundle_url, "metrics.json")
@@ -82,7 +83,9 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
         return None
     if not isinstance(metrics, dict) or metrics.get("run_key") != run_key:
         return None
-    if version > (latest or ""):  # versions start with their UTC time, so they sort by age
+    # Versions start with their UTC time, so they sort by age; final image bundles end in -final.
+    superseded = bool(latest) and latest.endswith("-final") and latest > version
+    if version != latest and not superseded:
         publish_latest(model_dir, version, s3)
     return bundle_url, metrics
 
@@ -102,7 +105,7 @@ def oof_versions(url: str, s3: S3Options | None = None) -> set[str]:
 
 
 def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
-    """The newest ``kind`` bundle under ``model_dir`` (or ``model_dir`` itself when it holds
+    """The ``kind`` bundle that ``latest`` names under ``model_dir`` (or ``model_dir`` itself when it holds
     ``marker``), as a local directory: S3 bundles are downloaded once into a cache keyed by version."""
     if storage.exists(storage.join(model_dir, marker), s3):
         bundle_url = model_dir

@@ -119,7 +119,7 @@ def _pngs(directory: str, prefix: str, s3: S3Options | None) -> dict[str, bytes]
 
 
 def _model_piece(work_dir: str, kind: str, s3: S3Options | None) -> Piece:
-    """The newest bundle of ``kind``: its metrics.json and its report's PNGs."""
+    """The bundle ``latest`` names for ``kind``: its metrics.json and its report's PNGs."""
     models = storage.join(work_dir, "models", kind)
     version = latest_version(models, s3)
     if version is None:

@@ -9,7 +9,7 @@ It adds the cascade's prediction, confidence and source to any DataFrame, keepin
 row and column. Text comes from ``descriptionCol``; an image, optionally, from ``imageCol``
 (binary: the file's bytes, e.g. ``spark.read.format("binaryFile")``'s ``content``) or
 ``imagePathCol`` (a local or s3:// path per row). Models are resolved once on the driver (the
-newest bundles under ``modelPath``) and loaded once per executor process, as in the score job.
+bundles ``latest`` names under ``modelPath``) and loaded once per executor process, as in the score job.
 It saves and loads with a Pipeline like any other stage (``DefaultParamsWritable``).
 """
 from __future__ import annotations

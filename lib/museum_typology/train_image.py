@@ -449,5 +449,5 @@ def write_oof(url: str, guids, y, fold, proba, version: str, s3) -> None:
 
 
 def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
-    """The newest image bundle under ``model_dir`` (or ``model_dir`` itself), as a local directory."""
+    """The image bundle ``latest`` names under ``model_dir`` (or ``model_dir`` itself), as a local directory."""
     return bundles.resolve_bundle(model_dir, "model.json", "image", s3, cache_dir)

@@ -283,5 +283,5 @@ def write_oof(url: str, data, fold: np.ndarray, proba: np.ndarray, version: str,
 
 
 def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:
-    """The newest text bundle under ``model_dir`` (or ``model_dir`` itself), as a local directory."""
+    """The text bundle ``latest`` names under ``model_dir`` (or ``model_dir`` itself), as a local directory."""
     return bundles.resolve_bundle(model_dir, "calibration.json", "text", s3, cache_dir)
