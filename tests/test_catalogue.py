@@ -321,6 +321,37 @@ def test_build_index_on_a_directory(tmp_path: Path) -> None:
     assert index.members == {GUID: [f"{GUID}.jpg"], "g2": ["g2"], "g3": ["sub/g3.webp"]}
 
 
+def test_an_index_fingerprint_changes_with_any_image_file_and_not_with_junk(tmp_path: Path) -> None:
+    """The fingerprint stands for the images' bytes without reading them: a zip member's CRC-32,
+    a file's size and last change (the status-change time too, which tools that restore dates
+    cannot set back)."""
+    import os
+    import time
+
+    def zipped(name: str, payload: bytes) -> str:
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            archive.writestr("images/a.jpg", payload)
+            archive.writestr("images/b.jpg", b"bbbb")
+        return build_index(str(tmp_path / name)).fingerprint
+
+    assert zipped("one.zip", b"aaaa") == zipped("two.zip", b"aaaa")  # the same members: the same
+    assert zipped("three.zip", b"aaab") != zipped("one.zip", b"aaaa")  # same names and sizes, other bytes
+
+    root = tmp_path / "dir"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"aaaa")
+    first = build_index(str(root)).fingerprint
+    assert first.startswith("dir:") and build_index(str(root)).fingerprint == first
+    (root / ".DS_Store").write_bytes(b"finder")
+    (root / "a.xmp").write_bytes(b"<x/>")
+    assert build_index(str(root)).fingerprint == first  # junk is not an image
+    before = (root / "a.jpg").stat()
+    time.sleep(0.01)
+    (root / "a.jpg").write_bytes(b"aaab")
+    os.utime(root / "a.jpg", ns=(before.st_atime_ns, before.st_mtime_ns))  # as cp -p / exiftool -P leave it
+    assert build_index(str(root)).fingerprint != first
+
+
 def test_build_index_refuses_a_file_that_is_not_a_zip(tmp_path: Path) -> None:
     from museum_typology.storage import StorageError
 

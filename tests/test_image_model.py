@@ -424,4 +424,6 @@ def test_the_run_key_takes_the_storage_settings_from_ingests_record(tmp_path):
     assert train_image.stored_image_settings(str(dataset) + "/", settings, None) == current
     (tmp_path / "ingest" / "conf.json").write_text(json.dumps({"images": {"max_side": 512, "codec": "png", "jpeg_quality": 90, "max_pixels": 1}}))
     assert train_image.stored_image_settings(str(dataset), settings, None) == {"max_side": 512, "codec": "png", "jpeg_quality": 90}
+    (tmp_path / "ingest" / "summary.json").write_text(json.dumps({"decoder": "abc"}))  # other decoding code: other pixels
+    assert train_image.stored_image_settings(str(dataset), settings, None) == {"max_side": 512, "codec": "png", "jpeg_quality": 90, "decoder": "abc"}
     assert train_image.stored_image_settings(str(tmp_path / "ingest" / "elsewhere"), settings, None) == current  # not ingest's layout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -202,15 +203,44 @@ def test_an_output_made_from_the_same_rows_images_and_settings_is_kept(spark, se
     assert not summary.get("reused") and summary["run_key"] == first["run_key"]
     assert rerun()[0]["reused"]
 
-    # An image file is added (zip) or rewritten (directory): decoded again.
-    if images_as == "zip":
-        with zipfile.ZipFile(data / "images.zip", "a") as archive:
-            archive.writestr("images/extra.jpg", _jpeg((5, 5, 5)))
+    # Junk beside the images changes nothing; an image rewritten with other bytes of the same
+    # length (in a directory, with its modification time set back, as `cp -p` or `exiftool -P`
+    # leave it) is decoded again (the zip is written anew without its corrupt member, which
+    # cannot be read back: test_catalogue checks a same-names-and-sizes zip on its own).
+    red = data / "images" / "i_red.jpg"
+    if images_as == "dir":
+        (data / "images" / ".DS_Store").write_bytes(b"finder")
+        assert rerun()[0]["reused"]
+        before = red.stat()
+        other = bytearray(red.read_bytes())
+        other[-3] ^= 0xFF  # a byte of the entropy-coded data, before the end marker
+        red.write_bytes(bytes(other))
+        os.utime(red, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert red.stat().st_size == before.st_size and red.stat().st_mtime_ns == before.st_mtime_ns
     else:
-        (data / "images" / "i_red.jpg").write_bytes(_jpeg((250, 10, 10), size=(64, 32)))
+        with zipfile.ZipFile(data / "images.zip") as archive:
+            members = {info.filename: archive.read(info.filename) for info in archive.infolist() if info.filename != "images/i_deflate.jpg"}
+        other = bytearray(members["images/i_red.jpg"])
+        other[-3] ^= 0xFF
+        members["images/i_red.jpg"] = bytes(other)
+        with zipfile.ZipFile(data / "images.zip", "w") as archive:  # stored members: same sizes, other CRC
+            for name, content in members.items():
+                archive.writestr(name, content)
     summary, did_decode = rerun()
     assert not summary.get("reused") and did_decode
     assert rerun()[0]["reused"]
+    # Other decoding code (ingest.decoder_version follows the source): decoded again.
+    real_decoder = ingest.decoder_version
+    try:
+        ingest.decoder_version = lambda: "other code"
+        summary, did_decode = rerun()
+        assert not summary.get("reused") and did_decode
+    finally:
+        ingest.decoder_version = real_decoder
+    assert not rerun()[0].get("reused")
+    # What a killed run left beside the output goes, as a run that writes would clean it.
+    (tmp_path / ".out.tmp-deadbeef").mkdir()
+    assert rerun()[0]["reused"] and not (tmp_path / ".out.tmp-deadbeef").exists()
     # A row changes: decoded again.
     with (data / "test.csv").open("a", encoding="utf-8") as handle:
         handle.write("q3,Ваза,\n")

@@ -83,7 +83,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     summary = ingest.run(spark, settings, settings.get("paths.data"), output, force=args.force)
     if summary.get("reused"):
         print(f"ingest: {output} was made from these rows, image files and settings: reused, nothing decoded again (--force decodes anyway)")
-    print(f"ingest: {summary['dataset_rows']} images decoded; manifest rows {summary['manifest_rows']} = input rows {summary['input_rows']} ({_counts(summary)})")
+    print(f"ingest: {summary['dataset_rows']} images in the dataset; manifest rows {summary['manifest_rows']} = input rows {summary['input_rows']} ({_counts(summary)})")
     print(f"  dataset:  {storage.join(output, 'dataset')}")
     print(f"  manifest: {storage.join(output, 'manifest.parquet')}")
     print(f"  summary:  {storage.join(output, 'summary.json')}")
@@ -160,7 +160,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     outputs["submission"] = {"csv": submitted["output"]}
     outputs["report"] = {"html": run_report.build_run_report(work_dir, timings, outputs, storage.S3Options.from_settings(settings.section("s3")))}
     print(
-        f"pipeline finished. ingest: {summary['dataset_rows']} images decoded, {summary['input_rows']} rows reconciled ({_counts(summary)}){' (output reused)' if summary.get('reused') else ''}; "
+        f"pipeline finished. ingest: {summary['dataset_rows']} images in the dataset, {summary['input_rows']} rows reconciled ({_counts(summary)}){' (output reused)' if summary.get('reused') else ''}; "
         f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}{_reused_mark(image)}; "
         f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}){_reused_mark(text)}; "
         f"clean: kept {cleaned['actions']['keep']}, relabelled {cleaned['actions']['relabel']}, dropped {cleaned['actions']['drop']}; cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}; "

@@ -26,8 +26,8 @@ class ImageIndex:
     kind: str  # "zip" or "dir"
     members: dict[str, list[str]] = field(default_factory=dict)
     unsafe: dict[str, str] = field(default_factory=dict)  # member -> why refused
-    # A hash of every file's name, size and CRC-32 (zip) or modification time (directory): the
-    # same fingerprint means the same images, without reading them (ingest's run key).
+    # A hash of every file's name, size and CRC-32 (zip) or last change time (directory, junk
+    # left out): the same fingerprint means the same images, without reading them (ingest's run key).
     fingerprint: str = ""
 
 
@@ -102,8 +102,9 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
     if storage.is_dir(location, s3):
         stats = storage.list_file_stats(location, s3, recursive=True)
         names = [name for name, _, _ in stats]
-        for name, size, mtime_ns in stats:
-            digest.update(f"{name}\t{size}\t{mtime_ns}\n".encode())
+        for name, size, changed_ns in stats:
+            if not is_junk(name):  # Finder rewrites .DS_Store on a look: no reason to decode again
+                digest.update(f"{name}\t{size}\t{changed_ns}\n".encode())
         kind = "dir"
     else:
         names = []

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import posixpath
+import sys
 import time
 import zlib
 from collections import Counter
@@ -20,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import images, petastorm_io, storage
+from . import catalogue, image_source, images, petastorm_io, schema, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
 from .config import Settings
 from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_junk
@@ -49,8 +50,26 @@ INPUT_FILES = (
 
 
 # Bumped when decoding or the manifest changes what the same inputs give: an output written by
-# another version is not reused.
+# another version is not reused. ``decoder_version`` also follows the code itself, so a change
+# nobody remembered to mark is caught too.
 INGEST_VERSION = 1
+
+
+def decoder_version() -> str:
+    """A hash of what turns the same inputs into this output: INGEST_VERSION, Pillow's version and
+    the source of the modules that parse, decode and write (an edit of any of them decodes again
+    rather than keep pixels or a manifest the new code would not give)."""
+    import inspect
+
+    import PIL
+
+    digest = hashlib.sha256(f"{INGEST_VERSION}\t{PIL.__version__}\n".encode())
+    for module in (catalogue, image_source, images, petastorm_io, schema, sys.modules[__name__]):
+        try:
+            digest.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):  # no source shipped (bytecode only): the version number alone
+            digest.update(module.__name__.encode())
+    return digest.hexdigest()
 
 
 class IngestError(RuntimeError):
@@ -216,14 +235,14 @@ def _process_partition(
 
 def run_key(rows: list[InputRow], index: ImageIndex, settings: Settings, partitions: int) -> str:
     """A hash of what the output is made from: every input row, the image files' fingerprint
-    (names, sizes, CRCs or modification times; not their bytes, which would cost a read of every
-    image), the [images] and [ingest] settings, the partition count and INGEST_VERSION."""
+    (names, sizes, CRCs or change times; not their bytes, which would cost a read of every
+    image), the [images] and [ingest] settings, the partition count and ``decoder_version``."""
     made_from = {
         "rows": [dataclasses.asdict(r) for r in rows],
         "images": [index.kind, index.fingerprint],
         "settings": {"images": settings.section("images"), "ingest": settings.section("ingest")},
         "partitions": partitions,
-        "version": INGEST_VERSION,
+        "decoder": decoder_version(),
     }
     return hashlib.sha256(json.dumps(made_from, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
@@ -249,6 +268,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     storage.check_replaceable(output, ("manifest.parquet", "summary.json"), "ingest", s3)
+    storage.clean_up_after_crashes(output, s3)  # as a run that writes would: a kept output is whole
     decode = DecodeSettings.from_settings(settings)
     rows = read_input_rows(data_dir, settings, s3)
     index = image_index(data_dir, settings, s3)
@@ -293,6 +313,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
             orphan_images=sorted(set(index.members) - {r.guid for r in rows if r.guid}),
             seconds=round(time.time() - started, 2),
             run_key=key,
+            decoder=decoder_version(),
         )
         _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), s3)
         storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)

@@ -148,8 +148,11 @@ def list_files(url: str, s3: S3Options | None = None, recursive: bool = False) -
 
 
 def list_file_stats(url: str, s3: S3Options | None = None, recursive: bool = False) -> list[tuple[str, int, int]]:
-    """(name as ``list_files`` gives it, size in bytes, modification time in ns; 0 where the
-    store gives none) of the files under a directory, sorted by name."""
+    """(name as ``list_files`` gives it, size in bytes, last change in ns) of the files under a
+    directory, sorted by name. The last change: on S3 the object's LastModified (a PUT sets it);
+    locally the later of the modification and status-change times, since tools that restore
+    dates (``cp -p``, ``unzip``, ``exiftool -P``) set the first back but not the second. 0 where
+    the store gives none."""
     fs, path = filesystem(url, s3)
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=False)
     try:
@@ -157,7 +160,16 @@ def list_file_stats(url: str, s3: S3Options | None = None, recursive: bool = Fal
     except (OSError, FileNotFoundError) as exc:
         raise StorageError(f"{url}: cannot list ({exc})") from None
     prefix = path.rstrip("/") + "/"
-    return sorted((info.path[len(prefix):], int(info.size or 0), int(info.mtime_ns or 0)) for info in infos if info.type == pafs.FileType.File)
+    local = not is_s3(url)
+    stats = []
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            changed = int(info.mtime_ns or 0)
+            if local:
+                with contextlib.suppress(OSError):  # gone since the listing: its name and size still count
+                    changed = max(changed, os.stat(info.path).st_ctime_ns)
+            stats.append((info.path[len(prefix):], int(info.size or 0), changed))
+    return sorted(stats)
 
 
 def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
@@ -256,6 +268,14 @@ def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "")
             fs.delete_dir(tmp_path)
         raise
     _commit(fs, tmp_path, final_path, s3_layout=is_s3(final_url), job=job)
+
+
+def clean_up_after_crashes(final_url: str, s3: S3Options | None = None) -> None:
+    """What ``atomic_directory`` does first, for a job that may end up not writing: delete the
+    temporaries of crashed runs beside ``final_url`` and put back an output a crash set aside."""
+    fs, final_path = filesystem(final_url, s3)
+    parent, name = posixpath.split(final_path.rstrip("/"))
+    _remove_stale_temporaries(fs, parent, name, final_path)
 
 
 def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final_path: str) -> None:

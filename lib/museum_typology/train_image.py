@@ -136,21 +136,30 @@ STORAGE_SETTINGS = ("max_side", "codec", "jpeg_quality")
 
 
 def stored_image_settings(dataset_url: str, settings: Settings, s3: S3Options | None) -> dict[str, Any]:
-    """The [images] STORAGE_SETTINGS that made the dataset's pixels: ingest's own record beside
-    it (``OUTPUT/conf.json`` for ``OUTPUT/dataset``), so that editing them after ingest changes
-    nothing until the images are ingested again; else, for a dataset without that record, the
-    current settings."""
+    """What made the dataset's pixels from the images' bytes: the [images] STORAGE_SETTINGS as
+    ingest recorded them beside it (``OUTPUT/conf.json`` for ``OUTPUT/dataset``), so that editing
+    them after ingest changes nothing until the images are ingested again, plus the ``decoder``
+    version in ingest's ``summary.json`` (the same bytes decoded by other code are other pixels).
+    For a dataset without that record, the current settings."""
     parent, _, name = dataset_url.rstrip("/").rpartition("/")
-    record = storage.join(parent, "conf.json") if parent and name == "dataset" else None
-    if record and storage.exists(record, s3):
-        try:
-            recorded = json.loads(storage.read_bytes(record, s3)).get("images", {})
-            if isinstance(recorded, dict) and all(k in recorded for k in STORAGE_SETTINGS):
-                return {k: recorded[k] for k in STORAGE_SETTINGS}
-        except (ValueError, AttributeError):  # a damaged record: fall back to the settings
-            pass
+    record = _ingest_record(parent, "conf.json", s3) if parent and name == "dataset" else {}
+    recorded = record.get("images")
+    if isinstance(recorded, dict) and all(k in recorded for k in STORAGE_SETTINGS):
+        stored = {k: recorded[k] for k in STORAGE_SETTINGS}
+        decoder = _ingest_record(parent, "summary.json", s3).get("decoder")
+        return {**stored, "decoder": decoder} if decoder else stored
     log.info("%s: no ingest record of its [images] settings; the run key uses the current ones", dataset_url)
     return {k: settings.get(f"images.{k}") for k in STORAGE_SETTINGS}
+
+
+def _ingest_record(output: str, name: str, s3: S3Options | None) -> dict[str, Any]:
+    """A JSON object ingest wrote into its output directory; {} when missing or damaged."""
+    url = storage.join(output, name)
+    try:
+        value = json.loads(storage.read_bytes(url, s3)) if storage.exists(url, s3) else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def run_settings(s: image_model.ImageSettings, stored: dict[str, Any], final: bool, epochs: int | None, max_steps: int | None, processes: int) -> dict[str, Any]:
