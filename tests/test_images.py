@@ -186,6 +186,17 @@ def test_16bit_constant_image_keeps_its_level() -> None:
     assert (np.abs(pixels.astype(int) - 156) <= 1).all()
 
 
+def test_16bit_greyscale_with_a_trns_key_flattens_exactly_that_value_to_white() -> None:
+    # Key 1000; 1100 scales to the same 8-bit grey (4) but is not transparent.
+    values = np.full((4, 6), 40000, dtype=np.uint16)
+    values[:, 0], values[:, 1] = 1000, 1100
+    raw = encode(Image.fromarray(values), "PNG", transparency=1000)
+    assert Image.open(io.BytesIO(raw)).info.get("transparency") == 1000  # the case under test
+    pixels = assert_ok(raw, (4, 6), "PNG")
+    assert (pixels[:, 0] == 255).all()  # transparent: white, as other transparency is
+    assert (np.abs(pixels[:, 1].astype(int) - 4) <= 1).all() and (np.abs(pixels[:, 2:].astype(int) - 156) <= 1).all()
+
+
 # ---------------------------------------------------------------- EXIF orientation
 
 

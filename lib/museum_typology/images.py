@@ -81,15 +81,22 @@ def _scale_to_l(array: np.ndarray, full_scale: float | None) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB. Transparency is flattened onto white (catalogue photos of objects
     on transparent backgrounds look like their white-background siblings)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        # 16-bit greyscale: 65535 is white. Pillow's own convert would clip everything > 255 to white.
-        image = _scale_to_l(np.asarray(image), 65535.0)
-    elif image.mode == "I":
-        # 32-bit ints: usually 16-bit data widened by a reader (old Pillow PNG, TIFF).
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image)
-        low, high = int(array.min()), int(array.max())
-        full_scale = 255.0 if 0 <= low and high <= 255 else 65535.0 if 0 <= low and high <= 65535 else None
+        if image.mode == "I":
+            # 32-bit ints: usually 16-bit data widened by a reader (old Pillow PNG, TIFF).
+            low, high = int(array.min()), int(array.max())
+            full_scale = 255.0 if 0 <= low and high <= 255 else 65535.0 if 0 <= low and high <= 65535 else None
+        else:
+            full_scale = 65535.0  # 16-bit greyscale: 65535 is white (Pillow's convert clips > 255 to white)
+        key = image.info.get("transparency")
         image = _scale_to_l(array, full_scale)
+        if isinstance(key, int) and not isinstance(key, bool):
+            # A tRNS grey key on a 16-bit PNG: the key is a 16-bit value, so it is matched before
+            # scaling (afterwards other greys share its 8-bit value), and those pixels go white.
+            flattened = np.asarray(image).copy()
+            flattened[array == key] = 255
+            image = Image.fromarray(flattened, mode="L")
     elif image.mode == "F":
         image = _scale_to_l(np.asarray(image), None)
     if image.mode in ("L", "RGB") and "transparency" in image.info:
