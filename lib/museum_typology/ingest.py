@@ -233,16 +233,16 @@ def _process_partition(
 # ---------------------------------------------------------------- the job
 
 
-def run_key(rows: list[InputRow], index: ImageIndex, settings: Settings, partitions: int) -> str:
+def run_key(rows: list[InputRow], index: ImageIndex, settings: Settings, partitions: int, decoder: str) -> str:
     """A hash of what the output is made from: every input row, the image files' fingerprint
     (names, sizes, CRCs or change times; not their bytes, which would cost a read of every
-    image), the [images] and [ingest] settings, the partition count and ``decoder_version``."""
+    image), the [images] and [ingest] settings, the partition count and ``decoder`` (``decoder_version()``)."""
     made_from = {
         "rows": [dataclasses.asdict(r) for r in rows],
         "images": [index.kind, index.fingerprint],
         "settings": {"images": settings.section("images"), "ingest": settings.section("ingest")},
         "partitions": partitions,
-        "decoder": decoder_version(),
+        "decoder": decoder,
     }
     return hashlib.sha256(json.dumps(made_from, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
@@ -276,7 +276,8 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
 
     partitions = int(settings.get("ingest.partitions")) or 4 * spark.sparkContext.defaultParallelism
     partitions = max(1, min(partitions, len(tasks) or 1))
-    key = run_key(rows, index, settings, partitions)
+    decoder = decoder_version()  # once: the key and the summary name the same code
+    key = run_key(rows, index, settings, partitions, decoder)
     previous = None if force else reusable_output(output, key, s3)
     if previous is not None:
         log.info("ingest: %s was made from these rows, image files and settings; reused (--force decodes again)", output)
@@ -313,7 +314,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
             orphan_images=sorted(set(index.members) - {r.guid for r in rows if r.guid}),
             seconds=round(time.time() - started, 2),
             run_key=key,
-            decoder=decoder_version(),
+            decoder=decoder,
         )
         _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), s3)
         storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
