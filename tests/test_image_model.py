@@ -224,6 +224,40 @@ def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path
     assert again["bundle"] == result["bundle"] and again["metrics"]["validation_macro_f1"] == metrics["validation_macro_f1"]
 
 
+def test_final_mode_resumes_from_its_checkpoint_with_adams_state(spark, tiny_dataset, tmp_path, monkeypatch):
+    """A run killed after an epoch goes on from its checkpoint: the weights, and Adam's step count
+    and moments (restarted at zero, its first steps would jolt the fine-tuned weights)."""
+    settings = _settings(tmp_path, 4, 0.001, ["image.finetune_from_block=14", "image.shuffle_buffer=8"])
+    models = tmp_path / "models" / "image"
+
+    def run():
+        return train_image.run(spark, settings, str(tiny_dataset), str(models), str(tmp_path / "unused.parquet"), num_proc=2, final=True, epochs=2, max_steps=2)
+
+    class Killed(Exception):
+        pass
+
+    def killed(results, job, *args, **kwargs):  # the driver dies once the workers are done
+        raise Killed(results[0]["state"])
+
+    real_finish = train_image._finish_final
+    monkeypatch.setattr(train_image, "_finish_final", killed)
+    with pytest.raises(Killed) as first:
+        run()
+    state = first.value.args[0]
+    assert state["epoch"] == 2 and state["optimizer_steps"] == 4  # 2 epochs x 2 steps
+    # Roll the checkpoint's state back one epoch, as if the kill came after the first.
+    (state_file,) = models.glob("_checkpoints/final-*/state.json")
+    saved = json.loads(state_file.read_text())
+    saved["epoch"] -= 1
+    for values in saved["history"].values():
+        values.pop()
+    state_file.write_text(json.dumps(saved))
+    monkeypatch.setattr(train_image, "_finish_final", real_finish)
+    metrics = run()["metrics"]
+    assert metrics["epochs_run"] == 2 and len(metrics["history"]["val_macro_f1"]) == 2
+    assert metrics["optimizer_steps"] == 6  # 4 restored + 2 more: Adam went on, not from zero (2)
+
+
 def test_final_mode_refuses_a_rank_without_training_images_and_folds_beyond_the_classes(spark, tiny_dataset, tmp_path):
     """--final reads its training rows round and round: a rank whose row groups hold none would
     hang the job (petastorm re-reads empty row groups for ever); refused up front instead."""

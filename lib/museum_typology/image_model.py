@@ -642,9 +642,9 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
         .batch(s.batch_size, drop_remainder=True)
         .prefetch(2)
     )
-    optimizer = tf.keras.optimizers.Adam(s.final_lr * size)
-    if mixed:
-        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    adam = tf.keras.optimizers.Adam(s.final_lr * size)
+    adam.build(model.trainable_variables)  # its step count and moments exist now, to checkpoint and restore
+    optimizer = tf.keras.mixed_precision.LossScaleOptimizer(adam) if mixed else adam
     class_weights = tf.constant(job.class_weights, tf.float32)
     loss_fn = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=s.label_smoothing)
 
@@ -667,12 +667,19 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
 
     state_url = storage.join(job.checkpoint_url, "state.json")
     weights_url = storage.join(job.checkpoint_url, "weights.h5")
-    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": {"train_loss": [], "val_macro_f1": [], "images_per_s": []}}
+    optimizer_url = storage.join(job.checkpoint_url, "optimizer.npz")
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "optimizer_steps": 0, "history": {"train_loss": [], "val_macro_f1": [], "images_per_s": []}}
     if storage.exists(state_url, job.s3) and storage.exists(weights_url, job.s3):
         state = json.loads(storage.read_bytes(state_url, job.s3))
         _load_weights(model, weights_url, job.s3)
+        # Adam's step count and moments too: restarted at zero, its first steps after a resume
+        # would be about lr * sign(gradient) on every weight, a jolt to a fine-tuned network.
+        # (The mixed-precision loss scale is left to find its level again, as it does in steps.)
+        if not _load_optimizer(adam, optimizer_url, job.s3):
+            log.warning("final: no matching optimizer checkpoint at %s; Adam's moments start again", optimizer_url)
 
     hvd.broadcast_variables(model.variables, root_rank=0)  # identical start (also after a resume)
+    hvd.broadcast_variables(adam.variables, root_rank=0)
     iterator = iter(train_ds)
     with reader:
         while state["epoch"] < epochs and state["bad_epochs"] < s.patience:
@@ -700,8 +707,10 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
             else:
                 state["bad_epochs"] += 1
             state["epoch"] += 1
+            state["optimizer_steps"] = int(adam.iterations.numpy())
             if rank == 0:
                 _save_weights(model, weights_url, job.s3)
+                _save_optimizer(adam, optimizer_url, job.s3)
                 storage.write_bytes(state_url, json.dumps(state).encode(), job.s3)
                 if previous_best and previous_best != state["best_file"]:
                     storage.delete_file(storage.join(job.checkpoint_url, previous_best), job.s3)
@@ -738,6 +747,28 @@ def _load_weights(model, url: str, s3: S3Options | None) -> None:
         path = Path(tmp) / "w.h5"
         path.write_bytes(storage.read_bytes(url, s3))
         model.load_weights(str(path))
+
+
+def _save_optimizer(optimizer, url: str, s3: S3Options | None) -> None:
+    """A built optimizer's variables (step count, then its slots in a fixed order), by position."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *[v.numpy() for v in optimizer.variables])
+    storage.write_bytes(url, buffer.getvalue(), s3)
+
+
+def _load_optimizer(optimizer, url: str, s3: S3Options | None) -> bool:
+    """Restore what ``_save_optimizer`` wrote; False (nothing changed) when there is none or it
+    does not fit this optimizer (another number or shape of variables)."""
+    if not storage.exists(url, s3):
+        return False
+    with np.load(io.BytesIO(storage.read_bytes(url, s3))) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    variables = list(optimizer.variables)
+    if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
+        return False
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return True
 
 
 # ---------------------------------------------------------------- the bundle, for scoring
