@@ -458,6 +458,33 @@ def test_the_run_key_takes_the_storage_settings_from_ingests_record(tmp_path):
     assert train_image.stored_image_settings(str(dataset) + "/", settings, None) == current
     (tmp_path / "ingest" / "conf.json").write_text(json.dumps({"images": {"max_side": 512, "codec": "png", "jpeg_quality": 90, "max_pixels": 1}}))
     assert train_image.stored_image_settings(str(dataset), settings, None) == {"max_side": 512, "codec": "png", "jpeg_quality": 90}
-    (tmp_path / "ingest" / "summary.json").write_text(json.dumps({"decoder": "abc"}))  # other decoding code: other pixels
-    assert train_image.stored_image_settings(str(dataset), settings, None) == {"max_side": 512, "codec": "png", "jpeg_quality": 90, "decoder": "abc"}
+    (tmp_path / "ingest" / "summary.json").write_text(json.dumps({"decoder": "abc", "pixel_decoder": "def"}))  # other decoding code: other pixels
+    assert train_image.stored_image_settings(str(dataset), settings, None) == {"max_side": 512, "codec": "png", "jpeg_quality": 90, "pixel_decoder": "def"}
     assert train_image.stored_image_settings(str(tmp_path / "ingest" / "elsewhere"), settings, None) == current  # not ingest's layout
+
+
+def test_an_optimizer_checkpoint_restores_only_into_the_same_layout_and_tensorflow(tmp_path):
+    import tensorflow as tf
+
+    def make(units: int = 3):
+        model = tf.keras.Sequential([tf.keras.layers.Dense(units, input_shape=(4,))])
+        adam = tf.keras.optimizers.Adam(0.01)
+        adam.build(model.trainable_variables)
+        return model, adam
+
+    model, adam = make()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(tf.ones((2, 4))) ** 2)
+    adam.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+    url = str(tmp_path / "optimizer.npz")
+    image_model._save_optimizer(adam, url, None)
+    _, same = make()
+    assert image_model._load_optimizer(same, url, None) and int(same.iterations.numpy()) == 1
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(adam.variables, same.variables))
+    _, other = make(5)  # other shapes: left as it is
+    assert not image_model._load_optimizer(other, url, None) and int(other.iterations.numpy()) == 0
+    saved = dict(np.load(url))
+    saved["tensorflow"] = np.array("1.0.0")  # another TensorFlow may order the slots otherwise
+    np.savez(tmp_path / "old.npz", **saved)
+    assert not image_model._load_optimizer(make()[1], str(tmp_path / "old.npz"), None)
+    assert not image_model._load_optimizer(make()[1], str(tmp_path / "missing.npz"), None)

@@ -197,6 +197,24 @@ def test_16bit_greyscale_with_a_trns_key_flattens_exactly_that_value_to_white() 
     assert (np.abs(pixels[:, 1].astype(int) - 4) <= 1).all() and (np.abs(pixels[:, 2:].astype(int) - 156) <= 1).all()
 
 
+def test_16bit_rgb_with_a_trns_key_whitens_the_key_colour_not_black() -> None:
+    import struct
+    import zlib
+
+    # Pillow cannot write one: a 1x4 16-bit RGB PNG by hand, tRNS = 0x8000 grey.
+    pixels16 = [(0, 0, 0), (0, 0, 0x80), (0x8000, 0x8000, 0x8000), (65535, 0, 0)]
+    raw = b"\x00" + b"".join(struct.pack(">HHH", *p) for p in pixels16)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 1, 16, 2, 0, 0, 0))
+           + chunk(b"tRNS", struct.pack(">HHH", 0x8000, 0x8000, 0x8000)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    assert Image.open(io.BytesIO(png)).info["transparency"] == (0x8000, 0x8000, 0x8000)  # the case under test
+    got = assert_ok(png, (1, 4), "PNG")[0].tolist()
+    assert got == [[0, 0, 0], [0, 0, 0], [255, 255, 255], [255, 0, 0]]  # black stays black, the key goes white
+
+
 # ---------------------------------------------------------------- EXIF orientation
 
 

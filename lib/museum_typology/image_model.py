@@ -750,19 +750,29 @@ def _load_weights(model, url: str, s3: S3Options | None) -> None:
 
 
 def _save_optimizer(optimizer, url: str, s3: S3Options | None) -> None:
-    """A built optimizer's variables (step count, then its slots in a fixed order), by position."""
+    """A built optimizer's variables (step count, then its slots in the order of the model's
+    trainable variables), by position, with the TensorFlow version that set that order. (Their
+    names carry Keras's per-process layer counters, so they can differ between two processes
+    building the same model, e.g. a reused Spark Python worker.)"""
+    import tensorflow as tf
+
     buffer = io.BytesIO()
-    np.savez(buffer, *[v.numpy() for v in optimizer.variables])
+    np.savez(buffer, *[v.numpy() for v in optimizer.variables], tensorflow=np.array(tf.__version__))
     storage.write_bytes(url, buffer.getvalue(), s3)
 
 
 def _load_optimizer(optimizer, url: str, s3: S3Options | None) -> bool:
-    """Restore what ``_save_optimizer`` wrote; False (nothing changed) when there is none or it
-    does not fit this optimizer (another number or shape of variables)."""
+    """Restore what ``_save_optimizer`` wrote; False (nothing changed) when there is none, or it
+    was written under another TensorFlow version, or does not fit this optimizer (another number
+    or shape of variables)."""
+    import tensorflow as tf
+
     if not storage.exists(url, s3):
         return False
     with np.load(io.BytesIO(storage.read_bytes(url, s3))) as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        if "tensorflow" not in saved.files or str(saved["tensorflow"]) != tf.__version__:
+            return False
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
     variables = list(optimizer.variables)
     if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
         return False

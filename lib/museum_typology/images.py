@@ -99,6 +99,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             image = Image.fromarray(flattened, mode="L")
     elif image.mode == "F":
         image = _scale_to_l(np.asarray(image), None)
+    key = image.info.get("transparency")
+    if image.mode == "RGB" and isinstance(key, tuple) and any(isinstance(c, int) and c > 255 for c in key):
+        # A 16-bit RGB PNG: Pillow gives 8-bit pixels (each value's high byte) but keeps the
+        # 16-bit key and compares it by its low byte, so a key of 0x8000 grey turned black pixels
+        # white and left the transparent ones grey. The high bytes are what the pixels hold.
+        image.info["transparency"] = tuple(int(c) >> 8 for c in key)
     if image.mode in ("L", "RGB") and "transparency" in image.info:
         # A tRNS colour key on a greyscale/RGB PNG: that colour is transparent, so white.
         image = image.convert("RGBA")

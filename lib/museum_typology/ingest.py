@@ -7,6 +7,7 @@ committed atomically). Every input row gets exactly one manifest row.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import posixpath
@@ -55,20 +56,37 @@ INPUT_FILES = (
 INGEST_VERSION = 1
 
 
-def decoder_version() -> str:
-    """A hash of what turns the same inputs into this output: INGEST_VERSION, Pillow's version and
-    the source of the modules that parse, decode and write (an edit of any of them decodes again
-    rather than keep pixels or a manifest the new code would not give)."""
+def _source_digest(digest, modules) -> None:
     import inspect
 
+    for module in modules:
+        try:
+            digest.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):  # no source shipped (bytecode only): the version numbers alone
+            log.warning("%s: no source to hash; ingest's run key follows INGEST_VERSION and Pillow only", module.__name__)
+            digest.update(module.__name__.encode())
+
+
+@functools.lru_cache(maxsize=1)
+def pixel_version() -> str:
+    """A hash of what turns an image's bytes into the stored pixels: INGEST_VERSION, Pillow's
+    version and the source of ``images`` (decoding), ``schema`` and ``petastorm_io`` (storing).
+    train-image's run key takes it from the dataset's summary: other pixels, another model."""
     import PIL
 
     digest = hashlib.sha256(f"{INGEST_VERSION}\t{PIL.__version__}\n".encode())
-    for module in (catalogue, image_source, images, petastorm_io, schema, sys.modules[__name__]):
-        try:
-            digest.update(inspect.getsource(module).encode())
-        except (OSError, TypeError):  # no source shipped (bytecode only): the version number alone
-            digest.update(module.__name__.encode())
+    _source_digest(digest, (images, schema, petastorm_io))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def decoder_version() -> str:
+    """``pixel_version`` plus the source of the modules that read the rows, index the images and
+    build the manifest: an edit of any of them decodes again rather than keep pixels or a
+    manifest the new code would not give. Computed when this module is imported (below), so it
+    names the code that runs, not a file edited since."""
+    digest = hashlib.sha256(pixel_version().encode())
+    _source_digest(digest, (catalogue, image_source, sys.modules[__name__]))
     return digest.hexdigest()
 
 
@@ -315,6 +333,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
             seconds=round(time.time() - started, 2),
             run_key=key,
             decoder=decoder,
+            pixel_decoder=pixel_version(),
         )
         _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), s3)
         storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
@@ -364,3 +383,7 @@ def reconcile(rows: list[InputRow], manifest: list[dict[str, Any]], dataset_url:
         "status_counts": dict(status_counts),
         "reconciled": True,
     }
+
+
+# Hashed now: the code as imported, which is what this process runs (see decoder_version).
+decoder_version()

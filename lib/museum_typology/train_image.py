@@ -123,9 +123,9 @@ def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) ->
 
 
 # Bump when a change to the training code changes the models it trains with the same data and
-# settings: the run key includes it, so bundles of older code are not reused. That includes a
-# change to how ingest decodes and stores the same source bytes (images.decode_image): the key
-# hashes the source files, not the stored pixels.
+# settings: the run key includes it, so bundles of older code are not reused. How ingest decodes
+# and stores the same source bytes is followed without a bump: the key includes the dataset's
+# ``pixel_decoder`` (ingest.pixel_version), where ingest recorded one (crawl's datasets have none).
 TRAINING_VERSION = 1
 # Settings that change how a run goes, not what it trains: left out of the run key.
 RUN_ONLY_SETTINGS = ("start_timeout", "reader_workers")
@@ -138,16 +138,17 @@ STORAGE_SETTINGS = ("max_side", "codec", "jpeg_quality")
 def stored_image_settings(dataset_url: str, settings: Settings, s3: S3Options | None) -> dict[str, Any]:
     """What made the dataset's pixels from the images' bytes: the [images] STORAGE_SETTINGS as
     ingest recorded them beside it (``OUTPUT/conf.json`` for ``OUTPUT/dataset``), so that editing
-    them after ingest changes nothing until the images are ingested again, plus the ``decoder``
-    version in ingest's ``summary.json`` (the same bytes decoded by other code are other pixels).
+    them after ingest changes nothing until the images are ingested again, plus the
+    ``pixel_decoder`` version in ingest's ``summary.json`` (the same bytes decoded by other code
+    are other pixels; edits that change only the manifest do not retrain).
     For a dataset without that record, the current settings."""
     parent, _, name = dataset_url.rstrip("/").rpartition("/")
     record = _ingest_record(parent, "conf.json", s3) if parent and name == "dataset" else {}
     recorded = record.get("images")
     if isinstance(recorded, dict) and all(k in recorded for k in STORAGE_SETTINGS):
         stored = {k: recorded[k] for k in STORAGE_SETTINGS}
-        decoder = _ingest_record(parent, "summary.json", s3).get("decoder")
-        return {**stored, "decoder": decoder} if decoder else stored
+        decoder = _ingest_record(parent, "summary.json", s3).get("pixel_decoder")
+        return {**stored, "pixel_decoder": decoder} if decoder else stored
     log.info("%s: no ingest record of its [images] settings; the run key uses the current ones", dataset_url)
     return {k: settings.get(f"images.{k}") for k in STORAGE_SETTINGS}
 
