@@ -123,9 +123,9 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     """Every stage end to end: ingest -> image folds -> text model -> label-noise review (clean) ->
     cascade tuning -> score the test file -> submission -> the run's HTML report. Prints where
     each output went. An ingest output made from the same rows, image files and settings is kept
-    (``--reingest`` decodes again). A training stage whose bundle (the one its out-of-fold file names) was
-    trained on the same data and settings reuses it (``--retrain`` trains anyway): a re-run after a later stage failed, or on
-    unchanged data, skips the slow part."""
+    (``--reingest`` decodes again). A training stage whose bundle (the one its out-of-fold file
+    names) was trained on the same data and settings reuses it (``--retrain`` trains anyway): a
+    re-run after a later stage failed, or on unchanged data, skips the slow part."""
     from . import clean, ingest, run_report, score, submission, train_image, train_text, tune_cascade
 
     work_dir = settings.get("paths.work_dir")

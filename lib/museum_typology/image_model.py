@@ -674,7 +674,7 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
         _load_weights(model, weights_url, job.s3)
         # Adam's step count and moments too: restarted at zero, its first steps after a resume
         # would be about lr * sign(gradient) on every weight, a jolt to a fine-tuned network.
-        # (The mixed-precision loss scale is left to find its level again, as it does in steps.)
+        # (The mixed-precision loss scale is not kept: it starts from its initial value again.)
         if not _load_optimizer(adam, optimizer_url, job.s3):
             log.warning("final: no matching optimizer checkpoint at %s; Adam's moments start again", optimizer_url)
 
