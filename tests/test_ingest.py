@@ -305,3 +305,12 @@ def test_a_refused_sidecar_does_not_quarantine_the_guid_it_names():
     tasks, finished = ingest.plan(rows, index)
     status = {r["guid"]: r["status"] for r in finished}
     assert not tasks and status == {"u1": "no_image", "u2": "quarantined"}
+
+
+def test_an_executor_with_other_decoding_code_refuses_to_decode(tmp_path):
+    """The summary records the driver's pixel_version, which train-image's run key trusts: an
+    executor with another Pillow or other code must not write pixels under it."""
+    decode = ingest.DecodeSettings(64, 10**6, 10**6, "jpeg", 90)
+    with pytest.raises(ingest.IngestError, match="differs from the driver's"):
+        ingest._process_partition(0, iter([]), str(tmp_path / "none.zip"), "zip", str(tmp_path / "dataset"), decode, 1 << 20, None, "another version")
+    assert not (tmp_path / "dataset").exists()

@@ -232,8 +232,19 @@ def _process_partition(
     decode: DecodeSettings,
     row_group_bytes: int,
     s3: S3Options | None,
+    driver_pixel_version: str,
 ) -> Iterator[dict[str, Any]]:
-    """Runs on an executor: read, decode and store one partition's images; yield manifest rows."""
+    """Runs on an executor: read, decode and store one partition's images; yield manifest rows.
+
+    Refuses to decode with other code or another Pillow than the driver's: the summary records
+    the driver's ``pixel_version``, which train-image's run key trusts to name these pixels."""
+    if pixel_version() != driver_pixel_version:
+        import PIL
+
+        raise IngestError(
+            f"partition {partition}: this executor's decoding code or Pillow ({PIL.__version__}) differs from the driver's "
+            f"(pixel_version {pixel_version()[:12]} != {driver_pixel_version[:12]}); install the same museum-typology and Pillow on both"
+        )
     schema = make_image_schema(decode.codec, decode.jpeg_quality)
     writer = petastorm_io.PartWriter(storage.join(dataset_url, f"part-{partition:05d}.parquet"), schema, row_group_bytes, s3)
     results = []
@@ -294,7 +305,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
 
     partitions = int(settings.get("ingest.partitions")) or 4 * spark.sparkContext.defaultParallelism
     partitions = max(1, min(partitions, len(tasks) or 1))
-    decoder = decoder_version()  # once: the key and the summary name the same code
+    decoder, pixels = decoder_version(), pixel_version()  # once: the key, the summary and the executors' check agree
     key = run_key(rows, index, settings, partitions, decoder)
     previous = None if force else reusable_output(output, key, s3)
     if previous is not None:
@@ -313,7 +324,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
         decoded = (
             spark.sparkContext.parallelize(groups, partitions)
             .mapPartitionsWithIndex(
-                lambda i, it: _process_partition(i, (t for group in it for t in group), location, kind, dataset_url, decode, row_group_bytes, s3)
+                lambda i, it: _process_partition(i, (t for group in it for t in group), location, kind, dataset_url, decode, row_group_bytes, s3, pixels)
             )
             .collect()  # manifest rows only: small (no pixels)
         )
@@ -333,7 +344,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
             seconds=round(time.time() - started, 2),
             run_key=key,
             decoder=decoder,
-            pixel_decoder=pixel_version(),
+            pixel_decoder=pixels,
         )
         _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), s3)
         storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
