@@ -245,9 +245,13 @@ def test_final_mode_resumes_from_its_checkpoint_with_adams_state(spark, tiny_dat
         run()
     state = first.value.args[0]
     assert state["epoch"] == 2 and state["optimizer_steps"] == 4  # 2 epochs x 2 steps
-    # Roll the checkpoint's state back one epoch, as if the kill came after the first.
+    # The state names the last epoch's weights and optimizer files, written before it; the
+    # previous epoch's are gone.
     (state_file,) = models.glob("_checkpoints/final-*/state.json")
     saved = json.loads(state_file.read_text())
+    assert (saved["weights_file"], saved["optimizer_file"]) == ("weights-epoch002.h5", "optimizer-epoch002.npz")
+    assert sorted(p.name for p in state_file.parent.iterdir() if not p.name.startswith("best-")) == ["optimizer-epoch002.npz", "state.json", "weights-epoch002.h5"]
+    # Roll the checkpoint's state back one epoch, as if the kill came after the first.
     saved["epoch"] -= 1
     for values in saved["history"].values():
         values.pop()

@@ -665,13 +665,16 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
+    # The last epoch's weights and optimizer go into files named after the epoch, and the state,
+    # written last, names them: a kill anywhere leaves a state with the weights and moments of
+    # its own epoch (checkpoints from before these names: weights.h5 / optimizer.npz).
     state_url = storage.join(job.checkpoint_url, "state.json")
-    weights_url = storage.join(job.checkpoint_url, "weights.h5")
-    optimizer_url = storage.join(job.checkpoint_url, "optimizer.npz")
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "optimizer_steps": 0, "history": {"train_loss": [], "val_macro_f1": [], "images_per_s": []}}
-    if storage.exists(state_url, job.s3) and storage.exists(weights_url, job.s3):
-        state = json.loads(storage.read_bytes(state_url, job.s3))
-        _load_weights(model, weights_url, job.s3)
+    saved = json.loads(storage.read_bytes(state_url, job.s3)) if storage.exists(state_url, job.s3) else None
+    if saved is not None and storage.exists(storage.join(job.checkpoint_url, saved.get("weights_file", "weights.h5")), job.s3):
+        state = saved
+        _load_weights(model, storage.join(job.checkpoint_url, state.get("weights_file", "weights.h5")), job.s3)
+        optimizer_url = storage.join(job.checkpoint_url, state.get("optimizer_file", "optimizer.npz"))
         # Adam's step count and moments too: restarted at zero, its first steps after a resume
         # would be about lr * sign(gradient) on every weight, a jolt to a fine-tuned network.
         # (The mixed-precision loss scale is not kept: it starts from its initial value again.)
@@ -697,7 +700,7 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
             state["history"]["train_loss"].append(float(hvd.allreduce(tf.constant(np.mean(losses)), op=hvd.Average).numpy()))
             state["history"]["val_macro_f1"].append(val_f1)
             state["history"]["images_per_s"].append(rate)
-            previous_best = state.get("best_file")
+            previous = {key: state.get(key) for key in ("best_file", "weights_file", "optimizer_file")}
             if val_f1 > state["best_f1"]:
                 # One file per best epoch, named in the state, which is written last: a kill before
                 # the state is written leaves the state's own best file, never an epoch it lacks.
@@ -708,12 +711,14 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
                 state["bad_epochs"] += 1
             state["epoch"] += 1
             state["optimizer_steps"] = int(adam.iterations.numpy())
+            state.update(weights_file=f"weights-epoch{state['epoch']:03d}.h5", optimizer_file=f"optimizer-epoch{state['epoch']:03d}.npz")
             if rank == 0:
-                _save_weights(model, weights_url, job.s3)
-                _save_optimizer(adam, optimizer_url, job.s3)
+                _save_weights(model, storage.join(job.checkpoint_url, state["weights_file"]), job.s3)
+                _save_optimizer(adam, storage.join(job.checkpoint_url, state["optimizer_file"]), job.s3)
                 storage.write_bytes(state_url, json.dumps(state).encode(), job.s3)
-                if previous_best and previous_best != state["best_file"]:
-                    storage.delete_file(storage.join(job.checkpoint_url, previous_best), job.s3)
+                for key, name in previous.items():
+                    if name and name != state[key]:
+                        storage.delete_file(storage.join(job.checkpoint_url, name), job.s3)
             hvd.allreduce(tf.constant(0.0), name="epoch_barrier")  # rank 0's checkpoint is written
     return {"rank": rank, "size": size, "state": state, "steps_per_epoch": steps, "seconds": time.time() - started, "mixed_precision": mixed}
 

@@ -342,7 +342,7 @@ def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest,
     # The best epoch's weights, as the state (written last) names them; checkpoints from before
     # that name was recorded kept them in best.h5.
     best = storage.join(job.checkpoint_url, state.get("best_file") or "best.h5")
-    image_model._load_weights(model, best if storage.exists(best, s3) else storage.join(job.checkpoint_url, "weights.h5"), s3)
+    image_model._load_weights(model, best if storage.exists(best, s3) else storage.join(job.checkpoint_url, state.get("weights_file") or "weights.h5"), s3)
     with tempfile.TemporaryDirectory(prefix="image-bundle-") as tmp:
         local = Path(tmp) / version
         (local / "heads").mkdir(parents=True)
