@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -74,14 +73,8 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     if not isinstance(version, str) or not version or "/" in version or version.startswith("."):  # a name, not a path out of model_dir
         return None
     bundle_url = storage.join(model_dir, version)
-    metrics_url = storage.join(bundle_url, "metrics.json")
-    if not storage.exists(metrics_url, s3):
-        return None
-    try:
-        metrics = json.loads(storage.read_bytes(metrics_url, s3))
-    except ValueError:  # a hand-edited or damaged file: train again rather than trust it
-        return None
-    if not isinstance(metrics, dict) or metrics.get("run_key") != run_key:
+    metrics = storage.read_json_object(storage.join(bundle_url, "metrics.json"), s3)  # damaged: train again
+    if metrics is None or metrics.get("run_key") != run_key:
         return None
     # Versions start with their UTC time, so they sort by age; final image bundles end in -final.
     superseded = bool(latest) and latest.endswith("-final") and latest > version

@@ -278,14 +278,10 @@ def run_key(rows: list[InputRow], index: ImageIndex, settings: Settings, partiti
 
 def reusable_output(output: str, key: str, s3: S3Options | None) -> dict[str, Any] | None:
     """The summary of a finished ingest output made from the same inputs and settings, else None."""
-    summary_url = storage.join(output, "summary.json")
-    if not storage.is_committed(output, s3) or not storage.exists(summary_url, s3):
+    if not storage.is_committed(output, s3):
         return None
-    try:
-        summary = json.loads(storage.read_bytes(summary_url, s3))
-    except ValueError:
-        return None
-    return summary if isinstance(summary, dict) and summary.get("run_key") == key else None
+    summary = storage.read_json_object(storage.join(output, "summary.json"), s3)
+    return summary if summary is not None and summary.get("run_key") == key else None
 
 
 def run(spark, settings: Settings, data_dir: str, output: str, force: bool = False) -> dict[str, Any]:

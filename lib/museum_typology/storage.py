@@ -10,6 +10,7 @@ keys and writes a ``_SUCCESS`` marker last; readers (``is_committed``) trust onl
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import re
@@ -118,6 +119,19 @@ def read_bytes(url: str, s3: S3Options | None = None) -> bytes:
             return stream.read()
     except (OSError, FileNotFoundError) as exc:
         raise StorageError(f"{url}: cannot read ({exc})") from None
+
+
+def read_json_object(url: str, s3: S3Options | None = None) -> dict[str, Any] | None:
+    """The JSON object in a file a job wrote for itself (a summary, metrics), or None when the
+    file is missing, damaged or not an object: whoever asks then does the work again rather
+    than trust it."""
+    if not exists(url, s3):
+        return None
+    try:
+        value = json.loads(read_bytes(url, s3))
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_bytes_within(url: str, max_bytes: int, s3: S3Options | None = None) -> tuple[bytes | None, int]:

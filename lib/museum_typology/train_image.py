@@ -143,24 +143,14 @@ def stored_image_settings(dataset_url: str, settings: Settings, s3: S3Options | 
     are other pixels; edits that change only the manifest do not retrain).
     For a dataset without that record, the current settings."""
     parent, _, name = dataset_url.rstrip("/").rpartition("/")
-    record = _ingest_record(parent, "conf.json", s3) if parent and name == "dataset" else {}
+    record = (storage.read_json_object(storage.join(parent, "conf.json"), s3) if parent and name == "dataset" else None) or {}
     recorded = record.get("images")
     if isinstance(recorded, dict) and all(k in recorded for k in STORAGE_SETTINGS):
         stored = {k: recorded[k] for k in STORAGE_SETTINGS}
-        decoder = _ingest_record(parent, "summary.json", s3).get("pixel_decoder")
+        decoder = (storage.read_json_object(storage.join(parent, "summary.json"), s3) or {}).get("pixel_decoder")
         return {**stored, "pixel_decoder": decoder} if decoder else stored
     log.info("%s: no ingest record of its [images] settings; the run key uses the current ones", dataset_url)
     return {k: settings.get(f"images.{k}") for k in STORAGE_SETTINGS}
-
-
-def _ingest_record(output: str, name: str, s3: S3Options | None) -> dict[str, Any]:
-    """A JSON object ingest wrote into its output directory; {} when missing or damaged."""
-    url = storage.join(output, name)
-    try:
-        value = json.loads(storage.read_bytes(url, s3)) if storage.exists(url, s3) else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def run_settings(s: image_model.ImageSettings, stored: dict[str, Any], final: bool, epochs: int | None, max_steps: int | None, processes: int) -> dict[str, Any]:
