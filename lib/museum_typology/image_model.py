@@ -671,9 +671,10 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
     state_url = storage.join(job.checkpoint_url, "state.json")
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "optimizer_steps": 0, "history": {"train_loss": [], "val_macro_f1": [], "images_per_s": []}}
     saved = json.loads(storage.read_bytes(state_url, job.s3)) if storage.exists(state_url, job.s3) else None
-    if saved is not None and storage.exists(storage.join(job.checkpoint_url, saved.get("weights_file", "weights.h5")), job.s3):
+    saved_weights = storage.join(job.checkpoint_url, saved.get("weights_file", "weights.h5")) if saved is not None else None
+    if saved_weights is not None and storage.exists(saved_weights, job.s3):
         state = saved
-        _load_weights(model, storage.join(job.checkpoint_url, state.get("weights_file", "weights.h5")), job.s3)
+        _load_weights(model, saved_weights, job.s3)
         optimizer_url = storage.join(job.checkpoint_url, state.get("optimizer_file", "optimizer.npz"))
         # Adam's step count and moments too: restarted at zero, its first steps after a resume
         # would be about lr * sign(gradient) on every weight, a jolt to a fine-tuned network.
