@@ -278,16 +278,26 @@ def load_navec_table(vocabulary: set[str]) -> dict[str, np.ndarray]:
 
     navec = Navec.load(NEWS_EMBEDDING)
     table = navec.pq.unpack()
-    result = {}
-    for word in vocabulary:
+    found = {}
+    for word in sorted(vocabulary):
         index = navec.vocab.get(word)
         if index is not None:
-            result[word] = table[index].astype(np.float32)
-    # navec's vectors are ~3x the scale of our FastText ones; equalise so neither half dominates.
-    if result:
-        scale = float(np.mean([np.linalg.norm(v) for v in result.values()]))
-        result = {w: v / max(scale, 1e-6) for w, v in result.items()}
-    return result
+            found[word] = table[index].astype(np.float32)
+    return equalise_navec_scale(found)
+
+
+def equalise_navec_scale(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """navec's vectors are ~3x the scale of our FastText ones: divide them by their mean length so
+    neither half of a token's vector dominates.
+
+    The mean is summed over the words in sorted order, in float64: summed in the order of a set of
+    words (which follows the process's string-hash seed), its last bits, and so every input of
+    the BiLSTM, changed from run to run, and a fold's network trained differently."""
+    if not table:
+        return {}
+    words = sorted(table)
+    scale = float(np.mean([np.linalg.norm(table[w].astype(np.float64)) for w in words]))
+    return {w: table[w] / np.float32(max(scale, 1e-6)) for w in words}
 
 
 def train_word_vectors(corpus: Sequence[str], ts: TextSettings):
