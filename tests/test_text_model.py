@@ -529,3 +529,26 @@ def test_navec_scale_does_not_depend_on_the_order_of_the_words():
     lengths = np.linalg.norm(np.stack(list(expected.values())), axis=1)
     assert abs(lengths.mean() - 1.0) < 1e-4 and expected[words[0]].dtype == np.float32
     assert equalise_navec_scale({}) == {}
+
+
+def test_training_gives_the_same_model_under_any_string_hash_seed(tmp_path):
+    """"Deterministic for a given seed": two processes whose str hashes differ (sets of words
+    iterate in another order) train bit-identical out-of-fold probabilities."""
+    import os
+    import subprocess
+    import sys
+
+    make_catalogue(tmp_path / "data")
+    script = Path(sys.executable).with_name("museum-typology")
+    probabilities = []
+    for hash_seed in ("1", "2"):
+        work = tmp_path / f"work{hash_seed}"
+        overrides = [arg for setting in TINY for arg in ("--set", setting)]
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "MUSEUM_NO_PROGRESS": "1"}
+        done = subprocess.run([str(script), "train-text", "--data", str(tmp_path / "data"), "--work-dir", str(work), *overrides], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        table = pq.read_table(work / "oof" / "text.parquet")
+        probabilities.append((table.column("guid").to_pylist(), np.array(table.column("proba").to_pylist())))
+    (guids_a, proba_a), (guids_b, proba_b) = probabilities
+    assert guids_a == guids_b and proba_a.shape == (len(guids_a), len(CLASSES))
+    assert np.array_equal(proba_a, proba_b)
