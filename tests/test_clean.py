@@ -494,3 +494,20 @@ def test_review_page_without_images_or_titles_says_so():
     page = review.build(cleaned, clean.per_class_counts(y, cleaned.actions, cleaned.new_labels, cleaned.suspected), cs, "/nonexistent/dataset", "/nonexistent/data", load_settings(environ={}), None)
     html = page.files["index.html"].decode()
     assert "titles unavailable" in html and "no images of this cluster" in html and page.montages == 0
+
+
+def test_kmeans_reads_its_rows_in_the_same_order_whatever_order_they_come_in(spark):
+    """KMeans starts from centres drawn by walking each partition in order, so the clusters of
+    one seed depended on the order a cluster's shuffle fetched the rows in. Rows handed over in
+    reverse order (as a shuffle may deliver them) come out in row order, in at most 2 partitions."""
+    import pandas as pd
+
+    n = 2500
+    frame = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "label": ["a"] * n, "x": [[float(i)] for i in range(n)]})
+    layouts = []
+    for ordered in (frame, frame.iloc[::-1].reset_index(drop=True)):
+        parts = clean.clustering_frame(spark, ordered).rdd.glom().map(lambda rows: [r["row"] for r in rows]).collect()
+        assert 1 <= len(parts) <= 2 and sorted(r for part in parts for r in part) == list(range(n))
+        assert all(part == sorted(part) for part in parts)
+        layouts.append(parts)
+    assert layouts[0] == layouts[1]

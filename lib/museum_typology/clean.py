@@ -284,7 +284,7 @@ def noise_rate_issues(proba: np.ndarray, y: np.ndarray, joint: np.ndarray) -> np
         if len(members) == 0:
             continue
         budget = len(members) - 1  # keep at least one row per class
-        for j in np.argsort(-joint[i]):
+        for j in np.argsort(-joint[i], kind="stable"):  # ties in a fixed order (the default sort may use SIMD on some CPUs)
             count = int(min(joint[i, j], budget))
             if j == i or count <= 0:
                 continue
@@ -540,6 +540,19 @@ def _fit_best_k(df, ks: list[int], cs: CleanSettings) -> tuple[int, dict[str, fl
     return best[1], scores, best[2]
 
 
+def clustering_frame(spark, frame):
+    """The rows KMeans reads, in an order that is the same on every run: at most 2 partitions,
+    each sorted by row.
+
+    Spark's KMeans picks its starting centres by walking each partition in row order, and it
+    and the silhouette sum partial results in the order tasks finish. After a shuffle a cluster
+    fetches blocks in random order, so without the sort the same seed gave other clusters from
+    run to run; with 3 or more partitions float sums can differ in their last bits (2 add
+    commutatively). A few thousand rows of 15 numbers need no more partitions."""
+    partitions = max(1, min(2, spark.sparkContext.defaultParallelism, len(frame) // 1000 + 1))
+    return spark.createDataFrame(frame, "row long, label string, x array<double>").repartition(partitions, "row").sortWithinPartitions("row")
+
+
 def spark_clusters(spark, oof: Oof, cs: CleanSettings) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Cluster ids per row: per given label and over every row, by Spark MLlib KMeans on sqrt(p).
 
@@ -554,8 +567,7 @@ def spark_clusters(spark, oof: Oof, cs: CleanSettings) -> tuple[np.ndarray, np.n
     n = len(oof)
     features = np.sqrt(oof.proba)
     frame = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "label": [CLASSES[i] for i in oof.y], "x": list(features)})
-    partitions = max(1, min(spark.sparkContext.defaultParallelism, n // 1000 + 1))
-    df = spark.createDataFrame(frame, "row long, label string, x array<double>").repartition(partitions, "row").withColumn("features", array_to_vector("x")).drop("x").cache()
+    df = clustering_frame(spark, frame).withColumn("features", array_to_vector("x")).drop("x").cache()
     label_cluster = np.zeros(n, dtype=np.int64)
     cluster = np.zeros(n, dtype=np.int64)
     k_choice: dict[str, Any] = {}
