@@ -417,3 +417,31 @@ def test_a_guid_with_several_image_files_gets_no_image_and_a_note(tmp_path):
     tasks = score.plan_tasks(rows, found, {"g3": "part-0.parquet"})
     assert tasks["image_kind"].tolist() == [None, score.IMAGE_FILE]
     assert tasks["note"].tolist() == ["image ambiguous: 2 image files for this guid: g3.jpg, g3.png", ""]
+
+
+class RowLoggingText(KeywordText):
+    """KeywordText that notes, in a file named after its Spark partition, the titles it scored in order."""
+
+    def __init__(self, log_dir: str):
+        self.log_dir = log_dir
+
+    def predict_proba(self, texts, batch_size=0):
+        from pyspark import TaskContext
+
+        with open(f"{self.log_dir}/{TaskContext.get().partitionId()}", "a") as f:
+            f.write("".join(f"{t}\n" for t in texts))
+        return super().predict_proba(texts, batch_size)
+
+
+def test_each_task_scores_its_rows_in_row_order_whatever_order_they_arrive_in(spark, tmp_path):
+    """Which rows share a scoring batch followed the order a cluster's shuffle delivered them in;
+    tasks handed over in reverse order are now scored in row order in every partition."""
+    n = 40
+    tasks = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "guid": [f"g{i}" for i in range(n)], "text": [f"монета {i}" for i in range(n)], "image_kind": "", "image_ref": "", "note": ""})
+    log_dir = tmp_path / "seen"
+    log_dir.mkdir()
+    result = score.score_tasks(spark, tasks.iloc[::-1].reset_index(drop=True), spec(), rows_per_partition=10, factory=lambda s: score.Scorer(s, RowLoggingText(str(log_dir)), ColourImage()))
+    assert list(result["row"]) == list(range(n))
+    seen = [[int(line.split()[1]) for line in p.read_text().split("\n") if line] for p in sorted(log_dir.iterdir())]
+    assert len(seen) >= 2 and sorted(i for part in seen for i in part) == list(range(n))
+    assert all(part == sorted(part) for part in seen)

@@ -594,7 +594,9 @@ def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition
     keys = np.asarray(partition_keys(spark, partitions), dtype=np.int64)
     ids = partition_ids(tasks, partitions, spark.sparkContext.defaultParallelism)
     frame = spark.createDataFrame(tasks.drop(columns="image_pos", errors="ignore").assign(key=keys[ids]), TASK_SCHEMA + ", key long")
-    scored = frame.repartition(partitions, "key").drop("key").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
+    # Sorted within each partition: a cluster's shuffle delivers rows in no fixed order, and which
+    # rows share a scoring batch should not change from run to run.
+    scored = frame.repartition(partitions, "key").sortWithinPartitions("row").drop("key").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
     result = scored.toPandas().sort_values("row", kind="stable").reset_index(drop=True)
     if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
         raise ScoreError(f"internal error: {len(tasks)} rows planned, {len(result)} scored")
