@@ -514,6 +514,8 @@ def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weight
         per_row = loss_fn(tf.one_hot(labels, NUM_CLASSES), logits) * tf.gather(class_weights, labels)
         return tf.reduce_sum(per_row)
 
+    sizes = [int(np.prod(v.shape)) for v in head.trainable_variables]
+
     @tf.function(input_signature=[tf.TensorSpec([None, backbone_lib.FEATURES], tf.float32), tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.float32)])
     def step(x, labels, denominator):
         with tf.GradientTape() as tape:
@@ -521,7 +523,12 @@ def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weight
             reg = tf.add_n(head.losses) / tf.cast(hvd.size(), tf.float32) if head.losses else 0.0
             total = loss + reg
         grads = tape.gradient(total, head.trainable_variables)
-        grads = [hvd.allreduce(g, op=hvd.Sum) for g in grads]
+        # One allreduce of all gradients end to end, not one per variable: Horovod packs the
+        # tensors that are ready together into one buffer, and with 3 or more ranks where a number
+        # sits in that buffer decides the order it is summed in, so separate allreduces made the
+        # sums, and the head, differ in their last bits from run to run.
+        flat = hvd.allreduce(tf.concat([tf.reshape(g, [-1]) for g in grads], 0), op=hvd.Sum)
+        grads = [tf.reshape(part, v.shape) for part, v in zip(tf.split(flat, sizes), head.trainable_variables)]
         optimizer.apply_gradients(zip(grads, head.trainable_variables))
         return loss
 
