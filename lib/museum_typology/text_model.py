@@ -96,6 +96,8 @@ def data_hash(data: LabelledTexts) -> str:
 
 
 def seed_everything(seed: int) -> None:
+    # Reaches child processes only: this process's str hashes were seeded when it started, so
+    # nothing that reaches a result may depend on the iteration order of a set or dict of strings.
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
