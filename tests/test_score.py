@@ -419,29 +419,43 @@ def test_a_guid_with_several_image_files_gets_no_image_and_a_note(tmp_path):
     assert tasks["note"].tolist() == ["image ambiguous: 2 image files for this guid: g3.jpg, g3.png", ""]
 
 
-class RowLoggingText(KeywordText):
-    """KeywordText that notes, in a file named after its Spark partition, the titles it scored in order."""
+class RowLoggingScorer:
+    """Notes, in a file named after its Spark partition, the rows of each batch in the order it gets
+    them; its results are placeholders."""
 
     def __init__(self, log_dir: str):
         self.log_dir = log_dir
 
-    def predict_proba(self, texts, batch_size=0):
+    def score_frame(self, tasks):
         from pyspark import TaskContext
 
         with open(f"{self.log_dir}/{TaskContext.get().partitionId()}", "a") as f:
-            f.write("".join(f"{t}\n" for t in texts))
-        return super().predict_proba(texts, batch_size)
+            f.write("".join(f"{r}\n" for r in tasks["row"]))
+        n = len(tasks)
+        return pd.DataFrame({"row": tasks["row"].to_numpy(), "guid": tasks["guid"].to_numpy(), "typology": ["x"] * n, "confidence": np.zeros(n), "source": ["text"] * n, "model_version": ["v"] * n, "note": [""] * n, "text_confidence": np.zeros(n), "image_confidence": np.zeros(n), "description_hash": [None] * n, "image_sha256": [None] * n})
 
 
-def test_each_task_scores_its_rows_in_row_order_whatever_order_they_arrive_in(spark, tmp_path):
-    """Which rows share a scoring batch followed the order a cluster's shuffle delivered them in;
-    tasks handed over in reverse order are now scored in row order in every partition."""
-    n = 40
-    tasks = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "guid": [f"g{i}" for i in range(n)], "text": [f"монета {i}" for i in range(n)], "image_kind": "", "image_ref": "", "note": ""})
-    log_dir = tmp_path / "seen"
-    log_dir.mkdir()
-    result = score.score_tasks(spark, tasks.iloc[::-1].reset_index(drop=True), spec(), rows_per_partition=10, factory=lambda s: score.Scorer(s, RowLoggingText(str(log_dir)), ColourImage()))
-    assert list(result["row"]) == list(range(n))
-    seen = [[int(line.split()[1]) for line in p.read_text().split("\n") if line] for p in sorted(log_dir.iterdir())]
-    assert len(seen) >= 2 and sorted(i for part in seen for i in part) == list(range(n))
-    assert all(part == sorted(part) for part in seen)
+def test_each_task_scores_its_rows_in_a_fixed_order_whatever_order_they_arrive_in(spark, tmp_path):
+    """Which rows share a scoring batch followed the order a cluster's shuffle delivered them in.
+    Each task now gets its rows by image file or part file, then place in the part file, then row:
+    also for tasks handed over in reverse order, and a part file's rows come in file order."""
+    n = 60
+    dataset = np.arange(n) % 3 != 0
+    tasks = pd.DataFrame({
+        "row": np.arange(n, dtype=np.int64),
+        "guid": [f"g{i}" for i in range(n)],
+        "text": [f"монета {i}" for i in range(n)],
+        "image_kind": np.where(dataset, score.IMAGE_DATASET, None),
+        "image_ref": np.where(dataset, np.where(np.arange(n) % 2 == 0, "part-0", "part-1"), None),
+        "note": "",
+        "image_pos": np.where(dataset, 1000 - np.arange(n), -1),  # the part files hold the rows in reverse
+    })
+    for name, ordered in (("forward", tasks), ("reverse", tasks.iloc[::-1].reset_index(drop=True))):
+        log_dir = tmp_path / name
+        log_dir.mkdir()
+        result = score.score_tasks(spark, ordered, spec(), rows_per_partition=15, factory=lambda s, d=str(log_dir): RowLoggingScorer(d))
+        assert list(result["row"]) == list(range(n))
+        seen = [[int(line) for line in p.read_text().split()] for p in sorted(log_dir.iterdir())]
+        assert len(seen) >= 2 and sorted(i for part in seen for i in part) == list(range(n))
+        key = {r: (tasks["image_ref"][r] or "", tasks["image_pos"][r], r) for r in range(n)}
+        assert all(part == sorted(part, key=key.get) for part in seen)

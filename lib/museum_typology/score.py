@@ -593,10 +593,14 @@ def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition
     partitions = max(1, min(len(tasks), max(spark.sparkContext.defaultParallelism, -(-len(tasks) // rows_per_partition))))
     keys = np.asarray(partition_keys(spark, partitions), dtype=np.int64)
     ids = partition_ids(tasks, partitions, spark.sparkContext.defaultParallelism)
-    frame = spark.createDataFrame(tasks.drop(columns="image_pos", errors="ignore").assign(key=keys[ids]), TASK_SCHEMA + ", key long")
-    # Sorted within each partition: a cluster's shuffle delivers rows in no fixed order, and which
-    # rows share a scoring batch should not change from run to run.
-    scored = frame.repartition(partitions, "key").sortWithinPartitions("row").drop("key").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
+    position = tasks["image_pos"].to_numpy() if "image_pos" in tasks else np.full(len(tasks), -1)
+    frame = spark.createDataFrame(tasks.drop(columns="image_pos", errors="ignore").assign(key=keys[ids], image_pos=position), TASK_SCHEMA + ", key long, image_pos long")
+    # Sorted within each partition, by image file or part file, then place in the part file: a
+    # cluster's shuffle delivers rows in no fixed order, and which rows share a scoring batch
+    # (an Arrow batch; each reads the part files' row groups its rows are in, then lets them go)
+    # should neither change from run to run nor scatter a part file's rows over every batch.
+    ordered = frame.repartition(partitions, "key").sortWithinPartitions("image_ref", "image_pos", "row")
+    scored = ordered.drop("key", "image_pos").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
     result = scored.toPandas().sort_values("row", kind="stable").reset_index(drop=True)
     if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
         raise ScoreError(f"internal error: {len(tasks)} rows planned, {len(result)} scored")
