@@ -548,7 +548,7 @@ def clustering_frame(spark, frame):
     and the silhouette sum partial results in the order tasks finish. After a shuffle a cluster
     fetches blocks in random order, so without the sort the same seed gave other clusters from
     run to run; with 3 or more partitions float sums can differ in their last bits (2 add
-    commutatively). A few thousand rows of 15 numbers need no more partitions."""
+    commutatively). Up to ~10^5 rows of 15 numbers need no more partitions."""
     partitions = max(1, min(2, spark.sparkContext.defaultParallelism, len(frame) // 1000 + 1))
     return spark.createDataFrame(frame, "row long, label string, x array<double>").repartition(partitions, "row").sortWithinPartitions("row")
 
