@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from score_dataset_read import UniformImage, stored_images, write_part  # noqa: E402
-from side_by_side import report_now_vs_before  # noqa: E402
+from side_by_side import alternate, report_now_vs_before  # noqa: E402
 
 from museum_typology import score  # noqa: E402
 from museum_typology.config import load_settings  # noqa: E402
@@ -67,13 +67,7 @@ def main() -> int:
                 assert (result["source"] == "image").all()
             return time.perf_counter() - started, scorer.dataset_images.row_groups_read
 
-        timed("now"), timed("before")  # warm-up: page cache, imports
-        seconds: dict[str, list[float]] = {"now": [], "before": []}
-        row_groups: dict[str, int] = {}
-        for _ in range(args.repeats):
-            for name in ("now", "before"):
-                took, row_groups[name] = timed(name)
-                seconds[name].append(took)
+        seconds, row_groups = alternate(timed, args.repeats)
         context = {
             "rows": args.rows,
             "batch_rows": batch_rows,

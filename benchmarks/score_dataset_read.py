@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
-from side_by_side import report_now_vs_before  # noqa: E402
+from side_by_side import alternate, report_now_vs_before  # noqa: E402
 
 from museum_typology import score  # noqa: E402
 from museum_typology.config import load_settings  # noqa: E402
@@ -109,13 +109,7 @@ def main() -> int:
             assert (result["source"] == "image").all() and list(result["guid"]) == list(tasks["guid"])
             return seconds, scorer.dataset_images.row_groups_read
 
-        timed(False), timed(True)  # warm-up: page cache, imports
-        seconds: dict[str, list[float]] = {"now": [], "before": []}
-        row_groups: dict[str, int] = {}
-        for _ in range(args.repeats):
-            for name in ("now", "before"):
-                took, row_groups[name] = timed(name == "before")
-                seconds[name].append(took)
+        seconds, row_groups = alternate(lambda name: timed(name == "before"), args.repeats)
         context = {
             "rows": args.rows,
             "row_groups_in_part": pq.ParquetFile(part).num_row_groups,

@@ -1,12 +1,26 @@
 """The "now against before" summary the side-by-side benchmarks print: medians of alternating
-timed runs, rows/s of each, and their ratio (shared by score_dataset.py and
-score_dataset_read.py)."""
+timed runs, rows/s of each, and their ratio (shared by score_dataset.py, score_dataset_read.py
+and score_batch_order.py), and the alternating runs themselves."""
 from __future__ import annotations
 
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+
+def alternate(timed: Callable[[str], tuple[float, Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """One warm-up run of each side (page cache, imports), then ``repeats`` rounds of "now" and
+    "before" in turn. ``timed(name)`` returns (seconds, a count to report); returns the seconds
+    per side and each side's last count."""
+    timed("now"), timed("before")
+    seconds: dict[str, list[float]] = {"now": [], "before": []}
+    counts: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name in ("now", "before"):
+            took, counts[name] = timed(name)
+            seconds[name].append(took)
+    return seconds, counts
 
 
 def report_now_vs_before(seconds: dict[str, list[float]], rows: int, context: dict[str, Any], json_path: str | None) -> dict[str, Any]:
