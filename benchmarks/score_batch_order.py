@@ -16,9 +16,7 @@ warm-up; medians are compared, with the image row groups each order read.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,13 +26,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from score_dataset_read import UniformImage, stored_images, write_part  # noqa: E402
+from score_dataset_read import UniformImage, cycled_part_file, part_file_context, stand_in_spec  # noqa: E402
 from side_by_side import alternate, report_now_vs_before  # noqa: E402
 
 from museum_typology import score  # noqa: E402
 from museum_typology.config import load_settings  # noqa: E402
-from museum_typology.schema import CLASSES  # noqa: E402
 
 
 def main() -> int:
@@ -45,18 +41,14 @@ def main() -> int:
     args = parser.parse_args()
     settings = load_settings()
     batch_rows = int(settings.section("spark.conf")["spark.sql.execution.arrow.maxRecordsPerBatch"])
-    scratch = Path(tempfile.mkdtemp(prefix="score-order-bench-"))
-    try:
-        blobs = stored_images(Path(settings.get("paths.data")) / settings.get("ingest.images"), int(settings.get("images.max_side")), int(settings.get("images.jpeg_quality")))
-        part = scratch / "part-00000.parquet"
-        guids = write_part(part, blobs, args.rows, int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024)
+    with cycled_part_file(settings, args.rows, "score-order-bench-") as (part, guids):
         order = np.random.default_rng(2).permutation(args.rows)  # input row r asks for the image at place order[r]
         rows = pd.DataFrame({"row": range(args.rows), "guid": [guids[i] for i in order], "text": "", "image_kind": score.IMAGE_DATASET, "image_ref": str(part), "note": "", "image_pos": order})
         tasks = {
             "now": rows.sort_values(["image_ref", "image_pos", "row"], kind="stable").drop(columns="image_pos").reset_index(drop=True),
             "before": rows.drop(columns="image_pos"),
         }
-        spec = score.ScorerSpec(None, "stand-in", (("default_class", CLASSES[14]), ("t_image", 0.7), ("t_text", 0.7), ("w_text", 0.5)), "bench", max_side=int(settings.get("images.max_side")))
+        spec = stand_in_spec(settings)
 
         def timed(name: str) -> tuple[float, int]:
             scorer = score.Scorer(spec, None, UniformImage())
@@ -68,16 +60,8 @@ def main() -> int:
             return time.perf_counter() - started, scorer.dataset_images.row_groups_read
 
         seconds, row_groups = alternate(timed, args.repeats)
-        context = {
-            "rows": args.rows,
-            "batch_rows": batch_rows,
-            "row_groups_in_part": pq.ParquetFile(part).num_row_groups,
-            "part_mb": round(part.stat().st_size / 2**20, 1),
-            "row_groups_read": row_groups,
-        }
+        context = {"rows": args.rows, "batch_rows": batch_rows, **part_file_context(part), "row_groups_read": row_groups}
         report_now_vs_before(seconds, args.rows, context, args.json)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

@@ -16,13 +16,16 @@ compared. Local disk and page cache here: on S3 each whole-file read is a networ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import shutil
 import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
@@ -83,6 +86,29 @@ def write_part(path: Path, blobs: list[bytes], rows: int, row_group_bytes: int) 
     return guids
 
 
+@contextlib.contextmanager
+def cycled_part_file(settings, rows: int, prefix: str) -> Iterator[tuple[Path, list[str]]]:
+    """A scratch part file of ``rows`` images, the shared ones stored as ingest stores them and
+    cycled under new guids in no order (``write_part``), with row groups of
+    ``ingest.row_group_size_mb``: (its path, its guids in file order). Deleted afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        blobs = stored_images(Path(settings.get("paths.data")) / settings.get("ingest.images"), int(settings.get("images.max_side")), int(settings.get("images.jpeg_quality")))
+        part = scratch / "part-00000.parquet"
+        yield part, write_part(part, blobs, rows, int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def stand_in_spec(settings) -> score.ScorerSpec:
+    """A scorer spec with no text model and a stand-in image model (``UniformImage``)."""
+    return score.ScorerSpec(None, "stand-in", (("default_class", CLASSES[14]), ("t_image", 0.7), ("t_text", 0.7), ("w_text", 0.5)), "bench", max_side=int(settings.get("images.max_side")))
+
+
+def part_file_context(part: Path) -> dict[str, Any]:
+    return {"row_groups_in_part": pq.ParquetFile(part).num_row_groups, "part_mb": round(part.stat().st_size / 2**20, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=12000)
@@ -90,14 +116,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     settings = load_settings()
-    scratch = Path(tempfile.mkdtemp(prefix="score-read-bench-"))
-    try:
-        blobs = stored_images(Path(settings.get("paths.data")) / settings.get("ingest.images"), int(settings.get("images.max_side")), int(settings.get("images.jpeg_quality")))
-        part = scratch / "part-00000.parquet"
-        guids = write_part(part, blobs, args.rows, int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024)
+    with cycled_part_file(settings, args.rows, "score-read-bench-") as (part, guids):
         order = np.random.default_rng(2).permutation(args.rows)
         tasks = pd.DataFrame({"row": range(args.rows), "guid": [guids[i] for i in order], "text": "", "image_kind": score.IMAGE_DATASET, "image_ref": str(part), "note": ""})
-        spec = score.ScorerSpec(None, "stand-in", (("default_class", CLASSES[14]), ("t_image", 0.7), ("t_text", 0.7), ("w_text", 0.5)), "bench", max_side=int(settings.get("images.max_side")))
+        spec = stand_in_spec(settings)
 
         def timed(before: bool) -> tuple[float, int]:
             scorer = score.Scorer(spec, None, UniformImage())
@@ -110,16 +132,8 @@ def main() -> int:
             return seconds, scorer.dataset_images.row_groups_read
 
         seconds, row_groups = alternate(lambda name: timed(name == "before"), args.repeats)
-        context = {
-            "rows": args.rows,
-            "row_groups_in_part": pq.ParquetFile(part).num_row_groups,
-            "part_mb": round(part.stat().st_size / 2**20, 1),
-            "chunk_rows": spec.image_batch * 4,
-            "row_groups_read": row_groups,
-        }
+        context = {"rows": args.rows, **part_file_context(part), "chunk_rows": spec.image_batch * 4, "row_groups_read": row_groups}
         report_now_vs_before(seconds, args.rows, context, args.json)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
