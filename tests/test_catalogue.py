@@ -237,6 +237,23 @@ def test_guid_of(member: str, guid: str) -> None:
     assert guid_of(member) == guid
 
 
+@pytest.mark.parametrize(
+    ("member", "known", "guid"),
+    [
+        # A guid ending in a dot and Latin letters: the rows tell it from an extension (it was
+        # always cut: MS.A had to be stored as MS.A.jpg to find its image).
+        ("images/MS.A", {"MS.A"}, "MS.A"),
+        ("images/MS.A", {"MS", "MS.A"}, "MS.A"),
+        ("images/MS.A", {"MS"}, "MS"),
+        ("images/MS.A.jpg", {"MS.A"}, "MS.A"),
+        ("u1.jpg", {"u1"}, "u1"),
+        ("u1.jpg", {"u1", "u1.jpg"}, "u1.jpg"),
+    ],
+)
+def test_guid_of_a_file_named_exactly_as_a_known_guid(member: str, known: set[str], guid: str) -> None:
+    assert guid_of(member, known) == guid
+
+
 SIDECARS = ["u1.xmp", "u1.JSON", "u1.txt", "u1.xml", "u1.csv", "u1.jpg.md5", "u1.THM", "Thumbs.db", "desktop.ini"]
 
 

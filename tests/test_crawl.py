@@ -18,7 +18,7 @@ import pytest
 from http_zoo import ZooServer, bomb_png, gen_image, image_bytes
 from PIL import Image
 
-from museum_typology import crawl, images, petastorm_io, storage
+from museum_typology import crawl, images, ingest, petastorm_io, storage, train_image
 from museum_typology.catalogue import CsvError, InputRow
 from museum_typology.config import load_settings
 from museum_typology.schema import CLASSES, CRAWL_MANIFEST_SCHEMA, MANIFEST_SCHEMA
@@ -111,6 +111,43 @@ def test_auto_partitions():
     assert crawl.auto_partitions(5000, 2000, 2) == 3
     assert crawl.auto_partitions(1, 2000, 8) == 1
     assert crawl.auto_partitions(0, 2000, 2) == 1
+
+
+def test_the_decoders_of_a_resumed_crawl_are_recorded_and_a_mix_is_named(tmp_path):
+    """train-image's run key takes the summary's pixel_decoder: a crawl resumed after an upgrade
+    of the decoding code holds pixels of both versions and must not pass for either."""
+    work = tmp_path / "_work"
+    work.mkdir()
+    (work / crawl.PLAN_FILE).write_text(json.dumps({"fingerprint": "f", "partitions": 2}))
+    assert crawl.record_pixel_decoder(str(work), "v1", True, False, None) == ["v1"]
+    assert crawl.record_pixel_decoder(str(work), "v1", True, True, None) == ["v1"]  # resumed with the same code
+    assert crawl.record_pixel_decoder(str(work), "v2", False, True, None) == ["v1"]  # nothing left to decode
+    assert crawl.record_pixel_decoder(str(work), "v2", True, True, None) == ["v1", "v2"]
+    assert json.loads((work / crawl.PLAN_FILE).read_text()) == {"fingerprint": "f", "partitions": 2, "pixel_decoders": ["v1", "v2"]}
+    (work / crawl.PLAN_FILE).write_text(json.dumps({"fingerprint": "f", "partitions": 2}))  # a plan of older code
+    assert crawl.record_pixel_decoder(str(work), "v2", True, True, None) == ["unrecorded", "v2"]
+
+    assert crawl.summary_pixel_decoder(["v1"], "v2") == "v1" and crawl.summary_pixel_decoder([], "v2") == "v2"
+    mixed = crawl.summary_pixel_decoder(["v1", "v2"], "v2")
+    assert mixed.startswith("mixed-") and mixed != crawl.summary_pixel_decoder(["unrecorded", "v2"], "v2")
+
+
+def test_an_executor_with_other_decoding_code_refuses_to_crawl(tmp_path):
+    settings = _settings(tmp_path)
+    task = crawl.TaskSettings(
+        work_url=str(tmp_path / "_work"),
+        fetch=crawl.FetchSettings.from_settings(settings.section("crawl"), 1000),
+        decode=ingest.DecodeSettings.from_settings(settings),
+        commit_rows=5,
+        row_group_bytes=1 << 20,
+        decode_threads=1,
+        robots_txt=False,
+        s3=None,
+        pixel_decoder="another version",
+    )
+    with pytest.raises(ingest.IngestError, match="differs from the driver's"):
+        crawl.crawl_partition(0, [], task)
+    assert not (tmp_path / "_work").exists()
 
 
 def test_crawl_manifest_schema_extends_the_ingest_one():
@@ -356,6 +393,9 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
     zoo.reset_counts()
     summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
     assert sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == summary["dataset_rows"] == 20
+    # The chunks' decoder is recorded, and train-image's run key reads it beside the dataset.
+    assert summary["pixel_decoder"] == ingest.pixel_version() and summary["pixel_decoders"] == [ingest.pixel_version()]
+    assert train_image.stored_image_settings(str(output / "dataset"), _settings(tmp_path), None)["pixel_decoder"] == ingest.pixel_version()
     assert sorted(_dataset(output)) == sorted(_manifest(output)) and len(_manifest(output)) == 20
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary debris
 

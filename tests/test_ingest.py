@@ -307,6 +307,25 @@ def test_a_refused_sidecar_does_not_quarantine_the_guid_it_names():
     assert not tasks and status == {"u1": "no_image", "u2": "quarantined"}
 
 
+def test_a_guid_that_looks_like_a_name_and_extension_finds_its_image(settings, tmp_path):
+    """Guids MS.A and MS.B (a dot and a Latin letter, like an extension): images/MS.A was indexed
+    as guid MS, so MS.A had no image and the row MS took it. The rows' guids now decide."""
+    from museum_typology.catalogue import InputRow
+    from museum_typology.image_source import build_index
+
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("images/MS.A", b"jpeg")
+        zf.writestr("images/MS.B.png", b"png")
+        zf.writestr("../MS.C", b"x")
+    rows = [InputRow(g, "train", "train.csv", n, n + 1, "описание", None) for n, g in enumerate(["MS.A", "MS.B", "MS", "MS.C"], start=1)]
+    index = ingest.image_index(str(tmp_path), settings.set(["ingest", "images"], "images.zip", "test"), None, rows)
+    assert index.members == build_index(str(archive), None, {"MS.A", "MS.B", "MS", "MS.C"}).members == {"MS.A": ["images/MS.A"], "MS.B": ["images/MS.B.png"]}
+    tasks, finished = ingest.plan(rows, index)
+    assert {t["guid"]: t["image_member"] for t in tasks} == {"MS.A": "images/MS.A", "MS.B": "images/MS.B.png"}
+    assert {r["guid"]: r["status"] for r in finished} == {"MS": "no_image", "MS.C": "quarantined"}
+
+
 def test_an_executor_with_other_decoding_code_refuses_to_decode(tmp_path):
     """The summary records the driver's pixel_version, which train-image's run key trusts: an
     executor with another Pillow or other code must not write pixels under it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -205,6 +206,15 @@ def test_an_image_over_the_byte_cap_is_not_rescored_every_night(spark, settings,
     assert "images.max_bytes=100 (not read)" in got.loc["a", "note"]
     second = run(spark, settings, night1, "2026-03-02", model=capped, factory=must_not_score)
     assert second["rescored"] == 0 and second["unchanged"] == 4
+
+
+def test_a_guid_that_looks_like_a_name_and_extension_is_hashed_and_scored_with_its_image(spark, settings, night1):
+    """Image file MS.A of row MS.A was taken for guid MS with extension "a": no image, no hash."""
+    (night1 / "images" / "MS.A").write_bytes(jpeg(BLUE))
+    write_catalogue(night1 / "catalogue.csv", [*NIGHT1, ("MS.A", "", "")])
+    run(spark, settings, night1, "2026-03-01")
+    got = partition(night1, "2026-03-01").set_index("guid")
+    assert got.loc["MS.A", "image_sha256"] == hashlib.sha256(jpeg(BLUE)).hexdigest() and got.loc["MS.A", "source"] == "image"
 
 
 def test_dataset_images_are_compared_by_their_sha256_column(spark, settings, tmp_path):

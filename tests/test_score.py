@@ -407,6 +407,15 @@ def test_image_lookup_skips_sidecars_and_keeps_dotted_guids(tmp_path):
     assert found.ambiguous == {}
 
 
+def test_image_lookup_tells_a_dotted_guid_from_an_extension_by_the_rows(tmp_path):
+    # MS.A was looked up as guid MS with extension "a": the row MS.A got no image.
+    for name in ["MS.A", "MS.B.jpg", "u1.jpg"]:
+        (tmp_path / name).write_bytes(b"1")
+    assert score.find_image_files(str(tmp_path)) == {"MS": str(tmp_path / "MS.A"), "MS.B": str(tmp_path / "MS.B.jpg"), "u1": str(tmp_path / "u1.jpg")}
+    found = score.find_image_files(str(tmp_path), None, {"MS.A", "MS.B", "u1"})
+    assert found == {"MS.A": str(tmp_path / "MS.A"), "MS.B": str(tmp_path / "MS.B.jpg"), "u1": str(tmp_path / "u1.jpg")}
+
+
 def test_a_guid_with_several_image_files_gets_no_image_and_a_note(tmp_path):
     # The first by name was used silently (a broken g3.jpg hid a good g3.png); ingest quarantines.
     for name in ["g3.jpg", "g3.png", "g4.png"]:

@@ -85,6 +85,7 @@ class TaskSettings:
     decode_threads: int
     robots_txt: bool
     s3: S3Options | None
+    pixel_decoder: str  # the driver's ingest.pixel_version: executors with other decoding code refuse
     max_crawl_delay_s: float = 60.0
 
 
@@ -296,6 +297,7 @@ def _bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iter
 
 def crawl_partition(partition: int, tasks: list[dict[str, Any]], task: TaskSettings) -> dict[str, Any]:
     """Runs on an executor: fetch, decode, encode and store one partition's URLs in chunks."""
+    ingest.check_pixel_version(f"crawl partition {partition}", task.pixel_decoder)
     started = time.time()
     done: set[int] = set()
     for name in list_fragments(task.work_url, task.s3, prefix=f"part-{partition:05d}-"):
@@ -429,6 +431,35 @@ def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], r
     return work_url, count, False
 
 
+def record_pixel_decoder(work_url: str, version: str, decoding: bool, resumed: bool, s3: S3Options | None) -> list[str]:
+    """The ``ingest.pixel_version``s that decoded the work directory's chunks, in the order they
+    started, kept in its plan file; ``version`` is added before a run that will decode
+    (``decoding``), so a run killed after storing chunks has recorded it. A crawl resumed after an
+    upgrade of Pillow or of the decoding code holds pixels of both: the summary then names the
+    mix, and train-image, whose run key includes it, trains again rather than take the pixels for
+    the old ones. Chunks of a plan file written before versions were recorded count as
+    ``"unrecorded"``."""
+    plan_url = storage.join(work_url, PLAN_FILE)
+    state = _read_json(plan_url, s3) or {}
+    decoders = list(state.get("pixel_decoders", ["unrecorded"] if resumed else []))
+    if decoding and version not in decoders:
+        if decoders:
+            log.warning("crawl: the chunks stored so far were decoded by other code (%s); this run decodes with %s, so the dataset will hold pixels of both", ", ".join(d[:12] for d in decoders), version[:12])
+        decoders.append(version)
+        storage.write_bytes(plan_url, json.dumps({**state, "pixel_decoders": decoders}).encode(), s3)
+    return decoders
+
+
+def summary_pixel_decoder(decoders: list[str], current: str) -> str:
+    """What the summary's ``pixel_decoder`` names: the one version that decoded every chunk (the
+    current one when nothing was decoded), else a hash of the mix. Pure."""
+    if len(decoders) == 1:
+        return decoders[0]
+    if not decoders:
+        return current
+    return "mixed-" + hashlib.sha256("\n".join(decoders).encode()).hexdigest()
+
+
 def estimate_duration(urls_per_host: Mapping[str, int], host_connections: int, host_rate: float, latency_s: float, cores: int, images_per_core_s: float) -> dict[str, Any]:
     """How long a crawl should take, from first principles. Pure.
 
@@ -533,7 +564,9 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         max_crawl_delay_s=float(crawl_conf["max_crawl_delay_s"]),
         row_group_bytes=int(settings.get("ingest.row_group_size_mb")) * 1024 * 1024,
         s3=s3,
+        pixel_decoder=ingest.pixel_version(),
     )
+    decoders = record_pixel_decoder(work_url, task_settings.pixel_decoder, bool(todo_groups), resumed, s3)
     log.info(
         "crawl: %d input rows, %d distinct URLs to fetch (%d rows share a URL), %d finished at planning; "
         "%d partitions, %d URLs left in %d of them%s; per task %d threads, %d connections per host",
@@ -575,6 +608,9 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         "bytes_this_run": sum(st["bytes"] for st in stats),
         "seconds_fetching": round(seconds, 2),
         "urls_per_second": round(fetched_urls / max(1e-6, seconds), 2),
+        # train-image's run key reads it (as from ingest's summary): other pixels, another model.
+        "pixel_decoder": summary_pixel_decoder(decoders, task_settings.pixel_decoder),
+        "pixel_decoders": decoders,
     }
     summary = assemble(spark, settings, rows, finished, work_url, output, s3, run_info)
     log.info(

@@ -11,7 +11,7 @@ import re
 import zipfile
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from . import storage
@@ -37,8 +37,10 @@ class ImageIndex:
 # the format anyway, ``images.decode_image`` sniffs it). A guid may itself contain dots
 # (``inv.1.jpg`` is guid ``inv.1``) and an image may have no extension at all, so cutting at the
 # first dot would merge guids, and cutting at any last dot would lose ``inv.1``: a suffix with a
-# digit (``inv.1``, ``1999.12.3a``) or a Cyrillic letter is part of the guid, and a guid ending in
-# a dot and 1-5 Latin letters (``MS.A``) must keep an extension on its file name.
+# digit (``inv.1``, ``1999.12.3a``) or a Cyrillic letter is part of the guid. A guid that itself
+# ends in a dot and 1-5 Latin letters (``MS.A``) is told from an extension by the input rows: a
+# file whose whole name is a guid of theirs (``known_guids``) belongs to that guid, so ``MS.A``
+# with no extension is guid ``MS.A``, not guid ``MS`` with extension ``a``.
 _EXTENSION = re.compile(r"[a-z]{1,5}")
 
 # Extensions of metadata written beside images (Lightroom/Bridge ``.xmp``, camera ``.thm`` thumbnails,
@@ -55,13 +57,17 @@ def _split_extension(name: str) -> tuple[str, str]:
     return (stem, extension.lower()) if dot and stem else (name, "")
 
 
-def guid_of(member: str) -> str:
-    """The guid of an image file: its base name less one trailing extension (see ``_EXTENSION``).
+def guid_of(member: str, known_guids: Collection[str] = ()) -> str:
+    """The guid of an image file: its base name when that is one of ``known_guids`` (the input
+    rows' guids), else its base name less one trailing extension (see ``_EXTENSION``).
 
     ``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``;
-    ``images/inv.1.JPG`` -> ``inv.1``; ``inv.1`` -> ``inv.1``; ``x-1.weird`` -> ``x-1``.
+    ``images/inv.1.JPG`` -> ``inv.1``; ``inv.1`` -> ``inv.1``; ``x-1.weird`` -> ``x-1``;
+    ``MS.A`` -> ``MS``, or ``MS.A`` when ``MS.A`` is a known guid.
     """
     name = posixpath.basename(member.replace("\\", "/"))
+    if name in known_guids:
+        return name
     stem, extension = _split_extension(name)
     return stem if _EXTENSION.fullmatch(extension) else name
 
@@ -85,18 +91,25 @@ def is_junk(member: str) -> bool:
     return parts[-1].startswith(".") or "__MACOSX" in parts or _split_extension(parts[-1])[1] in SIDECAR_EXTENSIONS
 
 
-def images_by_guid(names: Iterable[str]) -> dict[str, list[str]]:
-    """guid (``guid_of``) -> its file names, sorted; hidden files and sidecars (``is_junk``)
-    left out. More than one name for a guid means the guid's image is ambiguous."""
+def known_guids(rows: Iterable) -> frozenset[str]:
+    """The guids of input rows (``InputRow``s; rows without one left out), for ``guid_of``."""
+    return frozenset(row.guid for row in rows if row.guid)
+
+
+def images_by_guid(names: Iterable[str], known_guids: Collection[str] = ()) -> dict[str, list[str]]:
+    """guid (``guid_of`` with ``known_guids``) -> its file names, sorted; hidden files and
+    sidecars (``is_junk``) left out. More than one name for a guid means the guid's image is
+    ambiguous."""
     members: dict[str, list[str]] = defaultdict(list)
     for name in names:
         if not is_junk(name):
-            members[guid_of(name)].append(name)
+            members[guid_of(name, known_guids)].append(name)
     return {guid: sorted(found) for guid, found in members.items()}
 
 
-def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
-    """List the images at ``location`` (a .zip or a directory) without reading them."""
+def build_index(location: str, s3: S3Options | None = None, known_guids: Collection[str] = ()) -> ImageIndex:
+    """List the images at ``location`` (a .zip or a directory) without reading them; file names
+    map to guids through ``guid_of`` with ``known_guids`` (the input rows' guids)."""
     unsafe: dict[str, str] = {}
     digest = hashlib.sha256()
     if storage.is_dir(location, s3):
@@ -123,7 +136,7 @@ def build_index(location: str, s3: S3Options | None = None) -> ImageIndex:
                 else:
                     names.append(info.filename)
         kind = "zip"
-    return ImageIndex(location, kind, images_by_guid(names), unsafe, f"{kind}:{digest.hexdigest()}")
+    return ImageIndex(location, kind, images_by_guid(names, known_guids), unsafe, f"{kind}:{digest.hexdigest()}")
 
 
 class ImageReader:

@@ -15,7 +15,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from . import catalogue, image_source, images, petastorm_io, schema, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
 from .config import Settings
-from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_junk
+from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_junk, known_guids
 from .log import get_logger
 from .schema import (
     MANIFEST_SCHEMA,
@@ -136,12 +136,13 @@ def read_input_rows(data_dir: str, settings: Settings, s3: S3Options | None = No
     return reject_duplicates(rows)
 
 
-def image_index(data_dir: str, settings: Settings, s3: S3Options | None = None) -> ImageIndex:
+def image_index(data_dir: str, settings: Settings, s3: S3Options | None = None, rows: Sequence[InputRow] = ()) -> ImageIndex:
+    """The images beside the rows; ``rows`` tell a guid such as ``MS.A`` from ``MS`` + extension."""
     location = storage.join(data_dir, settings.get("ingest.images"))
     if not storage.exists(location, s3):
         log.warning("%s: no images archive or directory; every row is text-only", location)
         return ImageIndex(location, "none")
-    index = build_index(location, s3)
+    index = build_index(location, s3, known_guids(rows))
     log.info("%s: %d images (%d refused as unsafe names)", location, sum(map(len, index.members.values())), len(index.unsafe))
     return index
 
@@ -156,7 +157,8 @@ def plan(rows: list[InputRow], index: ImageIndex) -> tuple[list[dict[str, Any]],
     here with its status and reason.
     """
     # A refused sidecar (``../u1.xmp``) is no image of u1's either: it must not quarantine u1.
-    unsafe_by_guid: dict[str, str] = {guid_of(m): reason for m, reason in index.unsafe.items() if not is_junk(m)}
+    guids = known_guids(rows)
+    unsafe_by_guid: dict[str, str] = {guid_of(m, guids): reason for m, reason in index.unsafe.items() if not is_junk(m)}
     tasks: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
     for row in rows:
@@ -223,6 +225,19 @@ def decode_task(task: dict[str, Any], raw: bytes | None, read_error: str | None,
     return {**record, "status": STATUS_OK, "reason": None}, dataset_row
 
 
+def check_pixel_version(where: str, driver_pixel_version: str) -> None:
+    """On an executor, before it decodes: the summary records the driver's ``pixel_version``,
+    which train-image's run key trusts to name the stored pixels, so an executor with other
+    decoding code or another Pillow must not store pixels under it."""
+    if pixel_version() != driver_pixel_version:
+        import PIL
+
+        raise IngestError(
+            f"{where}: this executor's decoding code or Pillow ({PIL.__version__}) differs from the driver's "
+            f"(pixel_version {pixel_version()[:12]} != {driver_pixel_version[:12]}); install the same museum-typology and Pillow on both"
+        )
+
+
 def _process_partition(
     partition: int,
     tasks: Iterator[dict[str, Any]],
@@ -236,15 +251,8 @@ def _process_partition(
 ) -> Iterator[dict[str, Any]]:
     """Runs on an executor: read, decode and store one partition's images; yield manifest rows.
 
-    Refuses to decode with other code or another Pillow than the driver's: the summary records
-    the driver's ``pixel_version``, which train-image's run key trusts to name these pixels."""
-    if pixel_version() != driver_pixel_version:
-        import PIL
-
-        raise IngestError(
-            f"partition {partition}: this executor's decoding code or Pillow ({PIL.__version__}) differs from the driver's "
-            f"(pixel_version {pixel_version()[:12]} != {driver_pixel_version[:12]}); install the same museum-typology and Pillow on both"
-        )
+    Refuses to decode with other code or another Pillow than the driver's (``check_pixel_version``)."""
+    check_pixel_version(f"partition {partition}", driver_pixel_version)
     schema = make_image_schema(decode.codec, decode.jpeg_quality)
     writer = petastorm_io.PartWriter(storage.join(dataset_url, f"part-{partition:05d}.parquet"), schema, row_group_bytes, s3)
     results = []
@@ -296,7 +304,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
     storage.clean_up_after_crashes(output, s3)  # as a run that writes would: a kept output is whole
     decode = DecodeSettings.from_settings(settings)
     rows = read_input_rows(data_dir, settings, s3)
-    index = image_index(data_dir, settings, s3)
+    index = image_index(data_dir, settings, s3, rows)
     tasks, finished = plan(rows, index)
 
     partitions = int(settings.get("ingest.partitions")) or 4 * spark.sparkContext.defaultParallelism

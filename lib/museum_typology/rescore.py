@@ -44,7 +44,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .catalogue import InputRow
 from .config import Settings
+from .image_source import known_guids
 from .log import get_logger
 from .score import (
     DETAIL_COLUMNS,
@@ -223,9 +224,9 @@ class ImageHashes:
     """Where score finds each guid's image (a ``DIR/<guid>`` file first, else a dataset row) and
     the sha256 score will record for it, computed only for the guids asked about."""
 
-    def __init__(self, spark, images_dir: str | None, image_dataset: str | None, s3: S3Options | None, max_bytes: int):
+    def __init__(self, spark, images_dir: str | None, image_dataset: str | None, s3: S3Options | None, max_bytes: int, guids: Collection[str] = ()):
         self.spark, self.s3, self.max_bytes = spark, s3, max_bytes
-        self.files = find_image_files(images_dir, s3) if images_dir else ImageFiles()
+        self.files = find_image_files(images_dir, s3, guids) if images_dir else ImageFiles()
         self.dataset = find_dataset_images(image_dataset, s3) if image_dataset else {}
 
     def __call__(self, guids: Sequence[str]) -> dict[str, str | None]:
@@ -428,7 +429,7 @@ def run(
     before = [(d, url) for d, url in partitions if d < date]
     state_frame = current_predictions(predictions_url, s3, before=date, columns=STATE_COLUMNS)
     state = {record["guid"]: record for record in state_frame.to_dict("records")}  # string columns: None for null
-    images = ImageHashes(spark, images_dir, image_dataset, s3, spec.max_bytes)
+    images = ImageHashes(spark, images_dir, image_dataset, s3, spec.max_bytes, known_guids(rows))
     version = spec.model_version
     log.info("rescore %s: %d catalogue rows against %d guids from %d partition(s), model %s", date, len(rows), len(state), len(before), version)
     plan = plan_rescore(rows, state, version, images, spec.text_normalization)

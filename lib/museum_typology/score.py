@@ -19,7 +19,7 @@ import json
 import os
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, has_control_character
 from .config import Settings
-from .image_source import images_by_guid
+from .image_source import images_by_guid, known_guids
 from .images import as_stored, decode_image
 from .log import get_logger
 from .petastorm_io import PartImageReader
@@ -143,13 +143,13 @@ class ImageFiles(dict):
         self.ambiguous: dict[str, list[str]] = ambiguous or {}
 
 
-def find_image_files(images_dir: str, s3: S3Options | None = None) -> ImageFiles:
-    """guid -> URL of ``DIR/<guid>`` or ``DIR/<guid>.<extension>`` (``guid_of``; the
-    content decides the format, never the name). Hidden files and metadata sidecars (``u1.xmp``)
-    are skipped as ingest skips them (``images_by_guid``). A guid with several files is listed under
-    ``ambiguous``."""
+def find_image_files(images_dir: str, s3: S3Options | None = None, known_guids: Collection[str] = ()) -> ImageFiles:
+    """guid -> URL of ``DIR/<guid>`` or ``DIR/<guid>.<extension>`` (``guid_of``, which the
+    rows' ``known_guids`` tell ``MS.A`` from ``MS`` + extension; the content decides the format,
+    never the name). Hidden files and metadata sidecars (``u1.xmp``) are skipped as ingest skips
+    them (``images_by_guid``). A guid with several files is listed under ``ambiguous``."""
     check_image_sources(images_dir, None, s3)
-    names = images_by_guid(storage.list_files(images_dir, s3, recursive=False))
+    names = images_by_guid(storage.list_files(images_dir, s3, recursive=False), known_guids)
     return ImageFiles(
         {guid: storage.join(images_dir, found[0]) for guid, found in names.items() if len(found) == 1},
         {guid: found for guid, found in names.items() if len(found) > 1},
@@ -638,7 +638,7 @@ def run(
     s3 = S3Options.from_settings(settings.section("s3"))
     check_output(input_url, output_url, s3)
     rows = read_rows(input_url, s3)
-    image_files = find_image_files(images_dir, s3) if images_dir else {}
+    image_files = find_image_files(images_dir, s3, known_guids(rows)) if images_dir else {}
     dataset_images = find_dataset_images(image_dataset, s3) if image_dataset else {}
     tasks = plan_tasks(rows, image_files, dataset_images, spec.text_normalization)
     log.info("score: %d rows (%d with words, %d with an image) with %s", len(tasks), int((tasks["text"] != "").sum()), int(tasks["image_kind"].notna().sum()), spec.model_version)

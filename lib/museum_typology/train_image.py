@@ -125,7 +125,7 @@ def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) ->
 # Bump when a change to the training code changes the models it trains with the same data and
 # settings: the run key includes it, so bundles of older code are not reused. How ingest decodes
 # and stores the same source bytes is followed without a bump: the key includes the dataset's
-# ``pixel_decoder`` (ingest.pixel_version), where ingest recorded one (crawl's datasets have none).
+# ``pixel_decoder`` (ingest.pixel_version) that ingest or crawl recorded in the summary beside it.
 TRAINING_VERSION = 1
 # Settings that change how a run goes, not what it trains: left out of the run key.
 RUN_ONLY_SETTINGS = ("start_timeout", "reader_workers")
