@@ -2,6 +2,7 @@
 by the ingest job into 2 row groups): Horovod on Spark with 2 local processes against 1."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -207,7 +208,11 @@ def _assert_runtimes_agree(bundle: Path) -> None:
 
 def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path):
     settings = _settings(tmp_path, 4, 0.001, ["image.finetune_from_block=14", "image.shuffle_buffer=8"])
-    result = train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models" / "image"), str(tmp_path / "unused.parquet"), num_proc=2, final=True, epochs=1, max_steps=2)
+    # A hand-made manifest that names no image of the dataset: the labels stay, and the bundle
+    # records which manifest it was given.
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("guid,typology\nnot-in-the-dataset,графика\n", encoding="utf-8")
+    result = train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models" / "image"), str(tmp_path / "unused.parquet"), num_proc=2, final=True, manifest=str(manifest), epochs=1, max_steps=2)
     metrics = result["metrics"]
     assert metrics["mode"] == "final" and metrics["processes"] == 2 and metrics["epochs_run"] == 1
     assert metrics["validation_rows"] == 10  # fold 0 of 3 stratified folds
@@ -215,11 +220,12 @@ def test_final_mode_fine_tunes_and_writes_a_bundle(spark, tiny_dataset, tmp_path
     bundle = Path(result["bundle"])
     assert bundle.name.endswith("-final") and (bundle / "heads" / "final.weights.h5").is_file()
     assert json.loads((bundle / "model.json").read_text())["backbone"]["fine_tuned"] is True
+    assert json.loads((bundle / "data.json").read_text())["labels_manifest"] == {"url": str(manifest), "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
     # The bundle's backbone.tflite scores as its saved (fine-tuned) Keras backbone does.
     _assert_runtimes_agree(bundle)
     assert not (tmp_path / "unused.parquet").exists()
     # The same images, labels and settings again: the bundle is reused, no Horovod run.
-    again = train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models" / "image"), str(tmp_path / "unused.parquet"), num_proc=2, final=True, epochs=1, max_steps=2)
+    again = train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models" / "image"), str(tmp_path / "unused.parquet"), num_proc=2, final=True, manifest=str(manifest), epochs=1, max_steps=2)
     assert again["reused"] and not result["reused"] and again["results"] == []
     assert again["bundle"] == result["bundle"] and again["metrics"]["validation_macro_f1"] == metrics["validation_macro_f1"]
 

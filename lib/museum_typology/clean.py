@@ -19,6 +19,7 @@ label whose rows the models call another class is the "rare books under доку
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -117,6 +118,7 @@ class Oof:
     proba: np.ndarray  # (n, 15), rows sum to 1, CLASSES order
     sources: list[str]  # per row: "text", "image", "text+image"
     fold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # first source's fold
+    model_versions: tuple[str, ...] = ()  # the bundle versions its file names (model_version column)
 
     def __len__(self) -> int:
         return len(self.guids)
@@ -184,7 +186,8 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
         raise OofError(f"{name}: empty fold in {sum(f is None for f in folds)} row(s), e.g. guid {guids[i]}")
     fold = np.asarray(folds, dtype=np.int64)
     source = source_name(name)
-    return Oof(guids, np.array([CLASS_INDEX[t] for t in labels], dtype=np.int64), proba, [source] * len(guids), fold)
+    versions = tuple(sorted({v for v in table.column("model_version").to_pylist() if v})) if "model_version" in table.column_names else ()
+    return Oof(guids, np.array([CLASS_INDEX[t] for t in labels], dtype=np.int64), proba, [source] * len(guids), fold, versions)
 
 
 def combine(oofs: list[Oof]) -> Oof:
@@ -626,6 +629,20 @@ def _keep_flag(value: Any, url: str, guid: str) -> bool:
     raise OofError(f"{url}: guid {guid}: keep = {value!r} is not a yes/no value (true/false, 1/0, yes/no; empty = false)")
 
 
+def labels_lineage(url: str | None, s3: S3Options | None = None) -> dict[str, Any] | None:
+    """What a model trained on the cleaned manifest ``url`` should record of it: the URL, its
+    bytes' sha256 and, when the clean job wrote it (``summary.json`` beside it), the out-of-fold
+    files and bundle versions its decisions came from. None without a manifest."""
+    if not url:
+        return None
+    lineage: dict[str, Any] = {"url": url, "sha256": hashlib.sha256(storage.read_bytes(url, s3)).hexdigest()}
+    parent = url.rstrip("/").rpartition("/")[0]
+    summary = storage.read_json_object(storage.join(parent, "summary.json"), s3) if parent else None
+    if summary and "input_models" in summary:
+        lineage["made_from"] = summary["input_models"]
+    return lineage
+
+
 def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str | None]:
     """guid -> the label to train on, or None to leave the row out.
 
@@ -734,6 +751,9 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
     summary: dict[str, Any] = {
         "rows": len(oof),
         "inputs": list(oof_urls),
+        # The bundles whose out-of-fold predictions decided: a final model trained on this
+        # manifest names them through ``labels_lineage``.
+        "input_models": {url: list(one.model_versions) for url, one in zip(oof_urls, inputs)},
         "sources": dict(Counter(oof.sources)),
         "actions": {a: cleaned.actions.count(a) for a in ACTIONS},
         "suspected": int(cleaned.suspected.sum()),

@@ -136,6 +136,9 @@ class WorkerJob:
     # spark.task.cpus when the job's Spark conf sets it: the cores Spark reserved for each
     # Horovod process's task slot. None: the process's machine cores divided among its processes.
     task_cpus: int | None = None
+    # Where the labels came from when a cleaned manifest relabelled them (``clean.labels_lineage``):
+    # recorded in the bundle's data.json, so a final model names the fold run its labels came from.
+    labels_manifest: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- pure helpers

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from . import backbone as backbone_lib
 from . import bundles, image_model, report, storage, tflite_backbone
+from .clean import labels_lineage, read_cleaned_labels
 from .config import Settings
 from .image_model import ImageSettings, WorkerJob
 from .log import get_logger
@@ -62,8 +63,6 @@ def read_labels(dataset_url: str, manifest: str | None, s3: S3Options | None) ->
     labels = {r["guid"]: r["typology"] for r in table if r["typology"] is not None}
     sha = {r["guid"]: r["sha256"] for r in table}
     if manifest:
-        from .clean import read_cleaned_labels
-
         # The clean job's manifest (guid, new_label, action) or a hand-made one (guid, typology[, keep]):
         # the guids it names take its label or leave (drop); the others keep the dataset's label.
         cleaned = read_cleaned_labels(manifest, s3)
@@ -240,6 +239,7 @@ def run(
         max_steps=max_steps,
         backbone_tflite=None if frozen is None else tflite_backbone.convert(frozen, s.image_size),
         task_cpus=configured_task_cpus(spark),
+        labels_manifest=labels_lineage(manifest, s3),
     )
     log.info("train-image (%s): %d labelled images, %d classes, %d folds, %d processes, checkpoints %s", job.mode, len(guids), len(set(y.tolist())), s.folds, n_proc, checkpoint_url)
     results = run_horovod(spark, image_model.final_worker if final else image_model.fold_worker, job, n_proc, s.start_timeout)
@@ -368,7 +368,8 @@ def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str,
     (local / "preprocessing.json").write_text(json.dumps(image_model.preprocessing_spec(s), indent=2))
     (local / "classes.json").write_text(json.dumps(list(CLASSES), ensure_ascii=False, indent=2))
     (local / "conf.json").write_text(json.dumps({"image": image_model.settings_dict(s), "settings": settings.values}, ensure_ascii=False, indent=2))
-    (local / "data.json").write_text(json.dumps({"data_hash": digest, "dataset": job.dataset_url, "labelled_images": len(job.labels)}, indent=2))
+    data = {"data_hash": digest, "dataset": job.dataset_url, "labelled_images": len(job.labels), "labels_manifest": job.labels_manifest}
+    (local / "data.json").write_text(json.dumps(data, ensure_ascii=False, indent=2))
     (local / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
 
 
