@@ -345,8 +345,18 @@ def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_pat
     cascade = str(models / "cascade")
     text, fold_image, final_image = (str(models / k / v) for k, v in (("text", "T1"), ("image", "I1"), ("image", "I2")))
     assert score.cascade_params(settings, cascade, None, text, fold_image) == (score.CascadeParams.from_dict(tuned), "C1")
-    # a --final bundle has no out-of-fold predictions of its own: its side is not checked
+    # a --final bundle has no out-of-fold predictions of its own: without a record of the fold
+    # run behind its labels its side is not checked; with one, that run must be the cascade's
     assert score.cascade_params(settings, cascade, None, text, final_image)[1] == "C1"
+    made_from = {"labels_manifest": {"url": "clean/cleaned_manifest.parquet", "sha256": "0" * 64, "made_from": {"oof/text.parquet": ["T1"], "oof/image.parquet": ["I1"]}}}
+    (models / "image" / "I2" / "data.json").write_text(json.dumps(made_from))
+    assert score.cascade_params(settings, cascade, None, text, final_image)[1] == "C1"
+    made_from["labels_manifest"]["made_from"]["oof/image.parquet"] = ["I0"]
+    (models / "image" / "I2" / "data.json").write_text(json.dumps(made_from))
+    with caplog.at_level("WARNING"):
+        assert score.cascade_params(settings, cascade, None, text, final_image)[1].startswith("conf-")
+    assert "image model I1, not the fold run behind final bundle I2's labels (I0, T1)" in caplog.text
+    caplog.clear()
     (models / "text" / "T2").mkdir()
     with caplog.at_level("WARNING"):
         params, version = score.cascade_params(settings, cascade, None, str(models / "text" / "T2"), fold_image)

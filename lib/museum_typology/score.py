@@ -292,7 +292,9 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
 def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bundle: str | None, s3: S3Options | None) -> str | None:
     """How a tuned cascade's inputs differ from the bundles to score with (None: they agree, or
     the cascade did not record them). A --final image bundle has no out-of-fold predictions of
-    its own and records no fold run to compare with, so its side is not checked."""
+    its own: it belongs with a cascade tuned on the fold run whose predictions cleaned its labels
+    (``labels_manifest`` in its data.json); one trained without a clean job's manifest, or
+    written before bundles recorded it, is not checked."""
     differ = []
     if text_bundle and inputs.get("text_model") and inputs["text_model"] != bundles.bundle_version(text_bundle):
         differ.append(f"text model {inputs['text_model']}, not {bundles.bundle_version(text_bundle)}")
@@ -300,7 +302,19 @@ def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bund
         model = json.loads(storage.read_bytes(storage.join(image_bundle, IMAGE_MARKER), s3))
         if model.get("kind") != "final":
             differ.append(f"image model {inputs['image_model']}, not {bundles.bundle_version(image_bundle)}")
+        else:
+            fold_runs = final_bundle_fold_runs(image_bundle, s3)
+            if fold_runs and inputs["image_model"] not in fold_runs:
+                differ.append(f"image model {inputs['image_model']}, not the fold run behind final bundle {bundles.bundle_version(image_bundle)}'s labels ({', '.join(fold_runs)})")
     return "; ".join(differ) or None
+
+
+def final_bundle_fold_runs(image_bundle: str, s3: S3Options | None) -> list[str]:
+    """The bundle versions whose out-of-fold predictions made a final image bundle's cleaned
+    labels (its data.json's ``labels_manifest.made_from``), sorted; [] when it did not record any."""
+    data = storage.read_json_object(storage.join(image_bundle, "data.json"), s3) or {}
+    made_from = (data.get("labels_manifest") or {}).get("made_from") or {}
+    return sorted({version for versions in made_from.values() for version in versions})
 
 
 def text_normalization(text_bundle: str, s3: S3Options | None) -> int:
