@@ -254,6 +254,14 @@ def test_guid_of_a_file_named_exactly_as_a_known_guid(member: str, known: set[st
     assert guid_of(member, known) == guid
 
 
+def test_a_file_named_exactly_as_a_known_guid_is_indexed_even_with_a_sidecar_extension() -> None:
+    from museum_typology.image_source import images_by_guid
+
+    names = ["images/KP.THM", "images/u1.jpg", "images/u1.xmp"]
+    assert images_by_guid(names) == {"u1": ["images/u1.jpg"]}
+    assert images_by_guid(names, {"KP.THM", "u1"}) == {"KP.THM": ["images/KP.THM"], "u1": ["images/u1.jpg"]}
+
+
 SIDECARS = ["u1.xmp", "u1.JSON", "u1.txt", "u1.xml", "u1.csv", "u1.jpg.md5", "u1.THM", "Thumbs.db", "desktop.ini"]
 
 

@@ -422,11 +422,15 @@ def test_job_end_to_end_writes_every_row_once_and_a_review_page(spark, settings,
     assert all(rows[g]["action"] == "keep" for g in text_guids[:24])
     assert summary["actions"] == {"keep": len(all_guids) - 6, "relabel": 6, "drop": 0}
     # What a model trained on this manifest records of it: the bundles whose predictions decided.
-    assert summary["input_models"] == {text_oof: ["test"], image_oof: ["test"]}
+    assert summary["input_models"] == {text_oof: {"source": "text", "versions": ["test"]}, image_oof: {"source": "image", "versions": ["test"]}}
     lineage = clean.labels_lineage(str(out / "cleaned_manifest.parquet"))
     assert lineage == {"url": str(out / "cleaned_manifest.parquet"), "sha256": hashlib.sha256((out / "cleaned_manifest.parquet").read_bytes()).hexdigest(), "made_from": summary["input_models"]}
     (tmp_path / "by_hand.csv").write_text("guid,typology\nt000,графика\n", encoding="utf-8")
     assert set(clean.labels_lineage(str(tmp_path / "by_hand.csv"))) == {"url", "sha256"} and clean.labels_lineage(None) is None
+    # The image fold runs among them: what train-image keys on and score pairs a final bundle by.
+    assert clean.image_fold_runs(lineage) == ["test"]
+    for record in (None, {"url": "x"}, {"made_from": {text_oof: {"source": "text", "versions": ["T1"]}}}, {"made_from": ["I1"]}, {"made_from": {image_oof: {"source": "image", "versions": "I1"}}}):
+        assert clean.image_fold_runs(record) == [], record
     group = [c for c in summary["suspicious_clusters"] if c["scope"] == CLASSES[A]]
     assert len(group) == 1 and group[0]["size"] == 6 and group[0]["dominant_predicted"] == CLASSES[B]
     per_class = {r["class"]: r for r in summary["per_class"]}

@@ -124,8 +124,12 @@ def test_the_decoders_of_a_resumed_crawl_are_recorded_and_a_mix_is_named(tmp_pat
     assert crawl.record_pixel_decoder(str(work), "v2", False, True, None) == ["v1"]  # nothing left to decode
     assert crawl.record_pixel_decoder(str(work), "v2", True, True, None) == ["v1", "v2"]
     assert json.loads((work / crawl.PLAN_FILE).read_text()) == {"fingerprint": "f", "partitions": 2, "pixel_decoders": ["v1", "v2"]}
-    (work / crawl.PLAN_FILE).write_text(json.dumps({"fingerprint": "f", "partitions": 2}))  # a plan of older code
+    # A plan of older code: its stored chunks' decoder is unknown; with none stored, nothing is.
+    (work / crawl.PLAN_FILE).write_text(json.dumps({"fingerprint": "f", "partitions": 2}))
+    assert crawl.record_pixel_decoder(str(work), "v2", False, False, None) == []
     assert crawl.record_pixel_decoder(str(work), "v2", True, True, None) == ["unrecorded", "v2"]
+    (work / crawl.PLAN_FILE).write_text(json.dumps({"fingerprint": "f", "partitions": 2}))
+    assert crawl.record_pixel_decoder(str(work), "v2", True, False, None) == ["v2"]
 
     assert crawl.summary_pixel_decoder(["v1"], "v2") == "v1" and crawl.summary_pixel_decoder([], "v2") == "v2"
     mixed = crawl.summary_pixel_decoder(["v1", "v2"], "v2")

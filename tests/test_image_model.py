@@ -473,6 +473,18 @@ def test_the_run_key_takes_the_storage_settings_from_ingests_record(tmp_path):
     assert train_image.stored_image_settings(str(tmp_path / "ingest" / "elsewhere"), settings, None) == current  # not ingest's layout
 
 
+def test_the_run_key_follows_the_image_fold_runs_that_cleaned_the_labels():
+    """The bundle records them (data.json) and score pairs a final bundle with their cascade: a
+    bundle reused for labels cleaned by another fold run would name the old one."""
+    from museum_typology.config import load_settings
+
+    s = image_model.ImageSettings.from_settings(load_settings(environ={}))
+    plain = train_image.run_settings(s, {}, True, None, None, 2)
+    assert train_image.run_settings(s, {}, True, None, None, 2, []) == plain  # no manifest: the key of before
+    with_i1 = train_image.run_settings(s, {}, True, None, None, 2, ["I1"])
+    assert with_i1 != plain and with_i1 != train_image.run_settings(s, {}, True, None, None, 2, ["I2"])
+
+
 def test_an_optimizer_checkpoint_restores_only_into_the_same_layout_and_tensorflow(tmp_path):
     import tensorflow as tf
 

@@ -348,15 +348,20 @@ def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_pat
     # a --final bundle has no out-of-fold predictions of its own: without a record of the fold
     # run behind its labels its side is not checked; with one, that run must be the cascade's
     assert score.cascade_params(settings, cascade, None, text, final_image)[1] == "C1"
-    made_from = {"labels_manifest": {"url": "clean/cleaned_manifest.parquet", "sha256": "0" * 64, "made_from": {"oof/text.parquet": ["T1"], "oof/image.parquet": ["I1"]}}}
+    image_oof = {"source": "image", "versions": ["I1"]}
+    made_from = {"labels_manifest": {"url": "clean/cleaned_manifest.parquet", "sha256": "0" * 64, "made_from": {"oof/text.parquet": {"source": "text", "versions": ["T0"]}, "oof/image.parquet": image_oof}}}
     (models / "image" / "I2" / "data.json").write_text(json.dumps(made_from))
     assert score.cascade_params(settings, cascade, None, text, final_image)[1] == "C1"
-    made_from["labels_manifest"]["made_from"]["oof/image.parquet"] = ["I0"]
+    image_oof["versions"] = ["I0"]
     (models / "image" / "I2" / "data.json").write_text(json.dumps(made_from))
     with caplog.at_level("WARNING"):
         assert score.cascade_params(settings, cascade, None, text, final_image)[1].startswith("conf-")
-    assert "image model I1, not the fold run behind final bundle I2's labels (I0, T1)" in caplog.text
+    assert "image model I1, not the fold run behind final bundle I2's labels (I0)" in caplog.text
     caplog.clear()
+    # labels cleaned with text predictions alone name no image fold run: not checked
+    del made_from["labels_manifest"]["made_from"]["oof/image.parquet"]
+    (models / "image" / "I2" / "data.json").write_text(json.dumps(made_from))
+    assert score.cascade_params(settings, cascade, None, text, final_image)[1] == "C1"
     (models / "text" / "T2").mkdir()
     with caplog.at_level("WARNING"):
         params, version = score.cascade_params(settings, cascade, None, str(models / "text" / "T2"), fold_image)

@@ -643,6 +643,20 @@ def labels_lineage(url: str | None, s3: S3Options | None = None) -> dict[str, An
     return lineage
 
 
+def image_fold_runs(lineage: Any) -> list[str]:
+    """The image bundle versions whose out-of-fold predictions a ``labels_lineage`` record says
+    the labels were cleaned with (its ``made_from`` entries of source ``image``), sorted; [] when
+    it names none (no manifest, a hand-made one, text predictions only, or a malformed record)."""
+    made_from = lineage.get("made_from") if isinstance(lineage, dict) else None
+    if not isinstance(made_from, dict):
+        return []
+    versions = set()
+    for entry in made_from.values():
+        if isinstance(entry, dict) and entry.get("source") == "image" and isinstance(entry.get("versions"), list):
+            versions.update(v for v in entry["versions"] if isinstance(v, str) and v)
+    return sorted(versions)
+
+
 def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str | None]:
     """guid -> the label to train on, or None to leave the row out.
 
@@ -753,7 +767,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
         "inputs": list(oof_urls),
         # The bundles whose out-of-fold predictions decided: a final model trained on this
         # manifest names them through ``labels_lineage``.
-        "input_models": {url: list(one.model_versions) for url, one in zip(oof_urls, inputs)},
+        "input_models": {url: {"source": source_name(url), "versions": list(one.model_versions)} for url, one in zip(oof_urls, inputs)},
         "sources": dict(Counter(oof.sources)),
         "actions": {a: cleaned.actions.count(a) for a in ACTIONS},
         "suspected": int(cleaned.suspected.sum()),

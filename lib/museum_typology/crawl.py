@@ -431,17 +431,17 @@ def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], r
     return work_url, count, False
 
 
-def record_pixel_decoder(work_url: str, version: str, decoding: bool, resumed: bool, s3: S3Options | None) -> list[str]:
+def record_pixel_decoder(work_url: str, version: str, decoding: bool, stored_before: bool, s3: S3Options | None) -> list[str]:
     """The ``ingest.pixel_version``s that decoded the work directory's chunks, in the order they
     started, kept in its plan file; ``version`` is added before a run that will decode
     (``decoding``), so a run killed after storing chunks has recorded it. A crawl resumed after an
     upgrade of Pillow or of the decoding code holds pixels of both: the summary then names the
     mix, and train-image, whose run key includes it, trains again rather than take the pixels for
-    the old ones. Chunks of a plan file written before versions were recorded count as
-    ``"unrecorded"``."""
+    the old ones. Chunks stored (``stored_before``) under a plan file written before versions
+    were recorded count as ``"unrecorded"``."""
     plan_url = storage.join(work_url, PLAN_FILE)
     state = _read_json(plan_url, s3) or {}
-    decoders = list(state.get("pixel_decoders", ["unrecorded"] if resumed else []))
+    decoders = list(state.get("pixel_decoders", ["unrecorded"] if stored_before else []))
     if decoding and version not in decoders:
         if decoders:
             log.warning("crawl: the chunks stored so far were decoded by other code (%s); this run decodes with %s, so the dataset will hold pixels of both", ", ".join(d[:12] for d in decoders), version[:12])
@@ -566,7 +566,7 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         s3=s3,
         pixel_decoder=ingest.pixel_version(),
     )
-    decoders = record_pixel_decoder(work_url, task_settings.pixel_decoder, bool(todo_groups), resumed, s3)
+    decoders = record_pixel_decoder(work_url, task_settings.pixel_decoder, bool(todo_groups), bool(done_before), s3)
     log.info(
         "crawl: %d input rows, %d distinct URLs to fetch (%d rows share a URL), %d finished at planning; "
         "%d partitions, %d URLs left in %d of them%s; per task %d threads, %d connections per host",

@@ -91,6 +91,12 @@ def is_junk(member: str) -> bool:
     return parts[-1].startswith(".") or "__MACOSX" in parts or _split_extension(parts[-1])[1] in SIDECAR_EXTENSIONS
 
 
+def is_indexed(member: str, known_guids: Collection[str] = ()) -> bool:
+    """Whether a file is an image candidate: not junk (``is_junk``), or named exactly as one of
+    the rows' guids (``KP.THM`` is row ``KP.THM``'s image, not a camera thumbnail)."""
+    return not is_junk(member) or posixpath.basename(member.replace("\\", "/")) in known_guids
+
+
 def known_guids(rows: Iterable) -> frozenset[str]:
     """The guids of input rows (``InputRow``s; rows without one left out), for ``guid_of``."""
     return frozenset(row.guid for row in rows if row.guid)
@@ -98,11 +104,11 @@ def known_guids(rows: Iterable) -> frozenset[str]:
 
 def images_by_guid(names: Iterable[str], known_guids: Collection[str] = ()) -> dict[str, list[str]]:
     """guid (``guid_of`` with ``known_guids``) -> its file names, sorted; hidden files and
-    sidecars (``is_junk``) left out. More than one name for a guid means the guid's image is
-    ambiguous."""
+    sidecars (``is_junk``) left out, unless the whole name is a known guid (row ``KP.THM``'s file
+    ``KP.THM`` is its image). More than one name for a guid means the guid's image is ambiguous."""
     members: dict[str, list[str]] = defaultdict(list)
     for name in names:
-        if not is_junk(name):
+        if is_indexed(name, known_guids):
             members[guid_of(name, known_guids)].append(name)
     return {guid: sorted(found) for guid, found in members.items()}
 
@@ -116,7 +122,7 @@ def build_index(location: str, s3: S3Options | None = None, known_guids: Collect
         stats = storage.list_file_stats(location, s3, recursive=True)
         names = [name for name, _, _ in stats]
         for name, size, changed_ns in stats:
-            if not is_junk(name):  # Finder rewrites .DS_Store on a look: no reason to decode again
+            if is_indexed(name, known_guids):  # Finder rewrites .DS_Store on a look: no reason to decode again
                 digest.update(f"{name}\t{size}\t{changed_ns}\n".encode())
         kind = "dir"
     else:

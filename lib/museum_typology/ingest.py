@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from . import catalogue, image_source, images, petastorm_io, schema, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
 from .config import Settings
-from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_junk, known_guids
+from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_indexed, known_guids
 from .log import get_logger
 from .schema import (
     MANIFEST_SCHEMA,
@@ -158,7 +158,7 @@ def plan(rows: list[InputRow], index: ImageIndex) -> tuple[list[dict[str, Any]],
     """
     # A refused sidecar (``../u1.xmp``) is no image of u1's either: it must not quarantine u1.
     guids = known_guids(rows)
-    unsafe_by_guid: dict[str, str] = {guid_of(m, guids): reason for m, reason in index.unsafe.items() if not is_junk(m)}
+    unsafe_by_guid: dict[str, str] = {guid_of(m, guids): reason for m, reason in index.unsafe.items() if is_indexed(m, guids)}
     tasks: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
     for row in rows:

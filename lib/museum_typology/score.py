@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, has_control_character
+from .clean import image_fold_runs
 from .config import Settings
 from .image_source import images_by_guid, known_guids
 from .images import as_stored, decode_image
@@ -310,11 +311,10 @@ def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bund
 
 
 def final_bundle_fold_runs(image_bundle: str, s3: S3Options | None) -> list[str]:
-    """The bundle versions whose out-of-fold predictions made a final image bundle's cleaned
-    labels (its data.json's ``labels_manifest.made_from``), sorted; [] when it did not record any."""
+    """The image fold bundles whose out-of-fold predictions cleaned a final image bundle's labels
+    (``clean.image_fold_runs`` of its data.json's ``labels_manifest``); [] when it records none."""
     data = storage.read_json_object(storage.join(image_bundle, "data.json"), s3) or {}
-    made_from = (data.get("labels_manifest") or {}).get("made_from") or {}
-    return sorted({version for versions in made_from.values() for version in versions})
+    return image_fold_runs(data.get("labels_manifest"))
 
 
 def text_normalization(text_bundle: str, s3: S3Options | None) -> int:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import backbone as backbone_lib
 from . import bundles, image_model, report, storage, tflite_backbone
-from .clean import labels_lineage, read_cleaned_labels
+from .clean import image_fold_runs, labels_lineage, read_cleaned_labels
 from .config import Settings
 from .image_model import ImageSettings, WorkerJob
 from .log import get_logger
@@ -152,13 +152,17 @@ def stored_image_settings(dataset_url: str, settings: Settings, s3: S3Options | 
     return {k: settings.get(f"images.{k}") for k in STORAGE_SETTINGS}
 
 
-def run_settings(s: image_model.ImageSettings, stored: dict[str, Any], final: bool, epochs: int | None, max_steps: int | None, processes: int) -> dict[str, Any]:
+def run_settings(s: image_model.ImageSettings, stored: dict[str, Any], final: bool, epochs: int | None, max_steps: int | None, processes: int, labels_from: list[str] | None = None) -> dict[str, Any]:
     """What the trained model depends on besides the labelled images' bytes and labels: the
     [image] settings, the [images] settings that made the dataset's pixels from those bytes
     (``stored_image_settings``), the mode, and the process count (it scales the learning rate
-    and the steps)."""
+    and the steps). ``labels_from``: the image fold runs that cleaned the labels
+    (``clean.image_fold_runs``): the bundle records them and score pairs it with their cascade,
+    so labels cleaned by another fold run make another bundle, not a reused one that names the
+    old run (left out when there are none, so runs without a clean manifest keep their key)."""
     image = {k: v for k, v in image_model.settings_dict(s).items() if k not in RUN_ONLY_SETTINGS}
-    return {"image": image, "images": stored, "final": final, "epochs": epochs, "max_steps": max_steps, "processes": processes, "training_version": TRAINING_VERSION}
+    values = {"image": image, "images": stored, "final": final, "epochs": epochs, "max_steps": max_steps, "processes": processes, "training_version": TRAINING_VERSION}
+    return {**values, "labels_from": list(labels_from)} if labels_from else values
 
 
 def run(
@@ -212,7 +216,8 @@ def run(
             )
     # The process count too: it scales the learning rate and the steps, so a resume under another
     # count must not continue this run's checkpoints.
-    conf_digest = hashlib.sha256(json.dumps(run_settings(s, stored_image_settings(dataset_url, settings, s3), final, epochs, max_steps, n_proc), sort_keys=True).encode()).hexdigest()
+    lineage = labels_lineage(manifest, s3)
+    conf_digest = hashlib.sha256(json.dumps(run_settings(s, stored_image_settings(dataset_url, settings, s3), final, epochs, max_steps, n_proc, image_fold_runs(lineage)), sort_keys=True).encode()).hexdigest()
     run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
     version = bundles.make_version(run_key) + ("-final" if final else "")
     # The same key means the same model (training is seeded): reuse this run's bundle, for folds
@@ -239,7 +244,7 @@ def run(
         max_steps=max_steps,
         backbone_tflite=None if frozen is None else tflite_backbone.convert(frozen, s.image_size),
         task_cpus=configured_task_cpus(spark),
-        labels_manifest=labels_lineage(manifest, s3),
+        labels_manifest=lineage,
     )
     log.info("train-image (%s): %d labelled images, %d classes, %d folds, %d processes, checkpoints %s", job.mode, len(guids), len(set(y.tolist())), s.folds, n_proc, checkpoint_url)
     results = run_horovod(spark, image_model.final_worker if final else image_model.fold_worker, job, n_proc, s.start_timeout)
