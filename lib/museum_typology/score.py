@@ -293,9 +293,10 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
 def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bundle: str | None, s3: S3Options | None) -> str | None:
     """How a tuned cascade's inputs differ from the bundles to score with (None: they agree, or
     the cascade did not record them). A --final image bundle has no out-of-fold predictions of
-    its own: it belongs with a cascade tuned on the fold run whose predictions cleaned its labels
-    (``labels_manifest`` in its data.json); one trained without a clean job's manifest, or
-    written before bundles recorded it, is not checked."""
+    its own: it belongs with a cascade tuned on the image fold run whose predictions cleaned its
+    labels (``final_bundle_fold_runs``); one that records none (trained without a clean job's
+    manifest, on one cleaned with text predictions only, or written before bundles recorded
+    it) is not checked."""
     differ = []
     if text_bundle and inputs.get("text_model") and inputs["text_model"] != bundles.bundle_version(text_bundle):
         differ.append(f"text model {inputs['text_model']}, not {bundles.bundle_version(text_bundle)}")
