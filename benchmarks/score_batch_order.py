@@ -15,7 +15,6 @@ warm-up; medians are compared, with the image row groups each order read.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from score_dataset_read import UniformImage, cycled_part_file, part_file_context, stand_in_spec  # noqa: E402
+from score_dataset_read import UniformImage, cycled_part_file, part_file_arguments, part_file_context, stand_in_spec  # noqa: E402
 from side_by_side import alternate, report_now_vs_before  # noqa: E402
 
 from museum_typology import score  # noqa: E402
@@ -34,11 +33,7 @@ from museum_typology.config import load_settings  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=12000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+    args = part_file_arguments(__doc__)
     settings = load_settings()
     batch_rows = int(settings.section("spark.conf")["spark.sql.execution.arrow.maxRecordsPerBatch"])
     with cycled_part_file(settings, args.rows, "score-order-bench-") as (part, guids):

@@ -109,12 +109,18 @@ def part_file_context(part: Path) -> dict[str, Any]:
     return {"row_groups_in_part": pq.ParquetFile(part).num_row_groups, "part_mb": round(part.stat().st_size / 2**20, 1)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def part_file_arguments(doc: str) -> argparse.Namespace:
+    """The options of a benchmark over a cycled part file (this one, score_batch_order.py):
+    --rows, --repeats, --json; ``doc``'s first paragraph is the description."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=12000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = part_file_arguments(__doc__)
     settings = load_settings()
     with cycled_part_file(settings, args.rows, "score-read-bench-") as (part, guids):
         order = np.random.default_rng(2).permutation(args.rows)
