@@ -29,6 +29,9 @@ class ImageIndex:
     # A hash of every file's name, size and CRC-32 (zip) or last change time (directory, junk
     # left out): the same fingerprint means the same images, without reading them (ingest's run key).
     fingerprint: str = ""
+    # The input rows' guids the names were mapped with (``guid_of``): whoever maps another name of
+    # this location (a refused one) uses the same.
+    known_guids: frozenset[str] = frozenset()
 
 
 # The extension cut off a file name to get its guid: the last suffix when it is 1-5 Latin letters
@@ -142,7 +145,7 @@ def build_index(location: str, s3: S3Options | None = None, known_guids: Collect
                 else:
                     names.append(info.filename)
         kind = "zip"
-    return ImageIndex(location, kind, images_by_guid(names, known_guids), unsafe, f"{kind}:{digest.hexdigest()}")
+    return ImageIndex(location, kind, images_by_guid(names, known_guids), unsafe, f"{kind}:{digest.hexdigest()}", frozenset(known_guids))
 
 
 class ImageReader:
