@@ -423,10 +423,10 @@ def test_job_end_to_end_writes_every_row_once_and_a_review_page(spark, settings,
     assert summary["actions"] == {"keep": len(all_guids) - 6, "relabel": 6, "drop": 0}
     # What a model trained on this manifest records of it: the bundles whose predictions decided.
     assert summary["input_models"] == {text_oof: {"source": "text", "versions": ["test"]}, image_oof: {"source": "image", "versions": ["test"]}}
-    lineage = clean.labels_lineage(str(out / "cleaned_manifest.parquet"))
+    lineage = clean.read_cleaned_manifest(str(out / "cleaned_manifest.parquet")).lineage
     assert lineage == {"url": str(out / "cleaned_manifest.parquet"), "sha256": hashlib.sha256((out / "cleaned_manifest.parquet").read_bytes()).hexdigest(), "made_from": summary["input_models"]}
     (tmp_path / "by_hand.csv").write_text("guid,typology\nt000,графика\n", encoding="utf-8")
-    assert set(clean.labels_lineage(str(tmp_path / "by_hand.csv"))) == {"url", "sha256"} and clean.labels_lineage(None) is None
+    assert set(clean.read_cleaned_manifest(str(tmp_path / "by_hand.csv")).lineage) == {"url", "sha256"}
     # The image fold runs among them: what train-image keys on and score pairs a final bundle by.
     assert clean.image_fold_runs(lineage) == ["test"]
     for record in (None, {"url": "x"}, {"made_from": {text_oof: {"source": "text", "versions": ["T1"]}}}, {"made_from": ["I1"]}, {"made_from": {image_oof: {"source": "image", "versions": "I1"}}}):
@@ -450,8 +450,33 @@ def test_job_end_to_end_writes_every_row_once_and_a_review_page(spark, settings,
     # The training jobs read it back: train-image's labels come from the manifest.
     from museum_typology import train_image
 
-    labels, _ = train_image.read_labels(dataset, str(out / "cleaned_manifest.parquet"), None)
+    labels, _ = train_image.read_labels(dataset, clean.read_cleaned_manifest(str(out / "cleaned_manifest.parquet")), None)
     assert labels[text_guids[24]] == B and labels["i000"] == C
+
+
+def test_a_manifest_rewritten_while_it_is_read_is_recorded_with_the_hash_of_the_labels_used(tmp_path, monkeypatch):
+    """A training job records the manifest it trained on by its sha256. The labels and the hash
+    come from one read of the file: were it read twice, a manifest rewritten in between (a clean
+    job run again beside the training) would be recorded with the new file's hash under the old
+    file's labels."""
+    from museum_typology import storage
+
+    path = tmp_path / "m.csv"
+    first = "guid,typology\na,графика\n".encode()
+    second = "guid,typology\na,живопись\n".encode()
+    path.write_bytes(first)
+    real_read = storage.read_bytes
+
+    def read_then_rewrite(url, s3=None):
+        data = real_read(url, s3)
+        if url == str(path):
+            path.write_bytes(second)  # the next reader of the file gets other labels
+        return data
+
+    monkeypatch.setattr(storage, "read_bytes", read_then_rewrite)
+    manifest = clean.read_cleaned_manifest(str(path))
+    assert manifest.labels == {"a": "графика"}
+    assert manifest.lineage == {"url": str(path), "sha256": hashlib.sha256(first).hexdigest()}
 
 
 def test_labels_with_few_distinct_vectors_are_clustered_without_failing(spark):

@@ -629,22 +629,33 @@ def _keep_flag(value: Any, url: str, guid: str) -> bool:
     raise OofError(f"{url}: guid {guid}: keep = {value!r} is not a yes/no value (true/false, 1/0, yes/no; empty = false)")
 
 
-def labels_lineage(url: str | None, s3: S3Options | None = None) -> dict[str, Any] | None:
-    """What a model trained on the cleaned manifest ``url`` should record of it: the URL, its
-    bytes' sha256 and, when the clean job wrote it (``summary.json`` beside it), the out-of-fold
-    files and bundle versions its decisions came from. None without a manifest."""
-    if not url:
-        return None
-    lineage: dict[str, Any] = {"url": url, "sha256": hashlib.sha256(storage.read_bytes(url, s3)).hexdigest()}
+@dataclass(frozen=True)
+class CleanedManifest:
+    """A cleaned manifest as a training job uses it: ``labels`` (``read_cleaned_labels``) and
+    ``lineage``, what a model trained on it records of it: the URL, the sha256 of the very bytes
+    the labels were parsed from, and, when the clean job wrote it (``summary.json`` beside it),
+    the out-of-fold files and bundle versions its decisions came from (``made_from``)."""
+
+    labels: dict[str, str | None]
+    lineage: dict[str, Any]
+
+
+def read_cleaned_manifest(url: str, s3: S3Options | None = None) -> CleanedManifest:
+    """Read the manifest at ``url`` once: its labels and its lineage come from the same bytes, so
+    a manifest rewritten while a job reads it cannot be recorded with another file's hash."""
+    if not storage.exists(url, s3):
+        raise OofError(f"{url}: no such cleaned manifest (run the clean job first)")
+    raw = storage.read_bytes(url, s3)
+    lineage: dict[str, Any] = {"url": url, "sha256": hashlib.sha256(raw).hexdigest()}
     parent = url.rstrip("/").rpartition("/")[0]
     summary = storage.read_json_object(storage.join(parent, "summary.json"), s3) if parent else None
     if summary and "input_models" in summary:
         lineage["made_from"] = summary["input_models"]
-    return lineage
+    return CleanedManifest(labels=_parse_cleaned_labels(url, raw), lineage=lineage)
 
 
 def image_fold_runs(lineage: Any) -> list[str]:
-    """The image bundle versions whose out-of-fold predictions a ``labels_lineage`` record says
+    """The image bundle versions whose out-of-fold predictions a ``CleanedManifest.lineage`` says
     the labels were cleaned with (its ``made_from`` entries of source ``image``), sorted; [] when
     it names none (no manifest, a hand-made one, text predictions only, or a malformed record)."""
     made_from = lineage.get("made_from") if isinstance(lineage, dict) else None
@@ -667,16 +678,18 @@ def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str 
     are the same: not kept), or when its typology is empty. Every guid must be non-empty and
     appear once; new_label may be empty only on a ``drop`` row. CSV columns are read as text.
     """
-    if not storage.exists(url, s3):
-        raise OofError(f"{url}: no such cleaned manifest (run the clean job first)")
+    return read_cleaned_manifest(url, s3).labels
+
+
+def _parse_cleaned_labels(url: str, raw: bytes) -> dict[str, str | None]:
+    """``read_cleaned_labels`` on the manifest's bytes (``url`` names it in errors)."""
     try:
         if url.endswith(".csv"):
             # Only an unquoted empty cell is null (how Arrow writes a null); "" stays an empty string, as in Parquet.
             options = pacsv.ConvertOptions(column_types={c: pa.string() for c in _MANIFEST_TEXT_COLUMNS}, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
-            table = pacsv.read_csv(io.BytesIO(storage.read_bytes(url, s3)), convert_options=options)
+            table = pacsv.read_csv(io.BytesIO(raw), convert_options=options)
         else:
-            with storage.open_input_file(url, s3) as f:
-                table = pq.read_table(f)
+            table = pq.read_table(io.BytesIO(raw))
     except (pa.ArrowInvalid, OSError) as exc:
         raise OofError(f"{url}: not a readable cleaned manifest ({exc})") from None
     columns = set(table.column_names)
@@ -766,7 +779,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
         "rows": len(oof),
         "inputs": list(oof_urls),
         # The bundles whose out-of-fold predictions decided: a final model trained on this
-        # manifest names them through ``labels_lineage``.
+        # manifest names them through ``read_cleaned_manifest``.
         "input_models": {url: {"source": source_name(url), "versions": list(one.model_versions)} for url, one in zip(oof_urls, inputs)},
         "sources": dict(Counter(oof.sources)),
         "actions": {a: cleaned.actions.count(a) for a in ACTIONS},

@@ -136,7 +136,7 @@ class WorkerJob:
     # spark.task.cpus when the job's Spark conf sets it: the cores Spark reserved for each
     # Horovod process's task slot. None: the process's machine cores divided among its processes.
     task_cpus: int | None = None
-    # Where the labels came from when a cleaned manifest relabelled them (``clean.labels_lineage``):
+    # Where the labels came from when a cleaned manifest relabelled them (``clean.read_cleaned_manifest``):
     # recorded in the bundle's data.json, so a final model names the fold run its labels came from.
     labels_manifest: dict[str, Any] | None = None
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import backbone as backbone_lib
 from . import bundles, image_model, report, storage, tflite_backbone
-from .clean import image_fold_runs, labels_lineage, read_cleaned_labels
+from .clean import CleanedManifest, image_fold_runs, read_cleaned_manifest
 from .config import Settings
 from .image_model import ImageSettings, WorkerJob
 from .log import get_logger
@@ -54,7 +54,7 @@ def stratified_folds(guids: list[str], y: np.ndarray, k: int, seed: int) -> np.n
     return fold
 
 
-def read_labels(dataset_url: str, manifest: str | None, s3: S3Options | None) -> tuple[dict[str, int], str]:
+def read_labels(dataset_url: str, manifest: CleanedManifest | None, s3: S3Options | None) -> tuple[dict[str, int], str]:
     """guid -> class index of the labelled images in the dataset (the cleaned manifest's label
     when one is given), and a hash of (guid, label, image sha256) over them."""
     from . import petastorm_io
@@ -62,17 +62,17 @@ def read_labels(dataset_url: str, manifest: str | None, s3: S3Options | None) ->
     table = petastorm_io.read_columns(dataset_url, ["guid", "typology", "sha256"], s3).to_pylist()
     labels = {r["guid"]: r["typology"] for r in table if r["typology"] is not None}
     sha = {r["guid"]: r["sha256"] for r in table}
-    if manifest:
+    if manifest is not None:
         # The clean job's manifest (guid, new_label, action) or a hand-made one (guid, typology[, keep]):
         # the guids it names take its label or leave (drop); the others keep the dataset's label.
-        cleaned = read_cleaned_labels(manifest, s3)
+        cleaned, manifest_url = manifest.labels, manifest.lineage["url"]
         outside = set(cleaned) - set(sha)
         if outside:
-            log.warning("cleaned manifest %s: %d guid(s) are not in the image dataset and change nothing, e.g. %s", manifest, len(outside), sorted(outside)[:3])
+            log.warning("cleaned manifest %s: %d guid(s) are not in the image dataset and change nothing, e.g. %s", manifest_url, len(outside), sorted(outside)[:3])
         keep = {g: cleaned.get(g, t) for g, t in labels.items()}
         keep.update({g: t for g, t in cleaned.items() if g in sha and g not in labels})
         labels = {g: t for g, t in keep.items() if t is not None}
-        log.info("cleaned manifest %s: %d of %d dataset images labelled after cleaning", manifest, len(labels), len(sha))
+        log.info("cleaned manifest %s: %d of %d dataset images labelled after cleaning", manifest_url, len(labels), len(sha))
     unknown = sorted({t for t in labels.values() if t not in CLASS_INDEX})
     if unknown:
         raise TrainImageError(f"unknown typology in the labels: {unknown[:3]}")
@@ -196,7 +196,8 @@ def run(
     if groups < n_proc:
         raise TrainImageError(f"{dataset_url}: {groups} row groups < {n_proc} processes; each Horovod rank reads whole row groups (use fewer processes or re-ingest with more partitions)")
 
-    labels, digest = read_labels(dataset_url, manifest, s3)
+    cleaned = read_cleaned_manifest(manifest, s3) if manifest else None
+    labels, digest = read_labels(dataset_url, cleaned, s3)
     if len(labels) < s.folds * 2:
         raise TrainImageError(f"{dataset_url}: only {len(labels)} labelled images; need at least {s.folds * 2}")
     guids = sorted(labels)
@@ -216,7 +217,7 @@ def run(
             )
     # The process count too: it scales the learning rate and the steps, so a resume under another
     # count must not continue this run's checkpoints.
-    lineage = labels_lineage(manifest, s3)
+    lineage = cleaned.lineage if cleaned else None
     conf_digest = hashlib.sha256(json.dumps(run_settings(s, stored_image_settings(dataset_url, settings, s3), final, epochs, max_steps, n_proc, image_fold_runs(lineage)), sort_keys=True).encode()).hexdigest()
     run_key = hashlib.sha256((digest + conf_digest).encode()).hexdigest()
     version = bundles.make_version(run_key) + ("-final" if final else "")
