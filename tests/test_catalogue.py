@@ -106,6 +106,14 @@ def test_header_only_file_has_no_rows() -> None:
     assert parse(HEADER) == []
 
 
+def test_a_column_named_twice_is_an_error_not_a_guess() -> None:
+    """Read from the first of two "description" columns, a row whose text is in the second was
+    scored as having none; which one holds the data cannot be known, so the file is refused."""
+    for header in ("guid,description,description\n", "guid,Description,description \n"):
+        with pytest.raises(CsvError, match=r"test\.csv, line 1: column\(s\) description appear more than once"):
+            parse(header + "r1,,Монета\n", "test.csv", labelled=False)
+
+
 def test_unterminated_quote_names_the_line() -> None:
     with pytest.raises(CsvError, match=r"train\.csv, line 3: malformed CSV"):
         parse(HEADER + f"a1,x,{LABEL}\na2,\"open quote,{LABEL}\nmore\n")

@@ -65,6 +65,7 @@ def parse_catalogue_csv(
     if required is None:
         required = LABELLED_COLUMNS if labelled else UNLABELLED_COLUMNS
     columns, records = csv_records(text, source_file, f" (expected a header with {', '.join(required)})")
+    refuse_repeated_columns(columns, source_file)
     missing = [name for name in required if name not in columns]
     if missing:
         raise CsvError(
@@ -144,15 +145,21 @@ def csv_records(text: str, where: str, expected: str = "") -> tuple[list[str], I
     return header, records()
 
 
+def refuse_repeated_columns(header: list[str], where: str) -> None:
+    """A column named twice is an error: which of the two holds the data is anybody's guess (a
+    row would be read from the first, perhaps empty, one and scored as if it had no text)."""
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise CsvError(f"{where}, line 1: column(s) {', '.join(repeated)} appear more than once in the header")
+
+
 def read_strict_csv(text: str, where: str) -> tuple[list[str], list[list[str]]]:
     """CSV text -> (lower-cased header, records of exactly as many fields), read as the catalogue
     parser reads. A record whose field count differs from the header's is a ``CsvError`` naming
     its line (pandas' reader took one extra field in the first record for an index column and
     shifted every column)."""
     header, records = csv_records(text, where)
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise CsvError(f"{where}, line 1: column(s) {', '.join(repeated)} appear more than once in the header")
+    refuse_repeated_columns(header, where)
     rows: list[list[str]] = []
     for line, fields in records:
         if len(fields) != len(header):
