@@ -218,7 +218,6 @@ GUID = "c84c547b-c5c5-45cf-9199-736df1301124"
         (f"images/{GUID}.jpg", GUID),
         (f"images/{GUID}", GUID),
         (f"{GUID}.png", GUID),
-        (f"a\\b\\{GUID}.JPG", GUID),
         ("abc-123", "abc-123"),
         ("u1.JPG", "u1"),
         ("u1.Jpeg", "u1"),
@@ -243,6 +242,18 @@ GUID = "c84c547b-c5c5-45cf-9199-736df1301124"
 )
 def test_guid_of(member: str, guid: str) -> None:
     assert guid_of(member) == guid
+
+
+def test_a_backslash_separates_folders_in_a_zip_archive_only() -> None:
+    """Windows archivers wrote ``a\\b\\<guid>.JPG``; in a directory (local or S3) a backslash is
+    part of a file's name: the file ``a\\b.jpg`` there is row ``a\\b``'s image, not row ``b``'s."""
+    from museum_typology.image_source import images_by_guid
+
+    assert guid_of(f"a\\b\\{GUID}.JPG", zip_member=True) == GUID
+    assert guid_of("a\\b.jpg") == "a\\b" and guid_of("a\\b.jpg", {"b"}) == "a\\b"
+    assert images_by_guid(["a\\b.jpg", "b.png"], {"a\\b", "b"}) == {"a\\b": ["a\\b.jpg"], "b": ["b.png"]}
+    assert images_by_guid(["x\\b.png"], {"b"}, zip_member=True) == {"b": ["x\\b.png"]}
+    assert is_junk("x\\.hidden.jpg", zip_member=True) and not is_junk("x\\.hidden.jpg")
 
 
 @pytest.mark.parametrize(

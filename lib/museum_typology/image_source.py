@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-import posixpath
 import re
 import zipfile
 import zlib
@@ -60,15 +59,23 @@ def _split_extension(name: str) -> tuple[str, str]:
     return (stem, extension.lower()) if dot and stem else (name, "")
 
 
-def guid_of(member: str, known_guids: Collection[str] = ()) -> str:
+def _path_parts(member: str, zip_member: bool) -> list[str]:
+    """A file's path as its parts. In a zip archive a backslash separates them too (archivers on
+    Windows wrote ``images\\abc.jpg``); in a directory (local or S3) it is part of a name, so the
+    file ``a\\b.jpg`` is guid ``a\\b``, not ``b``."""
+    return (member.replace("\\", "/") if zip_member else member).split("/")
+
+
+def guid_of(member: str, known_guids: Collection[str] = (), zip_member: bool = False) -> str:
     """The guid of an image file: its base name when that is one of ``known_guids`` (the input
     rows' guids), else its base name less one trailing extension (see ``_EXTENSION``).
+    ``zip_member``: the name is a zip archive's, where a backslash separates folders too.
 
     ``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``;
     ``images/inv.1.JPG`` -> ``inv.1``; ``inv.1`` -> ``inv.1``; ``x-1.weird`` -> ``x-1``;
     ``MS.A`` -> ``MS``, or ``MS.A`` when ``MS.A`` is a known guid.
     """
-    name = posixpath.basename(member.replace("\\", "/"))
+    name = _path_parts(member, zip_member)[-1]
     if name in known_guids:
         return name
     stem, extension = _split_extension(name)
@@ -85,19 +92,19 @@ def unsafe_member_reason(member: str) -> str | None:
     return None
 
 
-def is_junk(member: str) -> bool:
+def is_junk(member: str, zip_member: bool = False) -> bool:
     """Files that are never images and so are left out of every image index: hidden files and
     macOS resource forks (``__MACOSX/images/._abc.jpg``; they would be indexed under a bogus
     guid) and metadata sidecars (``u1.xmp``, ``Thumbs.db``: see ``SIDECAR_EXTENSIONS``; beside
     ``u1.jpg`` they would make ``u1`` ambiguous)."""
-    parts = member.replace("\\", "/").split("/")
+    parts = _path_parts(member, zip_member)
     return parts[-1].startswith(".") or "__MACOSX" in parts or _split_extension(parts[-1])[1] in SIDECAR_EXTENSIONS
 
 
-def is_indexed(member: str, known_guids: Collection[str] = ()) -> bool:
+def is_indexed(member: str, known_guids: Collection[str] = (), zip_member: bool = False) -> bool:
     """Whether a file is an image candidate: not junk (``is_junk``), or named exactly as one of
     the rows' guids (``KP.THM`` is row ``KP.THM``'s image, not a camera thumbnail)."""
-    return not is_junk(member) or posixpath.basename(member.replace("\\", "/")) in known_guids
+    return not is_junk(member, zip_member) or _path_parts(member, zip_member)[-1] in known_guids
 
 
 def known_guids(rows: Iterable) -> frozenset[str]:
@@ -105,14 +112,14 @@ def known_guids(rows: Iterable) -> frozenset[str]:
     return frozenset(row.guid for row in rows if row.guid)
 
 
-def images_by_guid(names: Iterable[str], known_guids: Collection[str] = ()) -> dict[str, list[str]]:
+def images_by_guid(names: Iterable[str], known_guids: Collection[str] = (), zip_member: bool = False) -> dict[str, list[str]]:
     """guid (``guid_of`` with ``known_guids``) -> its file names, sorted; hidden files and
     sidecars (``is_junk``) left out, unless the whole name is a known guid (row ``KP.THM``'s file
     ``KP.THM`` is its image). More than one name for a guid means the guid's image is ambiguous."""
     members: dict[str, list[str]] = defaultdict(list)
     for name in names:
-        if is_indexed(name, known_guids):
-            members[guid_of(name, known_guids)].append(name)
+        if is_indexed(name, known_guids, zip_member):
+            members[guid_of(name, known_guids, zip_member)].append(name)
     return {guid: sorted(found) for guid, found in members.items()}
 
 
@@ -145,7 +152,7 @@ def build_index(location: str, s3: S3Options | None = None, known_guids: Collect
                 else:
                     names.append(info.filename)
         kind = "zip"
-    return ImageIndex(location, kind, images_by_guid(names, known_guids), unsafe, f"{kind}:{digest.hexdigest()}", frozenset(known_guids))
+    return ImageIndex(location, kind, images_by_guid(names, known_guids, kind == "zip"), unsafe, f"{kind}:{digest.hexdigest()}", frozenset(known_guids))
 
 
 class ImageReader:
