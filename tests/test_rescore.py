@@ -259,6 +259,31 @@ def test_plan_is_pure_and_asks_for_image_hashes_only_where_needed():
     assert plan.not_scored == [(3, "empty guid", "c.csv row 4: empty guid")] and plan.absent == ["gone"]
 
 
+def test_a_malformed_row_does_not_push_aside_a_sound_row_of_its_guid():
+    """G1's first row has a comma too many (its text cut to "Картина"), the second is sound: the
+    sound row is scored, the malformed one is the duplicate. A guid with malformed rows only is
+    scored from its first."""
+    malformed = "c.csv row 1 (line 2): 3 fields, the header has 2"
+    rows = [
+        InputRow("G1", "score", "c.csv", 1, 2, "Картина", None, rejected_reason=malformed),
+        InputRow("G1", "score", "c.csv", 2, 3, "Картина, холст", None),
+        InputRow("G2", "score", "c.csv", 3, 4, "Ваза", None, rejected_reason="c.csv row 3 (line 4): 3 fields, the header has 2"),
+        InputRow("G2", "score", "c.csv", 4, 5, "Ваза, фарфор", None, rejected_reason="c.csv row 4 (line 5): 3 fields, the header has 2"),
+        InputRow("G1", "score", "c.csv", 5, 6, "Картина", None),
+    ]
+    plan = rescore.plan_rescore(rows, {}, "v1", lambda guids: {})
+    assert plan.rescore == [(1, "new"), (2, "new")]
+    assert plan.not_scored == [
+        (0, "duplicate guid", "c.csv row 1: duplicate guid G1 (a row read without error at c.csv row 2)"),
+        (3, "duplicate guid", "c.csv row 4: duplicate guid G2 (first at c.csv row 3)"),
+        (4, "duplicate guid", "c.csv row 5: duplicate guid G1 (first at c.csv row 2)"),
+    ]
+    # score keeps every row, and the duplicate note goes on the malformed one
+    notes = score.plan_tasks(rows, {}, {})["note"].tolist()
+    assert notes[0] == f"{malformed}; duplicate guid (read without error at row 2)" and notes[1] == ""
+    assert notes[4] == "duplicate guid (first at row 2)" and "duplicate guid (first at row 3)" in notes[3]
+
+
 def test_catalogue_directory_of_csv_and_parquet(tmp_path):
     directory = tmp_path / "catalogue"
     (directory / "sub").mkdir(parents=True)

@@ -181,6 +181,20 @@ def decode_csv_bytes(raw: bytes, source_file: str) -> str:
         raise CsvError(f"{source_file}, line {line}: not UTF-8 text (byte {offset}: {exc.reason})") from None
 
 
+def rows_of_record(rows: Sequence[InputRow]) -> dict[str, int]:
+    """guid -> the index of the row that speaks for it: its first row read without error, else
+    its first row. A malformed row (a comma too many cut its text) must not push aside a sound
+    row of the same guid just because it comes first. Rows without a guid are left out."""
+    record: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        if row.guid is None:
+            continue
+        current = record.get(row.guid)
+        if current is None or (rows[current].rejected_reason is not None and row.rejected_reason is None):
+            record[row.guid] = index
+    return record
+
+
 def reject_duplicates(rows: Iterable[InputRow]) -> list[InputRow]:
     """Keep the first row of each guid (across all files, in order); later ones are rejected
     with a reason pointing at the first, so both stay visible in the manifest."""

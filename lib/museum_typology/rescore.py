@@ -54,7 +54,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import storage
-from .catalogue import InputRow
+from .catalogue import InputRow, rows_of_record
 from .config import Settings
 from .image_source import known_guids
 from .log import get_logger
@@ -329,7 +329,7 @@ def plan_rescore(
     """Which catalogue rows to score and why. ``state``: guid -> its current ``model_version``,
     ``description_hash``, ``image_sha256``; ``image_hashes`` is asked once, for the rows whose
     text and model are unchanged."""
-    first: dict[str, int] = {}
+    record = rows_of_record(rows)
     rescore: list[tuple[int, str]] = []
     check: list[int] = []
     not_scored: list[tuple[int, str, str]] = []
@@ -338,11 +338,11 @@ def plan_rescore(
         if row.guid is None:
             not_scored.append((index, "empty guid", f"{where}: empty guid"))
             continue
-        if row.guid in first:
-            other = rows[first[row.guid]]
-            not_scored.append((index, "duplicate guid", f"{where}: duplicate guid {row.guid} (first at {other.source_file} row {other.source_row})"))
+        if record[row.guid] != index:
+            other = rows[record[row.guid]]
+            said = "first at" if record[row.guid] < index else "a row read without error at"
+            not_scored.append((index, "duplicate guid", f"{where}: duplicate guid {row.guid} ({said} {other.source_file} row {other.source_row})"))
             continue
-        first[row.guid] = index
         old = state.get(row.guid)
         if old is None:
             rescore.append((index, "new"))
@@ -361,7 +361,7 @@ def plan_rescore(
                 rescore.append((index, "image"))
             else:
                 unchanged += 1
-    return RescorePlan(sorted(rescore), unchanged, not_scored, sorted(set(state) - set(first)))
+    return RescorePlan(sorted(rescore), unchanged, not_scored, sorted(set(state) - set(record)))
 
 
 # ---------------------------------------------------------------- writing

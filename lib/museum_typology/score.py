@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
-from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, has_control_character
+from .catalogue import CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, rows_of_record
 from .clean import image_fold_runs
 from .config import Settings
 from .image_source import images_by_guid, known_guids
@@ -179,16 +179,14 @@ def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_im
     what the driver already knows is wrong (duplicate guid, rejected row); for planning only,
     ``image_pos``: a dataset row's place in the dataset (``dataset_images`` lists the guids
     part file by part file, in row order, as ``find_dataset_images`` reads them), else -1. Pure."""
-    seen: dict[str, int] = {}
+    record = rows_of_record(rows)
     dataset_order = {guid: k for k, guid in enumerate(dataset_images)}
     records = []
     for index, row in enumerate(rows):
         notes = [row.rejected_reason] if row.rejected_reason else []
-        if row.guid is not None:
-            if row.guid in seen:
-                notes.append(f"duplicate guid (first at row {seen[row.guid]})")
-            else:
-                seen[row.guid] = row.source_row
+        if row.guid is not None and record[row.guid] != index:
+            said = "first at" if record[row.guid] < index else "read without error at"
+            notes.append(f"duplicate guid ({said} row {rows[record[row.guid]].source_row})")
         kind = ref = None
         position = -1
         ambiguous = getattr(image_files, "ambiguous", {}).get(row.guid) if row.guid is not None else None
