@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import bundles, report, storage
+from .catalogue import InputRow, decode_csv_bytes, parse_catalogue_csv
 from .config import Settings
 from .ingest import read_input_rows
 from .log import get_logger, progress
-from .schema import CLASSES
+from .schema import CLASSES, SPLIT_CRAWL
 from .storage import S3Options
 from .text import NORMALIZATION_VERSION, normalize
 from .text_model import (
@@ -94,6 +95,22 @@ def choose_weight(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, grid: tupl
     return best, scores
 
 
+def read_url_only_rows(data_dir: str, settings: Settings, s3: S3Options | None = None) -> list[InputRow]:
+    """The rows of the URL CSV (``text.url_only_csv``) under ``data_dir``, for the word vectors'
+    corpus only; [] when the setting is empty or the file is not there. Its labels are not read
+    (nor checked): these rows do not train the classifiers."""
+    name = settings.get("text.url_only_csv")
+    if not name:
+        return []
+    url = storage.join(data_dir, name)
+    if not storage.exists(url, s3):
+        log.info("%s: not found; the word vectors learn from the labelled and test rows only", url)
+        return []
+    rows = parse_catalogue_csv(decode_csv_bytes(storage.read_bytes(url, s3), name), name, SPLIT_CRAWL, required=("description",), labelled=False)
+    log.info("%s: %d rows, their descriptions for the word vectors", name, len(rows))
+    return rows
+
+
 def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: int | None = None, manifest: str | None = None, retrain: bool = False) -> dict[str, Any]:
     """Train the text model in K folds, or reuse the bundle under ``model_dir`` that ``oof_url``
     names when it was trained on the same data and settings (unless ``retrain``). Returns the bundle, out-of-fold and report URLs, the metrics, and ``reused``."""
@@ -112,7 +129,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         data = apply_cleaned_labels(data, read_cleaned_labels(manifest, s3))
     if len(data) < ts.folds * 2:
         raise TrainTextError(f"{data_dir}: only {len(data)} labelled rows with a description; need at least {ts.folds * 2}")
-    corpus = [normalize(r.description) for r in rows if r.description]
+    corpus = [normalize(r.description) for r in [*rows, *read_url_only_rows(data_dir, settings, s3)] if r.description]
     log.info("train-text: %d labelled titles, %d descriptions for word vectors, %d folds", len(data), len(corpus), ts.folds)
 
     fold = fold_ids(data, ts.folds, ts.seed)
