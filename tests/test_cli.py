@@ -107,3 +107,27 @@ def test_a_trial_model_dir_keeps_its_out_of_fold_file_beside_its_bundles(tmp_pat
         assert oof("--model-dir", f"{work}/models/{kind}/") == f"{work}/oof/{kind}.parquet"
         assert oof("--model-dir", str(tmp_path / "trial")) == str(tmp_path / "trial" / "oof.parquet")
         assert oof("--model-dir", str(tmp_path / "trial"), "--oof", str(tmp_path / "o.parquet")) == str(tmp_path / "o.parquet")
+
+
+def test_the_pipeline_scores_the_test_rows_with_the_images_ingest_stored(tmp_path, monkeypatch):
+    """Ingest stores every row's image, test rows' too; the pipeline's scoring stage must read them
+    from that dataset (it scored the test file from its text alone). Every stage but the wiring is
+    a stand-in here: each job has its own tests."""
+    from museum_typology import clean, cli, ingest, run_report, score, submission, train_image, train_text, tune_cascade
+    from museum_typology.cascade import CascadeParams
+
+    calls: dict[str, dict] = {}
+    monkeypatch.setattr(cli, "_spark", lambda settings, args, job: "spark")
+    monkeypatch.setattr(ingest, "run", lambda spark, settings, data, out, force=False: {"dataset_rows": 1, "input_rows": 1, "status_counts": {"ok": 1}})
+    monkeypatch.setattr(train_image, "run", lambda *a, **k: {"bundle": "b", "oof": "o", "report": "r", "metrics": {"macro_f1": 0.5}})
+    monkeypatch.setattr(train_text, "run", lambda *a, **k: {"bundle": "b", "oof": "o", "report": "r", "metrics": {"macro_f1": {"final": 0.5, "baseline": 0.4}}})
+    monkeypatch.setattr(clean, "run", lambda *a, **k: {"actions": {"keep": 1, "relabel": 0, "drop": 0}})
+    monkeypatch.setattr(tune_cascade, "run", lambda *a, **k: {"bundle": "c", "params": CascadeParams(0.9, 0.5, 0.5)})
+    monkeypatch.setattr(score, "resolve_models", lambda settings, models: "spec")
+    monkeypatch.setattr(score, "run", lambda spark, settings, input_url, output_url, spec, **kwargs: calls.setdefault("score", kwargs) and {"rows": 1, "sources": {"image": 1}})
+    monkeypatch.setattr(submission, "run", lambda *a, **k: {"output": "s"})
+    monkeypatch.setattr(run_report, "build_run_report", lambda *a, **k: "report")
+    args = cli.build_parser().parse_args(["pipeline", "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data")])
+    cli.JOBS["pipeline"].run(args, cli._settings(args))
+    assert calls["score"] == {"image_dataset": str(tmp_path / "work" / "ingest" / "dataset")}
+
