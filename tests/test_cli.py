@@ -34,6 +34,13 @@ def test_show_conf_applies_overrides(tmp_path):
     assert '"max_side": 99' in result.stdout and str(tmp_path) in result.stdout
 
 
+def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
+    """text.lstm_pooling was checked when the first network was built: a traceback minutes in."""
+    result = _run("train-text", "--set", "text.lstm_pooling=avg", "--data", str(tmp_path), "--set", f"paths.work_dir={tmp_path / 'work'}")
+    assert result.returncode == 2, result.stderr
+    assert "text.lstm_pooling: 'avg' is none of max_avg, max_attention" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -36,11 +36,45 @@ def test_environment_then_file_then_overrides(tmp_path):
         ('paths.work_dir="s3://b/p"', ["paths", "work_dir"], "s3://b/p"),
         ("ingest.partitions=0", ["ingest", "partitions"], 0),
         ('spark.conf."spark.executor.memory"=8g', ["spark", "conf", "spark.executor.memory"], "8g"),
-        ("x.flag=true", ["x", "flag"], True),
+        ('spark.conf."spark.x.flag"=true', ["spark", "conf", "spark.x.flag"], True),
     ],
 )
 def test_parse_override(assignment, keys, value):
     assert parse_override(assignment) == (keys, value)
+
+
+def test_a_setting_the_defaults_do_not_define_is_refused_with_the_nearest_name(tmp_path):
+    """A typo (image.batchsize) passed as a new setting that nothing read, and the job ran with
+    the default; in a --conf file too. Inside spark.conf any key goes: Spark has hundreds."""
+    with pytest.raises(ConfigError, match=r"--set 'image.batchsize=64': no setting image.batchsize .*did you mean image.batch_size\?"):
+        load_settings(overrides=["image.batchsize=64"], environ={})
+    with pytest.raises(ConfigError, match=r"no setting scor.image_views .*did you mean score.image_views\?"):
+        load_settings(overrides=["scor.image_views=whole"], environ={})
+    with pytest.raises(ConfigError, match=r"no setting nothing.like.this in conf/default.toml, which lists every one$"):
+        load_settings(overrides=["nothing.like.this=1"], environ={})
+    conf = tmp_path / "site.toml"
+    conf.write_text('[paths]\nwork_dri = "x"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"--conf {re.escape(str(conf))}: no setting paths.work_dri .*did you mean paths.work_dir\?"):
+        load_settings(conf, environ={})
+    conf.write_text('[spark.conf]\n"spark.executor.cores" = "4"\n', encoding="utf-8")
+    assert load_settings(conf, ["spark.conf.\"spark.task.cpus\"=2"], environ={}).get("spark.conf")["spark.executor.cores"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[image]\ntta_flip = "false"\n', r"image.tta_flip expects a boolean .* got 'false'"),  # a non-empty string is true
+        ("[images]\nmax_side = true\n", r"images.max_side expects an integer .* got True"),
+        ("[paths]\nwork_dir = 2024-05-01\n", r"paths.work_dir expects a string"),
+        ("[cascade]\ndefault_class = 3\n", r"cascade.default_class expects a string"),
+        ('images = "x"\n', r"images expects a TOML inline table"),
+    ],
+)
+def test_a_settings_file_value_of_the_wrong_type_is_refused(tmp_path, text, expected):
+    conf = tmp_path / "site.toml"
+    conf.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(conf, environ={})
 
 
 def test_errors_name_the_problem(tmp_path):
@@ -81,9 +115,10 @@ def test_errors_name_the_problem(tmp_path):
         # Arrays and tables as TOML.
         ("clean.overall_k=[3, 4]", [3, 4]),
         ('spark.conf={"spark.driver.memory" = "1g"}', {"spark.driver.memory": "1g"}),
-        # A key the defaults don't have: a TOML literal, or the text; a date is kept as text.
-        ("x.when=2024-05-01", "2024-05-01"),
-        ("x.n=7", 7),
+        # A key the defaults don't have (only inside spark.conf): a TOML literal, or the text; a
+        # date is kept as text.
+        ('spark.conf."spark.x.when"=2024-05-01', "2024-05-01"),
+        ('spark.conf."spark.x.n"=7', 7),
     ],
 )
 def test_override_values_take_the_type_of_the_default(assignment, value):
@@ -114,7 +149,7 @@ def test_bool_override_reaches_the_settings_as_a_bool():
         ("clean.overall_k=[2024-05-01]", "clean.overall_k expects a TOML array"),
         ("spark.conf=8g", "spark.conf expects a TOML inline table"),
         ("images.max_side.x=1", "images.max_side is an integer setting, not a table"),
-        ("x.when=[2024-05-01]", "dates are not supported"),
+        ('spark.conf."spark.x.when"=[2024-05-01]', "dates are not supported"),
     ],
 )
 def test_override_of_the_wrong_type_is_refused_naming_key_value_and_type(assignment, expected):

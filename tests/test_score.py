@@ -21,6 +21,7 @@ from pyspark import cloudpickle
 
 from museum_typology import cli, score
 from museum_typology.catalogue import CsvError, InputRow
+from museum_typology.config import ConfigError
 from museum_typology.schema import CLASSES
 
 K = len(CLASSES)
@@ -370,6 +371,14 @@ def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_pat
     # a cascade that did not record its inputs (older bundles) is used as before
     (models / "cascade" / "C1" / "cascade.json").write_text(json.dumps({"params": tuned}))
     assert score.cascade_params(settings, cascade, None, str(models / "text" / "T2"), fold_image)[1] == "C1"
+    # the default class is the conf's, tuned cascade or not, and a changed one is a new version;
+    # one that is no class is a settings error (it was scored with, or a traceback)
+    other = settings.set(["cascade", "default_class"], CLASSES[12], "test")
+    params, version = score.cascade_params(other, cascade, None, text, fold_image)
+    assert params == score.CascadeParams.from_dict({**tuned, "default_class": CLASSES[12]}) and version == "C1+default-12"
+    for models_dir in (cascade, str(tmp_path / "no-cascade")):
+        with pytest.raises(ConfigError, match="default_class 'фото' is not one of the 15 classes"):
+            score.cascade_params(settings.set(["cascade", "default_class"], "фото", "test"), models_dir, None, text, fold_image)
 
 
 def test_missing_column_and_missing_models_are_clear_errors(tmp_path, capsys):

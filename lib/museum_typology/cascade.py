@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import ConfigError
 from .report import macro_f1
 from .schema import CLASSES
 
@@ -40,9 +41,9 @@ class CascadeParams:
 
     def __post_init__(self) -> None:
         if self.default_class not in CLASSES:
-            raise ValueError(f"cascade default_class {self.default_class!r} is not one of the 15 classes")
+            raise ConfigError(f"cascade default_class {self.default_class!r} is not one of the 15 classes")
         if not 0.0 <= self.w_text <= 1.0:
-            raise ValueError(f"cascade w_text must be in [0, 1], got {self.w_text}")
+            raise ConfigError(f"cascade w_text must be in [0, 1], got {self.w_text}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CascadeParams:

@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import storage
-from .config import Settings
+from .config import ConfigError, Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
 from .storage import S3Options
@@ -102,7 +102,7 @@ class CleanSettings:
         values = {name: settings.get(f"clean.{name}") for name in cls.__dataclass_fields__}  # type: ignore[attr-defined]
         cs = cls(**{name: tuple(int(k) for k in v) if name.endswith("_k") else v for name, v in values.items()})
         if cs.filter not in FILTERS:
-            raise ValueError(f"clean.filter = {cs.filter!r}: expected one of {FILTERS}")
+            raise ConfigError(f"clean.filter = {cs.filter!r}: expected one of {FILTERS}")
         return cs
 
 

@@ -1,12 +1,15 @@
 """Settings: the packaged defaults, then a ``--conf`` file, then ``--set key=value`` overrides.
 
 Settings are a plain nested dict read from TOML. ``Settings.get("images.max_side")`` reads a
-dotted key; a missing key is an error that names the key, never a silent default.
+dotted key; a missing key is an error that names the key, never a silent default. A ``--conf``
+file or ``--set`` may only name keys the defaults define (``spark.conf`` excepted), with values of
+the default's type: a typo is an error, not a setting nothing reads.
 """
 from __future__ import annotations
 
 import copy
 import datetime
+import difflib
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -138,6 +141,61 @@ def _coerce(raw: str, default: Any, dotted: str, assignment: str) -> Any:
     return value
 
 
+# Tables whose keys the defaults do not fix: Spark's own settings, passed to Spark as given.
+OPEN_TABLES = (("spark", "conf"),)
+
+
+def _in_open_table(keys: list[str]) -> bool:
+    return any(tuple(keys[: len(table)]) == table and len(keys) > len(table) for table in OPEN_TABLES)
+
+
+def _dotted_names(node: Mapping[str, Any], prefix: str = "") -> list[str]:
+    names: list[str] = []
+    for key, value in node.items():
+        names.append(prefix + key)
+        if isinstance(value, Mapping):
+            names.extend(_dotted_names(value, f"{prefix}{key}."))
+    return names
+
+
+def _unknown_setting(keys: list[str], defaults: Mapping[str, Any], where: str) -> ConfigError:
+    dotted = ".".join(keys)
+    close = difflib.get_close_matches(dotted, _dotted_names(defaults), n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"{where}: no setting {dotted} in conf/default.toml, which lists every one{hint}")
+
+
+def _fits(value: Any, default: Any) -> bool:
+    """Whether a settings file's ``value`` has the type of the key's ``default`` (as ``_coerce``
+    reads a --set value: an int default also takes a float, never a boolean)."""
+    kind = type(default)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_layer(layer: Mapping[str, Any], defaults: Mapping[str, Any], where: str, prefix: tuple[str, ...] = ()) -> None:
+    """Refuse a settings file's key that conf/default.toml does not define (outside
+    ``OPEN_TABLES``), a value of another type than the default's (``"false"`` for a boolean would
+    be true), and dates (conf.json, written at the end of a job, cannot hold them)."""
+    for key, value in layer.items():
+        keys = [*prefix, key]
+        if _in_open_table(keys):
+            if _has_datetime(value):
+                raise ConfigError(f"{where}: {'.'.join(keys)} is a date; quote it as a string")
+            continue
+        default = _default_at(defaults, keys, ".".join(keys))
+        if default is _MISSING:
+            raise _unknown_setting(keys, defaults, where)
+        if isinstance(default, Mapping) and isinstance(value, Mapping):
+            check_layer(value, defaults, where, tuple(keys))
+        elif not _fits(value, default) or _has_datetime(value):
+            kind = type(default)
+            raise ConfigError(f"{where}: {'.'.join(keys)} expects {_EXPECTED.get(kind, kind.__name__)} (its default is {default!r}), got {value!r}")
+
+
 def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -> tuple[list[str], Any]:
     """``"images.max_side=384"`` -> (["images", "max_side"], 384).
 
@@ -146,8 +204,10 @@ def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -
     booleans also accept yes/no/1/0 in any case (``crawl.labelled=False`` must not become the
     truthy string 'False'), strings keep the text as written (unless quoted), numbers, arrays
     and tables are TOML literals.
-    A key the defaults don't define (e.g. a new ``spark.conf`` entry) is read as a TOML literal
-    and, failing that, taken as a bare string, so ``--set paths.work_dir=/tmp/x`` just works.
+    A key the defaults don't define is an error naming the nearest known one (a typo must not
+    pass as a new setting that nothing reads), except inside ``OPEN_TABLES`` (a new
+    ``spark.conf`` entry): that is read as a TOML literal and, failing that, taken as a bare
+    string.
     Dates are never produced: an unquoted date is kept as its text.
     Keys may be quoted to hold dots: ``spark.conf."spark.executor.memory"=8g``.
     """
@@ -165,9 +225,12 @@ def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -
         keys.append(only_key)
         node = node[only_key]
     raw = raw_value.strip()
-    default = _default_at(_read_default() if defaults is None else defaults, keys, assignment)
+    defaults = _read_default() if defaults is None else defaults
+    default = _default_at(defaults, keys, assignment)
     if default is not _MISSING:
         return keys, _coerce(raw, default, ".".join(keys), assignment)
+    if not _in_open_table(keys):
+        raise _unknown_setting(keys, defaults, f"--set {assignment!r}")
     value = _toml_literal(raw)
     if value is _NOT_TOML or isinstance(value, (datetime.date, datetime.time)):
         return keys, raw
@@ -234,6 +297,7 @@ def load_settings(
             loaded = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--conf {conf_file}: not valid TOML ({exc})") from None
+        check_layer(loaded, defaults, f"--conf {conf_file}")
         settings = settings.with_values(loaded, str(path))
     for assignment in overrides:
         # Typed against the packaged defaults: a --set value is text and must be read as what

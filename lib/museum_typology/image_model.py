@@ -37,7 +37,7 @@ import numpy as np
 
 from . import backbone as backbone_lib
 from . import petastorm_io, storage, tflite_backbone
-from .config import Settings
+from .config import ConfigError, Settings
 from .log import get_logger
 from .schema import CLASSES
 from .storage import S3Options
@@ -98,11 +98,11 @@ class ImageSettings:
         casts = {"int": int, "float": float, "str": str, "bool": bool}
         s = cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
         if s.view_mode not in VIEW_MODES:
-            raise ValueError(f"image.view_mode must be one of {VIEW_MODES}, not {s.view_mode!r}")
+            raise ConfigError(f"image.view_mode must be one of {VIEW_MODES}, not {s.view_mode!r}")
         if s.feature_runtime not in tflite_backbone.RUNTIMES:
-            raise ValueError(f"image.feature_runtime must be one of {tflite_backbone.RUNTIMES}, not {s.feature_runtime!r}")
+            raise ConfigError(f"image.feature_runtime must be one of {tflite_backbone.RUNTIMES}, not {s.feature_runtime!r}")
         if not 0.0 <= s.view_crop < 1.0:
-            raise ValueError(f"image.view_crop must be in [0, 1) (0 = no crop views), not {s.view_crop}")
+            raise ConfigError(f"image.view_crop must be in [0, 1) (0 = no crop views), not {s.view_crop}")
         return s
 
 

@@ -13,6 +13,7 @@ them back in input order and writes the output atomically.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -325,13 +326,18 @@ def text_normalization(text_bundle: str, s3: S3Options | None) -> int:
 
 def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None, text_bundle: str | None = None, image_bundle: str | None = None) -> tuple[CascadeParams, str]:
     """The newest tuned cascade (``tune-cascade``) when there is one and it was tuned on the
-    out-of-fold predictions of the bundles scored with, else the conf's [cascade]."""
+    out-of-fold predictions of the bundles scored with, else the conf's [cascade]. The default
+    class is always the conf's (``cascade.default_class`` is a choice, not tuned); one other than
+    the tuned cascade recorded is named in the version, so rescore re-scores."""
     bundle = _concrete_bundle(cascade_dir, "cascade.json", s3)
     if bundle is not None:
         values = json.loads(storage.read_bytes(storage.join(bundle, "cascade.json"), s3))
         stale = cascade_mismatch(values.get("metrics", {}).get("inputs", {}), text_bundle, image_bundle, s3)
         if stale is None:
-            return CascadeParams.from_dict(values["params"]), bundles.bundle_version(bundle)
+            tuned = CascadeParams.from_dict(values["params"])
+            chosen = dataclasses.replace(tuned, default_class=settings.get("cascade.default_class"))
+            version = bundles.bundle_version(bundle)
+            return chosen, version if chosen == tuned else f"{version}+default-{CLASSES.index(chosen.default_class)}"
         # Thresholds fitted to another model's confidences mean something else for this one.
         log.warning("cascade %s was tuned on %s; scoring with the [cascade] settings instead (run tune-cascade after training)", bundle, stale)
     params = CascadeParams.from_dict(settings.section("cascade"))

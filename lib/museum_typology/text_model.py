@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .catalogue import InputRow
-from .config import Settings
+from .config import ConfigError, Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
 from .text import normalize
@@ -30,6 +30,7 @@ from .text import normalize
 log = get_logger(__name__)
 NUM_CLASSES = len(CLASSES)
 PAD = "<pad>"
+LSTM_POOLINGS = ("max_avg", "max_attention")  # text.lstm_pooling
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class TextSettings:
         section = settings.section("text")
         values = {name: section[name] for name in cls.__dataclass_fields__}
         values["blend_grid"] = tuple(float(x) for x in values["blend_grid"])
+        if values["lstm_pooling"] not in LSTM_POOLINGS:  # checked here, not minutes later when the first network is built
+            raise ConfigError(f"text.lstm_pooling: {values['lstm_pooling']!r} is none of {', '.join(LSTM_POOLINGS)}")
         return cls(**values)
 
 
