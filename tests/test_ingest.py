@@ -93,6 +93,25 @@ def _dataset(output: Path) -> dict[str, object]:
         return {row.guid: row for row in reader}
 
 
+def test_the_images_location_may_be_a_url_or_absolute_and_one_set_on_purpose_must_exist(settings, tmp_path):
+    """ingest.images was always joined under paths.data: s3://imgs/all under an s3:// data
+    directory became a key below it; and a location that was not there was a warning, so a typo
+    in a set location quietly made every row text-only."""
+    assert storage.under("s3://museum-data/2021", "s3://imgs/all") == "s3://imgs/all"
+    assert storage.under("s3://museum-data/2021", "images.zip") == "s3://museum-data/2021/images.zip"
+    assert storage.under("s3://museum-data/2021", "/mnt/images") == "/mnt/images"
+    assert storage.under("data", "images") == "data/images" and storage.under("/data", "/mnt/x") == "/mnt/x"
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "a.jpg").write_bytes(_jpeg((1, 2, 3)))
+    index = ingest.image_index(str(data), settings.set(["ingest", "images"], str(elsewhere), "test"))
+    assert index.kind == "dir" and list(index.members) == ["a"]
+    with pytest.raises(storage.StorageError, match=r"data/imgs: no such images archive or directory \(ingest.images = 'imgs'\)"):
+        ingest.image_index(str(data), settings.set(["ingest", "images"], "imgs", "test"))
+    assert ingest.image_index(str(data), settings).kind == "none"  # the default name: text-only data, a warning
+
+
 @pytest.mark.parametrize("images_as", ["zip", "dir"])
 def test_ingest_zoo(spark, settings, tmp_path, images_as):
     data = tmp_path / "data"

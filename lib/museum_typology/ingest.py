@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from . import catalogue, image_source, images, petastorm_io, schema, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
-from .config import Settings
+from .config import Settings, packaged_defaults
 from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_indexed, known_guids
 from .log import get_logger
 from .schema import (
@@ -122,7 +122,7 @@ def read_input_rows(data_dir: str, settings: Settings, s3: S3Options | None = No
     rows: list[InputRow] = []
     for key, split, labelled in INPUT_FILES:
         name = settings.get(key)
-        url = storage.join(data_dir, name)
+        url = storage.under(data_dir, name)
         if not storage.exists(url, s3):
             if split == SPLIT_TRAIN:
                 raise CsvError(f"{url}: no such file (the labelled CSV is required; set --data or {key})")
@@ -138,8 +138,11 @@ def read_input_rows(data_dir: str, settings: Settings, s3: S3Options | None = No
 
 def image_index(data_dir: str, settings: Settings, s3: S3Options | None = None, rows: Sequence[InputRow] = ()) -> ImageIndex:
     """The images beside the rows; ``rows`` tell a guid such as ``MS.A`` from ``MS`` + extension."""
-    location = storage.join(data_dir, settings.get("ingest.images"))
+    name = settings.get("ingest.images")
+    location = storage.under(data_dir, name)
     if not storage.exists(location, s3):
+        if name != packaged_defaults()["ingest"]["images"]:  # set on purpose: a typo must not quietly drop every image
+            raise storage.StorageError(f"{location}: no such images archive or directory (ingest.images = {name!r})")
         log.warning("%s: no images archive or directory; every row is text-only", location)
         return ImageIndex(location, "none")
     index = build_index(location, s3, known_guids(rows))

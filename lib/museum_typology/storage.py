@@ -52,6 +52,13 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 
 
+def under(base: str, path: str) -> str:
+    """``path`` as a setting names a file under a directory (``ingest.images`` under
+    ``paths.data``): an s3:// URL or an absolute local path as it is, anything else below
+    ``base``. (``join`` would put ``s3://imgs/all`` under an s3:// base as a key.)"""
+    return path if is_s3(path) or posixpath.isabs(path) else join(base, path)
+
+
 def filesystem(url: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem that holds ``url``, and the path inside it."""
     if is_s3(url):

@@ -88,8 +88,8 @@ def default_order_url(settings: Settings, s3: S3Options | None = None) -> str:
     """Where the guid order comes from: ``submission.sample_csv`` in the data directory, or
     ``ingest.test_csv`` when the data has no sample submission."""
     data = settings.get("paths.data")
-    sample = storage.join(data, settings.get("submission.sample_csv"))
-    return sample if storage.exists(sample, s3) else storage.join(data, settings.get("ingest.test_csv"))
+    sample = storage.under(data, settings.get("submission.sample_csv"))
+    return sample if storage.exists(sample, s3) else storage.under(data, settings.get("ingest.test_csv"))
 
 
 def run(settings: Settings, predictions_url: str, output_url: str, order_url: str | None = None) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def read_url_only_rows(data_dir: str, settings: Settings, s3: S3Options | None =
     name = settings.get("text.url_only_csv")
     if not name:
         return []
-    url = storage.join(data_dir, name)
+    url = storage.under(data_dir, name)
     if not storage.exists(url, s3):
         log.info("%s: not found; the word vectors learn from the labelled and test rows only", url)
         return []
