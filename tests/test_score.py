@@ -330,6 +330,25 @@ def test_a_parquet_guid_with_a_control_character_is_rejected_as_in_csv(tmp_path)
     assert [r.rejected_reason for r in rows] == ["in.parquet row 1: guid 'a\\x00b' holds a control character", None]
 
 
+def test_parquet_guids_that_are_not_text_read_as_evaluate_and_submission_read_them(tmp_path):
+    """Integer guids with one missing: pandas writes floats, and score read guid "1.0" where
+    evaluate and submission read "1", so a submission from score's output lacked every row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from museum_typology import evaluate
+
+    pd.DataFrame({"guid": [1, None, 3], "description": ["Монета", "Сабля", None]}).to_parquet(tmp_path / "floats.parquet")
+    rows = score.read_rows(str(tmp_path / "floats.parquet"))
+    assert [r.guid for r in rows] == ["1", None, "3"] and [r.description for r in rows] == ["Монета", "Сабля", None]
+    assert list(evaluate.read_table(str(tmp_path / "floats.parquet"), ["guid"], "truth")["guid"]) == ["1", "", "3"]
+    pq.write_table(pa.table({"guid": pa.array([b"abc", "кп".encode()]), "description": pa.array([b"x", None], pa.binary())}), tmp_path / "binary.parquet")
+    assert [(r.guid, r.description) for r in score.read_rows(str(tmp_path / "binary.parquet"))] == [("abc", "x"), ("кп", None)]
+    pq.write_table(pa.table({"guid": pa.array([b"\xff\xfe"]), "description": ["x"]}), tmp_path / "not-utf8.parquet")
+    with pytest.raises(CsvError, match=r"not-utf8.parquet: the guid and description columns must be text"):
+        score.read_rows(str(tmp_path / "not-utf8.parquet"))
+
+
 def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_path, caplog):
     """score paired the newest cascade with whatever bundles it scored with: after a retraining
     without tune-cascade, or a trial run's out-of-fold file, thresholds fitted to another model."""

@@ -112,6 +112,22 @@ def parse_catalogue_csv(
     return rows
 
 
+def with_text_columns(table, names: Sequence[str]):
+    """A pyarrow table whose columns ``names`` (matched without case or spaces) are text, cast in
+    Arrow: a guid column that pandas wrote as floats (integers with a missing value) reads
+    "1", not "1.0", and binary reads as its UTF-8 text, not "b'abc'". Every job that reads
+    guids from Parquet reads them this way, so they match. Bytes that are not UTF-8 raise
+    pyarrow's ``ArrowInvalid``."""
+    import pyarrow as pa
+
+    wanted = {name.lower() for name in names}
+    for position, name in enumerate(table.column_names):
+        kind = table.schema.field(position).type
+        if str(name).strip().lower() in wanted and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            table = table.set_column(position, name, table.column(position).cast(pa.string()))
+    return table
+
+
 def has_control_character(text: str | None) -> bool:
     """A C0 control character (NUL, tab, ...) or DEL inside ``text``: never part of a guid."""
     return text is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in text)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import report, storage
-from .catalogue import CsvError, decode_csv_bytes, read_strict_csv
+from .catalogue import CsvError, decode_csv_bytes, read_strict_csv, with_text_columns
 from .config import Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -53,18 +53,6 @@ def _rescore_partitions(url: str, s3: S3Options | None) -> list[tuple[str, str]]
     from .rescore import partition_dirs  # late: rescore pulls in the score job
 
     return partition_dirs(url, s3)
-
-
-def _strings_to_pandas(table) -> pd.DataFrame:
-    """A Parquet table as pandas with its guid column as text, cast in Arrow: pandas would make an
-    integer column with a null into floats ("1.0"), which match no guid that score wrote as "1"."""
-    import pyarrow as pa
-
-    for position, name in enumerate(table.column_names):
-        kind = table.schema.field(position).type
-        if str(name).strip().lower() == "guid" and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            table = table.set_column(position, name, table.column(position).cast(pa.string()))
-    return table.to_pandas()
 
 
 def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | None = None) -> pd.DataFrame:
@@ -96,7 +84,8 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
 
         fs, path = storage.filesystem(url, s3)
         try:
-            frame = _strings_to_pandas(pq.read_table(path, filesystem=fs))
+            # the guids as text, cast in Arrow: pandas would read "1.0" where score wrote "1"
+            frame = with_text_columns(pq.read_table(path, filesystem=fs), ["guid"]).to_pandas()
         except (OSError, ValueError) as exc:
             raise EvaluateError(f"{what} {url}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
     else:

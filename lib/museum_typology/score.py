@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
-from .catalogue import CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, rows_of_record
+from .catalogue import CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, rows_of_record, with_text_columns
 from .clean import image_fold_runs
 from .config import Settings
 from .image_source import images_by_guid, known_guids
@@ -91,6 +91,11 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
     except (pa.ArrowInvalid, OSError) as exc:
         raise CsvError(f"{name}: not a readable Parquet file ({exc})") from None
     missing = [c for c in ("guid", "description") if c not in table.column_names]
+    if not missing:
+        try:  # as text, as every job reads them: a float column's 1.0 is guid "1"
+            table = with_text_columns(table, ["guid", "description"])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise CsvError(f"{name}: the guid and description columns must be text ({exc})") from None
     if missing:
         raise CsvError(f"{name}: missing column(s) {', '.join(missing)} (found: {', '.join(table.column_names) or 'nothing'})")
     rows = []
