@@ -174,6 +174,23 @@ def test_missing_or_malformed_oof_is_a_clear_error(tmp_path):
         clean.read_oof(str(tmp_path / "fold.parquet"))
 
 
+def test_oof_guids_must_be_text_and_are_stripped(tmp_path):
+    """Integer guids passed the check before Spark, and the job died after KMeans with an Arrow
+    traceback; "a " beside "a" passed too, and the manifest it wrote was then refused by
+    read_cleaned_labels for a repeated guid."""
+    pq.write_table(pa.table({"guid": [1, 2], "label": [CLASSES[0]] * 2, "proba": [[1 / 15] * 15] * 2}), str(tmp_path / "ints.parquet"))
+    with pytest.raises(clean.OofError, match=r"ints.parquet: the guid column holds int64, expected text"):
+        clean.read_oof(str(tmp_path / "ints.parquet"))
+    pq.write_table(pa.table({"guid": ["a ", "a"], "label": [CLASSES[0]] * 2, "proba": [[1 / 15] * 15] * 2}), str(tmp_path / "spaced.parquet"))
+    with pytest.raises(clean.OofError, match=r"spaced.parquet: 1 guid\(s\) appear more than once, e.g. a$"):
+        clean.read_oof(str(tmp_path / "spaced.parquet"))
+    pq.write_table(pa.table({"guid": [" b", "  "], "label": [CLASSES[0]] * 2, "proba": [[1 / 15] * 15] * 2}), str(tmp_path / "blank.parquet"))
+    with pytest.raises(clean.OofError, match=r"blank.parquet: empty guid in 1 row"):
+        clean.read_oof(str(tmp_path / "blank.parquet"))
+    pq.write_table(pa.table({"guid": [" b"], "label": [CLASSES[0]], "proba": [[1 / 15] * 15]}), str(tmp_path / "one.parquet"))
+    assert clean.read_oof(str(tmp_path / "one.parquet")).guids == ["b"]
+
+
 def test_combine_of_no_rows_is_an_oof_error():
     with pytest.raises(clean.OofError, match="no rows"):
         clean.combine([clean.Oof([], np.zeros(0, np.int64), np.zeros((0, len(CLASSES))), [])])

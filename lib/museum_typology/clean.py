@@ -156,10 +156,15 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
     if table.num_rows == 0:
         # Checked here, where the file is read, so the CLI's pre-check refuses it before Spark starts.
         raise OofError(f"{name}: no rows (an out-of-fold file holds one row per labelled item)")
-    guids = table.column("guid").to_pylist()
+    kind = table.schema.field("guid").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        # as the cleaned manifest's reader refuses it: guids are matched as strings everywhere
+        raise OofError(f"{name}: the guid column holds {kind}, expected text (guids are matched as strings)")
+    # stripped, as every reader of guids strips them: "a " and "a" are one guid
+    guids = [g.strip() if g is not None else None for g in table.column("guid").to_pylist()]
     labels = table.column("label").to_pylist()
-    if any(g is None or g == "" for g in guids):
-        raise OofError(f"{name}: empty guid in {sum(g is None or g == '' for g in guids)} row(s)")
+    if any(not g for g in guids):
+        raise OofError(f"{name}: empty guid in {sum(not g for g in guids)} row(s)")
     duplicated = [g for g, n in Counter(guids).items() if n > 1]
     if duplicated:
         raise OofError(f"{name}: {len(duplicated)} guid(s) appear more than once, e.g. {duplicated[0]}")
