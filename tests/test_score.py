@@ -349,6 +349,18 @@ def test_parquet_guids_that_are_not_text_read_as_evaluate_and_submission_read_th
         score.read_rows(str(tmp_path / "not-utf8.parquet"))
 
 
+def test_parquet_output_has_one_schema_with_rows_or_without():
+    """A header-only input wrote a Parquet file of null-typed columns, which no reader could
+    combine with another night's or run's output."""
+    import pyarrow.parquet as pq
+
+    empty = pd.DataFrame(columns=list(score.RESULT_COLUMNS))
+    one = pd.DataFrame([{"row": 0, "guid": "a", "typology": CLASSES[0], "confidence": 0.9, "source": "text", "model_version": "v", "note": "",
+                         "text_confidence": 0.9, "image_confidence": None, "description_hash": "h", "image_sha256": None}])
+    schemas = [pq.read_table(io.BytesIO(score.to_parquet(frame))).schema for frame in (empty, one)]
+    assert schemas[0] == schemas[1] == score.OUTPUT_SCHEMA
+
+
 def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_path, caplog):
     """score paired the newest cascade with whatever bundles it scored with: after a retraining
     without tune-cascade, or a trial run's out-of-fold file, thresholds fitted to another model."""

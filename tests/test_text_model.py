@@ -216,6 +216,9 @@ def test_score_refuses_unknown_image_settings_on_the_driver(trained):
             score.resolve_models(settings.set(key.split("."), value, "test"), str(root / "models"))
     with pytest.raises(score.ScoreError, match="score.image_threads = -1: must be a whole number >= 0"):
         score.resolve_models(settings.set(["score", "image_threads"], -1, "test"), str(root / "models"))
+    # 0 divided by zero after Spark had started, in score and rescore alike
+    with pytest.raises(score.ScoreError, match="score.rows_per_partition = 0: must be a whole number >= 1"):
+        score.resolve_models(settings.set(["score", "rows_per_partition"], 0, "test"), str(root / "models"))
 
 
 def result_version(root: Path) -> str:

@@ -61,6 +61,7 @@ from .log import get_logger
 from .score import (
     DETAIL_COLUMNS,
     OUTPUT_COLUMNS,
+    OUTPUT_SCHEMA,
     Scorer,
     ScoreError,
     ScorerFactory,
@@ -82,9 +83,7 @@ log = get_logger(__name__)
 REASONS = ("new", "model", "description", "image")  # in the order they are tested
 NOT_SCORED = ("empty guid", "duplicate guid")
 PARTITION_COLUMNS = (*OUTPUT_COLUMNS, *DETAIL_COLUMNS, "reason")
-PARTITION_SCHEMA = pa.schema(
-    [(name, pa.float64() if name in ("confidence", "text_confidence", "image_confidence") else pa.string()) for name in PARTITION_COLUMNS]
-)
+PARTITION_SCHEMA = pa.schema([*OUTPUT_SCHEMA, pa.field("reason", pa.string())])
 STATE_COLUMNS = ("guid", "model_version", "description_hash", "image_sha256")
 PART_FILE, SUMMARY_FILE = "part-00000.parquet", "_summary.json"
 PARTITION_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")

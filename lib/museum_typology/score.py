@@ -58,6 +58,9 @@ RESULT_SCHEMA = (
     "text_confidence double, image_confidence double, description_hash string, image_sha256 string"
 )
 RESULT_COLUMNS = tuple(part.strip().split(" ")[0] for part in RESULT_SCHEMA.split(","))
+# Parquet output's schema, given rather than inferred: an input of no rows inferred null columns.
+CONFIDENCE_COLUMNS = ("confidence", "text_confidence", "image_confidence")
+OUTPUT_SCHEMA = pa.schema([(name, pa.float64() if name in CONFIDENCE_COLUMNS else pa.string()) for name in (*OUTPUT_COLUMNS, *DETAIL_COLUMNS)])
 
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
@@ -284,6 +287,8 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
             raise ScoreError(f"{key} = {settings.get(key)!r}: must be one of {', '.join(allowed)}")
     if not isinstance(settings.get("score.image_threads"), int) or settings.get("score.image_threads") < 0:
         raise ScoreError(f"score.image_threads = {settings.get('score.image_threads')!r}: must be a whole number >= 0 (0 = the Spark task's cpus)")
+    if not isinstance(settings.get("score.rows_per_partition"), int) or settings.get("score.rows_per_partition") < 1:
+        raise ScoreError(f"score.rows_per_partition = {settings.get('score.rows_per_partition')!r}: must be a whole number >= 1")
     return ScorerSpec(
         text, image, tuple(sorted(params.to_dict().items())), version, s3,
         int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),
@@ -638,7 +643,7 @@ def to_csv(result: pd.DataFrame) -> bytes:
 
 def to_parquet(result: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(result.loc[:, [*OUTPUT_COLUMNS, *DETAIL_COLUMNS]], preserve_index=False), buffer)
+    pq.write_table(pa.Table.from_pandas(result.loc[:, [*OUTPUT_COLUMNS, *DETAIL_COLUMNS]], schema=OUTPUT_SCHEMA, preserve_index=False), buffer)
     return buffer.getvalue()
 
 
