@@ -405,6 +405,23 @@ def test_typology_classifier_transformer_adds_columns_and_keeps_rows(trained, sp
     assert [r["typology"] for r in noted] == [r["typology"] for r in scored]
 
 
+def test_typology_classifier_finds_the_models_where_the_score_job_does(trained, tmp_path, monkeypatch):
+    """Without modelPath it used var/models whatever paths.work_dir said, so with conf/local.toml
+    (work_dir var/local) it scored with other models than the score job."""
+    import shutil
+
+    from museum_typology.spark import TypologyClassifier
+
+    root, _, _ = trained
+    shutil.copytree(root / "models", tmp_path / "work" / "models" / "text")
+    conf = tmp_path / "site.toml"
+    conf.write_text(f'[paths]\nwork_dir = "{tmp_path / "work"}"\n', encoding="utf-8")
+    spec = TypologyClassifier(confPath=str(conf))._spec()
+    assert spec.text_bundle.startswith(str(tmp_path / "work" / "models" / "text"))
+    monkeypatch.setenv("MUSEUM_WORK_DIR", str(tmp_path / "work"))
+    assert TypologyClassifier()._spec().text_bundle == spec.text_bundle
+
+
 def test_typology_classifier_checks_its_columns_on_the_driver():
     from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 

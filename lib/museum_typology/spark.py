@@ -33,7 +33,7 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
     """Adds ``predictionCol`` (one of the 15 typologies), ``confidenceCol`` and ``sourceCol``
     (text / image / blend / default) to a DataFrame. See the module docstring."""
 
-    modelPath = Param(Params._dummy(), "modelPath", "models root (text/, image/, cascade/ below it) or one bundle; local or s3://", TypeConverters.toString)
+    modelPath = Param(Params._dummy(), "modelPath", "models root (text/, image/, cascade/ below it) or one bundle; local or s3://; empty string = WORK_DIR/models of the settings (confPath, $MUSEUM_WORK_DIR), as the score job", TypeConverters.toString)
     confPath = Param(Params._dummy(), "confPath", "settings file (TOML) over conf/default.toml, e.g. for S3 endpoints; empty = defaults", TypeConverters.toString)
     guidCol = Param(Params._dummy(), "guidCol", "identifier column (only used in notes)", TypeConverters.toString)
     descriptionCol = Param(Params._dummy(), "descriptionCol", "description column; empty string = no text", TypeConverters.toString)
@@ -45,11 +45,11 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
     noteCol = Param(Params._dummy(), "noteCol", "output: why a row fell back or what was wrong with its input (e.g. an unreadable image); empty string = no such column", TypeConverters.toString)
 
     @keyword_only
-    def __init__(self, *, modelPath: str = "var/models", confPath: str = "", guidCol: str = "guid", descriptionCol: str = "description",
+    def __init__(self, *, modelPath: str = "", confPath: str = "", guidCol: str = "guid", descriptionCol: str = "description",
                  imageCol: str = "", imagePathCol: str = "", predictionCol: str = "typology", confidenceCol: str = "typology_confidence",
                  sourceCol: str = "typology_source", noteCol: str = ""):
         super().__init__()
-        self._setDefault(modelPath="var/models", confPath="", guidCol="guid", descriptionCol="description", imageCol="", imagePathCol="",
+        self._setDefault(modelPath="", confPath="", guidCol="guid", descriptionCol="description", imageCol="", imagePathCol="",
                          predictionCol="typology", confidenceCol="typology_confidence", sourceCol="typology_source", noteCol="")
         self._set(**self._input_kwargs)
 
@@ -58,9 +58,11 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
         return self._set(**kwargs)
 
     def _spec(self) -> score.ScorerSpec:
-        conf = self.getOrDefault(self.confPath)
+        settings = load_settings(conf_file=self.getOrDefault(self.confPath) or None)
+        # Where the score job looks by default; it was var/models whatever the settings said.
+        models = self.getOrDefault(self.modelPath) or storage.join(settings.get("paths.work_dir"), "models")
         # Absolute here, on the driver: executors resolve relative paths in their own directory.
-        return score.resolve_models(load_settings(conf_file=conf or None), storage.absolute(self.getOrDefault(self.modelPath)))
+        return score.resolve_models(settings, storage.absolute(models))
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         get = self.getOrDefault
