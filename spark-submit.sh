@@ -40,6 +40,10 @@ while [[ $# -gt 0 ]]; do
 done
 # The settings file is shipped with --files; the driver finds it by its path or, where spark-submit
 # put it in the driver's working directory (cluster deploy mode), by its base name.
+# spark-submit's own --conf takes key=value; here --conf is the job's settings file.
+if [[ -n "$CONF_FILE" && ! -f "$CONF_FILE" && "$CONF_FILE" == *=* ]]; then
+  die "--conf $CONF_FILE: no such file; --conf names a settings file (TOML) here; pass a Spark setting as --set 'spark.conf.\"${CONF_FILE%%=*}\"=${CONF_FILE#*=}' or SPARK_SUBMIT_ARGS=\"--conf $CONF_FILE\""
+fi
 [[ -z "$CONF_FILE" || -f "$CONF_FILE" ]] || die "--conf $CONF_FILE: no such file"
 # From the resolved settings (defaults <- --conf FILE <- --set): spark.master (unless --master was
 # given) and the driver's memory, which spark-submit fixes before the job's code runs; then

@@ -335,3 +335,7 @@ def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
     assert "--driver-memory" not in submitted("--data", "d")
     bad = subprocess.run([str(SUBMIT), "ingest"], capture_output=True, text=True, timeout=120, env={**env, "SPARK_SUBMIT_ARGS": "--conf 'open"}, cwd=tmp_path)
     assert bad.returncode == 2 and "SPARK_SUBMIT_ARGS: No closing quotation" in bad.stderr
+    # spark-submit's own --conf key=value habit: say where a Spark setting goes instead
+    bad = subprocess.run([str(SUBMIT), "score", "--conf", "spark.executor.memory=8g"], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "--conf names a settings file (TOML) here" in bad.stderr
+    assert """--set 'spark.conf."spark.executor.memory"=8g'""" in bad.stderr and 'SPARK_SUBMIT_ARGS="--conf spark.executor.memory=8g"' in bad.stderr
