@@ -66,15 +66,23 @@ print(settings.get("spark.master"))
 # Only a value from --conf FILE or --set: the packaged default must not beat a cluster
 # spark-defaults.conf (as in session.spark_conf_to_set).
 memory = (settings.get("spark.conf") or {}).get("spark.driver.memory", "")
-print(memory if memory != packaged_defaults().get("spark", {}).get("conf", {}).get("spark.driver.memory") else "")
+packaged = packaged_defaults().get("spark", {}).get("conf", {}).get("spark.driver.memory", "")
+print(memory if memory != packaged else "")
+print(packaged)
 for value in extra:
     print(value)
 ' "$CONF_FILE" "$0" "${SPARK_SUBMIT_ARGS:-}" ${SETS[@]+"${SETS[@]}"})
-[[ ${#RESOLVED[@]} -ge 2 ]] || exit 2
+[[ ${#RESOLVED[@]} -ge 3 ]] || exit 2
 [[ -n "$MASTER" ]] || MASTER="${RESOLVED[0]}"
 DRIVER=()
-[[ -n "${RESOLVED[1]}" ]] && DRIVER=(--driver-memory "${RESOLVED[1]}")
-EXTRA=("${RESOLVED[@]:2}")
+if [[ -n "${RESOLVED[1]}" ]]; then
+  DRIVER=(--driver-memory "${RESOLVED[1]}")
+elif [[ "$MASTER" == local* && -n "${RESOLVED[2]}" ]]; then
+  # A local master runs the executors inside the driver and has no cluster defaults to defer
+  # to: the packaged memory, as the in-process CLI gets (spark-submit's own default is 1g).
+  DRIVER=(--driver-memory "${RESOLVED[2]}")
+fi
+EXTRA=("${RESOLVED[@]:3}")
 
 # The package as a zip, with the default settings inside it (museum_typology/conf/default.toml).
 # One build directory per run: a concurrent run must not replace the zip this driver reads.

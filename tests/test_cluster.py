@@ -332,7 +332,12 @@ def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
     got = submitted("--conf", str(conf), "--set", "spark.master=yarn", "--master", "local[1]")
     assert ("--master", "local[1]") in list(zip(got, got[1:]))
     # the packaged default driver memory is not passed: it would beat the cluster's spark-defaults.conf
-    assert "--driver-memory" not in submitted("--data", "d")
+    assert "--driver-memory" not in submitted("--data", "d", "--master", "spark://cluster:7077")
+    # ... except to a local master (the default), which has no cluster defaults to defer to and
+    # runs the executors in the driver: spark-submit's own 1g, where the CLI gets 4g
+    for args in (("--data", "d"), ("--master", "local[2]")):
+        got = submitted(*args)
+        assert ("--driver-memory", "4g") in list(zip(got, got[1:]))
     bad = subprocess.run([str(SUBMIT), "ingest"], capture_output=True, text=True, timeout=120, env={**env, "SPARK_SUBMIT_ARGS": "--conf 'open"}, cwd=tmp_path)
     assert bad.returncode == 2 and "SPARK_SUBMIT_ARGS: No closing quotation" in bad.stderr
     # spark-submit's own --conf key=value habit: say where a Spark setting goes instead
