@@ -127,6 +127,12 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     assert first["rows"] == 6 and first["rescored"] == 4 and first["unchanged"] == 0
     assert first["not_scored"] == {"empty guid": 1, "duplicate guid": 1}
     assert "catalogue.csv row 6: duplicate guid a (first at catalogue.csv row 1)" in first["not_scored_examples"]
+    # every row not scored is recorded with why, not just counted (the summary keeps 20 examples)
+    skipped = pd.read_parquet(root / "predictions" / "date=2026-03-01" / rescore.NOT_SCORED_FILE)
+    assert skipped.to_dict("records") == [
+        {"source_file": "catalogue.csv", "source_row": 5, "guid": None, "kind": "empty guid", "message": "catalogue.csv row 5: empty guid"},
+        {"source_file": "catalogue.csv", "source_row": 6, "guid": "a", "kind": "duplicate guid", "message": "catalogue.csv row 6: duplicate guid a (first at catalogue.csv row 1)"},
+    ]
     assert storage.is_committed(str(root / "predictions" / "date=2026-03-01"))
 
     # Night 2: b's description changes, c's image changes, f is new. a's description changes only

@@ -25,8 +25,9 @@ each original file's sha256 in its ``sha256`` column, read without the images; f
 (``--images DIR``) are read and hashed on the executors, every night, for the rows the other
 checks leave (size and mtime are not trusted: a copy can keep both and change the bytes).
 
-Catalogue rows that cannot be keyed by guid are not scored and are counted: an empty guid, and a
-guid already seen (the first row of a guid counts, in file order). Every catalogue row is
+Catalogue rows that cannot be keyed by guid are not scored: an empty guid, and a guid already
+seen (a guid's first row read without error counts, in file order). Each is listed with why in
+the partition's ``_not_scored.parquet`` and counted in its summary. Every catalogue row is
 rescored, unchanged or not scored; the summary reconciles the three with the row count.
 
 Re-running a night: the state is read from partitions dated before the run's date only, so the
@@ -86,6 +87,10 @@ PARTITION_COLUMNS = (*OUTPUT_COLUMNS, *DETAIL_COLUMNS, "reason")
 PARTITION_SCHEMA = pa.schema([*OUTPUT_SCHEMA, pa.field("reason", pa.string())])
 STATE_COLUMNS = ("guid", "model_version", "description_hash", "image_sha256")
 PART_FILE, SUMMARY_FILE = "part-00000.parquet", "_summary.json"
+# Every catalogue row the night did not score, one row each with why (the summary holds only
+# counts and the first EXAMPLES); "_" so that Spark and the partition readers pass it by.
+NOT_SCORED_FILE = "_not_scored.parquet"
+NOT_SCORED_SCHEMA = pa.schema([("source_file", pa.string()), ("source_row", pa.int64()), ("guid", pa.string()), ("kind", pa.string()), ("message", pa.string())])
 PARTITION_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
 # The summary keys that describe the plan (what a re-run compares before skipping).
@@ -376,10 +381,20 @@ def summary_bytes(summary: Mapping[str, Any]) -> bytes:
     return (json.dumps(summary, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_partition(url: str, frame: pd.DataFrame, summary: Mapping[str, Any], s3: S3Options | None) -> None:
-    """The night's rows and its summary, committed whole (``_SUCCESS`` last) or not at all."""
+def not_scored_parquet(rows: Sequence[InputRow], not_scored: Sequence[tuple[int, str, str]]) -> bytes:
+    """``NOT_SCORED_FILE``: the catalogue rows not scored (``RescorePlan.not_scored``), in order."""
+    records = [{"source_file": rows[i].source_file, "source_row": rows[i].source_row, "guid": rows[i].guid, "kind": kind, "message": message} for i, kind, message in not_scored]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records, schema=NOT_SCORED_SCHEMA), buffer)
+    return buffer.getvalue()
+
+
+def write_partition(url: str, frame: pd.DataFrame, summary: Mapping[str, Any], not_scored: bytes, s3: S3Options | None) -> None:
+    """The night's rows, the rows it did not score and its summary, committed whole (``_SUCCESS``
+    last) or not at all."""
     with storage.atomic_directory(url, s3) as tmp:
         storage.write_bytes(storage.join(tmp, PART_FILE), to_parquet(frame), s3)
+        storage.write_bytes(storage.join(tmp, NOT_SCORED_FILE), not_scored, s3)
         storage.write_bytes(storage.join(tmp, SUMMARY_FILE), summary_bytes(summary), s3)
 
 
@@ -461,6 +476,6 @@ def run(
     result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
     frame = result.assign(reason=reasons)
     summary["sources"] = dict(sorted(Counter(frame["source"]).items()))
-    write_partition(partition_url, frame, summary, s3)
+    write_partition(partition_url, frame, summary, not_scored_parquet(rows, plan.not_scored), s3)
     log.info("rescore %s: %d rows scored (%s) -> %s", date, len(frame), summary["reasons"], partition_url)
     return {**summary, "already_complete": False, "scored": len(frame)}
