@@ -174,3 +174,15 @@ def test_file_uris_as_spark_writes_them_name_the_local_file(tmp_path):
         assert storage.filesystem_path(url) == str(tmp_path / "a b.png")
         assert storage.read_bytes(url) == b"x" and storage.absolute(url) == url
     assert storage.to_uri(f"file:{tmp_path}/d") == f"file://{tmp_path}/d"
+
+
+def test_the_s3_region_is_the_setting_else_the_drivers_aws_environment():
+    """s3.region was us-east-1 unless set, whatever AWS_REGION said: a bucket elsewhere was
+    reached through the wrong region."""
+    assert S3Options.from_settings({"region": "eu-central-1"}, {"AWS_REGION": "us-west-2"}).region == "eu-central-1"
+    assert S3Options.from_settings({"region": ""}, {"AWS_REGION": "us-west-2", "AWS_DEFAULT_REGION": "ap-south-1"}).region == "us-west-2"
+    assert S3Options.from_settings({"region": ""}, {"AWS_DEFAULT_REGION": "ap-south-1"}).region == "ap-south-1"
+    assert S3Options.from_settings({}, {}).region == "us-east-1"
+    from museum_typology.config import load_settings
+
+    assert S3Options.from_settings(load_settings(environ={}).section("s3"), {"AWS_REGION": "eu-north-1"}).region == "eu-north-1"

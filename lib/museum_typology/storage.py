@@ -37,8 +37,12 @@ class S3Options:
     region: str = "us-east-1"
 
     @classmethod
-    def from_settings(cls, section: Mapping[str, Any]) -> S3Options:
-        return cls(endpoint_url=str(section.get("endpoint_url") or ""), region=str(section.get("region") or "us-east-1"))
+    def from_settings(cls, section: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> S3Options:
+        """``s3.region``, or when empty the driver's AWS_REGION / AWS_DEFAULT_REGION (resolved
+        here: executors get the options, not the driver's environment), else us-east-1."""
+        environ = os.environ if environ is None else environ
+        region = str(section.get("region") or "") or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return cls(endpoint_url=str(section.get("endpoint_url") or ""), region=region)
 
 
 def is_s3(url: str) -> bool:
