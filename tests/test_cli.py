@@ -138,3 +138,23 @@ def test_the_pipeline_scores_the_test_rows_with_the_images_ingest_stored(tmp_pat
     cli.JOBS["pipeline"].run(args, cli._settings(args))
     assert calls["score"] == {"image_dataset": str(tmp_path / "work" / "ingest" / "dataset")}
 
+
+
+def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
+    """py4j logs a command it sends again (the JVM closed a pooled connection) at INFO on the root
+    logger with the closed socket's traceback: in every make run log, though nothing failed."""
+    code = (
+        "import logging\n"
+        "from museum_typology.log import setup_logging\n"
+        "setup_logging()\n"
+        "try:\n    raise ConnectionResetError(104, 'Connection reset by peer')\n"
+        "except ConnectionResetError:\n"
+        "    logging.info('Exception while sending command.', exc_info=True)\n"
+        "    logging.exception('Exception while sending command.')\n"
+        "logging.info('something else')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines if " root: " in line] == ["ERROR root: Exception while sending command.", "INFO root: something else"]
+    assert result.stderr.count("Traceback") == 1

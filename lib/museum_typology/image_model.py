@@ -38,7 +38,7 @@ import numpy as np
 from . import backbone as backbone_lib
 from . import petastorm_io, storage, tflite_backbone
 from .config import ConfigError, Settings
-from .log import get_logger
+from .log import get_logger, quiet_library_warnings
 from .schema import CLASSES
 from .storage import S3Options
 
@@ -334,6 +334,7 @@ def _init_horovod(task_cpus: int | None = None):
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
+    quiet_library_warnings()  # this rank's process reads the dataset through petastorm too
     hvd.init()
     gpus = tf.config.list_physical_devices("GPU")
     threads = worker_threads(tflite_backbone.machine_cores(), hvd.local_size(), task_cpus)

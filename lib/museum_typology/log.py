@@ -12,6 +12,23 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 _CONFIGURED = False
+PY4J_RETRY_MESSAGE = "Exception while sending command."
+
+
+class _Py4jRetryFilter(logging.Filter):
+    """py4j logs a command it is about to send again on a fresh connection (the JVM closed the
+    pooled one: Horovod's Spark thread ends, say) at INFO on the root logger, with the traceback
+    of the closed socket. The retry goes through; a failed one is logged at ERROR and kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.name == "root" and record.getMessage() == PY4J_RETRY_MESSAGE)
+
+
+def quiet_library_warnings() -> None:
+    """petastorm 0.13 calls pyarrow's legacy dataset API (pinned on purpose, see README): its
+    FutureWarnings say nothing a user can act on. Per process: the driver, and each Horovod rank."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(petastorm|pyarrow|museum_typology)\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(legacy|deprecated as of).*")
 
 
 def setup_logging(level: str | None = None) -> None:
@@ -25,10 +42,9 @@ def setup_logging(level: str | None = None) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    # petastorm 0.13 calls pyarrow's legacy dataset API (pinned on purpose, see README): its
-    # FutureWarnings say nothing a user can act on.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(petastorm|pyarrow|museum_typology)\.")
-    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(legacy|deprecated as of).*")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Py4jRetryFilter())
+    quiet_library_warnings()
     # py4j logs every gateway call at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
     # gensim logs every epoch and lifecycle event at INFO.
