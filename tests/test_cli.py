@@ -152,9 +152,12 @@ def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
         "    logging.info('Exception while sending command.', exc_info=True)\n"
         "    logging.exception('Exception while sending command.')\n"
         "logging.info('something else')\n"
+        "import os\nprint(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert [line.split(" ", 1)[1] for line in lines if " root: " in line] == ["ERROR root: Exception while sending command.", "INFO root: something else"]
     assert result.stderr.count("Traceback") == 1
+    assert result.stdout == "1\n"  # TensorFlow's C++ INFO lines off, for the processes it starts too

@@ -45,6 +45,10 @@ def setup_logging(level: str | None = None) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Py4jRetryFilter())
     quiet_library_warnings()
+    # TensorFlow's C++ INFO lines (oneDNN, CPU features, each SavedModel read in the TF Lite
+    # conversion) fill a run's log; its warnings and errors stay. Set before TensorFlow is
+    # imported, and inherited by the Spark workers and Horovod ranks this process starts.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     # py4j logs every gateway call at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
     # gensim logs every epoch and lifecycle event at INFO.
