@@ -77,9 +77,10 @@ for value in extra:
 DRIVER=()
 if [[ -n "${RESOLVED[1]}" ]]; then
   DRIVER=(--driver-memory "${RESOLVED[1]}")
-elif [[ "$MASTER" == local* && -n "${RESOLVED[2]}" ]]; then
+elif [[ "$MASTER" == local* && -n "${RESOLVED[2]}" && -z "${SPARK_DRIVER_MEMORY:-}" ]]; then
   # A local master runs the executors inside the driver and has no cluster defaults to defer
   # to: the packaged memory, as the in-process CLI gets (spark-submit's own default is 1g).
+  # SPARK_DRIVER_MEMORY, which --driver-memory would beat, is left to speak.
   DRIVER=(--driver-memory "${RESOLVED[2]}")
 fi
 EXTRA=("${RESOLVED[@]:3}")

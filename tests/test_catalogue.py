@@ -112,6 +112,9 @@ def test_a_column_named_twice_is_an_error_not_a_guess() -> None:
     for header in ("guid,description,description\n", "guid,Description,description \n"):
         with pytest.raises(CsvError, match=r"test\.csv, line 1: column\(s\) description appear more than once"):
             parse(header + "r1,,Монета\n", "test.csv", labelled=False)
+    # columns the parser never reads may repeat: a spreadsheet's trailing unnamed ones, notes
+    rows = parse("guid,description,note,note,,\nr1,Монета,a,b,,\n", "test.csv", labelled=False)
+    assert [(r.guid, r.description, r.rejected_reason) for r in rows] == [("r1", "Монета", None)]
 
 
 def test_unterminated_quote_names_the_line() -> None:

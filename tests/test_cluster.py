@@ -338,6 +338,8 @@ def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
     for args in (("--data", "d"), ("--master", "local[2]")):
         got = submitted(*args)
         assert ("--driver-memory", "4g") in list(zip(got, got[1:]))
+    env["SPARK_DRIVER_MEMORY"] = "3g"  # spark-submit's own setting: --driver-memory would beat it
+    assert "--driver-memory" not in submitted("--data", "d")
     bad = subprocess.run([str(SUBMIT), "ingest"], capture_output=True, text=True, timeout=120, env={**env, "SPARK_SUBMIT_ARGS": "--conf 'open"}, cwd=tmp_path)
     assert bad.returncode == 2 and "SPARK_SUBMIT_ARGS: No closing quotation" in bad.stderr
     # spark-submit's own --conf key=value habit: say where a Spark setting goes instead

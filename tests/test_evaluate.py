@@ -238,3 +238,18 @@ def test_rescore_history_is_read_as_each_guids_current_prediction(tmp_path):
     frame = read_table(str(history), ["guid", "typology"], "predictions")
     assert sorted(zip(frame["guid"], frame["typology"])) == [("g1", A), ("g2", A)]
     assert set(frame["source"]) == {"text"} and list(frame["confidence"]) == ["0.9", "0.9"]
+
+
+def test_of_a_repeated_guid_the_row_score_kept_as_the_one_of_record_is_scored():
+    """score scores every row of a repeated guid and notes which are not the guid's row of record:
+    a malformed first row (its text cut) must not be the one evaluated."""
+    truth = _truth()
+    pred = _pred().assign(note="")
+    cut = pd.DataFrame({"guid": ["g2"], "typology": [C], "confidence": ["0.9"], "source": ["text"],
+                        "note": ["in.csv row 2 (line 3): 3 fields, header has 2; duplicate guid (read without error at row 3)"]})
+    pred = pd.concat([cut, pred.assign(typology=[A, A, B, B, C])], ignore_index=True)  # every row of record right
+    m = evaluate(truth, pred)
+    assert m["accuracy"] == 1.0 and m["coverage"]["duplicate_pred"]["conflicting"] == 1
+    # without score's notes the first row is still the one scored
+    assert evaluate(truth, pred.drop(columns="note"))["accuracy"] == pytest.approx(4 / 5)
+

@@ -101,6 +101,7 @@ def test_the_images_location_may_be_a_url_or_absolute_and_one_set_on_purpose_mus
     assert storage.under("s3://museum-data/2021", "images.zip") == "s3://museum-data/2021/images.zip"
     assert storage.under("s3://museum-data/2021", "/mnt/images") == "/mnt/images"
     assert storage.under("data", "images") == "data/images" and storage.under("/data", "/mnt/x") == "/mnt/x"
+    assert storage.under("s3://museum-data/2021", "file:///mnt/images") == "file:///mnt/images"
     data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
     data.mkdir()
     elsewhere.mkdir()

@@ -23,6 +23,12 @@ from .storage import S3Options
 LATEST = "latest"
 
 
+def models_dir(work_dir: str, kind: str = "") -> str:
+    """WORK_DIR/models (where every job writes and looks for bundles by default), or one kind's
+    directory below it (``text``, ``image``, ``cascade``)."""
+    return storage.join(work_dir, "models", *([kind] if kind else []))
+
+
 def make_version(digest: str, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .schema import CLASS_INDEX
@@ -24,6 +24,7 @@ csv.field_size_limit(max(csv.field_size_limit(), _FIELD_SIZE_LIMIT))
 # The columns a file must have: an unlabelled file (test.csv) need not carry a typology column.
 LABELLED_COLUMNS: tuple[str, ...] = ("guid", "description", "typology")
 UNLABELLED_COLUMNS: tuple[str, ...] = ("guid", "description")
+CATALOGUE_COLUMNS: tuple[str, ...] = ("guid", "description", "typology", "url")  # all the parser reads
 
 
 class CsvError(ValueError):
@@ -65,7 +66,7 @@ def parse_catalogue_csv(
     if required is None:
         required = LABELLED_COLUMNS if labelled else UNLABELLED_COLUMNS
     columns, records = csv_records(text, source_file, f" (expected a header with {', '.join(required)})")
-    refuse_repeated_columns(columns, source_file)
+    refuse_repeated_columns(columns, source_file, CATALOGUE_COLUMNS)
     missing = [name for name in required if name not in columns]
     if missing:
         raise CsvError(
@@ -161,10 +162,12 @@ def csv_records(text: str, where: str, expected: str = "") -> tuple[list[str], I
     return header, records()
 
 
-def refuse_repeated_columns(header: list[str], where: str) -> None:
+def refuse_repeated_columns(header: list[str], where: str, read: Collection[str] | None = None) -> None:
     """A column named twice is an error: which of the two holds the data is anybody's guess (a
-    row would be read from the first, perhaps empty, one and scored as if it had no text)."""
-    repeated = sorted({name for name in header if header.count(name) > 1})
+    row would be read from the first, perhaps empty, one and scored as if it had no text).
+    ``read``: only these names count (the others are never read: a spreadsheet's trailing
+    unnamed columns, ``guid,description,,``, are fine)."""
+    repeated = sorted({name for name in header if header.count(name) > 1 and (read is None or name in read)})
     if repeated:
         raise CsvError(f"{where}, line 1: column(s) {', '.join(repeated)} appear more than once in the header")
 
@@ -195,6 +198,11 @@ def decode_csv_bytes(raw: bytes, source_file: str) -> str:
         offset = bom + exc.start
         line = raw[:offset].count(b"\n") + 1
         raise CsvError(f"{source_file}, line {line}: not UTF-8 text (byte {offset}: {exc.reason})") from None
+
+
+# How the score job's note marks a row of a repeated guid that is not the guid's row of record
+# (``rows_of_record``); evaluate reads it to score the row of record.
+DUPLICATE_NOTE = "duplicate guid ("
 
 
 def rows_of_record(rows: Sequence[InputRow]) -> dict[str, int]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, storage
+from . import __version__, bundles, storage
 from .catalogue import CsvError
 from .config import ConfigError, Settings, load_settings
 from .log import get_logger, setup_logging
@@ -196,7 +196,7 @@ def _print_paths(result: dict[str, Any], names: tuple[str, ...] = ("bundle", "oo
 
 def _models_dir(settings: Settings, kind: str = "") -> str:
     """WORK_DIR/models, or one kind's directory below it."""
-    return storage.join(settings.get("paths.work_dir"), "models", *([kind] if kind else []))
+    return bundles.models_dir(settings.get("paths.work_dir"), kind)
 
 
 def _oof_url(args: argparse.Namespace, settings: Settings, kind: str) -> str:

@@ -10,7 +10,9 @@ directory, atomically.
 Joining on guid never drops a row silently: a truth guid without a prediction is scored as wrong
 (it lowers its class's recall) and counted under ``coverage.missing_from_pred``; predictions for
 guids the truth does not know, rows without a guid and duplicate guids are counted and listed in
-``coverage`` (duplicates: the first row of a guid is the one scored).
+``coverage`` (duplicates: the first row of a guid is the one scored; in the score job's output,
+the row its note does not mark as a duplicate, so a guid's row read without error wins over a
+malformed one before it).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import report, storage
-from .catalogue import CsvError, decode_csv_bytes, read_strict_csv, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, decode_csv_bytes, read_strict_csv, with_text_columns
 from .config import Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -123,7 +125,10 @@ def align(truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str = "truth", pr
         raise EvaluateError(f"{truth_name}: no rows with a guid to evaluate")
     has_source = "source" in pred.columns
     truth_first = truth.drop_duplicates("guid", keep="first")
-    pred_first = pred.drop_duplicates("guid", keep="first")
+    ranked = pred
+    if "note" in pred.columns:  # the score job's own word on which row of a repeated guid is the one of record
+        ranked = pred.iloc[np.argsort(pred["note"].str.contains(DUPLICATE_NOTE, regex=False).to_numpy(), kind="stable")]
+    pred_first = ranked.drop_duplicates("guid", keep="first")
     truth_guids = set(truth_first["guid"])
     pred_by_guid = dict(zip(pred_first["guid"], pred_first["typology"]))
     source_by_guid = dict(zip(pred_first["guid"], pred_first["source"])) if has_source else {}
@@ -203,7 +208,7 @@ def _checked(frame: pd.DataFrame, required: Sequence[str], name: str) -> pd.Data
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise EvaluateError(f"{name}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns)) or 'nothing'})")
-    columns = [c for c in (*required, "source") if c in frame.columns]
+    columns = [c for c in (*required, "source", "note") if c in frame.columns]
     out = frame[columns].copy()
     for column in columns:
         out[column] = out[column].fillna("").astype(str).str.strip()

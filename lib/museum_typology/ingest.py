@@ -161,7 +161,7 @@ def plan(rows: list[InputRow], index: ImageIndex) -> tuple[list[dict[str, Any]],
     """
     # A refused sidecar (``../u1.xmp``) is no image of u1's either: it must not quarantine u1.
     guids = index.known_guids  # as the index mapped its names
-    unsafe_by_guid: dict[str, str] = {guid_of(m, guids, zip_member=True): reason for m, reason in index.unsafe.items() if is_indexed(m, guids, zip_member=True)}
+    unsafe_by_guid: dict[str, str] = {guid_of(m, guids, index.kind == "zip"): reason for m, reason in index.unsafe.items() if is_indexed(m, guids, index.kind == "zip")}
     tasks: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
     for row in rows:

@@ -400,8 +400,8 @@ def write_partition(url: str, frame: pd.DataFrame, summary: Mapping[str, Any], n
 
 def _already_complete(url: str, planned: list[tuple], plan_summary: Mapping[str, Any], s3: S3Options | None) -> bool:
     """The committed partition holds exactly the planned rows, made from the same inputs."""
-    if not storage.is_committed(url, s3):
-        return False
+    if not storage.is_committed(url, s3) or not storage.exists(storage.join(url, NOT_SCORED_FILE), s3):
+        return False  # (a partition written before rows not scored were listed is written again)
     try:
         stored = json.loads(storage.read_bytes(storage.join(url, SUMMARY_FILE), s3))
         table = read_partition(url, s3, ("guid", "reason", "description_hash", "image_sha256", "model_version"))

@@ -24,7 +24,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql.types import BinaryType, DoubleType, StringType, StructField, StructType
 
-from . import score, storage
+from . import bundles, score, storage
 from .config import load_settings
 from .text import NORMALIZATION_VERSION, normalize
 
@@ -60,7 +60,7 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
     def _spec(self) -> score.ScorerSpec:
         settings = load_settings(conf_file=self.getOrDefault(self.confPath) or None)
         # Where the score job looks by default; it was var/models whatever the settings said.
-        models = self.getOrDefault(self.modelPath) or storage.join(settings.get("paths.work_dir"), "models")
+        models = self.getOrDefault(self.modelPath) or bundles.models_dir(settings.get("paths.work_dir"))
         # Absolute here, on the driver: executors resolve relative paths in their own directory.
         return score.resolve_models(settings, storage.absolute(models))
 

@@ -58,9 +58,9 @@ def join(base: str, *parts: str) -> str:
 
 def under(base: str, path: str) -> str:
     """``path`` as a setting names a file under a directory (``ingest.images`` under
-    ``paths.data``): an s3:// URL or an absolute local path as it is, anything else below
+    ``paths.data``): an s3:// or file: URL or an absolute local path as it is, anything else below
     ``base``. (``join`` would put ``s3://imgs/all`` under an s3:// base as a key.)"""
-    return path if is_s3(path) or posixpath.isabs(path) else join(base, path)
+    return path if is_s3(path) or path.startswith("file:") or posixpath.isabs(path) else join(base, path)
 
 
 def filesystem(url: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:

@@ -360,7 +360,7 @@ def build_bilstm(max_len: int, dim: int, ts: TextSettings):
         attention = layers.Softmax(name="attention")(scores, mask=token_mask)  # padding gets no weight
         pooled = layers.Concatenate()([layers.GlobalMaxPooling1D()(x), layers.Dot(axes=1)([attention, x])])
     else:
-        raise ValueError(f"text.lstm_pooling: {ts.lstm_pooling!r} is neither 'max_avg' nor 'max_attention'")
+        raise ConfigError(f"text.lstm_pooling: {ts.lstm_pooling!r} is none of {', '.join(LSTM_POOLINGS)}")
     x = layers.Dropout(ts.dropout)(pooled)
     x = layers.Dense(128, activation="relu")(x)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="proba")(x)
