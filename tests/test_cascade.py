@@ -146,6 +146,25 @@ def test_the_bundle_version_follows_the_data_not_only_its_model_version(tmp_path
     assert run() != first
 
 
+def test_the_same_inputs_and_settings_reuse_the_cascade_bundle(tmp_path, settings):
+    """A new version on every run (a timestamp) changed every prediction's model_version, so a
+    pipeline re-run on unchanged data made the next night's rescore score the whole catalogue."""
+    settings = settings.with_values({"cascade": {"threshold_grid": [0.7, 0.9], "weight_grid": [0.5], "folds": 2, "pairs_per_image": 2}}, "test")
+    rng = np.random.default_rng(5)
+    t_y, t_proba = _oof(20, [0, 2], 1.5, rng)
+    i_y, i_proba = _oof(6, [0, 2], 3.0, rng)
+    _write_oof(tmp_path / "text.parquet", t_y, t_proba, "t1")
+    _write_oof(tmp_path / "image.parquet", i_y, i_proba, "i1")
+    run = lambda s: tune_cascade.run(s, str(tmp_path / "text.parquet"), str(tmp_path / "image.parquet"), str(tmp_path / "cascade"))  # noqa: E731
+    first = run(settings)
+    again = run(settings)
+    assert again["reused"] and not first["reused"] and again["version"] == first["version"] and again["params"] == first["params"]
+    assert sorted(p.name for p in (tmp_path / "cascade").iterdir() if p.name != "latest") == [first["version"]]
+    other = run(settings.set(["cascade", "weight_grid"], [0.3], "test"))  # other settings: tuned anew
+    assert not other["reused"] and other["version"] != first["version"]
+    assert (tmp_path / "cascade" / "latest").read_text() == other["version"]
+
+
 def test_tune_cascade_clear_errors(tmp_path, capsys):
     code = cli.main(["tune-cascade", "--text-oof", str(tmp_path / "none.parquet"), "--image-oof", str(tmp_path / "none.parquet"), "--model-dir", str(tmp_path)])
     assert code == 2 and "none.parquet: no such out-of-fold file" in capsys.readouterr().err

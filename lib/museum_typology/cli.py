@@ -164,7 +164,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         f"pipeline finished. ingest: {summary['dataset_rows']} images in the dataset, {summary['input_rows']} rows reconciled ({_counts(summary)}){' (output reused)' if summary.get('reused') else ''}; "
         f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}{_reused_mark(image)}; "
         f"text model out-of-fold macro-F1 {text['metrics']['macro_f1']['final']:.3f} (baseline {text['metrics']['macro_f1']['baseline']:.3f}){_reused_mark(text)}; "
-        f"clean: kept {cleaned['actions']['keep']}, relabelled {cleaned['actions']['relabel']}, dropped {cleaned['actions']['drop']}; cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}; "
+        f"clean: kept {cleaned['actions']['keep']}, relabelled {cleaned['actions']['relabel']}, dropped {cleaned['actions']['drop']}; cascade {cascade['params'].t_text}/{cascade['params'].t_image}/{cascade['params'].w_text}{_reused_mark(cascade)}; "
         f"{scored['rows']} test rows scored ({_source_counts(scored['sources'])}); {sum(timings.values()) / 60:.1f} min"
     )
     print("outputs:")
@@ -331,7 +331,7 @@ def cmd_tune_cascade(args: argparse.Namespace, settings: Settings) -> dict[str, 
         args.model_dir or _models_dir(settings, "cascade"),
     )
     f1 = result["metrics"]["paired_macro_f1"]
-    print(f"tune-cascade: {result['params']} paired macro-F1 {f1['tuned']:.3f} (baseline thresholds {f1['baseline']:.3f}, text alone {f1['text_only']:.3f}, image alone {f1['image_only']:.3f})")
+    print(f"tune-cascade: {result['params']} paired macro-F1 {f1['tuned']:.3f} (baseline thresholds {f1['baseline']:.3f}, text alone {f1['text_only']:.3f}, image alone {f1['image_only']:.3f}){_reused_mark(result)}")
     _print_paths(result, ("bundle",))
     return result
 

@@ -77,6 +77,16 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     baseline = CascadeParams.from_dict(conf)
     t_guids, t_y, t_proba, t_version = read_oof(text_oof, s3)
     i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3)
+    t_digest, i_digest = oof_digest(t_guids, t_y, t_proba), oof_digest(i_guids, i_y, i_proba)
+    # The data's digests too: the model_version column may be absent, or the same over new data.
+    digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf], sort_keys=True, default=str).encode()).hexdigest()
+    reused = reusable_cascade(cascade_dir, digest, s3)
+    if reused is not None:
+        # Tuning is deterministic: the same inputs and settings give this bundle again. A new
+        # version would change every prediction's model_version, and rescore would score the
+        # whole catalogue again for nothing.
+        log.info("tune-cascade: %s was tuned on these out-of-fold files and settings; reused", reused["bundle"])
+        return reused
     text_pairs, image_pairs, y, groups = paired_oof(t_proba, t_y, i_proba, i_y, per_image, seed)
     if len(y) == 0:
         raise TuneError(f"{image_oof}: no image row shares a label with {text_oof}: nothing to tune on")
@@ -84,7 +94,6 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     held_out = cross_fitted(text_pairs, image_pairs, y, groups, folds, conf["threshold_grid"], conf["weight_grid"], baseline.default_class, seed)
     ones = np.ones(len(y), dtype=bool)
     tuned_decision, baseline_decision = decide(text_pairs, image_pairs, ones, ones, best), decide(text_pairs, image_pairs, ones, ones, baseline)
-    t_digest, i_digest = oof_digest(t_guids, t_y, t_proba), oof_digest(i_guids, i_y, i_proba)
     metrics: dict[str, Any] = {
         "pairs": int(len(y)),
         "folds": folds,  # as configured (cascade.folds); each held-out fold is tuned on the other folds - 1
@@ -96,19 +105,33 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
         "real_pairs": real_pairs(t_guids, t_proba, i_guids, i_y, i_proba, best, baseline),
         "inputs": {"text_oof": text_oof, "text_model": t_version, "text_digest": t_digest, "image_oof": image_oof, "image_model": i_version, "image_digest": i_digest},
     }
-    # The data's digests too: the model_version column may be absent, or the same over new data.
-    digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf], sort_keys=True, default=str).encode()).hexdigest()
     version = bundles.make_version(digest)
     url = storage.join(cascade_dir, version)
     # Atomic, with _SUCCESS, like the text and image bundles: a crash leaves no half bundle that
     # score could pick up; ``latest`` moves only after the commit.
     with storage.atomic_directory(url, s3) as staging:
-        storage.write_bytes(storage.join(staging, "cascade.json"), json.dumps({"version": version, "params": best.to_dict(), "metrics": metrics}, ensure_ascii=False, indent=1).encode(), s3)
+        storage.write_bytes(storage.join(staging, "cascade.json"), json.dumps({"version": version, "run_key": digest, "params": best.to_dict(), "metrics": metrics}, ensure_ascii=False, indent=1).encode(), s3)
         storage.write_bytes(storage.join(staging, "grid.json"), json.dumps(table, indent=0).encode(), s3)
         storage.write_bytes(storage.join(staging, "report.md"), report_markdown(metrics).encode("utf-8"), s3)
     bundles.publish_latest(cascade_dir, version, s3)
     log.info("tune-cascade: %s (paired macro-F1 %.3f, baseline %.3f) -> %s", best, metrics["paired_macro_f1"]["tuned"], metrics["paired_macro_f1"]["baseline"], url)
-    return {"bundle": url, "version": version, "params": best, "metrics": metrics}
+    return {"bundle": url, "version": version, "params": best, "metrics": metrics, "reused": False}
+
+
+def reusable_cascade(cascade_dir: str, run_key: str, s3: S3Options | None) -> dict[str, Any] | None:
+    """``run``'s result for the committed bundle ``latest`` names when it was tuned under
+    ``run_key`` (the out-of-fold files' versions and content, and [cascade]); else None."""
+    version = bundles.latest_version(cascade_dir, s3)
+    url = storage.join(cascade_dir, version) if version else None
+    if url is None or not storage.is_committed(url, s3):
+        return None
+    try:
+        stored = json.loads(storage.read_bytes(storage.join(url, "cascade.json"), s3))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("run_key") != run_key:
+        return None
+    return {"bundle": url, "version": version, "params": CascadeParams.from_dict(stored["params"]), "metrics": stored["metrics"], "reused": True}
 
 
 def real_pairs(t_guids, t_proba, i_guids, i_y, i_proba, tuned: CascadeParams, baseline: CascadeParams) -> dict[str, Any]:
