@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from museum_typology import cli, tune_cascade
+from museum_typology.config import load_settings
 from museum_typology.cascade import CascadeParams, cross_fitted, decide, paired_oof, tune
 from museum_typology.schema import CLASSES
 
@@ -170,7 +171,13 @@ def test_tune_cascade_clear_errors(tmp_path, capsys):
     assert code == 2 and "none.parquet: no such out-of-fold file" in capsys.readouterr().err
     pd.DataFrame({"guid": ["a"], "label": ["картины"], "proba": [list(np.ones(K) / K)]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(tune_cascade.TuneError, match="unknown label"):
-        tune_cascade.read_oof(str(tmp_path / "bad.parquet"), None)
+        tune_cascade.read_oof(str(tmp_path / "bad.parquet"), None, "text")
+    # the two files the other way round: thresholds tuned on swapped roles
+    rng = np.random.default_rng(3)
+    _write_oof(tmp_path / "text.parquet", *_oof(6, [0], 1.5, rng), "t1")
+    _write_oof(tmp_path / "image.parquet", *_oof(6, [0], 1.5, rng), "i1")
+    with pytest.raises(tune_cascade.TuneError, match="image.parquet: holds out-of-fold predictions of the image model, given as the text one"):
+        tune_cascade.run(load_settings(environ={}), str(tmp_path / "image.parquet"), str(tmp_path / "text.parquet"), str(tmp_path / "cascade"))
 
 
 def _bad_oof_files(tmp_path) -> dict[str, tuple[str, str]]:
@@ -202,7 +209,7 @@ def test_tune_cascade_checks_oof_files_as_clean_does(tmp_path, capsys):
         with pytest.raises(clean.OofError, match=message) as by_clean:
             clean.read_oof(path)
         with pytest.raises(tune_cascade.TuneError, match=message) as by_tune:
-            tune_cascade.read_oof(path, None)
+            tune_cascade.read_oof(path, None, "text")
         assert str(by_tune.value) == str(by_clean.value), name  # one set of checks, the same words
         code = cli.main(["tune-cascade", "--text-oof", path, "--image-oof", str(tmp_path / "image.parquet"), "--model-dir", str(tmp_path / "models")])
         err = capsys.readouterr().err

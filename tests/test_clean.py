@@ -187,8 +187,24 @@ def test_oof_guids_must_be_text_and_are_stripped(tmp_path):
     pq.write_table(pa.table({"guid": [" b", "  "], "label": [CLASSES[0]] * 2, "proba": [[1 / 15] * 15] * 2}), str(tmp_path / "blank.parquet"))
     with pytest.raises(clean.OofError, match=r"blank.parquet: empty guid in 1 row"):
         clean.read_oof(str(tmp_path / "blank.parquet"))
-    pq.write_table(pa.table({"guid": [" b"], "label": [CLASSES[0]], "proba": [[1 / 15] * 15]}), str(tmp_path / "one.parquet"))
-    assert clean.read_oof(str(tmp_path / "one.parquet")).guids == ["b"]
+    pq.write_table(pa.table({"guid": [" b"], "label": [CLASSES[0]], "proba": [[1 / 15] * 15]}), str(tmp_path / "text.parquet"))
+    assert clean.read_oof(str(tmp_path / "text.parquet")).guids == ["b"]
+
+
+def test_which_model_made_an_oof_file_is_read_from_it_not_guessed_from_its_name(tmp_path):
+    """train-* with another --model-dir write DIR/oof.parquet: clean took its source to be "oof",
+    so the review page showed no images and the labels' lineage named no image fold run."""
+    from museum_typology import bundles
+
+    proba = np.full((2, len(CLASSES)), 1 / len(CLASSES))
+    bundles.write_oof(str(tmp_path / "oof.parquet"), ["a", "b"], [0, 1], [0, 1], proba, "I1", "image")
+    oof = clean.read_oof(str(tmp_path / "oof.parquet"))
+    assert oof.sources == ["image", "image"] and oof.model_versions == ("I1",)
+    pq.write_table(pa.table({"guid": ["a"], "label": [CLASSES[0]], "proba": [[1 / 15] * 15]}), str(tmp_path / "old.parquet"))
+    with pytest.raises(clean.OofError, match=r"old.parquet: does not record whether text or image models made it"):
+        clean.read_oof(str(tmp_path / "old.parquet"))
+    pq.write_table(pa.table({"guid": ["a"], "label": [CLASSES[0]], "proba": [[1 / 15] * 15]}), str(tmp_path / "image.parquet"))
+    assert clean.read_oof(str(tmp_path / "image.parquet")).sources == ["image"]  # an older file named as the jobs name it
 
 
 def test_combine_of_no_rows_is_an_oof_error():

@@ -85,6 +85,7 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
     assert sorted(seen[0] | seen[1]) == labelled  # covering the data
 
     oof = {p: pq.read_table(tmp_path / f"p{p}" / "oof" / "image.parquet").to_pylist() for p in runs}
+    assert pq.read_schema(tmp_path / "p2" / "oof" / "image.parquet").metadata[b"museum_typology.source"] == b"image"  # clean reads it
     for p in runs:
         assert sorted(r["guid"] for r in oof[p]) == labelled  # every labelled image exactly once
         assert all(len(r["proba"]) == len(CLASSES) and abs(sum(r["proba"]) - 1) < 1e-4 for r in oof[p])

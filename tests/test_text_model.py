@@ -167,7 +167,10 @@ def test_the_word_vectors_learn_from_the_url_csv_when_it_is_there(trained, tmp_p
 
 
 def test_oof_has_every_labelled_row_once_in_class_order(trained):
+    from museum_typology import bundles
+
     root, _, result = trained
+    assert pq.read_schema(result["oof"]).metadata[bundles.OOF_SOURCE_KEY] == b"text"  # what clean and tune-cascade read
     table = pq.read_table(root / "oof" / "text.parquet").to_pylist()
     assert len(table) == 4 * 40 + 2 and len({r["guid"] for r in table}) == len(table)
     assert {r["fold"] for r in table} == {0, 1, 2}

@@ -13,14 +13,47 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import storage
 from .storage import S3Options
 
 LATEST = "latest"
+
+
+# Parquet metadata key of an out-of-fold file: which kind of model made it ("text" or "image"),
+# so that clean and tune-cascade need not guess from the file's name.
+OOF_SOURCE_KEY = b"museum_typology.source"
+OOF_SOURCES = ("text", "image")
+
+
+def write_oof(url: str, guids: Sequence[str], y: Sequence[int], fold: Sequence[int], proba: np.ndarray, version: str, source: str, s3: S3Options | None = None) -> None:
+    """An out-of-fold file (oof/text.parquet, oof/image.parquet): guid, label (given), fold,
+    proba (15 floats, CLASSES order), model_version; ``source`` in its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .schema import CLASSES
+
+    if source not in OOF_SOURCES:
+        raise ValueError(f"out-of-fold source {source!r}: expected one of {OOF_SOURCES}")
+    table = pa.table(
+        {
+            "guid": pa.array(list(guids), pa.string()),
+            "label": pa.array([CLASSES[i] for i in y], pa.string()),
+            "fold": pa.array(np.asarray(fold).astype(np.int32), pa.int32()),
+            "proba": pa.array(np.asarray(proba, dtype=np.float32).tolist(), pa.list_(pa.float32())),
+            "model_version": pa.array([version] * len(guids), pa.string()),
+        }
+    ).replace_schema_metadata({OOF_SOURCE_KEY: source.encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.write_bytes(url, sink.getvalue().to_pybytes(), s3)
 
 
 def models_dir(work_dir: str, kind: str = "") -> str:

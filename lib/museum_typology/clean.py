@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from . import storage
+from . import bundles, storage
 from .config import ConfigError, Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -124,10 +124,22 @@ class Oof:
         return len(self.guids)
 
 
-def source_name(url: str) -> str:
-    """``…/oof/text.parquet`` -> ``text``."""
+def oof_source(table: pa.Table, url: str) -> str:
+    """Which kind of model made an OOF file, "text" or "image": as its metadata records it
+    (``bundles.write_oof``), else, for files written before it did, as its name says
+    (``…/oof/text.parquet``). train-* with another --model-dir write ``DIR/oof.parquet``: its name
+    says nothing, and a guess would lose the review page's images and the labels' lineage."""
+    recorded = (table.schema.metadata or {}).get(bundles.OOF_SOURCE_KEY)
+    if recorded is not None:
+        source = recorded.decode("utf-8", "replace")
+        if source not in bundles.OOF_SOURCES:
+            raise OofError(f"{url}: records out-of-fold predictions of a {source!r} model; expected {' or '.join(bundles.OOF_SOURCES)}")
+        return source
     base = url.rstrip("/").rsplit("/", 1)[-1]
-    return base[: -len(".parquet")] if base.endswith(".parquet") else base
+    name = base[: -len(".parquet")] if base.endswith(".parquet") else base
+    if name not in bundles.OOF_SOURCES:
+        raise OofError(f"{url}: does not record whether text or image models made it (files written before 2026-11-28 do not); write it again with train-text / train-image, or name it text.parquet or image.parquet")
+    return name
 
 
 def read_oof(url: str, s3: S3Options | None = None) -> Oof:
@@ -190,7 +202,7 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
         i = next(i for i, f in enumerate(folds) if f is None)
         raise OofError(f"{name}: empty fold in {sum(f is None for f in folds)} row(s), e.g. guid {guids[i]}")
     fold = np.asarray(folds, dtype=np.int64)
-    source = source_name(name)
+    source = oof_source(table, name)
     versions = tuple(sorted({v for v in table.column("model_version").to_pylist() if v})) if "model_version" in table.column_names else ()
     return Oof(guids, np.array([CLASS_INDEX[t] for t in labels], dtype=np.int64), proba, [source] * len(guids), fold, versions)
 
@@ -785,7 +797,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
         "inputs": list(oof_urls),
         # The bundles whose out-of-fold predictions decided: a final model trained on this
         # manifest names them through ``read_cleaned_manifest``.
-        "input_models": {url: {"source": source_name(url), "versions": list(one.model_versions)} for url, one in zip(oof_urls, inputs)},
+        "input_models": {url: {"source": one.sources[0], "versions": list(one.model_versions)} for url, one in zip(oof_urls, inputs)},
         "sources": dict(Counter(oof.sources)),
         "actions": {a: cleaned.actions.count(a) for a in ACTIONS},
         "suspected": int(cleaned.suspected.sum()),

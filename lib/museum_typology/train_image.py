@@ -308,7 +308,7 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
     # The out-of-fold file before ``latest``: a kill in between leaves the previous bundle newest
     # (its OOF file replaced by this run's, which names its version), never a newest bundle
     # beside the previous run's out-of-fold file.
-    write_oof(oof_url, guids, y, fold, proba, version, s3)
+    bundles.write_oof(oof_url, guids, y, fold, proba, version, "image", s3)
     bundles.publish_latest(model_dir, version, s3)
     log.info("train-image: out-of-fold macro-F1 %.3f on %d images, bundle %s, oof %s", metrics["macro_f1"], len(guids), bundle_url, oof_url)
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
@@ -438,22 +438,6 @@ def write_report(directory: Path, y, pred, metrics: dict[str, Any], histories, t
             "![curves](curves.png)",
         ]
     (directory / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def write_oof(url: str, guids, y, fold, proba, version: str, s3) -> None:
-    """oof/image.parquet: guid, label (given), fold, proba (15 floats, CLASSES order), model_version."""
-    table = pa.table(
-        {
-            "guid": pa.array(list(guids), pa.string()),
-            "label": pa.array([CLASSES[i] for i in y], pa.string()),
-            "fold": pa.array(np.asarray(fold).astype(np.int32), pa.int32()),
-            "proba": pa.array(np.asarray(proba, dtype=np.float32).tolist(), pa.list_(pa.float32())),
-            "model_version": pa.array([version] * len(guids), pa.string()),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes(url, sink.getvalue().to_pybytes(), s3)
 
 
 def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import bundles, report, storage
 from .catalogue import InputRow, decode_csv_bytes, parse_catalogue_csv
@@ -213,7 +211,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
             storage.upload_directory(str(local), staging, s3)
     # The out-of-fold file before ``latest``, as train-image does: a kill in between never leaves
     # a newest bundle beside the previous run's out-of-fold file.
-    write_oof(oof_url, data, fold, calibrated, version, s3)
+    bundles.write_oof(oof_url, data.guids, data.y, fold, calibrated, version, "text", s3)
     bundles.publish_latest(model_dir, version, s3)
     log.info("train-text: macro-F1 %.3f (baseline %.3f), bundle %s", metrics["macro_f1"]["final"], metrics["macro_f1"]["baseline"], bundle_url)
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "reused": False}
@@ -282,22 +280,6 @@ def write_report(directory: Path, y, baseline_pred, final_pred, calibrated, blen
         "![confusion](confusion.png) ![reliability](reliability.png)",
     ]
     (directory / "report.md").write_text("\n".join(text) + "\n", encoding="utf-8")
-
-
-def write_oof(url: str, data, fold: np.ndarray, proba: np.ndarray, version: str, s3: S3Options | None) -> None:
-    """oof/text.parquet: guid, label (given), fold, proba (15 floats, CLASSES order), model_version."""
-    table = pa.table(
-        {
-            "guid": pa.array(data.guids, pa.string()),
-            "label": pa.array([CLASSES[i] for i in data.y], pa.string()),
-            "fold": pa.array(fold.astype(np.int32), pa.int32()),
-            "proba": pa.array(proba.astype(np.float32).tolist(), pa.list_(pa.float32())),
-            "model_version": pa.array([version] * len(data), pa.string()),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes(url, sink.getvalue().to_pybytes(), s3)
 
 
 def resolve_bundle(model_dir: str, s3: S3Options | None = None, cache_dir: str | None = None) -> Path:

@@ -29,18 +29,21 @@ class TuneError(ValueError):
     """An out-of-fold file is missing or unusable, or the [cascade] settings cannot be tuned with."""
 
 
-def read_oof(url: str, s3: S3Options | None) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+def read_oof(url: str, s3: S3Options | None, source: str) -> tuple[list[str], np.ndarray, np.ndarray, str]:
     """(guids, labels as class indices, probabilities [n, 15], model_version) of an OOF file.
 
     Read and checked by the clean job's reader (``clean.read_oof_table`` + ``clean.oof_from_table``:
     readable Parquet, rows, unique non-empty guids, known labels, 15 finite non-negative
     probabilities summing to 1), so both jobs accept and refuse the same files; its ``OofError``
-    becomes a ``TuneError``."""
+    becomes a ``TuneError``. ``source``: the kind of model the file must come from ("text" or
+    "image"): the two files given the other way round would tune thresholds on swapped roles."""
     try:
         table = clean.read_oof_table(url, s3)
         oof = clean.oof_from_table(table, url)
     except clean.OofError as exc:
         raise TuneError(str(exc)) from None
+    if oof.sources[0] != source:
+        raise TuneError(f"{url}: holds out-of-fold predictions of the {oof.sources[0]} model, given as the {source} one")
     versions = table.column("model_version").to_pylist() if "model_version" in table.column_names else [""]
     return oof.guids, oof.y, oof.proba, str(versions[0] if versions and versions[0] is not None else "")
 
@@ -75,8 +78,8 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     conf = settings.section("cascade")
     folds, per_image, seed = _check_conf(conf)  # before reading anything: a bad setting fails at once
     baseline = CascadeParams.from_dict(conf)
-    t_guids, t_y, t_proba, t_version = read_oof(text_oof, s3)
-    i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3)
+    t_guids, t_y, t_proba, t_version = read_oof(text_oof, s3, "text")
+    i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3, "image")
     t_digest, i_digest = oof_digest(t_guids, t_y, t_proba), oof_digest(i_guids, i_y, i_proba)
     # The data's digests too: the model_version column may be absent, or the same over new data.
     digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf], sort_keys=True, default=str).encode()).hexdigest()
