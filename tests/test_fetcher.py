@@ -200,6 +200,17 @@ def test_per_host_rate_is_bounded(zoo):
     assert starts[-1] - starts[0] >= 19 / 20 * 0.9  # 20 requests at 20/s span about 0.95 s
 
 
+def test_the_wait_for_the_hosts_turn_is_not_charged_to_the_request_timeout(zoo):
+    """At 4 requests/s, the 12th URL of 12 waits ~2.75 s for its turn: with a 1.5 s timeout that
+    counted from before the wait, URLs timed out unrequested and were requested again later."""
+    zoo.reset_counts()
+    settings = FetchSettings(**{**FAST.__dict__, "host_connections": 8, "host_rate": 4.0, "retries": 0})
+    with Fetcher(settings) as f, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: f.fetch(zoo.url(f"/img/ok.jpg?wait{i}")), range(12)))
+    assert [r.status for r in results] == [fetcher.FETCHED] * 12, [r.reason for r in results if not r.ok]
+    assert len(zoo.start_times) == 12  # each requested once
+
+
 def test_backoff_grows_exponentially_with_jitter():
     f = Fetcher(FetchSettings(backoff_base_s=1.0, backoff_max_s=10.0), seed=1)
     delays = [f._backoff(a) for a in range(1, 7)]

@@ -302,7 +302,7 @@ class Fetcher:
         """One attempt, following redirects by hand. Returns (body, final url, status) or raises
         ``_Attempt``."""
         s = self.settings
-        deadline = time.monotonic() + s.total_timeout_s
+        deadline: float | None = None  # set when the first request starts
         current, chain = url, [url]
         while True:
             # Outside the host slot: the check may fetch the target host's robots.txt, and
@@ -313,9 +313,18 @@ class Fetcher:
                 refusal = check_redirect(current)
                 if refusal:
                     raise _Attempt(ROBOTS_DISALLOWED, f"redirected to {current}: {refusal}")
-                deadline += time.monotonic() - checked_at
+                if deadline is not None:
+                    deadline += time.monotonic() - checked_at
             key = host_key(current)
+            queued_at = time.monotonic()
             with self._slot(key):
+                # The timeout bounds the requests, not the wait for the host's turn (its rate,
+                # Crawl-delay, a Retry-After pause): charged with the wait, a URL queued behind a
+                # slow host timed out without being requested, and was requested again later.
+                if deadline is None:
+                    deadline = time.monotonic() + s.total_timeout_s
+                else:
+                    deadline += time.monotonic() - queued_at
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _Attempt(TIMEOUT, f"total timeout {s.total_timeout_s:g}s exceeded before the request", retry=True)
