@@ -362,6 +362,7 @@ def test_resume_after_kill_9_fetches_only_what_is_not_stored(spark, zoo, tmp_pat
     zoo.reset_counts()
     again = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
     assert again["already_complete"] is True and sum(zoo.requests.values()) == 0
+    assert again["urls_fetched_this_run"] == 0 and again["urls_per_second"] == 0.0  # not the finishing run's figures
 
 
 def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark, zoo, tmp_path, monkeypatch):
@@ -384,6 +385,14 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
     assert sum(zoo.requests.values()) == 20
     assert storage.is_committed(str(output)) and pq.read_table(output / "manifest.parquet").to_pylist() == first
     assert len(_committed_rows(output)) == 20
+
+    # Run again without --resume: the stored chunks are not thrown away unasked.
+    zoo.reset_counts()
+    with pytest.raises(crawl.CrawlError, match=r"_work: an unfinished crawl has \d+ chunk\(s\) stored; pass --resume to finish it .* or --restart"):
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    assert sum(zoo.requests.values()) == 0 and len(_committed_rows(output)) == 20
+    with pytest.raises(crawl.CrawlError, match="choose one"):
+        crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True, restart=True)
 
     # A chunk committed twice (executors of a killed run still working beside a resumed one)
     # is kept once.
@@ -408,6 +417,12 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
     (output / "_work" / "plan.json").write_text(json.dumps({"fingerprint": "other", "partitions": 2}))
     with pytest.raises(crawl.CrawlError, match="different input CSV"):
         crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
+    # --restart discards an unfinished crawl and starts over
+    (output / "_work" / "manifest").mkdir()
+    (output / "_work" / "manifest" / "part-00000-0.parquet").write_bytes((output / "manifest.parquet").read_bytes())
+    zoo.reset_counts()
+    restarted = crawl.run(spark, _settings(tmp_path), csv_path, str(output), restart=True)
+    assert restarted["resumed"] is False and sum(zoo.requests.values()) == 20 and restarted["manifest_rows"] == 20
 
 
 def test_cli_help():

@@ -99,7 +99,7 @@ def cmd_crawl(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         plan = crawl.describe_plan(settings, args.input, spark.sparkContext.defaultParallelism)
         print(json.dumps(plan, ensure_ascii=False, indent=2))
         return plan
-    summary = crawl.run(spark, settings, args.input, output, resume=args.resume)
+    summary = crawl.run(spark, settings, args.input, output, resume=args.resume, restart=args.restart)
     if summary.get("already_complete"):
         print(f"crawl: {output} is already complete for this input; nothing to do")
     print(
@@ -116,6 +116,7 @@ def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="CSV", help="URL CSV with columns guid,description,typology,url (local or s3://)")
     parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/crawl)")
     parser.add_argument("--resume", action="store_true", help="finish an interrupted crawl into the same --output, fetching only what is not stored yet")
+    parser.add_argument("--restart", action="store_true", help="discard an interrupted crawl's stored chunks in --output and start over (without --resume or --restart, such a crawl is an error)")
     parser.add_argument("--plan-only", action="store_true", help="print the plan (rows, distinct URLs, partitions, chunks, per-task limits) and fetch nothing")
 
 

@@ -409,10 +409,19 @@ def _read_json(url: str, s3: S3Options | None) -> dict[str, Any] | None:
     return json.loads(storage.read_bytes(url, s3))
 
 
-def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], resume: bool, s3: S3Options | None) -> tuple[str, int, bool]:
-    """Set up ``OUTPUT/_work``; returns (work url, partitions, resumed?)."""
+def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], resume: bool, s3: S3Options | None, restart: bool = False) -> tuple[str, int, bool]:
+    """Set up ``OUTPUT/_work``; returns (work url, partitions, resumed?). An unfinished crawl
+    there with stored chunks is resumed (``resume``), discarded (``restart``), or left alone
+    with an error: a forgotten --resume must not throw away hours of fetching."""
     work_url = storage.join(output, WORK_DIR)
     state = _read_json(storage.join(work_url, PLAN_FILE), s3)
+    if state is not None and not resume and not restart:
+        stored = len(list_fragments(work_url, s3))
+        if stored:
+            raise CrawlError(
+                f"{work_url}: an unfinished crawl has {stored} chunk(s) stored; pass --resume to finish it "
+                "(fetching only what is not stored), or --restart to discard them and start over"
+            )
     if resume and state is not None:
         if state.get("fingerprint") != fingerprint:
             raise CrawlError(
@@ -425,6 +434,8 @@ def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], r
         return work_url, int(state["partitions"]), True
     if resume:
         log.warning("--resume: no unfinished crawl in %s; starting from the beginning", output)
+    elif state is not None:
+        log.warning("%s: discarding an unfinished crawl%s", work_url, " (--restart)" if restart else " that had stored nothing")
     storage.delete_dir(work_url, s3)
     count = partitions()
     storage.write_bytes(storage.join(work_url, PLAN_FILE), json.dumps({"fingerprint": fingerprint, "partitions": count}).encode(), s3)
@@ -517,8 +528,12 @@ def describe_plan(settings: Settings, input_url: str, parallelism: int) -> dict[
     }
 
 
-def run(spark, settings: Settings, input_url: str, output: str, resume: bool = False) -> dict[str, Any]:
-    """Run the crawl; returns the summary also written to ``OUTPUT/summary.json``."""
+def run(spark, settings: Settings, input_url: str, output: str, resume: bool = False, restart: bool = False) -> dict[str, Any]:
+    """Run the crawl; returns the summary also written to ``OUTPUT/summary.json``. ``resume``
+    finishes an unfinished crawl in ``output``, ``restart`` discards it (without either, one with
+    stored chunks is an error)."""
+    if resume and restart:
+        raise CrawlError("--resume and --restart: choose one")
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     storage.check_replaceable(output, ("manifest.parquet", "summary.json", WORK_DIR), "crawl", s3)  # _work/: an interrupted crawl
@@ -532,7 +547,8 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         previous = _read_json(storage.join(output, "summary.json"), s3) or {}
         if previous.get("fingerprint") == fingerprint:
             log.info("--resume: %s is already complete for this input; nothing to do", output)
-            return {**previous, "already_complete": True}
+            # this run fetched nothing: the summary's figures are the run that finished it
+            return {**previous, "already_complete": True, "urls_fetched_this_run": 0, "urls_per_second": 0.0}
 
     parallelism = spark.sparkContext.defaultParallelism
     configured = int(crawl_conf["partitions"])
@@ -542,6 +558,7 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         lambda: configured or auto_partitions(len(tasks), int(crawl_conf["urls_per_partition"]), parallelism),
         resume,
         s3,
+        restart,
     )
     done_before: set[int] = set()
     for name in list_fragments(work_url, s3) if resumed else []:
