@@ -41,6 +41,14 @@ def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
     assert "text.lstm_pooling: 'avg' is none of max_avg, max_attention" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_unreachable_s3_store_is_one_line_not_a_traceback(tmp_path):
+    """pyarrow's S3 errors (no bucket, no endpoint, access denied) are OSErrors that the CLI let
+    through as a traceback, exit 1."""
+    result = _run("evaluate", "--truth", "s3://nobucket/t.csv", "--pred", "s3://nobucket/p.csv", "--set", "s3.endpoint_url=http://127.0.0.1:1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "museum-typology evaluate: error: S3: " in result.stderr and "bucket 'nobucket'" in result.stderr
+
+
 def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -497,6 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _job_errors() as exc:
         print(f"museum-typology {args.job}: failed: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if not storage.is_s3_error(exc):
+            raise
+        # pyarrow says which key, bucket and AWS error; the traceback adds nothing for a user
+        print(f"museum-typology {args.job}: error: S3: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

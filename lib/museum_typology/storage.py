@@ -45,6 +45,12 @@ class S3Options:
         return cls(endpoint_url=str(section.get("endpoint_url") or ""), region=region)
 
 
+def is_s3_error(exc: BaseException) -> bool:
+    """pyarrow's S3 client failing (no such bucket, endpoint unreachable, access denied): an
+    ``OSError`` whose message names the AWS error. Caught where a job reports user errors."""
+    return isinstance(exc, OSError) and "AWS Error" in str(exc)
+
+
 def is_s3(url: str) -> bool:
     return url.startswith(("s3://", "s3a://"))
 
