@@ -43,7 +43,8 @@ def test_rules_of_a_200_apply_to_our_token_most_specific_group_first():
 def test_4xx_allows_all_and_5xx_or_no_answer_disallows_all():
     assert robots.rules_from(_answer(HTTP_ERROR, 404), UA).allow_all
     assert robots.rules_from(_answer(HTTP_ERROR, 403), UA).allow_all
-    for answer in (_answer(HTTP_ERROR, 503), _answer(TIMEOUT), _answer(CONNECTION_ERROR), _answer(BAD_URL)):
+    # 429 (still, after the retries) is a request to back off, not a 4xx "no rules"
+    for answer in (_answer(HTTP_ERROR, 503), _answer(HTTP_ERROR, 429), _answer(TIMEOUT), _answer(CONNECTION_ERROR), _answer(BAD_URL)):
         rules = robots.rules_from(answer, UA)
         assert not rules.allow_all and not rules.verdict("/img/1.jpg") and "unreachable" in rules.reason
 

@@ -137,7 +137,10 @@ def rules_from(result: FetchResult, user_agent: str, max_crawl_delay_s: float | 
         if delay is not None and max_crawl_delay_s is not None and delay > max_crawl_delay_s:
             return HostRules(reason=f"robots.txt asks a Crawl-delay of {delay:g} s, over crawl.max_crawl_delay_s={max_crawl_delay_s:g}: the host is treated as disallowing all")
         return HostRules(rules=rules, crawl_delay_s=delay)
-    if result.status == HTTP_ERROR and result.http_status is not None and 400 <= result.http_status < 500:
+    # A 4xx means "no rules" (RFC 9309), except 429: a host that rate-limits even its robots.txt
+    # (after the fetcher's retries, Retry-After honoured) is asking us to back off, not inviting
+    # a crawl at full speed; counted as unreachable, as Google's crawler does.
+    if result.status == HTTP_ERROR and result.http_status is not None and 400 <= result.http_status < 500 and result.http_status != 429:
         return HostRules(allow_all=True)
     detail = result.reason or result.status
     return HostRules(reason=f"robots.txt unreachable ({detail}): the host is treated as disallowing all (RFC 9309)")
