@@ -127,6 +127,7 @@ def test_a_redirect_hop_the_check_refuses_is_never_requested(zoo):
         result = f.fetch(zoo.url("/redirect/2"), check_redirect=check)
     assert result.status == fetcher.ROBOTS_DISALLOWED and result.reason == f"redirected to {zoo.url('/img/ok.jpg')}: robots.txt says no"
     assert result.attempts == 1 and not result.ok
+    assert result.http_status in fetcher.REDIRECT_STATUSES  # the redirect that led there, not None
     assert asked == [zoo.url("/redirect/1"), zoo.url("/img/ok.jpg")]  # every hop, not the first URL
     assert zoo.requests["/img/ok.jpg"] == 0 and zoo.requests["/redirect/2"] == 1 and zoo.requests["/redirect/1"] == 1
     with Fetcher(FAST, seed=0) as f:

@@ -304,6 +304,7 @@ class Fetcher:
         s = self.settings
         deadline: float | None = None  # set when the first request starts
         current, chain = url, [url]
+        hop_status: int | None = None  # the last redirect's status, for a hop refused before its request
         while True:
             # Outside the host slot: the check may fetch the target host's robots.txt, and
             # waiting for one host's slot while holding another's could deadlock two threads.
@@ -312,7 +313,7 @@ class Fetcher:
                 checked_at = time.monotonic()
                 refusal = check_redirect(current)
                 if refusal:
-                    raise _Attempt(ROBOTS_DISALLOWED, f"redirected to {current}: {refusal}")
+                    raise _Attempt(ROBOTS_DISALLOWED, f"redirected to {current}: {refusal}", http_status=hop_status)
                 if deadline is not None:
                     deadline += time.monotonic() - checked_at
             key = host_key(current)
@@ -355,6 +356,7 @@ class Fetcher:
                         if target in chain:
                             raise _Attempt(TOO_MANY_REDIRECTS, "redirect loop: " + " -> ".join([*chain, target]), http_status=status)
                         chain.append(target)
+                        hop_status = status
                         if len(chain) - 1 > s.max_redirects:
                             raise _Attempt(TOO_MANY_REDIRECTS, f"more than crawl.max_redirects={s.max_redirects} redirects", http_status=status)
                         current = target
