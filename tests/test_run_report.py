@@ -68,6 +68,13 @@ def test_present_pieces_are_shown_and_absent_ones_say_not_run(tmp_path):
     assert "image model: out-of-fold macro-F1 not run" in text and "submission: rows not run" in text
     # The text model's PNG is copied next to the page and shown from there.
     assert (work / "report" / "text-confusion.png").read_bytes() == PNG
+    # after train-image --final its bundle is latest: its figure is a validation one, said so
+    image = work / "models" / "image" / "20260101T000000Z-bbbbbbbb-final"
+    _write(work / "models" / "image" / "latest", image.name)
+    _write(image / "metrics.json", json.dumps({"mode": "final", "validation_macro_f1": 0.412, "rows": 153}))
+    build_run_report(str(work), {}, {})
+    text = _text((work / "report" / "index.html").read_text(encoding="utf-8"))
+    assert "image model (--final): validation macro-F1 0.412" in text and "image model: out-of-fold" not in text
     assert 'src="text-confusion.png"' in page
     assert sorted(p.name for p in (work / "report").iterdir()) == ["_SUCCESS", "index.html", "text-confusion.png"]
 

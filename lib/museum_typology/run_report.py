@@ -298,10 +298,15 @@ def _glance(pieces: Mapping[str, Piece], timings: Mapping[str, float]) -> list[t
             return "—"
         return f"{_fmt(value)} (an earlier run's, not of this run's predictions)" if piece.stale else value
 
+    image = pieces.get("image")
+    # After train-image --final its bundle is latest: its figure is on the held-out validation fold
+    # of its own fine-tuning, not out of fold.
+    final = image is not None and isinstance(image.data, dict) and image.data.get("mode") == "final"
     return [
         ("ingest: input rows / images stored", get("ingest", lambda d: f"{d['input_rows']} / {d['dataset_rows']}")),
         ("text model: out-of-fold macro-F1", get("text", lambda d: _headline_f1(d["macro_f1"]))),
-        ("image model: out-of-fold macro-F1", get("image", lambda d: d.get("macro_f1", d.get("validation_macro_f1")))),
+        ("image model (--final): validation macro-F1" if final else "image model: out-of-fold macro-F1",
+         get("image", lambda d: d["validation_macro_f1"] if final else d["macro_f1"])),
         ("label cleaning", get("clean", lambda d: "review page" if "review" in d else "summary only")),
         ("evaluation: macro-F1", get("evaluate", lambda d: d["macro_f1"])),
         ("predictions: rows", get("predictions", lambda d: ", ".join(str(p["rows"]) for p in d))),
