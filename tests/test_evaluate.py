@@ -88,6 +88,15 @@ def test_missing_extra_duplicate_and_guidless_rows_are_reported_not_dropped():
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["macro_f1_matched"] == pytest.approx((2 / 3 + 0.8) / 2)
+    # g5 (class C) has no prediction: its row of the confusion counts says so, and sums to C's support
+    from museum_typology import report
+
+    assert m["no_prediction"] == [0, 0, 1] + [0] * (len(CLASSES) - 3)
+    truth_first = [0, 0, 1, 1, 2]
+    matrix, columns = report.confusion_counts(truth_first, [0, 1, 1, 1, -1])
+    assert columns[-1] == report.NO_PREDICTION_COLUMN and matrix.shape == (len(CLASSES), len(CLASSES) + 1)
+    assert matrix[2].sum() == 1 and matrix[2, -1] == 1 and matrix.sum(axis=1)[:3].tolist() == [2, 2, 1]
+    assert report.confusion_counts([0, 1], [0, 1])[0].shape == (len(CLASSES), len(CLASSES))  # no column when all have one
     by = _by_source(m)
     assert by[NO_PREDICTION]["rows"] == 1 and by[NO_PREDICTION]["accuracy"] == 0.0
     assert sum(row["rows"] for row in by.values()) == m["rows"] == 5

@@ -191,6 +191,8 @@ def summarise(alignment: Alignment) -> dict[str, Any]:
         "per_class": per_class,
         "by_source": by_source,
         "confusion": confusion_matrix(y_true, y_pred, labels=list(range(len(CLASSES)))).tolist(),
+        # per given class, its truth rows without a prediction (not in "confusion": no column)
+        "no_prediction": np.bincount(y_true[y_pred < 0], minlength=len(CLASSES)).tolist(),
         "coverage": alignment.coverage,
     }
 
@@ -199,7 +201,8 @@ def evaluate(truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str = "truth",
     """``truth`` (guid, typology) against ``pred`` (guid, typology[, source, ...]) -> metrics dict:
     ``macro_f1``, ``accuracy``, ``macro_f1_matched``, ``classes_scored``, ``per_class`` (class,
     precision, recall, f1, support, predicted), ``by_source`` (source, rows, share, accuracy,
-    macro_f1), ``confusion`` (15x15 counts, rows = truth, in ``CLASSES`` order), ``coverage``.
+    macro_f1), ``confusion`` (15x15 counts, rows = truth, in ``CLASSES`` order), ``no_prediction``
+    (per class, truth rows without a prediction), ``coverage``.
     Raises ``EvaluateError`` for a missing column or a class name outside ``CLASSES``. Pure."""
     return summarise(align(truth, pred, truth_name, pred_name))
 

@@ -56,22 +56,38 @@ def _figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+NO_PREDICTION_COLUMN = "(no prediction)"
+
+
+def confusion_counts(y_true: Sequence[int], y_pred: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+    """Counts, rows = given class, columns = predicted class in ``CLASSES`` order, plus a last
+    column "(no prediction)" when some rows have none (``y_pred`` -1, as evaluate marks a truth
+    row without a prediction): each row then sums to its class's support, as recall counts it.
+    Pure."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    labels = list(range(len(CLASSES)))
+    matrix = confusion_matrix(y_true, y_pred, labels=labels) if len(y_true) else np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
+    columns = list(CLASSES)
+    missing = np.bincount(y_true[y_pred < 0], minlength=len(CLASSES))
+    if missing.any():
+        matrix, columns = np.column_stack([matrix, missing]), [*columns, NO_PREDICTION_COLUMN]
+    return matrix, columns
+
+
 def confusion_png(y_true: Sequence[int], y_pred: Sequence[int], title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(range(len(CLASSES)))
-    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    matrix, columns = confusion_counts(y_true, y_pred)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(11, 9))
     ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    short = [c[:28] for c in CLASSES]
-    ax.set_xticks(labels, short, rotation=70, ha="right", fontsize=8)
-    ax.set_yticks(labels, short, fontsize=8)
-    for i in labels:
-        for j in labels:
+    ax.set_xticks(range(len(columns)), [c[:28] for c in columns], rotation=70, ha="right", fontsize=8)
+    ax.set_yticks(range(len(CLASSES)), [c[:28] for c in CLASSES], fontsize=8)
+    for i in range(len(CLASSES)):
+        for j in range(len(columns)):
             if matrix[i, j]:
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color="white" if normalised[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
