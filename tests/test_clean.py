@@ -207,6 +207,16 @@ def test_which_model_made_an_oof_file_is_read_from_it_not_guessed_from_its_name(
     assert clean.read_oof(str(tmp_path / "image.parquet")).sources == ["image"]  # an older file named as the jobs name it
 
 
+def test_cluster_counts_that_cannot_be_used_are_a_settings_error(settings):
+    """label_k = ["a"] was a bare ValueError: a traceback after Spark had started."""
+    from museum_typology.config import ConfigError
+
+    for value in (["a"], [], [1, 3], [True]):
+        with pytest.raises(ConfigError, match=r"clean.label_k = .*expected a non-empty list of whole numbers >= 2"):
+            clean.CleanSettings.from_settings(settings.set(["clean", "label_k"], value, "test"))
+    assert clean.CleanSettings.from_settings(settings).label_k == tuple(settings.get("clean.label_k"))
+
+
 def test_combine_of_no_rows_is_an_oof_error():
     with pytest.raises(clean.OofError, match="no rows"):
         clean.combine([clean.Oof([], np.zeros(0, np.int64), np.zeros((0, len(CLASSES))), [])])

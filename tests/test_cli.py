@@ -41,6 +41,11 @@ def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
     assert "text.lstm_pooling: 'avg' is none of max_avg, max_attention" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_option_a_final_run_would_ignore_is_refused(tmp_path):
+    result = _run("train-image", "--final", "--oof", str(tmp_path / "x.parquet"), "--set", f"paths.work_dir={tmp_path}")
+    assert result.returncode == 2 and "--oof: a --final run writes no out-of-fold file" in result.stderr, result.stderr
+
+
 def test_an_unreachable_s3_store_is_one_line_not_a_traceback(tmp_path):
     """pyarrow's S3 errors (no bucket, no endpoint, access denied) are OSErrors that the CLI let
     through as a traceback, exit 1."""

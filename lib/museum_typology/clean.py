@@ -100,7 +100,10 @@ class CleanSettings:
     @classmethod
     def from_settings(cls, settings: Settings) -> CleanSettings:
         values = {name: settings.get(f"clean.{name}") for name in cls.__dataclass_fields__}  # type: ignore[attr-defined]
-        cs = cls(**{name: tuple(int(k) for k in v) if name.endswith("_k") else v for name, v in values.items()})
+        for name, v in values.items():
+            if name.endswith("_k") and not (isinstance(v, list) and v and all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in v)):
+                raise ConfigError(f"clean.{name} = {v!r}: expected a non-empty list of whole numbers >= 2 (the k values tried)")
+        cs = cls(**{name: tuple(v) if name.endswith("_k") else v for name, v in values.items()})
         if cs.filter not in FILTERS:
             raise ConfigError(f"clean.filter = {cs.filter!r}: expected one of {FILTERS}")
         return cs

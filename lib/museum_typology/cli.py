@@ -388,6 +388,8 @@ def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, A
     from . import train_image
 
     work_dir = settings.get("paths.work_dir")
+    if args.final and args.oof:  # an option taken and then ignored would look like it did something
+        raise ConfigError("--oof: a --final run writes no out-of-fold file (fold runs do)")
     spark = _spark(settings, args, "train-image")
     result = train_image.run(
         spark,
@@ -414,10 +416,10 @@ def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, A
 def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="DIR", help="petastorm dataset (default: WORK_DIR/ingest/dataset)")
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/image)")
-    parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/image.parquet, or DIR/oof.parquet with another --model-dir)")
+    parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities of a fold run (default: WORK_DIR/oof/image.parquet, or DIR/oof.parquet with another --model-dir); not with --final")
     parser.add_argument("--folds", type=int, metavar="K", help="number of stratified folds (default: image.folds)")
     parser.add_argument("--num-proc", type=int, metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
-    parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on all labelled images (a stratified fold validates)")
+    parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on the labelled images but one stratified fold (about 1/K of them), which validates and picks the best epoch")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job (guid, new_label, action; or guid, typology[, keep]): its labels replace the dataset's, dropped rows are left out")
     _retrain_argument(parser)
 

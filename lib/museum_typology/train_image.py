@@ -347,7 +347,7 @@ def _finish_final(results, job: WorkerJob, settings, model_dir, version, digest,
         write_report(local / "report", None, None, metrics, {0: {"train_loss": state["history"]["train_loss"], "val_macro_f1": state["history"]["val_macro_f1"]}}, "final model")
         bundle_url = _commit_bundle(local, model_dir, version, s3)
     bundles.publish_latest(model_dir, version, s3)
-    log.info("train-image --final: validation macro-F1 %.3f (best epoch %d of %d), bundle %s", state["best_f1"], state["best_epoch"], state["epoch"], bundle_url)
+    log.info("train-image --final: validation macro-F1 %.3f (best epoch %d of %d), bundle %s", state["best_f1"], state["best_epoch"] + 1, state["epoch"], bundle_url)
     return {"bundle": bundle_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}
 
 
