@@ -100,14 +100,14 @@ def bench_decode(bodies: list[bytes], max_side: int, encode: bool) -> dict[str, 
             "mb_per_s": round(sum(map(len, bodies)) / MB / seconds, 1), "processes": cores, "load_at_start": load}
 
 
-def bench_naive(urls: list[str], max_side: int) -> dict[str, Any]:
+def bench_naive(urls: list[str], max_side: int, exclude: set[int]) -> dict[str, Any]:
     import requests
     from PIL import Image
 
     load = _load()
     started = time.perf_counter()
     ok, nbytes = 0, 0
-    with MemorySampler(tree=True) as rss:
+    with MemorySampler(tree=True, exclude=exclude) as rss:  # without the image server, as (b) and (c)
         for url in urls:
             response = requests.get(url, timeout=30)
             nbytes += len(response.content)
@@ -229,7 +229,7 @@ def main() -> int:
         results["d_decode_only"] = bench_decode(bodies, max_side, encode=False)
         results["d_decode_and_encode"] = bench_decode(bodies, max_side, encode=True)
         print("(a) naive loop ...", flush=True)
-        results["a_naive"] = bench_naive(urls, max_side)
+        results["a_naive"] = bench_naive(urls, max_side, exclude)
 
         print("(b) crawler ...", flush=True)
         from museum_typology.session import build_spark

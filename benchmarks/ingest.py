@@ -2,8 +2,8 @@
 """Ingest throughput: a naive single-process Pillow loop against the real ingest job, same files.
 
 (a) naive: what a plain script does with an images archive: for each file, open it, convert to
-    RGB, ``thumbnail`` to ``max_side``, encode JPEG with petastorm's own image codec (so the
-    encode work equals the job's). No guards, no EXIF transpose, no hashing, no Parquet output.
+    RGB, ``thumbnail`` to ``max_side``, encode JPEG as the job stores it
+    (``petastorm_io.encode_image``, so the encode work equals the job's). No guards, no EXIF transpose, no hashing, no Parquet output.
 (b) job:   ``museum_typology.ingest.run`` on a local SparkSession (``local[*]`` by default),
     end to end: CSV checks, planning, decode/encode in Spark tasks, Parquet part files,
     petastorm metadata, manifest, reconciliation, atomic commit.
@@ -56,6 +56,7 @@ try:
 except ImportError:  # a checkout without the editable install: use the sources
     sys.path.insert(0, str(ROOT / "lib"))
 
+from museum_typology import petastorm_io  # noqa: E402
 from museum_typology.config import Settings, load_settings  # noqa: E402
 from museum_typology.crawl_rehearsal import encode_jpeg_near  # noqa: E402
 from museum_typology.log import get_logger, setup_logging  # noqa: E402
@@ -290,7 +291,8 @@ def run_naive(archive_path: Path, max_side: int, codec: str, jpeg_quality: int, 
                     with Image.open(io.BytesIO(archive.read(member))) as opened:
                         image = opened.convert("RGB")  # loads the full-resolution pixels
                     image.thumbnail((max_side, max_side))
-                    out_bytes += len(image_field.codec.encode(image_field, np.asarray(image)))
+                    # the job's encoder (Pillow), so that both sides do the same encode work
+                    out_bytes += len(petastorm_io.encode_image(image_field, np.asarray(image)))
                     ok += 1
                 except Exception as exc:  # noqa: BLE001 - a naive loop skips what it can't read
                     failed += 1

@@ -82,7 +82,9 @@ def write_part(path: Path, blobs: list[bytes], rows: int, row_group_bytes: int) 
     guids = [f"{i:08x}" for i in np.random.default_rng(1).permutation(rows)]  # in no order, like crawled guids
     images = [blobs[i % len(blobs)] for i in range(rows)]
     per_group = max(1, row_group_bytes // int(np.mean([len(b) for b in blobs])))
-    pq.write_table(pa.table({"guid": guids, "image": images}), path, row_group_size=per_group)
+    # No dictionary for the images: it would store each cycled image once and shrink the file
+    # and its row groups far below what ingest writes (every image distinct there).
+    pq.write_table(pa.table({"guid": guids, "image": images}), path, row_group_size=per_group, use_dictionary=["guid"])
     return guids
 
 

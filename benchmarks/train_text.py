@@ -10,8 +10,8 @@ and losses against the baseline. The model's figure is the honest one the job re
 (``macro_f1.final``: blend weight and class offsets chosen on the other folds only).
 
 On 3.8K titles with noisy labels one split says little per class (a few titles move a rare
-class's F1 by several points), hence the seeds. Each seed is a full train-text run: 10-15
-minutes on 2 cores.
+class's F1 by several points), hence the seeds. Each seed is a full train-text run: 3.5-4.5
+minutes on an idle 2-core machine.
 
     .venv/bin/python benchmarks/train_text.py [--data DIR] [--seeds 13,5,6] [--json out.json] [--set KEY=VALUE]
 """
