@@ -16,7 +16,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +28,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from image_runtime import image_bench_args  # noqa: E402
+from score_dataset_read import stored_images  # noqa: E402
 from side_by_side import report_now_vs_before  # noqa: E402
 from museum_typology import score  # noqa: E402
 from museum_typology.session import build_spark  # noqa: E402
@@ -42,9 +42,11 @@ def one_task_per_part_file(tasks: pd.DataFrame, partitions: int, cores: int | No
     return pid
 
 
-def write_dataset(archive: Path, directory: Path, csv_path: Path, n: int) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        blobs = [zf.read(m) for m in zf.namelist() if not m.endswith("/")]
+def write_dataset(settings, directory: Path, csv_path: Path, n: int) -> None:
+    """The shared images as ingest stores them (longer side images.max_side, JPEG), cycled into
+    one part file of ``n`` rows; the original scans would make every decode larger than a
+    dataset's."""
+    blobs = stored_images(Path(settings.get("paths.data")) / settings.get("ingest.images"), int(settings.get("images.max_side")), int(settings.get("images.jpeg_quality")))
     guids = [f"d{i:06d}" for i in range(n)]
     directory.mkdir(parents=True)
     pq.write_table(pa.table({"guid": guids, "image": [blobs[i % len(blobs)] for i in range(n)]}), directory / "part-00000.parquet")
@@ -56,7 +58,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="score-dataset-bench-"))
     shipped = score.partition_ids
     try:
-        write_dataset(Path(settings.get("paths.data")) / settings.get("ingest.images"), scratch / "dataset", scratch / "in.csv", args.image_rows)
+        write_dataset(settings, scratch / "dataset", scratch / "in.csv", args.image_rows)
         spark = build_spark(settings, "bench-score-dataset")
 
         def timed(partitioning, name: str) -> float:

@@ -231,6 +231,9 @@ def main() -> int:
             rate = final["metrics"]["history"]["images_per_s"][0]
             results["throughput"][f"{procs}_proc"] = {"images_per_s": rate, "global_batch": int(settings.get("image.batch_size")) * procs, "wall_seconds": round(time.time() - t0, 1), "load_avg": os.getloadavg()[0]}
             print(f"throughput, {procs} process(es): {rate:.1f} images/s (image {image_size}px, batch {settings.get('image.batch_size')} per process)", flush=True)
+        if len(results["throughput"]) == 2:  # side by side in this run: the ratio, not two absolutes
+            two, one = results["throughput"]["2_proc"]["images_per_s"], results["throughput"]["1_proc"]["images_per_s"]
+            results["throughput"]["2_over_1"] = round(two / one, 2) if one else None
         spark.stop()
     results["load_avg_end"] = os.getloadavg()[0]
     if args.json:
