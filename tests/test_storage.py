@@ -168,11 +168,16 @@ def test_write_bytes_onto_a_directory_is_a_storage_error_and_leaves_no_temporary
 
 
 def test_file_uris_as_spark_writes_them_name_the_local_file(tmp_path):
-    # binaryFile's path column is "file:/dir/a%20b.png"; it was read as <cwd>/file:/dir/...
-    (tmp_path / "a b.png").write_bytes(b"x")
-    for url in (f"file:{tmp_path}/a%20b.png", f"file://{tmp_path}/a%20b.png"):
-        assert storage.filesystem_path(url) == str(tmp_path / "a b.png")
-        assert storage.read_bytes(url) == b"x" and storage.absolute(url) == url
+    # binaryFile's path column is "file:/dir/<name>" with the name as it is (checked with Spark
+    # 3.5: "file:/d/a b.jpg", "file:/d/x#1.jpg", "file:/d/p%41.jpg"); a file:// URI is escaped.
+    # Both were read as a URI, so "#", "?" and "%41" in a name lost the image.
+    for name in ("a b.png", "x#1.png", "q?1.png", "p%41.png"):
+        (tmp_path / name).write_bytes(name.encode())
+        url = f"file:{tmp_path}/{name}"
+        assert storage.filesystem_path(url) == str(tmp_path / name)
+        assert storage.read_bytes(url) == name.encode() and storage.absolute(url) == url
+    uri = f"file://{tmp_path}/a%20b.png"
+    assert storage.filesystem_path(uri) == str(tmp_path / "a b.png") and storage.read_bytes(uri) == b"a b.png"
     assert storage.to_uri(f"file:{tmp_path}/d") == f"file://{tmp_path}/d"
 
 

@@ -101,9 +101,18 @@ def filesystem_path(url: str) -> str:
     if is_s3(url):
         parsed = urlparse(url)
         return f"{parsed.netloc}{parsed.path}".rstrip("/")
-    if url.startswith("file:"):  # file:///x, and file:/x as Spark writes it (binaryFile's path)
-        url = unquote(urlparse(url).path)
+    if url.startswith("file:"):
+        url = local_file_path(url)
     return posixpath.abspath(url)
+
+
+def local_file_path(url: str) -> str:
+    """The path of a ``file:`` URL. ``file:///x%20y`` is a URI (percent-escaped: unquoted);
+    ``file:/x`` is how Spark (Hadoop's Path) writes a path, binaryFile's ``path`` column included,
+    as it is: a name with "#", "?" or "%41" in it is not a URI's fragment, query or escape."""
+    if url.startswith("file://"):
+        return unquote(urlparse(url).path)
+    return url[len("file:"):]
 
 
 def to_uri(url: str) -> str:
@@ -111,7 +120,7 @@ def to_uri(url: str) -> str:
     if is_s3(url):
         return "s3://" + url.split("://", 1)[1]
     if url.startswith("file:"):
-        url = unquote(urlparse(url).path)
+        url = local_file_path(url)
     path = posixpath.abspath(url)
     if "#" in path or "?" in path:
         # petastorm parses this URI with urlparse, which would cut the path at "#" or "?".
