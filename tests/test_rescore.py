@@ -339,3 +339,9 @@ def test_clear_errors(spark, settings, night1, capsys, monkeypatch):
         assert "no-dataset: --image-dataset must be a dataset directory" in err and "Traceback" not in err
     with pytest.raises(storage.StorageError, match="--image-dataset must be a dataset directory"):
         rescore.run(spark, settings, str(root / "catalogue.csv"), str(root / "predictions"), spec(), date="2026-03-06", image_dataset=str(root / "no-dataset"))
+    # the job's folder rather than its dataset/: its manifest.parquet is no image part file (the
+    # executors failed on a missing "image" field, with a Spark traceback)
+    (root / "ingest").mkdir()
+    pd.DataFrame({"guid": ["a"], "status": ["ok"]}).to_parquet(root / "ingest" / "manifest.parquet")
+    with pytest.raises(storage.StorageError, match=r"manifest.parquet has no image column: --image-dataset must be the dataset/ folder"):
+        score.find_dataset_images(str(root / "ingest"))

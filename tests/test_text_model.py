@@ -254,6 +254,10 @@ def test_score_normalises_with_the_bundles_rules(trained, tmp_path):
     (old / "calibration.json").write_text(json.dumps(calibration))
     spec = score.resolve_models(settings, str(tmp_path / "none"), text_model=str(old))
     assert spec.text_normalization == 1 and TextModel.load(old).normalization == 1
+    # a model pinned on purpose that is not there is an error, not a quiet fall back to latest
+    for kwargs in ({"text_model": str(tmp_path / "nowhere")}, {"image_model": str(root / "models")}):
+        with pytest.raises(score.ScoreError, match=r"no (text|image) bundle there"):
+            score.resolve_models(settings, str(root / "models"), **kwargs)
     rows = [InputRow("g", "test", "t.csv", 1, 1, "Письмо В.С. Попову", None)]
     assert score.plan_tasks(rows, {}, {}, spec.text_normalization)["text"].tolist() == ["письмо в село попову"]
     assert score.plan_tasks(rows, {}, {})["text"].tolist() == ["письмо в с попову"]

@@ -176,6 +176,13 @@ def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[s
         raise storage.StorageError(f"{dataset_url}: no Parquet part files (expected an ingest or crawl dataset/)")
     found: dict[str, str] = {}
     for part in parts:
+        try:
+            schema = pq.read_schema(part, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise storage.StorageError(f"{dataset_url}: {part} is not a readable Parquet file ({exc})") from None
+        missing = [c for c in ("guid", "image") if c not in schema.names]
+        if missing:  # the job's folder (its manifest.parquet) rather than its dataset/, say
+            raise storage.StorageError(f"{dataset_url}: {part} has no {' or '.join(missing)} column: --image-dataset must be the dataset/ folder that ingest or crawl wrote")
         guids = pq.read_table(part, columns=["guid"], filesystem=fs).column("guid").to_pylist()
         url = part if not storage.is_s3(dataset_url) else "s3://" + part
         for guid in guids:
@@ -275,6 +282,10 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     s3 = S3Options.from_settings(settings.section("s3"))
     text = _concrete_bundle(text_model, TEXT_MARKER, s3) if text_model else None
     image = _concrete_bundle(image_model, IMAGE_MARKER, s3) if image_model else None
+    # A model named on purpose (a rollback pin) that is not there must not give way to latest.
+    for given, found, kind, marker in ((text_model, text, "text", TEXT_MARKER), (image_model, image, "image", IMAGE_MARKER)):
+        if given and found is None:
+            raise ScoreError(f"{given}: no {kind} bundle there (a {kind} bundle holds {marker}, or a directory of them names one in latest)")
     text = text or _concrete_bundle(storage.join(model_dir, "text"), TEXT_MARKER, s3) or (None if text_model else _concrete_bundle(model_dir, TEXT_MARKER, s3))
     image = image or _concrete_bundle(storage.join(model_dir, "image"), IMAGE_MARKER, s3) or (None if image_model else _concrete_bundle(model_dir, IMAGE_MARKER, s3))
     if text is None and image is None:
