@@ -344,6 +344,8 @@ def test_parquet_guids_that_are_not_text_read_as_evaluate_and_submission_read_th
     assert list(evaluate.read_table(str(tmp_path / "floats.parquet"), ["guid"], "truth")["guid"]) == ["1", "", "3"]
     pq.write_table(pa.table({"guid": pa.array([b"abc", "кп".encode()]), "description": pa.array([b"x", None], pa.binary())}), tmp_path / "binary.parquet")
     assert [(r.guid, r.description) for r in score.read_rows(str(tmp_path / "binary.parquet"))] == [("abc", "x"), ("кп", None)]
+    pd.DataFrame({"GUID": ["g1"], "Description ": ["Ваза"]}).to_parquet(tmp_path / "upper.parquet")  # as a CSV header is read
+    assert [(r.guid, r.description) for r in score.read_rows(str(tmp_path / "upper.parquet"))] == [("g1", "Ваза")]
     pq.write_table(pa.table({"guid": pa.array([b"\xff\xfe"]), "description": ["x"]}), tmp_path / "not-utf8.parquet")
     with pytest.raises(CsvError, match=r"not-utf8.parquet: the guid and description columns must be text"):
         score.read_rows(str(tmp_path / "not-utf8.parquet"))

@@ -93,6 +93,8 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
         table = pq.read_table(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
         raise CsvError(f"{name}: not a readable Parquet file ({exc})") from None
+    # Column names as a CSV header is read: without case or surrounding spaces ("GUID", "Description ").
+    table = table.rename_columns([str(c).strip().lower() for c in table.column_names])
     missing = [c for c in ("guid", "description") if c not in table.column_names]
     if not missing:
         try:  # as text, as every job reads them: a float column's 1.0 is guid "1"
