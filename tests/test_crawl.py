@@ -363,6 +363,7 @@ def test_resume_after_kill_9_fetches_only_what_is_not_stored(spark, zoo, tmp_pat
     again = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
     assert again["already_complete"] is True and sum(zoo.requests.values()) == 0
     assert again["urls_fetched_this_run"] == 0 and again["urls_per_second"] == 0.0  # not the finishing run's figures
+    assert again["requests_this_run"] == again["bytes_this_run"] == 0 and again["resumed"] is False
 
 
 def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark, zoo, tmp_path, monkeypatch):
@@ -388,10 +389,10 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
 
     # Run again without --resume: the stored chunks are not thrown away unasked.
     zoo.reset_counts()
-    with pytest.raises(crawl.CrawlError, match=r"_work: an unfinished crawl has \d+ chunk\(s\) stored; pass --resume to finish it .* or --restart"):
+    with pytest.raises(crawl.CrawlUsageError, match=r"_work: an unfinished crawl has \d+ chunk\(s\) stored; pass --resume to finish it .* or --restart"):
         crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
     assert sum(zoo.requests.values()) == 0 and len(_committed_rows(output)) == 20
-    with pytest.raises(crawl.CrawlError, match="choose one"):
+    with pytest.raises(crawl.CrawlUsageError, match="choose one"):
         crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True, restart=True)
 
     # A chunk committed twice (executors of a killed run still working beside a resumed one)
@@ -415,11 +416,14 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
     # --resume onto work from another input is refused, clearly.
     (output / "_work").mkdir()
     (output / "_work" / "plan.json").write_text(json.dumps({"fingerprint": "other", "partitions": 2}))
-    with pytest.raises(crawl.CrawlError, match="different input CSV"):
+    with pytest.raises(crawl.CrawlUsageError, match="different input CSV or images settings; pass --restart instead"):
         crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
-    # --restart discards an unfinished crawl and starts over
+    # with stored chunks of another input and no flag, the way out named is --restart, not --resume
     (output / "_work" / "manifest").mkdir()
     (output / "_work" / "manifest" / "part-00000-0.parquet").write_bytes((output / "manifest.parquet").read_bytes())
+    with pytest.raises(crawl.CrawlUsageError, match="another input CSV or images settings has 1 chunk\\(s\\) stored; pass --restart"):
+        crawl.run(spark, _settings(tmp_path), csv_path, str(output))
+    # --restart discards an unfinished crawl and starts over
     zoo.reset_counts()
     restarted = crawl.run(spark, _settings(tmp_path), csv_path, str(output), restart=True)
     assert restarted["resumed"] is False and sum(zoo.requests.values()) == 20 and restarted["manifest_rows"] == 20
@@ -428,6 +432,8 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
 def test_cli_help():
     result = subprocess.run([str(SCRIPT), "crawl", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--resume" in result.stdout and "--input" in result.stdout
+    both = subprocess.run([str(SCRIPT), "crawl", "--input", "x.csv", "--resume", "--restart"], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr  # before anything starts
 
 
 def test_rehearsal_csv_and_server(tmp_path):

@@ -115,9 +115,10 @@ def cmd_crawl(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def _crawl_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="CSV", help="URL CSV with columns guid,description,typology,url (local or s3://)")
     parser.add_argument("--output", metavar="DIR", help="output directory (default: WORK_DIR/crawl)")
-    parser.add_argument("--resume", action="store_true", help="finish an interrupted crawl into the same --output, fetching only what is not stored yet")
-    parser.add_argument("--restart", action="store_true", help="discard an interrupted crawl's stored chunks in --output and start over (without --resume or --restart, such a crawl is an error)")
-    parser.add_argument("--plan-only", action="store_true", help="print the plan (rows, distinct URLs, partitions, chunks, per-task limits) and fetch nothing")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="finish an interrupted crawl into the same --output, fetching only what is not stored yet")
+    how.add_argument("--restart", action="store_true", help="discard an interrupted crawl's stored chunks in --output and start over (without --resume or --restart, such a crawl is an error)")
+    how.add_argument("--plan-only", action="store_true", help="print the plan (rows, distinct URLs, partitions, chunks, per-task limits) and fetch nothing")
 
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

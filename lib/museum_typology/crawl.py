@@ -68,6 +68,10 @@ WORK_DIR = "_work"
 PLAN_FILE = "plan.json"
 
 
+class CrawlUsageError(storage.StorageError):
+    """A crawl that the given options cannot run as asked (a user error: one line, exit code 2)."""
+
+
 class CrawlError(IngestError):
     """The crawl cannot run or its counts do not reconcile. (An ``IngestError``, so the CLI
     reports it as a job failure, exit code 1.)"""
@@ -417,16 +421,21 @@ def prepare_work(output: str, fingerprint: str, partitions: Callable[[], int], r
     state = _read_json(storage.join(work_url, PLAN_FILE), s3)
     if state is not None and not resume and not restart:
         stored = len(list_fragments(work_url, s3))
+        if stored and state.get("fingerprint") != fingerprint:
+            raise CrawlUsageError(
+                f"{work_url}: an unfinished crawl of another input CSV or images settings has {stored} chunk(s) stored; "
+                "pass --restart to discard them and crawl this input"
+            )
         if stored:
-            raise CrawlError(
+            raise CrawlUsageError(
                 f"{work_url}: an unfinished crawl has {stored} chunk(s) stored; pass --resume to finish it "
                 "(fetching only what is not stored), or --restart to discard them and start over"
             )
     if resume and state is not None:
         if state.get("fingerprint") != fingerprint:
-            raise CrawlError(
+            raise CrawlUsageError(
                 f"--resume: {work_url} was started from a different input CSV or images settings; "
-                "run without --resume to start over"
+                "pass --restart instead to discard it and start over"
             )
         removed = _clean_debris(work_url, s3)
         if removed:
@@ -533,7 +542,7 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
     finishes an unfinished crawl in ``output``, ``restart`` discards it (without either, one with
     stored chunks is an error)."""
     if resume and restart:
-        raise CrawlError("--resume and --restart: choose one")
+        raise CrawlUsageError("--resume and --restart: choose one")
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     storage.check_replaceable(output, ("manifest.parquet", "summary.json", WORK_DIR), "crawl", s3)  # _work/: an interrupted crawl
@@ -547,8 +556,10 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         previous = _read_json(storage.join(output, "summary.json"), s3) or {}
         if previous.get("fingerprint") == fingerprint:
             log.info("--resume: %s is already complete for this input; nothing to do", output)
-            # this run fetched nothing: the summary's figures are the run that finished it
-            return {**previous, "already_complete": True, "urls_fetched_this_run": 0, "urls_per_second": 0.0}
+            # this run fetched nothing: the summary's "this run" figures are the finishing run's
+            nothing = {"resumed": False, "rows_stored_before_this_run": previous.get("dataset_rows", 0), "urls_fetched_this_run": 0,
+                       "requests_this_run": 0, "bytes_this_run": 0, "seconds_fetching": 0.0, "urls_per_second": 0.0}
+            return {**previous, "already_complete": True, **nothing}
 
     parallelism = spark.sparkContext.defaultParallelism
     configured = int(crawl_conf["partitions"])
