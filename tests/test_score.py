@@ -346,6 +346,9 @@ def test_parquet_guids_that_are_not_text_read_as_evaluate_and_submission_read_th
     assert [(r.guid, r.description) for r in score.read_rows(str(tmp_path / "binary.parquet"))] == [("abc", "x"), ("кп", None)]
     pd.DataFrame({"GUID": ["g1"], "Description ": ["Ваза"]}).to_parquet(tmp_path / "upper.parquet")  # as a CSV header is read
     assert [(r.guid, r.description) for r in score.read_rows(str(tmp_path / "upper.parquet"))] == [("g1", "Ваза")]
+    pd.DataFrame({"guid": ["a"], "GUID": ["b"], "description": ["x"]}).to_parquet(tmp_path / "twice.parquet")
+    with pytest.raises(CsvError, match=r"twice.parquet, line 1: column\(s\) guid appear more than once .*without case"):
+        score.read_rows(str(tmp_path / "twice.parquet"))
     pq.write_table(pa.table({"guid": pa.array([b"\xff\xfe"]), "description": ["x"]}), tmp_path / "not-utf8.parquet")
     with pytest.raises(CsvError, match=r"not-utf8.parquet: the guid and description columns must be text"):
         score.read_rows(str(tmp_path / "not-utf8.parquet"))

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
-from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, rows_of_record, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, with_text_columns
 from .clean import image_fold_runs
 from .config import Settings
 from .image_source import images_by_guid, known_guids
@@ -94,7 +94,12 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
     except (pa.ArrowInvalid, OSError) as exc:
         raise CsvError(f"{name}: not a readable Parquet file ({exc})") from None
     # Column names as a CSV header is read: without case or surrounding spaces ("GUID", "Description ").
-    table = table.rename_columns([str(c).strip().lower() for c in table.column_names])
+    folded = [str(c).strip().lower() for c in table.column_names]
+    try:
+        refuse_repeated_columns(folded, name, ("guid", "description"))
+    except CsvError as exc:
+        raise CsvError(f"{exc} (compared without case or surrounding spaces)") from None
+    table = table.rename_columns(folded)
     missing = [c for c in ("guid", "description") if c not in table.column_names]
     if not missing:
         try:  # as text, as every job reads them: a float column's 1.0 is guid "1"
@@ -179,13 +184,16 @@ def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[s
     found: dict[str, str] = {}
     for part in parts:
         try:
-            schema = pq.read_schema(part, filesystem=fs)
+            with fs.open_input_file(part) as handle:  # one footer read: its schema, then the guids
+                parquet = pq.ParquetFile(handle)
+                missing = [c for c in ("guid", "image") if c not in parquet.schema_arrow.names]
+                if missing:  # the job's folder (its manifest.parquet) rather than its dataset/, say
+                    raise storage.StorageError(f"{dataset_url}: {part} has no {' or '.join(missing)} column: --image-dataset must be the dataset/ folder that ingest or crawl wrote")
+                guids = parquet.read(columns=["guid"]).column("guid").to_pylist()
         except (pa.ArrowInvalid, OSError) as exc:
+            if isinstance(exc, storage.StorageError):
+                raise
             raise storage.StorageError(f"{dataset_url}: {part} is not a readable Parquet file ({exc})") from None
-        missing = [c for c in ("guid", "image") if c not in schema.names]
-        if missing:  # the job's folder (its manifest.parquet) rather than its dataset/, say
-            raise storage.StorageError(f"{dataset_url}: {part} has no {' or '.join(missing)} column: --image-dataset must be the dataset/ folder that ingest or crawl wrote")
-        guids = pq.read_table(part, columns=["guid"], filesystem=fs).column("guid").to_pylist()
         url = part if not storage.is_s3(dataset_url) else "s3://" + part
         for guid in guids:
             found.setdefault(guid, url)
