@@ -161,6 +161,13 @@ def test_the_same_inputs_and_settings_reuse_the_cascade_bundle(tmp_path, setting
     again = run(settings)
     assert again["reused"] and not first["reused"] and again["version"] == first["version"] and again["params"] == first["params"]
     assert sorted(p.name for p in (tmp_path / "cascade").iterdir() if p.name != "latest") == [first["version"]]
+    # a damaged bundle is tuned again, not reused, nor a traceback
+    saved = tmp_path / "cascade" / first["version"] / "cascade.json"
+    intact = saved.read_text()
+    saved.write_text(json.dumps({"run_key": json.loads(intact)["run_key"]}))
+    assert not run(settings)["reused"]
+    (tmp_path / "cascade" / "latest").write_text(first["version"])
+    saved.write_text(intact)
     other = run(settings.set(["cascade", "weight_grid"], [0.3], "test"))  # other settings: tuned anew
     assert not other["reused"] and other["version"] != first["version"]
     assert (tmp_path / "cascade" / "latest").read_text() == other["version"]

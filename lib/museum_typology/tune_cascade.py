@@ -48,6 +48,11 @@ def read_oof(url: str, s3: S3Options | None, source: str) -> tuple[list[str], np
     return oof.guids, oof.y, oof.proba, str(versions[0] if versions and versions[0] is not None else "")
 
 
+# Bumped when tuning changes what the same out-of-fold files and settings give (the pairing, the
+# grid search, the cross-fitting, the report): a bundle tuned before is tuned again, not reused.
+TUNING_VERSION = 1
+
+
 def oof_digest(guids: list[str], y: np.ndarray, proba: np.ndarray) -> str:
     """sha256 of an OOF file's content as read (guids, labels, probabilities): the bundle version
     changes with the data even when the file's model_version column is absent or unchanged."""
@@ -82,7 +87,7 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3, "image")
     t_digest, i_digest = oof_digest(t_guids, t_y, t_proba), oof_digest(i_guids, i_y, i_proba)
     # The data's digests too: the model_version column may be absent, or the same over new data.
-    digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf], sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf, TUNING_VERSION], sort_keys=True, default=str).encode()).hexdigest()
     reused = reusable_cascade(cascade_dir, digest, s3)
     if reused is not None:
         # Tuning is deterministic: the same inputs and settings give this bundle again. A new
@@ -129,12 +134,12 @@ def reusable_cascade(cascade_dir: str, run_key: str, s3: S3Options | None) -> di
     if url is None or not storage.is_committed(url, s3):
         return None
     try:
-        stored = json.loads(storage.read_bytes(storage.join(url, "cascade.json"), s3))
-    except (OSError, ValueError):
+        stored = storage.read_json_object(storage.join(url, "cascade.json"), s3)
+        if stored is None or stored.get("run_key") != run_key:
+            return None
+        return {"bundle": url, "version": version, "params": CascadeParams.from_dict(stored["params"]), "metrics": dict(stored["metrics"]), "reused": True}
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged bundle is tuned again, not reused
         return None
-    if not isinstance(stored, dict) or stored.get("run_key") != run_key:
-        return None
-    return {"bundle": url, "version": version, "params": CascadeParams.from_dict(stored["params"]), "metrics": stored["metrics"], "reused": True}
 
 
 def real_pairs(t_guids, t_proba, i_guids, i_y, i_proba, tuned: CascadeParams, baseline: CascadeParams) -> dict[str, Any]:
