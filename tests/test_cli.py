@@ -41,6 +41,19 @@ def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
     assert "text.lstm_pooling: 'avg' is none of max_avg, max_attention" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("setting", ["clean.label_k=[1]", "text.lstm_pooling=avg", "image.view_mode=all", "cascade.folds=1", "cascade.w_text=2.0"])
+def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, monkeypatch, capsys, setting):
+    """A value the clean or cascade stage cannot use failed the pipeline after ingest and both
+    trainings; clean's own job checked its settings only after Spark had started."""
+    from museum_typology import cli
+
+    monkeypatch.setattr(cli, "_spark", lambda *a: pytest.fail("Spark started before the settings were checked"))
+    for job in (["pipeline"], ["clean"]) if setting.startswith("clean.") else (["pipeline"],):
+        assert cli.main([*job, "--set", setting, "--set", f"paths.work_dir={tmp_path}"]) == 2
+        err = capsys.readouterr().err
+        assert setting.split("=")[0].split(".")[1] in err and "Traceback" not in err, err
+
+
 def test_an_option_a_final_run_would_ignore_is_refused(tmp_path):
     result = _run("train-image", "--final", "--oof", str(tmp_path / "x.parquet"), "--set", f"paths.work_dir={tmp_path}")
     assert result.returncode == 2 and "--oof: a --final run writes no out-of-fold file" in result.stderr, result.stderr

@@ -141,7 +141,7 @@ def oof_source(table: pa.Table, url: str) -> str:
     base = url.rstrip("/").rsplit("/", 1)[-1]
     name = base[: -len(".parquet")] if base.endswith(".parquet") else base
     if name not in bundles.OOF_SOURCES:
-        raise OofError(f"{url}: does not record whether text or image models made it (files written before 2026-11-28 do not); write it again with train-text / train-image, or name it text.parquet or image.parquet")
+        raise OofError(f"{url}: does not record whether text or image models made it (files written before 2026-11-28 do not); rename it text.parquet or image.parquet (or train again with --retrain, which records it)")
     return name
 
 

@@ -132,6 +132,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
     work_dir = settings.get("paths.work_dir")
     data = settings.get("paths.data")
+    _check_stage_settings(settings)
     spark = _spark(settings, args, "pipeline")
     outputs: dict[str, dict[str, str]] = {}
     timings: dict[str, float] = {}
@@ -179,6 +180,19 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     _retrain_argument(parser)
     parser.add_argument("--reingest", action="store_true", help="decode the images again even when the ingest output was made from the same rows, image files and settings (by default it is reused)")
+
+
+def _check_stage_settings(settings: Settings) -> None:
+    """Every stage's settings, read as each stage reads them, before the first one starts: a
+    value a late stage cannot use must not fail it after ingest and both trainings."""
+    from . import clean, image_model, text_model, tune_cascade
+    from .cascade import CascadeParams
+
+    text_model.TextSettings.from_settings(settings)
+    image_model.ImageSettings.from_settings(settings)
+    clean.CleanSettings.from_settings(settings)
+    tune_cascade.check_conf(settings.section("cascade"))
+    CascadeParams.from_dict(settings.section("cascade"))
 
 
 def _reused_mark(result: dict[str, Any]) -> str:
@@ -352,6 +366,7 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     oof = [u.strip() for u in args.oof.split(",") if u.strip()] if args.oof else [storage.join(work_dir, "oof", f"{name}.parquet") for name in ("text", "image")]
     output = args.output or storage.join(work_dir, "clean")
     s3 = storage.S3Options.from_settings(settings.section("s3"))
+    clean.CleanSettings.from_settings(settings)  # [clean] checked, and
     for url in oof:
         clean.read_oof(url, s3)  # a missing or malformed file fails here, before Spark starts
     spark = _spark(settings, args, "clean")

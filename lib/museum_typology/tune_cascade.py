@@ -63,7 +63,7 @@ def oof_digest(guids: list[str], y: np.ndarray, proba: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _check_conf(conf: dict[str, Any]) -> tuple[int, int, int]:
+def check_conf(conf: dict[str, Any]) -> tuple[int, int, int]:
     """(folds, pairs_per_image, seed) of [cascade], refused with a TuneError when they cannot work."""
     values: dict[str, int] = {}
     for key, least, why in (("folds", 2, "the cross-fitted estimate tunes on the other folds and scores the held-out one"), ("pairs_per_image", 1, "each image row needs a text row to pair with"), ("seed", 0, "a random seed")):
@@ -81,7 +81,7 @@ def _check_conf(conf: dict[str, Any]) -> tuple[int, int, int]:
 def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> dict[str, Any]:
     s3 = S3Options.from_settings(settings.section("s3"))
     conf = settings.section("cascade")
-    folds, per_image, seed = _check_conf(conf)  # before reading anything: a bad setting fails at once
+    folds, per_image, seed = check_conf(conf)  # before reading anything: a bad setting fails at once
     baseline = CascadeParams.from_dict(conf)
     t_guids, t_y, t_proba, t_version = read_oof(text_oof, s3, "text")
     i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3, "image")
