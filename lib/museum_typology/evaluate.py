@@ -192,7 +192,7 @@ def summarise(alignment: Alignment) -> dict[str, Any]:
         "by_source": by_source,
         "confusion": confusion_matrix(y_true, y_pred, labels=list(range(len(CLASSES)))).tolist(),
         # per given class, its truth rows without a prediction (not in "confusion": no column)
-        "no_prediction": np.bincount(y_true[y_pred < 0], minlength=len(CLASSES)).tolist(),
+        "no_prediction": report.no_prediction_counts(y_true, y_pred).tolist(),
         "coverage": alignment.coverage,
     }
 

@@ -59,6 +59,12 @@ def _figure_png(fig) -> bytes:
 NO_PREDICTION_COLUMN = "(no prediction)"
 
 
+def no_prediction_counts(y_true: Sequence[int], y_pred: Sequence[int]) -> np.ndarray:
+    """Per given class (``CLASSES`` order), its rows without a prediction (``y_pred`` -1). Pure."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true[y_pred < 0], minlength=len(CLASSES))
+
+
 def confusion_counts(y_true: Sequence[int], y_pred: Sequence[int]) -> tuple[np.ndarray, list[str]]:
     """Counts, rows = given class, columns = predicted class in ``CLASSES`` order, plus a last
     column "(no prediction)" when some rows have none (``y_pred`` -1, as evaluate marks a truth
@@ -68,7 +74,7 @@ def confusion_counts(y_true: Sequence[int], y_pred: Sequence[int]) -> tuple[np.n
     labels = list(range(len(CLASSES)))
     matrix = confusion_matrix(y_true, y_pred, labels=labels) if len(y_true) else np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
     columns = list(CLASSES)
-    missing = np.bincount(y_true[y_pred < 0], minlength=len(CLASSES))
+    missing = no_prediction_counts(y_true, y_pred)
     if missing.any():
         matrix, columns = np.column_stack([matrix, missing]), [*columns, NO_PREDICTION_COLUMN]
     return matrix, columns

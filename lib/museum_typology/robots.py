@@ -6,7 +6,8 @@ What an answer means (RFC 9309, section 2.3.1):
   groups naming it (else the ``*`` groups), the longest matching path pattern wins, ``allow`` on a
   tie, ``*`` and ``$`` understood. (``urllib.robotparser`` takes the first match and knows no
   wildcards, so it is not used.)
-- 4xx (404 most often): there is no robots.txt; everything is allowed.
+- 4xx (404 most often): there is no robots.txt; everything is allowed. Not 429 (still, after
+  the retries): a host rate-limiting even its robots.txt is treated as below.
 - 5xx after the retries, a timeout, a refused connection: the host is treated as disallowing
   everything, since a server in trouble must not be crawled harder. Rows of such a host get
   ``robots_disallowed`` with the reason and can be crawled by a later ``--resume``-less re-run.
