@@ -187,3 +187,16 @@ def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
     assert [line.split(" ", 1)[1] for line in lines if " root: " in line] == ["ERROR root: Exception while sending command.", "INFO root: something else"]
     assert result.stderr.count("Traceback") == 1
     assert result.stdout == "1\n"  # TensorFlow's C++ INFO lines off, for the processes it starts too
+
+
+def test_the_legacy_local_filesystem_petastorm_needs_warns_nobody():
+    """Called in every Spark task that writes or reads the dataset, where the driver's warning
+    filters do not reach: its FutureWarning was printed twice into every make run log."""
+    import warnings
+
+    from museum_typology import petastorm_io
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        petastorm_io.legacy_filesystem("/tmp")
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
