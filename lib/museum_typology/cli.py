@@ -366,9 +366,10 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     oof = [u.strip() for u in args.oof.split(",") if u.strip()] if args.oof else [storage.join(work_dir, "oof", f"{name}.parquet") for name in ("text", "image")]
     output = args.output or storage.join(work_dir, "clean")
     s3 = storage.S3Options.from_settings(settings.section("s3"))
-    clean.CleanSettings.from_settings(settings)  # [clean] checked, and
+    # [clean]'s values, and a missing or malformed out-of-fold file, fail here, before Spark starts
+    clean.CleanSettings.from_settings(settings)
     for url in oof:
-        clean.read_oof(url, s3)  # a missing or malformed file fails here, before Spark starts
+        clean.read_oof(url, s3)
     spark = _spark(settings, args, "clean")
     summary = clean.run(spark, settings, oof, output, dataset_url=args.dataset)
     actions = summary["actions"]
