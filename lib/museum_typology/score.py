@@ -190,9 +190,9 @@ def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[s
                 if missing:  # the job's folder (its manifest.parquet) rather than its dataset/, say
                     raise storage.StorageError(f"{dataset_url}: {part} has no {' or '.join(missing)} column: --image-dataset must be the dataset/ folder that ingest or crawl wrote")
                 guids = parquet.read(columns=["guid"]).column("guid").to_pylist()
+        except storage.StorageError:
+            raise
         except (pa.ArrowInvalid, OSError) as exc:
-            if isinstance(exc, storage.StorageError):
-                raise
             raise storage.StorageError(f"{dataset_url}: {part} is not a readable Parquet file ({exc})") from None
         url = part if not storage.is_s3(dataset_url) else "s3://" + part
         for guid in guids:
@@ -296,8 +296,8 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     for given, found, kind, marker in ((text_model, text, "text", TEXT_MARKER), (image_model, image, "image", IMAGE_MARKER)):
         if given and found is None:
             raise ScoreError(f"{given}: no {kind} bundle there (a {kind} bundle holds {marker}, or a directory of them names one in latest)")
-    text = text or _concrete_bundle(storage.join(model_dir, "text"), TEXT_MARKER, s3) or (None if text_model else _concrete_bundle(model_dir, TEXT_MARKER, s3))
-    image = image or _concrete_bundle(storage.join(model_dir, "image"), IMAGE_MARKER, s3) or (None if image_model else _concrete_bundle(model_dir, IMAGE_MARKER, s3))
+    text = text or _concrete_bundle(storage.join(model_dir, "text"), TEXT_MARKER, s3) or _concrete_bundle(model_dir, TEXT_MARKER, s3)
+    image = image or _concrete_bundle(storage.join(model_dir, "image"), IMAGE_MARKER, s3) or _concrete_bundle(model_dir, IMAGE_MARKER, s3)
     if text is None and image is None:
         raise ScoreError(f"{model_dir}: no text or image model bundle found (run train-text / train-image, or pass --model)")
     params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3, text, image)
