@@ -61,13 +61,16 @@ class TextSettings:
     lstm_pooling: str = "max_avg"
     lstm_seeds: int = 1  # BiLSTMs per fold, averaged
 
+    def __post_init__(self) -> None:
+        # checked when the settings are read, not minutes later when the first network is built
+        if self.lstm_pooling not in LSTM_POOLINGS:
+            raise ConfigError(f"text.lstm_pooling: {self.lstm_pooling!r} is none of {', '.join(LSTM_POOLINGS)}")
+
     @classmethod
     def from_settings(cls, settings: Settings) -> TextSettings:
         section = settings.section("text")
         values = {name: section[name] for name in cls.__dataclass_fields__}
         values["blend_grid"] = tuple(float(x) for x in values["blend_grid"])
-        if values["lstm_pooling"] not in LSTM_POOLINGS:  # checked here, not minutes later when the first network is built
-            raise ConfigError(f"text.lstm_pooling: {values['lstm_pooling']!r} is none of {', '.join(LSTM_POOLINGS)}")
         return cls(**values)
 
 
@@ -353,14 +356,12 @@ def build_bilstm(max_len: int, dim: int, ts: TextSettings):
         x = layers.Bidirectional(layers.LSTM(ts.lstm_units // 2, return_sequences=True, unroll=True))(x)
     if ts.lstm_pooling == "max_avg":
         pooled = layers.Concatenate()([layers.GlobalMaxPooling1D()(x), layers.GlobalAveragePooling1D()(x)])
-    elif ts.lstm_pooling == "max_attention":
+    else:  # "max_attention" (TextSettings refuses any other)
         scores = layers.Dense(1)(layers.Dense(64, activation="tanh")(x))
         scores = layers.Lambda(lambda s: tf.squeeze(s, -1), name="attention_scores")(scores)
         token_mask = layers.Lambda(lambda t: tf.reduce_any(tf.not_equal(t, 0.0), -1), name="token_mask")(inputs)
         attention = layers.Softmax(name="attention")(scores, mask=token_mask)  # padding gets no weight
         pooled = layers.Concatenate()([layers.GlobalMaxPooling1D()(x), layers.Dot(axes=1)([attention, x])])
-    else:
-        raise ConfigError(f"text.lstm_pooling: {ts.lstm_pooling!r} is none of {', '.join(LSTM_POOLINGS)}")
     x = layers.Dropout(ts.dropout)(pooled)
     x = layers.Dense(128, activation="relu")(x)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="proba")(x)
