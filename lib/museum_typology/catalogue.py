@@ -10,7 +10,7 @@ import codecs
 import csv
 import io
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .schema import CLASS_INDEX
 
@@ -221,23 +221,20 @@ def rows_of_record(rows: Sequence[InputRow]) -> dict[str, int]:
 
 def reject_duplicates(rows: Iterable[InputRow]) -> list[InputRow]:
     """Keep the first row of each guid (across all files, in order); later ones are rejected
-    with a reason pointing at the first, so both stay visible in the manifest."""
-    first_seen: dict[str, InputRow] = {}
+    with a reason pointing at the first, so both stay visible in the manifest. The first is the
+    guid's row of record (``rows_of_record``): rows already rejected neither count nor change."""
+    rows = list(rows)
+    record = rows_of_record(rows)
     result: list[InputRow] = []
-    for row in rows:
-        if row.rejected_reason is None and row.guid is not None:
-            first = first_seen.get(row.guid)
-            if first is not None:
-                row = InputRow(
-                    **{
-                        **row.__dict__,
-                        "rejected_reason": (
-                            f"{row.source_file} row {row.source_row} (line {row.source_line}): duplicate guid {row.guid}, "
-                            f"first seen in {first.source_file} row {first.source_row} (line {first.source_line})"
-                        ),
-                    }
-                )
-            else:
-                first_seen[row.guid] = row
+    for index, row in enumerate(rows):
+        if row.rejected_reason is None and row.guid is not None and record[row.guid] != index:
+            first = rows[record[row.guid]]
+            row = replace(
+                row,
+                rejected_reason=(
+                    f"{row.source_file} row {row.source_row} (line {row.source_line}): duplicate guid {row.guid}, "
+                    f"first seen in {first.source_file} row {first.source_row} (line {first.source_line})"
+                ),
+            )
         result.append(row)
     return result
