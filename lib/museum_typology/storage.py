@@ -51,6 +51,11 @@ def is_s3_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and "AWS Error" in str(exc)
 
 
+def is_url(url: str) -> bool:
+    """A URL (s3://, file://, file:/ as Spark writes it), not a local path."""
+    return "://" in url or url.startswith("file:")
+
+
 def is_s3(url: str) -> bool:
     return url.startswith(("s3://", "s3a://"))
 
@@ -66,7 +71,7 @@ def under(base: str, path: str) -> str:
     """``path`` as a setting names a file under a directory (``ingest.images`` under
     ``paths.data``): an s3:// or file: URL or an absolute local path as it is, anything else below
     ``base``. (``join`` would put ``s3://imgs/all`` under an s3:// base as a key.)"""
-    return path if is_s3(path) or path.startswith("file:") or posixpath.isabs(path) else join(base, path)
+    return path if is_url(path) or posixpath.isabs(path) else join(base, path)
 
 
 def filesystem(url: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
@@ -91,7 +96,7 @@ def absolute(url: str) -> str:
     """A local path made absolute here, on the driver; a URL (s3://, file://) as it is. Executors
     resolve a relative path against their own working directory, which on a cluster is Spark's
     work folder, not the directory the job was started from."""
-    if "://" in url or url.startswith("file:") or not url:
+    if is_url(url) or not url:
         return url
     return os.path.abspath(url)
 
