@@ -698,7 +698,9 @@ def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str 
     are the same: not kept), or when its typology is empty. Every guid must be non-empty and
     appear once; new_label may be empty only on a ``drop`` row. CSV columns are read as text.
     """
-    return read_cleaned_manifest(url, s3).labels
+    if not storage.exists(url, s3):
+        raise OofError(f"{url}: no such cleaned manifest (run the clean job first)")
+    return _parse_cleaned_labels(url, storage.read_bytes(url, s3))  # no lineage: train-text records none
 
 
 def _parse_cleaned_labels(url: str, raw: bytes) -> dict[str, str | None]:
