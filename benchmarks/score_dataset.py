@@ -49,7 +49,8 @@ def write_dataset(settings, directory: Path, csv_path: Path, n: int) -> None:
     blobs = stored_images(Path(settings.get("paths.data")) / settings.get("ingest.images"), int(settings.get("images.max_side")), int(settings.get("images.jpeg_quality")))
     guids = [f"d{i:06d}" for i in range(n)]
     directory.mkdir(parents=True)
-    pq.write_table(pa.table({"guid": guids, "image": [blobs[i % len(blobs)] for i in range(n)]}), directory / "part-00000.parquet")
+    # no dictionary for the images, as in score_dataset_read.write_part: ingest's are all distinct
+    pq.write_table(pa.table({"guid": guids, "image": [blobs[i % len(blobs)] for i in range(n)]}), directory / "part-00000.parquet", use_dictionary=["guid"])
     pd.DataFrame({"guid": guids, "description": [""] * n}).to_csv(csv_path, index=False)
 
 

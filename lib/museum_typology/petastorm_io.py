@@ -181,13 +181,11 @@ def legacy_filesystem(url: str, s3: S3Options | None = None):
         _register_fsspec_s3()
         fs, _ = storage.filesystem(url, s3)
         return ArrowS3Wrapper(fs)
-    import warnings
+    # From its module: the pyarrow.LocalFileSystem alias warns (FutureWarning) in every Spark task
+    # that writes or reads the dataset; the class is what petastorm 0.13 needs (pinned, see README).
+    from pyarrow.filesystem import LocalFileSystem
 
-    import pyarrow
-
-    with warnings.catch_warnings():  # deprecated, and what petastorm 0.13 needs (pinned, see README)
-        warnings.simplefilter("ignore", FutureWarning)
-        return pyarrow.LocalFileSystem._get_instance()
+    return LocalFileSystem._get_instance()
 
 
 def _dataset_path(url: str) -> str:
