@@ -72,6 +72,7 @@ def _bundle(model_dir, version: str, run_key: str, oof_version: str | None = Non
 
     (model_dir / version).mkdir(parents=True)
     (model_dir / version / "metrics.json").write_text(json.dumps({"version": version, "run_key": run_key}))
+    (model_dir / version / storage.SUCCESS_MARKER).write_text("")
     (model_dir / "latest").write_text(version)
     if oof is not None:
         pq.write_table(pa.table({"guid": ["a", "b"], "model_version": [oof_version or version] * 2}), oof)
@@ -164,4 +165,14 @@ def test_no_bundle_or_a_damaged_one_is_never_reused(tmp_path):
     (models / "v1" / "metrics.json").write_text('{"version": "v1"}')  # a bundle from before run keys
     assert bundles.reusable_bundle(str(models), "key-1") is None
     (models / "latest").write_text("gone")  # latest names a bundle that is not there
+    assert bundles.reusable_bundle(str(models), "key-1") is None
+
+
+def test_a_bundle_whose_commit_did_not_finish_is_not_reused(tmp_path):
+    """On S3 a crash while a commit copies the bundle leaves its objects (metrics.json among
+    them) without _SUCCESS: training again, not scoring with half a bundle."""
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "v1", "key-1", oof=oof)
+    (models / "v1" / storage.SUCCESS_MARKER).unlink()
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None
     assert bundles.reusable_bundle(str(models), "key-1") is None

@@ -109,17 +109,31 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     else:
         named = oof_versions(oof_url, s3)
         version = next(iter(named)) if len(named) == 1 else None
-    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):  # a name, not a path out of model_dir
-        return None
-    bundle_url = storage.join(model_dir, version)
-    metrics = storage.read_json_object(storage.join(bundle_url, "metrics.json"), s3)  # damaged: train again
-    if metrics is None or metrics.get("run_key") != run_key:
+    found = bundle_of_run(model_dir, version, run_key, "metrics.json", s3)
+    if found is None:
         return None
     # Versions start with their UTC time, so they sort by age; final image bundles end in -final.
     superseded = bool(latest) and latest.endswith("-final") and latest > version
     if version != latest and not superseded:
         publish_latest(model_dir, version, s3)
-    return bundle_url, metrics
+    return found
+
+
+def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S3Options | None = None) -> tuple[str, dict[str, Any]] | None:
+    """(URL, the JSON object in its ``record`` file) of the bundle ``version`` under ``model_dir``
+    when that object's ``run_key`` is ``run_key``; else None: no version, one that is a path
+    rather than a name (it must not lead out of ``model_dir``), a bundle whose commit did not
+    finish (on S3 a crash mid-copy leaves objects without ``_SUCCESS``), a damaged record, or
+    another run's bundle. Whoever asks then does the work again."""
+    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
+        return None
+    url = storage.join(model_dir, version)
+    if not storage.is_committed(url, s3):
+        return None
+    stored = storage.read_json_object(storage.join(url, record), s3)
+    if stored is None or stored.get("run_key") != run_key:
+        return None
+    return url, stored
 
 
 def oof_versions(url: str, s3: S3Options | None = None) -> set[str]:

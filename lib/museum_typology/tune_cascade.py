@@ -130,15 +130,13 @@ def reusable_cascade(cascade_dir: str, run_key: str, s3: S3Options | None) -> di
     """``run``'s result for the committed bundle ``latest`` names when it was tuned under
     ``run_key`` (the out-of-fold files' versions and content, and [cascade]); else None."""
     version = bundles.latest_version(cascade_dir, s3)
-    url = storage.join(cascade_dir, version) if version else None
-    if url is None or not storage.is_committed(url, s3):
+    found = bundles.bundle_of_run(cascade_dir, version, run_key, "cascade.json", s3)
+    if found is None:
         return None
+    url, stored = found
     try:
-        stored = storage.read_json_object(storage.join(url, "cascade.json"), s3)
-        if stored is None or stored.get("run_key") != run_key:
-            return None
         return {"bundle": url, "version": version, "params": CascadeParams.from_dict(stored["params"]), "metrics": dict(stored["metrics"]), "reused": True}
-    except (OSError, ValueError, KeyError, TypeError):  # a damaged bundle is tuned again, not reused
+    except (ValueError, KeyError, TypeError):  # a damaged bundle is tuned again, not reused
         return None
 
 
