@@ -171,18 +171,8 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
     if table.num_rows == 0:
         # Checked here, where the file is read, so the CLI's pre-check refuses it before Spark starts.
         raise OofError(f"{name}: no rows (an out-of-fold file holds one row per labelled item)")
-    kind = table.schema.field("guid").type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        # as the cleaned manifest's reader refuses it: guids are matched as strings everywhere
-        raise OofError(f"{name}: the guid column holds {kind}, expected text (guids are matched as strings)")
-    # stripped, as every reader of guids strips them: "a " and "a" are one guid
-    guids = [g.strip() if g is not None else None for g in table.column("guid").to_pylist()]
+    guids = _distinct_text_guids(table, name)
     labels = table.column("label").to_pylist()
-    if any(not g for g in guids):
-        raise OofError(f"{name}: empty guid in {sum(not g for g in guids)} row(s)")
-    duplicated = [g for g, n in Counter(guids).items() if n > 1]
-    if duplicated:
-        raise OofError(f"{name}: {len(duplicated)} guid(s) appear more than once, e.g. {duplicated[0]}")
     unknown = sorted({str(t) for t in labels if t not in CLASS_INDEX})
     if unknown:
         raise OofError(f"{name}: unknown label(s) {unknown[:3]} (labels must be among the {NUM_CLASSES} classes)")
@@ -703,6 +693,24 @@ def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str 
     return _parse_cleaned_labels(url, storage.read_bytes(url, s3))  # no lineage: train-text records none
 
 
+def _distinct_text_guids(table: pa.Table, name: str, why_distinct: str = "") -> list[str]:
+    """The table's guid column, stripped as every reader of guids strips them ("a " and "a" are
+    one guid); an ``OofError`` naming ``name`` when it holds something other than text (guids are
+    matched as strings everywhere: an integer 1001 would never match "1001"), an empty guid, or a
+    guid twice (``why_distinct`` says why that matters)."""
+    kind = table.schema.field("guid").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise OofError(f"{name}: the guid column holds {kind}, expected text (guids are matched as strings)")
+    guids = [g.strip() if g is not None else "" for g in table.column("guid").to_pylist()]
+    empty = [n for n, g in enumerate(guids) if not g]
+    if empty:
+        raise OofError(f"{name}: empty guid in {len(empty)} row(s), e.g. data row {empty[0] + 1}")
+    duplicated = [g for g, n in Counter(guids).items() if n > 1]
+    if duplicated:
+        raise OofError(f"{name}: {len(duplicated)} guid(s) appear more than once, e.g. {duplicated[0]}{why_distinct}")
+    return guids
+
+
 def _parse_cleaned_labels(url: str, raw: bytes) -> dict[str, str | None]:
     """``read_cleaned_labels`` on the manifest's bytes (``url`` names it in errors)."""
     try:
@@ -715,20 +723,9 @@ def _parse_cleaned_labels(url: str, raw: bytes) -> dict[str, str | None]:
     except (pa.ArrowInvalid, OSError) as exc:
         raise OofError(f"{url}: not a readable cleaned manifest ({exc})") from None
     columns = set(table.column_names)
-    if "guid" in columns:
-        guids = table.column("guid").to_pylist()
-        empty = [n for n, g in enumerate(guids) if g is None or str(g).strip() == ""]
-        if empty:
-            raise OofError(f"{url}: empty guid in {len(empty)} row(s), e.g. data row {empty[0] + 1}")
-        kind = table.schema.field("guid").type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            raise OofError(f"{url}: the guid column holds {kind}, expected text (guids are matched as strings)")
-        # The catalogue's guids are stripped when read; a hand-made "abc " must still name "abc".
-        guids = [g.strip() for g in guids]
+    if "guid" in columns:  # a hand-made "abc " must still name "abc"
+        guids = _distinct_text_guids(table, url, " (a manifest says one thing per row)")
         table = table.set_column(table.column_names.index("guid"), "guid", pa.array(guids, pa.string()))
-        duplicated = [g for g, n in Counter(guids).items() if n > 1]
-        if duplicated:
-            raise OofError(f"{url}: {len(duplicated)} guid(s) appear more than once, e.g. {duplicated[0]} (a manifest says one thing per row)")
     rows = table.to_pylist()
     result: dict[str, str | None] = {}
     if {"guid", "new_label", "action"} <= columns:
