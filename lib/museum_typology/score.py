@@ -285,6 +285,19 @@ def _concrete_bundle(model_dir: str, marker: str, s3: S3Options | None) -> str |
     return None
 
 
+def check_settings(settings: Settings) -> None:
+    """[score]'s choices and counts, checked on the driver (an executor would only find out when
+    it loads the image model) and by the pipeline before its first stage (not after ingest and
+    both trainings)."""
+    for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", tflite_backbone.RUNTIMES)):
+        if settings.get(key) not in allowed:
+            raise ScoreError(f"{key} = {settings.get(key)!r}: must be one of {', '.join(allowed)}")
+    if not isinstance(settings.get("score.image_threads"), int) or settings.get("score.image_threads") < 0:
+        raise ScoreError(f"score.image_threads = {settings.get('score.image_threads')!r}: must be a whole number >= 0 (0 = the Spark task's cpus)")
+    if not isinstance(settings.get("score.rows_per_partition"), int) or settings.get("score.rows_per_partition") < 1:
+        raise ScoreError(f"score.rows_per_partition = {settings.get('score.rows_per_partition')!r}: must be a whole number >= 1")
+
+
 def resolve_models(settings: Settings, model_dir: str, text_model: str | None = None, image_model: str | None = None) -> ScorerSpec:
     """The models to score with. ``model_dir`` is a models root (``text/``, ``image/``,
     ``cascade/`` below it), or one kind's directory or bundle; ``text_model``/``image_model``
@@ -302,14 +315,7 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
         raise ScoreError(f"{model_dir}: no text or image model bundle found (run train-text / train-image, or pass --model)")
     params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3, text, image)
     images = settings.section("images")
-    # Checked here on the driver: an executor would only find out when it loads the image model.
-    for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", tflite_backbone.RUNTIMES)):
-        if settings.get(key) not in allowed:
-            raise ScoreError(f"{key} = {settings.get(key)!r}: must be one of {', '.join(allowed)}")
-    if not isinstance(settings.get("score.image_threads"), int) or settings.get("score.image_threads") < 0:
-        raise ScoreError(f"score.image_threads = {settings.get('score.image_threads')!r}: must be a whole number >= 0 (0 = the Spark task's cpus)")
-    if not isinstance(settings.get("score.rows_per_partition"), int) or settings.get("score.rows_per_partition") < 1:
-        raise ScoreError(f"score.rows_per_partition = {settings.get('score.rows_per_partition')!r}: must be a whole number >= 1")
+    check_settings(settings)
     return ScorerSpec(
         text, image, tuple(sorted(params.to_dict().items())), version, s3,
         int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),
