@@ -417,6 +417,31 @@ def test_a_cascade_tuned_on_other_models_gives_way_to_the_conf(settings, tmp_pat
             score.cascade_params(settings.set(["cascade", "default_class"], "фото", "test"), models_dir, None, text, fold_image)
 
 
+def test_a_damaged_bundle_file_is_a_score_error_naming_it(settings, tmp_path):
+    """A truncated calibration.json, model.json or cascade.json (a disk filled up, a hand edit)
+    was a JSONDecodeError or KeyError traceback out of score and rescore."""
+    import json
+
+    models = tmp_path / "models"
+    for kind, version, marker, body in (("text", "T1", "calibration.json", "{}"), ("image", "I1", "model.json", '{"kind": "folds"}'), ("cascade", "C1", "cascade.json", '{"params": {"t_text": 0.5}')):
+        (models / kind / version).mkdir(parents=True)
+        (models / kind / version / marker).write_text(body)
+        (models / kind / "latest").write_text(version)
+    cascade, text, image = str(models / "cascade"), str(models / "text" / "T1"), str(models / "image" / "I1")
+    with pytest.raises(score.ScoreError, match=r"C1/cascade.json: not a readable bundle file"):
+        score.cascade_params(settings, cascade, None, text, image)
+    (models / "cascade" / "C1" / "cascade.json").write_text(json.dumps({"metrics": {"inputs": {"text_model": "T1"}}}))
+    with pytest.raises(score.ScoreError, match=r"C1/cascade.json: no usable cascade parameters"):
+        score.cascade_params(settings, cascade, None, text, image)
+    (models / "cascade" / "C1" / "cascade.json").write_text(json.dumps({"params": {}, "metrics": {"inputs": {"image_model": "I0"}}}))
+    (models / "image" / "I1" / "model.json").write_text("[1, 2")
+    with pytest.raises(score.ScoreError, match=r"I1/model.json: not a readable bundle file"):
+        score.cascade_params(settings, cascade, None, text, image)
+    (models / "text" / "T1" / "calibration.json").write_text("[]")
+    with pytest.raises(score.ScoreError, match=r"T1/calibration.json: holds list, not a JSON object"):
+        score.text_normalization(text, None)
+
+
 def test_missing_column_and_missing_models_are_clear_errors(tmp_path, capsys):
     write_csv(tmp_path / "no_description.csv", [("a", "")], header=("guid", "typology"))
     with pytest.raises(CsvError, match="missing column.*description"):

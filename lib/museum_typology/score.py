@@ -326,6 +326,20 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     )
 
 
+def bundle_json(url: str, s3: S3Options | None) -> dict[str, Any]:
+    """The JSON object of a bundle's file, read on the driver; a damaged or missing one is a
+    ``ScoreError`` naming it (it was a JSONDecodeError traceback), not a score with half a bundle."""
+    try:
+        value = json.loads(storage.read_bytes(url, s3))
+    except (OSError, ValueError) as exc:
+        if storage.is_s3_error(exc):
+            raise
+        raise ScoreError(f"{url}: not a readable bundle file ({' '.join(str(exc).split())}); train the model again or pass --model") from None
+    if not isinstance(value, dict):
+        raise ScoreError(f"{url}: holds {type(value).__name__}, not a JSON object; train the model again or pass --model")
+    return value
+
+
 def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bundle: str | None, s3: S3Options | None) -> str | None:
     """How a tuned cascade's inputs differ from the bundles to score with (None: they agree, or
     the cascade did not record them). A --final image bundle has no out-of-fold predictions of
@@ -337,7 +351,7 @@ def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bund
     if text_bundle and inputs.get("text_model") and inputs["text_model"] != bundles.bundle_version(text_bundle):
         differ.append(f"text model {inputs['text_model']}, not {bundles.bundle_version(text_bundle)}")
     if image_bundle and inputs.get("image_model") and inputs["image_model"] != bundles.bundle_version(image_bundle):
-        model = json.loads(storage.read_bytes(storage.join(image_bundle, IMAGE_MARKER), s3))
+        model = bundle_json(storage.join(image_bundle, IMAGE_MARKER), s3)
         if model.get("kind") != "final":
             differ.append(f"image model {inputs['image_model']}, not {bundles.bundle_version(image_bundle)}")
         else:
@@ -357,7 +371,7 @@ def final_bundle_fold_runs(image_bundle: str, s3: S3Options | None) -> list[str]
 def text_normalization(text_bundle: str, s3: S3Options | None) -> int:
     """The text.normalize rules a text bundle was trained on (its calibration.json; bundles
     written before the rules had versions: 1), read on the driver, which normalises the rows."""
-    calibration = json.loads(storage.read_bytes(storage.join(text_bundle, TEXT_MARKER), s3))
+    calibration = bundle_json(storage.join(text_bundle, TEXT_MARKER), s3)
     return int(calibration.get("normalization", 1))
 
 
@@ -368,10 +382,13 @@ def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None, t
     the tuned cascade recorded is named in the version, so rescore re-scores."""
     bundle = _concrete_bundle(cascade_dir, "cascade.json", s3)
     if bundle is not None:
-        values = json.loads(storage.read_bytes(storage.join(bundle, "cascade.json"), s3))
+        values = bundle_json(storage.join(bundle, "cascade.json"), s3)
         stale = cascade_mismatch(values.get("metrics", {}).get("inputs", {}), text_bundle, image_bundle, s3)
         if stale is None:
-            tuned = CascadeParams.from_dict(values["params"])
+            try:
+                tuned = CascadeParams.from_dict(values["params"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ScoreError(f"{storage.join(bundle, 'cascade.json')}: no usable cascade parameters ({exc!r}); run tune-cascade again") from None
             chosen = dataclasses.replace(tuned, default_class=settings.get("cascade.default_class"))
             version = bundles.bundle_version(bundle)
             return chosen, version if chosen == tuned else f"{version}+default-{CLASSES.index(chosen.default_class)}"
