@@ -322,7 +322,23 @@ def test_manifest_guids_outside_the_training_rows_are_warned_about(caplog):
     with caplog.at_level("WARNING"):
         cleaned = clean.apply_cleaned_labels(data, {"a": None, "zz": None})
     assert cleaned.guids == ["b"]
-    assert "1 manifest guid(s) are not among the 2 labelled rows and change nothing, e.g. ['zz']" in caplog.text
+    assert "1 manifest guid(s) are not among the 2 labelled titles and change nothing, e.g. ['zz']" in caplog.text
+
+
+def test_a_manifest_naming_an_unlabelled_image_does_not_make_it_a_training_row(monkeypatch, caplog):
+    """train-image added the manifest's label to dataset images that had none (a test row named
+    in a hand-made file trained the image model), where train-text leaves such guids out."""
+    import pyarrow as pa
+
+    from museum_typology import petastorm_io, train_image
+
+    table = pa.table({"guid": ["a", "b", "test1"], "typology": [CLASSES[A], CLASSES[B], None], "sha256": ["1", "2", "3"]})
+    monkeypatch.setattr(petastorm_io, "read_columns", lambda url, columns, s3: table)
+    manifest = clean.CleanedManifest(labels={"a": CLASSES[C], "b": None, "test1": CLASSES[A]}, lineage={"url": "by_hand.csv"})
+    with caplog.at_level("WARNING"):
+        labels, _ = train_image.read_labels("dataset", manifest, None)
+    assert labels == {"a": C}
+    assert "1 manifest guid(s) are not among the 2 labelled images of dataset and change nothing, e.g. ['test1']" in caplog.text
 
 
 def test_apply_cleaned_labels_to_the_text_training_rows():
@@ -411,8 +427,9 @@ def test_flipped_labels_found_by_the_job_match_or_beat_cleanlab(spark, settings,
 # ---------------------------------------------------------------- the job end to end on tiny data
 
 
-def _tiny_dataset(spark, url: str, guids: list[str]) -> None:
-    """A petastorm dataset holding an image for each guid, written the way ingest writes it."""
+def _tiny_dataset(spark, url: str, guids: list[str], typologies: list[str] | None = None) -> None:
+    """A petastorm dataset holding an image for each guid (and its typology, when given), written
+    the way ingest writes it."""
     from museum_typology import petastorm_io
     from museum_typology.schema import ImageItemSchema
 
@@ -420,7 +437,7 @@ def _tiny_dataset(spark, url: str, guids: list[str]) -> None:
     rng = np.random.default_rng(0)
     for n, guid in enumerate(guids):
         image = np.full((40 + n, 60, 3), rng.integers(0, 255, 3), dtype=np.uint8)
-        row = {"guid": guid, "split": "train_images", "typology": None, "description": None, "image": image, "orig_width": 60, "orig_height": 40 + n, "sha256": f"{n:064x}"}
+        row = {"guid": guid, "split": "train_images", "typology": typologies[n] if typologies else None, "description": None, "image": image, "orig_width": 60, "orig_height": 40 + n, "sha256": f"{n:064x}"}
         writer.add(petastorm_io.encode_row(ImageItemSchema, row))
     writer.close()
     petastorm_io.write_metadata(url, ImageItemSchema, spark.sparkContext)
@@ -438,7 +455,7 @@ def test_job_end_to_end_writes_every_row_once_and_a_review_page(spark, settings,
     text_oof = write_oof(tmp_path / "text.parquet", text_guids, [r[1] for r in text_rows], _proba([r[0] for r in text_rows]))
     image_oof = write_oof(tmp_path / "image.parquet", image_guids, [r[1] for r in image_rows], _proba([r[0] for r in image_rows]))
     dataset = str(tmp_path / "dataset")
-    _tiny_dataset(spark, dataset, image_guids)
+    _tiny_dataset(spark, dataset, image_guids, [CLASSES[r[1]] for r in image_rows])
     data = tmp_path / "data"
     data.mkdir()
     titles = {g: f"Заголовок {g}" for g in text_guids}

@@ -24,6 +24,7 @@ import io
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -748,16 +749,26 @@ def _parse_cleaned_labels(url: str, raw: bytes) -> dict[str, str | None]:
     return result
 
 
+def relabel(labels: Mapping[str, str], cleaned: Mapping[str, str | None], what: str) -> dict[str, str]:
+    """guid -> typology after a cleaned manifest, for the text and image trainings alike: the
+    guids it relabels take its label, those it drops leave, the others keep theirs. A manifest
+    guid that is not among ``labels`` (``what``: the labelled rows the training reads) changes
+    nothing, with a warning: a hand-made file naming a test row must not make it a training row."""
+    outside = set(cleaned) - set(labels)
+    if outside:
+        log.warning("cleaned labels: %d manifest guid(s) are not among the %d %s and change nothing, e.g. %s", len(outside), len(labels), what, sorted(outside)[:3])
+    result = {g: cleaned.get(g, t) for g, t in labels.items()}
+    kept = {g: t for g, t in result.items() if t is not None}
+    changed = sum(kept[g] != labels[g] for g in kept)
+    log.info("cleaned labels: %d of %d %s kept, %d relabelled", len(kept), len(labels), what, changed)
+    return kept
+
+
 def apply_cleaned_labels(data, cleaned: dict[str, str | None]):
-    """A ``text_model.LabelledTexts`` with the cleaned labels: relabelled rows get their new
-    label, dropped rows leave, rows the manifest does not name stay as they are."""
-    unknown = set(cleaned) - set(data.guids)
-    if unknown:
-        log.warning("cleaned labels: %d manifest guid(s) are not among the %d labelled rows and change nothing, e.g. %s", len(unknown), len(data), sorted(unknown)[:3])
-    keep = [i for i, g in enumerate(data.guids) if cleaned.get(g, CLASSES[data.y[i]]) is not None]
-    y = np.array([CLASS_INDEX[cleaned.get(data.guids[i]) or CLASSES[data.y[i]]] for i in keep], dtype=np.int64)
-    changed = int(sum(y[n] != data.y[i] for n, i in enumerate(keep)))
-    log.info("cleaned labels: %d of %d rows kept, %d relabelled", len(keep), len(data), changed)
+    """A ``text_model.LabelledTexts`` with the cleaned labels (``relabel``)."""
+    kept = relabel({g: CLASSES[y] for g, y in zip(data.guids, data.y)}, cleaned, "labelled titles")
+    keep = [i for i, g in enumerate(data.guids) if g in kept]
+    y = np.array([CLASS_INDEX[kept[data.guids[i]]] for i in keep], dtype=np.int64)
     return type(data)(guids=[data.guids[i] for i in keep], texts=[data.texts[i] for i in keep], y=y)
 
 

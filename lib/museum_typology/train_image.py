@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from . import backbone as backbone_lib
 from . import bundles, image_model, report, storage, tflite_backbone
-from .clean import CleanedManifest, image_fold_runs, read_cleaned_manifest
+from .clean import CleanedManifest, image_fold_runs, read_cleaned_manifest, relabel
 from .config import Settings
 from .image_model import ImageSettings, WorkerJob
 from .log import get_logger
@@ -64,14 +64,7 @@ def read_labels(dataset_url: str, manifest: CleanedManifest | None, s3: S3Option
     if manifest is not None:
         # The clean job's manifest (guid, new_label, action) or a hand-made one (guid, typology[, keep]):
         # the guids it names take its label or leave (drop); the others keep the dataset's label.
-        cleaned, manifest_url = manifest.labels, manifest.lineage["url"]
-        outside = set(cleaned) - set(sha)
-        if outside:
-            log.warning("cleaned manifest %s: %d guid(s) are not in the image dataset and change nothing, e.g. %s", manifest_url, len(outside), sorted(outside)[:3])
-        keep = {g: cleaned.get(g, t) for g, t in labels.items()}
-        keep.update({g: t for g, t in cleaned.items() if g in sha and g not in labels})
-        labels = {g: t for g, t in keep.items() if t is not None}
-        log.info("cleaned manifest %s: %d of %d dataset images labelled after cleaning", manifest_url, len(labels), len(sha))
+        labels = relabel(labels, manifest.labels, f"labelled images of {dataset_url}")
     unknown = sorted({t for t in labels.values() if t not in CLASS_INDEX})
     if unknown:
         raise TrainImageError(f"unknown typology in the labels: {unknown[:3]}")
