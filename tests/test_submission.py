@@ -44,6 +44,17 @@ def test_conflicting_unknown_and_duplicate_order_are_errors():
         build_submission(_pred(["g1"], [A]), ["g1", " "])
 
 
+def test_a_guid_the_score_job_scored_twice_takes_its_row_of_record():
+    """test.csv with a guid twice under two titles: score scores both rows and notes the repeat
+    (evaluate reads the row of record); the submission refused the guid as predicted twice with
+    different classes, failing the pipeline at its last step."""
+    pred = _pred(["g1", "g2", "g1", "g1"], [B, A, A, C]).assign(note=["duplicate guid (first at row 2)", "", "", "duplicate guid (first at row 2)"])
+    assert build_submission(pred, ["g1", "g2"]).values.tolist() == [["g1", A], ["g2", A]]
+    # without the score job's notes a conflict is still an error
+    with pytest.raises(SubmissionError, match="predicted twice with different classes"):
+        build_submission(pred.drop(columns="note"), ["g1", "g2"])
+
+
 def test_csv_quotes_a_class_with_a_comma():
     assert to_csv(build_submission(_pred(["g1", "g2"], [A, C]), ["g1", "g2"])).decode("utf-8") == f'guid,typology\ng1,{A}\ng2,"{C}"\n'
 

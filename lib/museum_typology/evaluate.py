@@ -117,6 +117,17 @@ class Alignment:
     coverage: dict[str, Any]
 
 
+def records_first(pred: pd.DataFrame) -> pd.DataFrame:
+    """The score job's output with each guid's row of record before the rows its note marks as
+    repeats of that guid (``DUPLICATE_NOTE``: the score job scores every row and says which one
+    counts, the first read without error); otherwise in order. A table without a note column
+    (predictions made elsewhere) is returned as it is. Pure."""
+    if "note" not in pred.columns:
+        return pred
+    marked = pred["note"].fillna("").astype(str).str.contains(DUPLICATE_NOTE, regex=False).to_numpy()
+    return pred.iloc[np.argsort(marked, kind="stable")]
+
+
 def align(truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str = "truth", pred_name: str = "predictions") -> Alignment:
     """Check both tables (columns, class names) and join them on guid. Pure."""
     truth = _checked(truth, TRUTH_COLUMNS, truth_name)
@@ -125,10 +136,7 @@ def align(truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str = "truth", pr
         raise EvaluateError(f"{truth_name}: no rows with a guid to evaluate")
     has_source = "source" in pred.columns
     truth_first = truth.drop_duplicates("guid", keep="first")
-    ranked = pred
-    if "note" in pred.columns:  # the score job's own word on which row of a repeated guid is the one of record
-        ranked = pred.iloc[np.argsort(pred["note"].str.contains(DUPLICATE_NOTE, regex=False).to_numpy(), kind="stable")]
-    pred_first = ranked.drop_duplicates("guid", keep="first")
+    pred_first = records_first(pred).drop_duplicates("guid", keep="first")
     truth_guids = set(truth_first["guid"])
     pred_by_guid = dict(zip(pred_first["guid"], pred_first["typology"]))
     source_by_guid = dict(zip(pred_first["guid"], pred_first["source"])) if has_source else {}

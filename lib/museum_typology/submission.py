@@ -17,7 +17,7 @@ import pandas as pd
 from . import storage
 from .catalogue import CsvError
 from .config import Settings
-from .evaluate import EXAMPLES, read_table
+from .evaluate import EXAMPLES, read_table, records_first
 from .log import get_logger
 from .schema import CLASS_INDEX
 from .storage import S3Options
@@ -33,9 +33,11 @@ class SubmissionError(CsvError):
 
 def build_submission(predictions: pd.DataFrame, guid_order: Sequence[str], predictions_name: str = "predictions", order_name: str = "sample submission") -> pd.DataFrame:
     """``predictions`` (guid, typology, anything else ignored) -> a ``guid,typology`` DataFrame with
-    exactly the guids of ``guid_order``, once each, in that order. Errors (``SubmissionError``): an
-    empty or repeated guid in the order; a prediction whose class is not in ``CLASSES``; a guid
-    predicted twice with different classes; guids of the order without a prediction. Predictions
+    exactly the guids of ``guid_order``, once each, in that order. A guid the score job
+    scored more than once (its ``note`` marks the repeats) takes its row of record
+    (``evaluate.records_first``). Errors (``SubmissionError``): an empty or repeated guid in the
+    order; a prediction whose class is not in ``CLASSES``; a guid predicted twice with different
+    classes (in a file without the score job's notes); guids of the order without a prediction. Predictions
     for guids outside the order are left out (the caller counts them). Pure."""
     missing_columns = [c for c in COLUMNS if c not in predictions.columns]
     if missing_columns:
@@ -48,6 +50,10 @@ def build_submission(predictions: pd.DataFrame, guid_order: Sequence[str], predi
         raise SubmissionError(f"{order_name}: {len(repeated)} guid(s) listed more than once, e.g. {_examples(repeated)}")
 
     pred = predictions[list(COLUMNS)].fillna("").astype(str).apply(lambda column: column.str.strip())
+    if "note" in predictions.columns:
+        # A guid repeated in the scored file: the score job scored every row and noted which one
+        # counts; that row is the guid's prediction, as evaluate reads it.
+        pred = records_first(pred.assign(note=predictions["note"])).drop_duplicates("guid", keep="first")[list(COLUMNS)]
     pred = pred[pred["guid"] != ""]  # the score job keeps rows it could not read, with no guid
     unknown = pred[~pred["typology"].isin(CLASS_INDEX)]
     if len(unknown):
