@@ -202,6 +202,22 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     assert [str(d) for d in frame["date"]] == list(expected["date"])
 
 
+def test_a_rerun_whose_rows_not_scored_moved_past_the_summarys_examples_lists_them_anew(spark, settings, night1):
+    """The summary keeps the first 20 rows not scored: a re-run of the night on a catalogue whose
+    21st-and-later rejected rows moved was taken as complete, and _not_scored.parquet named a row
+    that had been scored."""
+    root = night1
+    rows = [("a", "Монета", "")] + [("", f"без guid {i}", "") for i in range(rescore.EXAMPLES)] + [("b", "Книга", ""), ("a", "Монета вторая", "")]
+    write_catalogue(root / "catalogue.csv", rows)
+    first = run(spark, settings, root, "2026-03-01")
+    write_catalogue(root / "catalogue.csv", rows[:-2] + rows[-1:] + rows[-2:-1])  # the last two swapped
+    again = run(spark, settings, root, "2026-03-01")
+    assert first["not_scored_examples"] == again["not_scored_examples"] and not again["already_complete"]
+    skipped = pd.read_parquet(root / "predictions" / "date=2026-03-01" / rescore.NOT_SCORED_FILE)
+    assert skipped["source_row"].tolist()[-1] == len(rows) - 1 and skipped["guid"].tolist()[-1] == "a"
+    assert run(spark, settings, root, "2026-03-01", factory=must_not_score)["already_complete"]
+
+
 def test_an_image_over_the_byte_cap_is_not_rescored_every_night(spark, settings, night1):
     """Score refuses a file over images.max_bytes unread and records no hash; rescore must not
     hash the file it refused (the row would look changed, and be re-scored, every night)."""

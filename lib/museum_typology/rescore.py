@@ -381,11 +381,14 @@ def summary_bytes(summary: Mapping[str, Any]) -> bytes:
     return (json.dumps(summary, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def not_scored_parquet(rows: Sequence[InputRow], not_scored: Sequence[tuple[int, str, str]]) -> bytes:
-    """``NOT_SCORED_FILE``: the catalogue rows not scored (``RescorePlan.not_scored``), in order."""
-    records = [{"source_file": rows[i].source_file, "source_row": rows[i].source_row, "guid": rows[i].guid, "kind": kind, "message": message} for i, kind, message in not_scored]
+def not_scored_records(rows: Sequence[InputRow], not_scored: Sequence[tuple[int, str, str]]) -> list[dict[str, Any]]:
+    """The rows of ``NOT_SCORED_FILE``: the catalogue rows not scored (``RescorePlan.not_scored``), in order."""
+    return [{"source_file": rows[i].source_file, "source_row": rows[i].source_row, "guid": rows[i].guid, "kind": kind, "message": message} for i, kind, message in not_scored]
+
+
+def not_scored_parquet(records: Sequence[Mapping[str, Any]]) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(records, schema=NOT_SCORED_SCHEMA), buffer)
+    pq.write_table(pa.Table.from_pylist(list(records), schema=NOT_SCORED_SCHEMA), buffer)
     return buffer.getvalue()
 
 
@@ -398,16 +401,20 @@ def write_partition(url: str, frame: pd.DataFrame, summary: Mapping[str, Any], n
         storage.write_bytes(storage.join(tmp, SUMMARY_FILE), summary_bytes(summary), s3)
 
 
-def _already_complete(url: str, planned: list[tuple], plan_summary: Mapping[str, Any], s3: S3Options | None) -> bool:
-    """The committed partition holds exactly the planned rows, made from the same inputs."""
+def _already_complete(url: str, planned: list[tuple], plan_summary: Mapping[str, Any], not_scored: list[dict[str, Any]], s3: S3Options | None) -> bool:
+    """The committed partition holds exactly the planned rows, made from the same inputs, and
+    lists exactly these rows as not scored (the summary keeps only the first few of them: a
+    catalogue whose 25th rejected row moved would otherwise keep a stale list)."""
     if not storage.is_committed(url, s3) or not storage.exists(storage.join(url, NOT_SCORED_FILE), s3):
         return False  # (a partition written before rows not scored were listed is written again)
     try:
         stored = json.loads(storage.read_bytes(storage.join(url, SUMMARY_FILE), s3))
         table = read_partition(url, s3, ("guid", "reason", "description_hash", "image_sha256", "model_version"))
+        with storage.open_input_file(storage.join(url, NOT_SCORED_FILE), s3) as f:
+            stored_not_scored = pq.read_table(f).to_pylist()
     except (OSError, ValueError):
         return False
-    if any(stored.get(key) != plan_summary[key] for key in PLAN_KEYS):
+    if any(stored.get(key) != plan_summary[key] for key in PLAN_KEYS) or stored_not_scored != not_scored:
         return False
     return list(zip(*(table.column(name).to_pylist() for name in table.column_names))) == planned
 
@@ -463,11 +470,12 @@ def run(
         raise RescoreError(f"internal error: {len(rows)} catalogue rows, {accounted} accounted for")
     delta = [rows[i] for i, _ in plan.rescore]
     reasons = [reason for _, reason in plan.rescore]
+    not_scored = not_scored_records(rows, plan.not_scored)
 
     if not force and storage.is_committed(partition_url, s3):
         current = images([row.guid for row in delta]) if delta else {}  # type: ignore[misc]
         planned = [(row.guid, reason, normalised_hash(row.description, spec.text_normalization), current.get(row.guid), version) for row, reason in zip(delta, reasons)]
-        if _already_complete(partition_url, planned, summary, s3):
+        if _already_complete(partition_url, planned, summary, not_scored, s3):
             log.info("rescore %s: %s already holds this delta (%d rows); nothing to do", date, partition_url, len(delta))
             stored = json.loads(storage.read_bytes(storage.join(partition_url, SUMMARY_FILE), s3))
             return {**stored, "already_complete": True, "scored": 0}
@@ -476,6 +484,6 @@ def run(
     result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
     frame = result.assign(reason=reasons)
     summary["sources"] = dict(sorted(Counter(frame["source"]).items()))
-    write_partition(partition_url, frame, summary, not_scored_parquet(rows, plan.not_scored), s3)
+    write_partition(partition_url, frame, summary, not_scored_parquet(not_scored), s3)
     log.info("rescore %s: %d rows scored (%s) -> %s", date, len(frame), summary["reasons"], partition_url)
     return {**summary, "already_complete": False, "scored": len(frame)}
