@@ -150,7 +150,7 @@ def test_a_rerun_replaces_the_report_whole(tmp_path):
 
 def test_an_unknown_clean_summary_shape_is_shown_generically(tmp_path):
     work = _work_dir(tmp_path)
-    _write(work / "clean" / "review" / "summary.json", json.dumps({"rows": 12, "by_class": {"графика": {"keep": 10, "drop": 2}}, "notes": ["a", "b"]}, ensure_ascii=False))
+    _write(work / "clean" / "summary.json", json.dumps({"rows": 12, "by_class": {"графика": {"keep": 10, "drop": 2}}, "notes": ["a", "b"]}, ensure_ascii=False))
     build_run_report(str(work), {}, {})
     text = _text((work / "report" / "index.html").read_text(encoding="utf-8"))
     assert "no review page" in text and "rows 12" in text and "by_class keep drop графика 10 2" in text and '["a", "b"]' in text

@@ -3,8 +3,9 @@
 Two kinds of training, both one process per GPU (or CPU slot) under ``horovod.spark.run``:
 
 * **folds** (``fold_worker``): each rank reads its shard of the petastorm dataset (row groups
-  ``rank, rank + size, ...``) through petastorm -> tf.data, runs the frozen ImageNet backbone once
-  per image (mean of the image and its mirror) and keeps only the 1280-d features. For each of K
+  ``rank, rank + size, ...``) through petastorm -> tf.data, runs the frozen ImageNet backbone over
+  each image's views (``view_specs``: by default the whole image, a centred and four corner crops,
+  each with its mirror) and keeps only their 1280-d features. For each of K
   folds a dense head is trained on the other folds' features: the global minibatch of a step is
   chosen by a seeded hash of the guid, each rank computes the loss of its rows of that batch over
   the global batch size and the gradients are summed across ranks, so N processes compute the
@@ -221,12 +222,6 @@ def crop_box(height: int, width: int, top: float, left: float, side: float) -> t
     h, w = max(1, int(round(height * side))), max(1, int(round(width * side)))
     y, x = min(int(round(height * top)), height - h), min(int(round(width * left)), width - w)
     return y, x, h, w
-
-
-def macro_f1_present(y: np.ndarray, pred: np.ndarray) -> float:
-    from .report import macro_f1
-
-    return macro_f1(list(y), list(pred))
 
 
 # ---------------------------------------------------------------- Keras pieces
@@ -510,6 +505,8 @@ def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weight
     image is a row with its label); gradients summed across ranks (see module doc)."""
     import tensorflow as tf
 
+    from .report import macro_f1
+
     optimizer = tf.keras.optimizers.Adam(lr)
     # Same seeded initial weights everywhere; broadcast anyway so a rank can never drift.
     hvd.broadcast_variables(head.variables, root_rank=0)
@@ -568,7 +565,7 @@ def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weight
         pred = tf.constant(proba.argmax(axis=1), tf.int64) if held_y.size else tf.zeros((0,), tf.int64)
         all_y = hvd.allgather(tf.constant(held_y, tf.int64)).numpy()
         all_pred = hvd.allgather(tf.cast(pred, tf.int64)).numpy()
-        history["held_macro_f1"].append(macro_f1_present(all_y, all_pred) if all_y.size else 0.0)
+        history["held_macro_f1"].append(macro_f1(all_y, all_pred) if all_y.size else 0.0)
     return history
 
 
@@ -745,6 +742,8 @@ def final_worker(job: WorkerJob) -> dict[str, Any]:
 def _validate(job: WorkerJob, model, val_guids, hvd, rank: int, size: int) -> float:
     import tensorflow as tf
 
+    from .report import macro_f1
+
     s = job.settings
     ys, preds = [], []
     if val_guids:
@@ -756,7 +755,7 @@ def _validate(job: WorkerJob, model, val_guids, hvd, rank: int, size: int) -> fl
                 preds.extend(np.argmax(logits.numpy(), axis=1).tolist())
     all_y = hvd.allgather(tf.constant(np.array(ys, dtype=np.int64))).numpy()
     all_pred = hvd.allgather(tf.constant(np.array(preds, dtype=np.int64))).numpy()
-    return macro_f1_present(all_y, all_pred) if all_y.size else 0.0
+    return macro_f1(all_y, all_pred) if all_y.size else 0.0
 
 
 def _save_weights(model, url: str, s3: S3Options | None) -> None:

@@ -2,10 +2,9 @@
 shows, assembled from whatever the work directory holds.
 
 It reads: ``ingest/summary.json`` (counts), ``models/text/<latest>/`` and ``models/image/<latest>/``
-(``metrics.json`` and ``report/*.png``), ``clean/review/index.html`` and a clean summary JSON
-(``clean/summary.json`` or ``clean/review/summary.json``), the evaluate output (``evaluate/`` or the
-directory named in ``outputs``), the prediction files (source and class counts) and the submission;
-the stage timings come from the caller. A piece that is absent shows as "not run", one that cannot
+(``metrics.json`` and ``report/*.png``), ``clean/review/index.html`` and ``clean/summary.json``,
+the evaluate output (``evaluate/`` or the directory named in ``outputs``), the prediction files
+(source and class counts) and the submission; the stage timings come from the caller. A piece that is absent shows as "not run", one that cannot
 be read shows why: the report never fails a run that has already done its work.
 
 ``collect`` does the reading, ``render_html`` (pure) the page; ``build_run_report`` writes both
@@ -33,7 +32,6 @@ from .storage import S3Options
 log = get_logger(__name__)
 
 REPORT_DIR = "report"
-CLEAN_SUMMARIES = (("clean", "summary.json"), ("clean", "review", "summary.json"))
 PREDICTION_SUFFIXES = (".csv", ".parquet")
 # Errors that make one piece unreadable (a broken JSON, a file without the expected columns):
 # that piece says so and the rest of the report is still written.
@@ -137,11 +135,9 @@ def _clean_piece(work_dir: str, s3: S3Options | None) -> Piece:
     data: dict[str, Any] = {}
     if storage.exists(review, s3):
         data["review"] = review
-    for parts in CLEAN_SUMMARIES:
-        url = storage.join(work_dir, *parts)
-        if storage.exists(url, s3):
-            data["summary"], data["summary_url"] = _read_json(url, s3), url
-            break
+    summary = storage.join(work_dir, "clean", "summary.json")
+    if storage.exists(summary, s3):
+        data["summary"], data["summary_url"] = _read_json(summary, s3), summary
     return Piece(storage.join(work_dir, "clean"), data or None)
 
 

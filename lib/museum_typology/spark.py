@@ -35,7 +35,7 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
 
     modelPath = Param(Params._dummy(), "modelPath", "models root (text/, image/, cascade/ below it) or one bundle; local or s3://; empty string = WORK_DIR/models of the settings (confPath, $MUSEUM_WORK_DIR), as the score job", TypeConverters.toString)
     confPath = Param(Params._dummy(), "confPath", "settings file (TOML) over conf/default.toml, e.g. for S3 endpoints; empty = defaults", TypeConverters.toString)
-    guidCol = Param(Params._dummy(), "guidCol", "identifier column (only used in notes)", TypeConverters.toString)
+    guidCol = Param(Params._dummy(), "guidCol", "no effect (every row keeps its own columns, the identifier among them); kept so that Transformers saved with it load", TypeConverters.toString)
     descriptionCol = Param(Params._dummy(), "descriptionCol", "description column; empty string = no text", TypeConverters.toString)
     imageCol = Param(Params._dummy(), "imageCol", "binary column with image file bytes; empty string = none", TypeConverters.toString)
     imagePathCol = Param(Params._dummy(), "imagePathCol", "column with an image path per row; empty string = none", TypeConverters.toString)
@@ -88,7 +88,7 @@ def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence
     types = {fold(f.name): f.dataType for f in schema.fields}
     spelled = {fold(f.name): f.name for f in schema.fields}
     for name, column in columns.items():
-        # guidCol is optional (it only names rows in notes); the inputs must exist.
+        # guidCol has no effect and need not exist; the inputs must.
         if column and fold(column) not in types and name != "guidCol":
             raise ValueError(f"TypologyClassifier: {name}={column!r} is not a column of the DataFrame (columns: {', '.join(schema.names)})")
         wanted = INPUT_TYPES.get(name)

@@ -29,7 +29,6 @@ from .text import normalize
 
 log = get_logger(__name__)
 NUM_CLASSES = len(CLASSES)
-PAD = "<pad>"
 LSTM_POOLINGS = ("max_avg", "max_attention")  # text.lstm_pooling
 
 
@@ -157,10 +156,9 @@ def tfidf_features(char_range: tuple[int, int] = (2, 5)):
 
 
 def make_linear_svc(C: float, seed: int):
-    """Char+word TF-IDF + LinearSVC with balanced class weights. With ``text.baseline_C`` it is
-    the simple baseline we must beat; with ``text.tfidf_C`` it is the linear member, whose margins
-    become probabilities through a softmax at a temperature fitted on out-of-fold margins
-    (logistic regression on the same features was both slower and weaker here)."""
+    """Char+word TF-IDF + LinearSVC with balanced class weights, at ``text.baseline_C``: the simple
+    baseline we must beat, trained in the same folds as the model (``LinearMember`` is these
+    features plus word vectors)."""
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import LinearSVC
 
