@@ -15,7 +15,7 @@ from museum_typology.config import load_settings
 from museum_typology.catalogue import InputRow
 from museum_typology.schema import CLASSES
 from museum_typology.text import NORMALIZATION_VERSION, normalize
-from museum_typology.text_model import TextModel, calibrate, fit_temperature, fold_ids, labelled_texts
+from museum_typology.text_model import TextModel, apply_temperature_logits, fit_logit_temperature, fold_ids, labelled_texts
 
 # Four classes, each with its own vocabulary plus shared filler words and typos.
 VOCAB = {
@@ -323,8 +323,8 @@ def test_temperature_scaling_fixes_overconfidence():
     pred = np.where(rng.random(2000) < 0.6, y, (y + 1) % 3)
     proba = np.full((2000, 3), 0.01)
     proba[np.arange(2000), pred] = 0.98
-    t = fit_temperature(proba, y)
-    calibrated = calibrate(proba, t)
+    t = fit_logit_temperature(np.log(proba), y)
+    calibrated = apply_temperature_logits(np.log(proba), t)
     assert t > 1
     assert abs(calibrated.max(axis=1).mean() - 0.6) < 0.05
 

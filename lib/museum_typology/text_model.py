@@ -420,9 +420,10 @@ def blend(lstm: np.ndarray, tfidf: np.ndarray, weight: float) -> np.ndarray:
     return weight * lstm + (1.0 - weight) * tfidf
 
 
-def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T minimising the log-loss of softmax(log p / T) on out-of-fold data."""
-    return fit_logit_temperature(np.log(np.clip(proba, 1e-9, 1.0)), y)
+def blend_logits(lstm: np.ndarray | float, tfidf: np.ndarray | float, weight: float) -> np.ndarray:
+    """The log of the members' blend: what the class offsets are added to and the temperature
+    divides, in training (on out-of-fold predictions) and in scoring alike."""
+    return np.log(np.clip(blend(lstm, tfidf, weight), 1e-9, 1.0))
 
 
 def fit_logit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -438,10 +439,6 @@ def fit_logit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
 def apply_temperature_logits(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(logits, temperature)
-
-
-def calibrate(proba: np.ndarray, temperature: float) -> np.ndarray:
-    return apply_temperature_logits(np.log(np.clip(proba, 1e-9, 1.0)), temperature)
 
 
 # ---------------------------------------------------------------- the trained model
@@ -485,7 +482,7 @@ class TextModel:
                 lstm = np.mean([self.runner().predict(w, x) for w in self.lstm_folds], axis=0)
             else:
                 lstm = 0.0
-            logits = np.log(np.clip(blend(lstm, tfidf, self.weight), 1e-9, 1.0))
+            logits = blend_logits(lstm, tfidf, self.weight)
             if self.offsets is not None:  # zeros when the training run found they did not help
                 logits = logits + self.offsets
             out[start : start + len(chunk)] = softmax(logits, self.temperature)

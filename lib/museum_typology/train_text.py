@@ -31,6 +31,7 @@ from .text_model import (
     TextModel,
     TextSettings,
     blend,
+    blend_logits,
     data_hash,
     BiLstmRunner,
     fold_ids,
@@ -79,7 +80,7 @@ def cross_fitted_predictions(lstm: np.ndarray, tfidf_margin: np.ndarray, y: np.n
         inside, outside = fold == k, fold != k
         tfidf = softmax(tfidf_margin, fit_logit_temperature(tfidf_margin[outside], y[outside]))
         weight, _ = choose_weight(lstm[outside], tfidf[outside], y[outside], grid)
-        log_blend = np.log(np.clip(blend(lstm, tfidf, weight), 1e-9, 1.0))
+        log_blend = blend_logits(lstm, tfidf, weight)
         offsets = fit_class_offsets(log_blend[outside], y[outside])
         result["blend"][inside] = log_blend[inside].argmax(1)
         result["offsets"][inside] = (log_blend[inside] + offsets).argmax(1)
@@ -181,7 +182,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     oof["tfidf"] = softmax(oof["tfidf_margin"], tfidf_temperature)
     weight, weight_scores = choose_weight(oof["lstm"], oof["tfidf"], data.y, ts.blend_grid)
     blended = blend(oof["lstm"], oof["tfidf"], weight)
-    log_blend = np.log(np.clip(blended, 1e-9, 1.0))
+    log_blend = blend_logits(oof["lstm"], oof["tfidf"], weight)
     # Honest scores: the blend weight (and the class offsets) used on each fold are chosen on the
     # other folds only. Offsets are kept only if they win under that cross-fitting.
     honest = cross_fitted_predictions(oof["lstm"], oof["tfidf_margin"], data.y, fold, ts.blend_grid)
