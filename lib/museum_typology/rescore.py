@@ -319,8 +319,7 @@ class RescorePlan:
 
 def normalised_hash(description: str | None, normalization: int = NORMALIZATION_VERSION) -> str | None:
     """The description hash score records: of the normalised text, None when it has no words."""
-    text = normalize(description, normalization)
-    return description_hash(text) if text else None
+    return description_hash(normalize(description, normalization))
 
 
 def plan_rescore(

@@ -501,7 +501,7 @@ class Scorer:
             "note": ["; ".join(parts) for parts in notes],
             "text_confidence": np.where(has_text, text_proba.max(axis=1), np.nan),
             "image_confidence": np.where(has_image, image_proba.max(axis=1), np.nan),
-            "description_hash": [description_hash(t) if t else None for t in texts],
+            "description_hash": [description_hash(t) for t in texts],
             "image_sha256": shas,
         })
 
@@ -580,9 +580,10 @@ def read_dataset_images(part_url: str, guids: set[str], s3: S3Options | None) ->
     return PartImageReader(s3).read(part_url, guids)
 
 
-def description_hash(text: str) -> str:
-    """Of the normalised description: a change of case or spacing does not trigger a re-score."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+def description_hash(text: str | None) -> str | None:
+    """What the score job records of a row's normalised description (and rescore compares): a
+    change of case or spacing does not trigger a re-score. None for a text without words."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] if text else None
 
 
 ScorerFactory = Callable[[ScorerSpec], Scorer]
