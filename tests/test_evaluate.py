@@ -124,6 +124,15 @@ def test_unknown_class_names_the_table_row_guid_and_value():
         evaluate(truth, _pred(), truth_name="truth t.csv")
 
 
+def test_an_unknown_class_in_a_csv_names_the_line_a_quoted_newline_moved(tmp_path):
+    """evaluate said "row 3" where score and ingest say "row 3 (line 5)": with a title over two
+    lines the row number alone sends the reader to the wrong line."""
+    (tmp_path / "t.csv").write_text('guid,typology,note\ng1,графика,"две\nстроки"\n\ng2,графика,\ng3,Живопись,\n', encoding="utf-8")
+    truth = read_table(str(tmp_path / "t.csv"), ("guid", "typology"), "truth")
+    with pytest.raises(EvaluateError, match=r"unknown typology 'Живопись' in 1 row\(s\) \(first: row 3 \(line 6\), guid g3\)"):
+        evaluate(truth, _pred(), truth_name="truth t.csv")
+
+
 def test_missing_column_is_an_error():
     with pytest.raises(EvaluateError, match=r"^truth: missing column\(s\) typology \(found: guid, label\)"):
         evaluate(pd.DataFrame({"guid": ["g1"], "label": [A]}), _pred())

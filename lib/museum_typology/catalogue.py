@@ -172,19 +172,21 @@ def refuse_repeated_columns(header: list[str], where: str, read: Collection[str]
         raise CsvError(f"{where}, line 1: column(s) {', '.join(repeated)} appear more than once in the header")
 
 
-def read_strict_csv(text: str, where: str) -> tuple[list[str], list[list[str]]]:
-    """CSV text -> (lower-cased header, records of exactly as many fields), read as the catalogue
-    parser reads. A record whose field count differs from the header's is a ``CsvError`` naming
-    its line (pandas' reader took one extra field in the first record for an index column and
-    shifted every column)."""
+def read_strict_csv(text: str, where: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """CSV text -> (lower-cased header, records of exactly as many fields, the line each record
+    starts on), read as the catalogue parser reads. A record whose field count differs from the
+    header's is a ``CsvError`` naming its line (pandas' reader took one extra field in the first
+    record for an index column and shifted every column)."""
     header, records = csv_records(text, where)
     refuse_repeated_columns(header, where)
     rows: list[list[str]] = []
+    lines: list[int] = []
     for line, fields in records:
         if len(fields) != len(header):
             raise CsvError(f"{where}, line {line}: {len(fields)} fields, the header has {len(header)}")
         rows.append(fields)
-    return header, rows
+        lines.append(line)
+    return header, rows, lines
 
 
 def decode_csv_bytes(raw: bytes, source_file: str) -> str:

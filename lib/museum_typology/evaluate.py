@@ -69,10 +69,12 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
         text = decode_csv_bytes(storage.read_bytes(url, s3), f"{what} {url}")
         try:
             # Strings only: guids that look like numbers must not become floats, "NA" is not missing.
-            header, records = read_strict_csv(text, f"{what} {url}")
+            header, records, lines = read_strict_csv(text, f"{what} {url}")
         except CsvError as exc:
             raise EvaluateError(str(exc)) from None
         frame = pd.DataFrame(records, columns=header, dtype=object) if records else pd.DataFrame({c: pd.Series(dtype=object) for c in header})
+        # Where each row starts in the file: a quoted newline makes it differ from the row number.
+        frame.attrs["lines"] = lines
     elif storage.is_dir(url, s3) and _rescore_partitions(url, s3):
         from .rescore import current_predictions
 
@@ -215,6 +217,12 @@ def evaluate(truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str = "truth",
     return summarise(align(truth, pred, truth_name, pred_name))
 
 
+def _line_of(frame: pd.DataFrame, row: int) -> str:
+    """" (line N)" for data row ``row`` of a frame read from CSV (``read_table``), else ""."""
+    lines = frame.attrs.get("lines")
+    return f" (line {lines[row - 1]})" if lines and 0 < row <= len(lines) else ""
+
+
 def _checked(frame: pd.DataFrame, required: Sequence[str], name: str) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -231,7 +239,7 @@ def _checked(frame: pd.DataFrame, required: Sequence[str], name: str) -> pd.Data
         names = sorted(set(unknown["typology"]))
         shown = ", ".join(repr(n) for n in names[:EXAMPLES]) + (f" and {len(names) - EXAMPLES} more" if len(names) > EXAMPLES else "")
         raise EvaluateError(
-            f"{name}: unknown typology {shown} in {len(unknown)} row(s) (first: row {first['row']}, guid {first['guid'] or '(empty)'}); "
+            f"{name}: unknown typology {shown} in {len(unknown)} row(s) (first: row {first['row']}{_line_of(frame, first['row'])}, guid {first['guid'] or '(empty)'}); "
             f"expected one of the {len(CLASSES)} classes of museum_typology.schema.CLASSES"
         )
     with_guid = out[out["guid"] != ""].copy()
