@@ -53,14 +53,12 @@ IMAGE_FILE, IMAGE_DATASET, IMAGE_BYTES = "file", "dataset", "bytes"
 
 # Columns handed to the executors, and what they send back.
 TASK_SCHEMA = "row long, guid string, text string, image_kind string, image_ref string, note string"
-RESULT_SCHEMA = (
-    "row long, guid string, typology string, confidence double, source string, model_version string, note string, "
-    "text_confidence double, image_confidence double, description_hash string, image_sha256 string"
-)
-RESULT_COLUMNS = tuple(part.strip().split(" ")[0] for part in RESULT_SCHEMA.split(","))
-# Parquet output's schema, given rather than inferred: an input of no rows inferred null columns.
-CONFIDENCE_COLUMNS = ("confidence", "text_confidence", "image_confidence")
-OUTPUT_SCHEMA = pa.schema([(name, pa.float64() if name in CONFIDENCE_COLUMNS else pa.string()) for name in (*OUTPUT_COLUMNS, *DETAIL_COLUMNS)])
+# What the executors send back, once: the Spark DDL of mapInPandas and (without the row number)
+# the Parquet output's schema, given rather than inferred (an input of no rows inferred null columns).
+RESULT_FIELDS = (("row", pa.int64()), *((name, pa.float64() if name.endswith("confidence") else pa.string()) for name in (*OUTPUT_COLUMNS, *DETAIL_COLUMNS)))
+RESULT_SCHEMA = ", ".join(f"{name} {({pa.int64(): 'long', pa.float64(): 'double', pa.string(): 'string'})[kind]}" for name, kind in RESULT_FIELDS)
+RESULT_COLUMNS = tuple(name for name, _ in RESULT_FIELDS)
+OUTPUT_SCHEMA = pa.schema(RESULT_FIELDS[1:])
 
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
