@@ -296,7 +296,7 @@ def test_a_malformed_row_does_not_push_aside_a_sound_row_of_its_guid():
     plan = rescore.plan_rescore(rows, {}, "v1", lambda guids: {})
     assert plan.rescore == [(1, "new"), (2, "new")]
     assert plan.not_scored == [
-        (0, "duplicate guid", "c.csv row 1: duplicate guid G1 (a row read without error at c.csv row 2)"),
+        (0, "duplicate guid", "c.csv row 1: duplicate guid G1 (read without error at c.csv row 2)"),
         (3, "duplicate guid", "c.csv row 4: duplicate guid G2 (first at c.csv row 3)"),
         (4, "duplicate guid", "c.csv row 5: duplicate guid G1 (first at c.csv row 2)"),
     ]

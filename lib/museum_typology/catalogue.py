@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .schema import CLASS_INDEX
@@ -219,6 +219,18 @@ def rows_of_record(rows: Sequence[InputRow]) -> dict[str, int]:
         if current is None or (rows[current].rejected_reason is not None and row.rejected_reason is None):
             record[row.guid] = index
     return record
+
+
+def where_recorded(rows: Sequence[InputRow], record: Mapping[str, int], index: int, with_file: bool = False) -> str | None:
+    """For ``rows[index]`` when another row is its guid's row of record (``record``:
+    ``rows_of_record``), where that row is: "first at [FILE ]row N", or "read without error at
+    [FILE ]row N" when a later sound row speaks for a malformed first one; else None."""
+    guid = rows[index].guid
+    if guid is None or record[guid] == index:
+        return None
+    other = rows[record[guid]]
+    said = "first at" if record[guid] < index else "read without error at"
+    return f"{said} {other.source_file + ' ' if with_file else ''}row {other.source_row}"
 
 
 def reject_duplicates(rows: Iterable[InputRow]) -> list[InputRow]:

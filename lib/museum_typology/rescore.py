@@ -55,7 +55,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import storage
-from .catalogue import InputRow, rows_of_record
+from .catalogue import InputRow, rows_of_record, where_recorded
 from .config import Settings
 from .image_source import known_guids
 from .log import get_logger
@@ -341,10 +341,9 @@ def plan_rescore(
         if row.guid is None:
             not_scored.append((index, "empty guid", f"{where}: empty guid"))
             continue
-        if record[row.guid] != index:
-            other = rows[record[row.guid]]
-            said = "first at" if record[row.guid] < index else "a row read without error at"
-            not_scored.append((index, "duplicate guid", f"{where}: duplicate guid {row.guid} ({said} {other.source_file} row {other.source_row})"))
+        recorded = where_recorded(rows, record, index, with_file=True)
+        if recorded:
+            not_scored.append((index, "duplicate guid", f"{where}: duplicate guid {row.guid} ({recorded})"))
             continue
         old = state.get(row.guid)
         if old is None:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
-from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, where_recorded, with_text_columns
 from .clean import image_fold_runs
 from .config import Settings
 from .image_source import images_by_guid, known_guids
@@ -208,9 +208,9 @@ def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_im
     records = []
     for index, row in enumerate(rows):
         notes = [row.rejected_reason] if row.rejected_reason else []
-        if row.guid is not None and record[row.guid] != index:
-            said = "first at" if record[row.guid] < index else "read without error at"
-            notes.append(f"{DUPLICATE_NOTE}{said} row {rows[record[row.guid]].source_row})")
+        recorded = where_recorded(rows, record, index)
+        if recorded:
+            notes.append(f"{DUPLICATE_NOTE}{recorded})")
         kind = ref = None
         position = -1
         ambiguous = getattr(image_files, "ambiguous", {}).get(row.guid) if row.guid is not None else None
