@@ -62,6 +62,12 @@ def models_dir(work_dir: str, kind: str = "") -> str:
     return storage.join(work_dir, "models", *([kind] if kind else []))
 
 
+def oof_file(work_dir: str, kind: str) -> str:
+    """WORK_DIR/oof/<kind>.parquet: the out-of-fold file of the bundles in ``models_dir(work_dir,
+    kind)``, which clean and tune-cascade read by default."""
+    return storage.join(work_dir, "oof", f"{kind}.parquet")
+
+
 def make_version(digest: str, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{digest[:8]}"

@@ -782,7 +782,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
     ``data_dir`` (the CSVs, for the titles) to paths.data; either may be missing: the review page
     then says so instead of showing images or titles.
     """
-    from . import review
+    from . import ingest, review
 
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
@@ -830,7 +830,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
         cleaned,
         per_class,
         cs,
-        dataset_url or storage.join(work_dir, "ingest", "dataset"),
+        dataset_url or ingest.dataset_of(ingest.default_output(work_dir)),
         data_dir or settings.get("paths.data"),
         settings,
         s3,

@@ -78,7 +78,7 @@ def _spark(settings: Settings, args: argparse.Namespace, job: str):
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import ingest
 
-    output = args.output or storage.join(settings.get("paths.work_dir"), "ingest")
+    output = args.output or ingest.default_output(settings.get("paths.work_dir"))
     spark = _spark(settings, args, "ingest")
     summary = ingest.run(spark, settings, settings.get("paths.data"), output, force=args.force)
     if summary.get("reused"):
@@ -143,10 +143,10 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         timings[name] = time.monotonic() - started
         return result
 
-    ingest_dir = storage.join(work_dir, "ingest")
+    ingest_dir = ingest.default_output(work_dir)
     summary = stage("ingest", lambda: ingest.run(spark, settings, data, ingest_dir, force=args.reingest))
-    outputs["ingest"] = {name: storage.join(ingest_dir, path) for name, path in (("dataset", "dataset"), ("manifest", "manifest.parquet"), ("summary", "summary.json"))}
-    oof = {kind: storage.join(work_dir, "oof", f"{kind}.parquet") for kind in ("image", "text")}
+    outputs["ingest"] = {"dataset": ingest.dataset_of(ingest_dir), **{name: storage.join(ingest_dir, path) for name, path in (("manifest", "manifest.parquet"), ("summary", "summary.json"))}}
+    oof = {kind: bundles.oof_file(work_dir, kind) for kind in ("image", "text")}
     image = stage("train-image", lambda: train_image.run(spark, settings, outputs["ingest"]["dataset"], _models_dir(settings, "image"), oof["image"], retrain=args.retrain))
     outputs["train-image"] = {name: image[name] for name in ("bundle", "oof", "report") if name in image}
     text = stage("train-text", lambda: train_text.run(settings, data, _models_dir(settings, "text"), oof["text"], retrain=args.retrain))
@@ -225,7 +225,7 @@ def _oof_url(args: argparse.Namespace, settings: Settings, kind: str) -> str:
         return args.oof
     if args.model_dir and args.model_dir.rstrip("/") != _models_dir(settings, kind).rstrip("/"):
         return storage.join(args.model_dir, "oof.parquet")
-    return storage.join(settings.get("paths.work_dir"), "oof", f"{kind}.parquet")
+    return bundles.oof_file(settings.get("paths.work_dir"), kind)
 
 
 def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -343,8 +343,8 @@ def cmd_tune_cascade(args: argparse.Namespace, settings: Settings) -> dict[str, 
     work_dir = settings.get("paths.work_dir")
     result = tune_cascade.run(
         settings,
-        args.text_oof or storage.join(work_dir, "oof", "text.parquet"),
-        args.image_oof or storage.join(work_dir, "oof", "image.parquet"),
+        args.text_oof or bundles.oof_file(work_dir, "text"),
+        args.image_oof or bundles.oof_file(work_dir, "image"),
         args.model_dir or _models_dir(settings, "cascade"),
     )
     f1 = result["metrics"]["paired_macro_f1"]
@@ -364,7 +364,7 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import clean
 
     work_dir = settings.get("paths.work_dir")
-    oof = [u.strip() for u in args.oof.split(",") if u.strip()] if args.oof else [storage.join(work_dir, "oof", f"{name}.parquet") for name in ("text", "image")]
+    oof = [u.strip() for u in args.oof.split(",") if u.strip()] if args.oof else [bundles.oof_file(work_dir, kind) for kind in ("text", "image")]
     output = args.output or storage.join(work_dir, "clean")
     s3 = storage.S3Options.from_settings(settings.section("s3"))
     # [clean]'s values, and a missing or malformed out-of-fold file, fail here, before Spark starts
@@ -403,7 +403,7 @@ def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """Image model with Horovod on Spark: K fold models + out-of-fold probabilities, or --final."""
-    from . import train_image
+    from . import ingest, train_image
 
     work_dir = settings.get("paths.work_dir")
     if args.final and args.oof:  # an option taken and then ignored would look like it did something
@@ -412,8 +412,8 @@ def cmd_train_image(args: argparse.Namespace, settings: Settings) -> dict[str, A
     result = train_image.run(
         spark,
         settings,
-        args.dataset or storage.join(work_dir, "ingest", "dataset"),
-        args.model_dir or storage.join(work_dir, "models", "image"),
+        args.dataset or ingest.dataset_of(ingest.default_output(work_dir)),
+        args.model_dir or _models_dir(settings, "image"),
         _oof_url(args, settings, "image"),
         folds=args.folds,
         num_proc=args.num_proc,

@@ -50,6 +50,17 @@ INPUT_FILES = (
 )
 
 
+def default_output(work_dir: str) -> str:
+    """WORK_DIR/ingest: where ingest writes unless told otherwise."""
+    return storage.join(work_dir, "ingest")
+
+
+def dataset_of(output: str) -> str:
+    """The petastorm dataset of an ingest output: what train-image, clean's review page and the
+    pipeline's scoring read (by default that of ``default_output``)."""
+    return storage.join(output, "dataset")
+
+
 # Bumped when decoding or the manifest changes what the same inputs give: an output written by
 # another version is not reused. ``decoder_version`` also follows the code itself, so a change
 # nobody remembered to mark is caught too.
@@ -325,7 +336,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
     schema = make_image_schema(decode.codec, decode.jpeg_quality)
 
     with storage.atomic_directory(output, s3, job="ingest") as tmp:
-        dataset_url = storage.join(tmp, "dataset")
+        dataset_url = dataset_of(tmp)
         log.info("decoding %d images in %d Spark partitions", len(tasks), partitions)
         location, kind = index.location, index.kind
         decoded = (
