@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import shutil
 import sys
 
 import numpy as np
@@ -440,6 +441,19 @@ def test_a_damaged_bundle_file_is_a_score_error_naming_it(settings, tmp_path):
     (models / "text" / "T1" / "calibration.json").write_text("[]")
     with pytest.raises(score.ScoreError, match=r"T1/calibration.json: holds list, not a JSON object"):
         score.text_normalization(text, None)
+    # resolve_models reads both markers whatever the cascade: the image one was read only when
+    # the cascade named another image model (else the executors failed on it)
+    (models / "text" / "T1" / "calibration.json").write_text("{}")
+    (models / "cascade" / "C1" / "cascade.json").write_text(json.dumps({"params": {}, "metrics": {"inputs": {"image_model": "I1"}}}))
+    for cascade_there in (True, False):
+        if not cascade_there:
+            shutil.rmtree(models / "cascade")
+        with pytest.raises(score.ScoreError, match=r"I1/model.json: not a readable bundle file"):
+            score.resolve_models(settings, str(models))
+    (models / "image" / "I1" / "model.json").write_text('{"kind": "folds"}')
+    (models / "text" / "T1" / "calibration.json").write_text("{trunc")
+    with pytest.raises(score.ScoreError, match=r"T1/calibration.json: not a readable bundle file"):
+        score.resolve_models(settings, str(models))
 
 
 def test_missing_column_and_missing_models_are_clear_errors(tmp_path, capsys):

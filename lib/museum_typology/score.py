@@ -311,6 +311,8 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     image = image or _concrete_bundle(storage.join(model_dir, "image"), IMAGE_MARKER, s3) or _concrete_bundle(model_dir, IMAGE_MARKER, s3)
     if text is None and image is None:
         raise ScoreError(f"{model_dir}: no text or image model bundle found (run train-text / train-image, or pass --model)")
+    if image:  # read here, so a damaged one is one error line, not a traceback from every executor
+        bundle_json(storage.join(image, IMAGE_MARKER), s3)
     params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3, text, image)
     images = settings.section("images")
     check_settings(settings)
