@@ -50,9 +50,11 @@ def test_a_guid_the_score_job_scored_twice_takes_its_row_of_record():
     different classes, failing the pipeline at its last step."""
     pred = _pred(["g1", "g2", "g1", "g1"], [B, A, A, C]).assign(note=["duplicate guid (first at row 2)", "", "", "duplicate guid (first at row 2)"])
     assert build_submission(pred, ["g1", "g2"]).values.tolist() == [["g1", A], ["g2", A]]
-    # without the score job's notes a conflict is still an error
+    # without the score job's notes, or between rows it did not mark, a conflict is still an error
     with pytest.raises(SubmissionError, match="predicted twice with different classes"):
         build_submission(pred.drop(columns="note"), ["g1", "g2"])
+    with pytest.raises(SubmissionError, match="predicted twice with different classes"):
+        build_submission(pd.concat([pred, pred.assign(typology=C)]), ["g1", "g2"])
 
 
 def test_csv_quotes_a_class_with_a_comma():

@@ -74,7 +74,7 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
             raise EvaluateError(str(exc)) from None
         frame = pd.DataFrame(records, columns=header, dtype=object) if records else pd.DataFrame({c: pd.Series(dtype=object) for c in header})
         # Where each row starts in the file: a quoted newline makes it differ from the row number.
-        frame.attrs["lines"] = lines
+        frame.attrs["lines"] = np.asarray(lines)  # pandas copies attrs into every derived frame: not a list
     elif storage.is_dir(url, s3) and _rescore_partitions(url, s3):
         from .rescore import current_predictions
 
@@ -126,8 +126,13 @@ def records_first(pred: pd.DataFrame) -> pd.DataFrame:
     (predictions made elsewhere) is returned as it is. Pure."""
     if "note" not in pred.columns:
         return pred
-    marked = pred["note"].fillna("").astype(str).str.contains(DUPLICATE_NOTE, regex=False).to_numpy()
-    return pred.iloc[np.argsort(marked, kind="stable")]
+    return pred.iloc[np.argsort(repeat_marked(pred["note"]).to_numpy(), kind="stable")]
+
+
+def repeat_marked(notes: pd.Series) -> pd.Series:
+    """True where the score job's note marks a row as a repeat of a guid whose row of record is
+    another (``DUPLICATE_NOTE``)."""
+    return notes.fillna("").astype(str).str.contains(DUPLICATE_NOTE, regex=False)
 
 
 def align(truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str = "truth", pred_name: str = "predictions") -> Alignment:
@@ -220,7 +225,7 @@ def evaluate(truth: pd.DataFrame, pred: pd.DataFrame, truth_name: str = "truth",
 def _line_of(frame: pd.DataFrame, row: int) -> str:
     """" (line N)" for data row ``row`` of a frame read from CSV (``read_table``), else ""."""
     lines = frame.attrs.get("lines")
-    return f" (line {lines[row - 1]})" if lines and 0 < row <= len(lines) else ""
+    return f" (line {lines[row - 1]})" if lines is not None and 0 < row <= len(lines) else ""
 
 
 def _checked(frame: pd.DataFrame, required: Sequence[str], name: str) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import pandas as pd
 from . import storage
 from .catalogue import CsvError
 from .config import Settings
-from .evaluate import EXAMPLES, read_table, records_first
+from .evaluate import EXAMPLES, read_table, repeat_marked
 from .log import get_logger
 from .schema import CLASS_INDEX
 from .storage import S3Options
@@ -33,9 +33,8 @@ class SubmissionError(CsvError):
 
 def build_submission(predictions: pd.DataFrame, guid_order: Sequence[str], predictions_name: str = "predictions", order_name: str = "sample submission") -> pd.DataFrame:
     """``predictions`` (guid, typology, anything else ignored) -> a ``guid,typology`` DataFrame with
-    exactly the guids of ``guid_order``, once each, in that order. A guid the score job
-    scored more than once (its ``note`` marks the repeats) takes its row of record
-    (``evaluate.records_first``). Errors (``SubmissionError``): an empty or repeated guid in the
+    exactly the guids of ``guid_order``, once each, in that order. Rows the score job's
+    ``note`` marks as repeats of a guid are left out (``evaluate.repeat_marked``). Errors (``SubmissionError``): an empty or repeated guid in the
     order; a prediction whose class is not in ``CLASSES``; a guid predicted twice with different
     classes (in a file without the score job's notes); guids of the order without a prediction. Predictions
     for guids outside the order are left out (the caller counts them). Pure."""
@@ -51,9 +50,10 @@ def build_submission(predictions: pd.DataFrame, guid_order: Sequence[str], predi
 
     pred = predictions[list(COLUMNS)].fillna("").astype(str).apply(lambda column: column.str.strip())
     if "note" in predictions.columns:
-        # A guid repeated in the scored file: the score job scored every row and noted which one
-        # counts; that row is the guid's prediction, as evaluate reads it.
-        pred = records_first(pred.assign(note=predictions["note"])).drop_duplicates("guid", keep="first")[list(COLUMNS)]
+        # A guid repeated in the scored file: the score job scored every row and marked the ones
+        # that do not count; they are left out, as evaluate leaves them. Rows it did not mark
+        # (two score outputs put together) must still agree.
+        pred = pred[~repeat_marked(predictions["note"])]
     pred = pred[pred["guid"] != ""]  # the score job keeps rows it could not read, with no guid
     unknown = pred[~pred["typology"].isin(CLASS_INDEX)]
     if len(unknown):
