@@ -134,9 +134,14 @@ def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S
     if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
         return None
     url = storage.join(model_dir, version)
-    if not storage.is_committed(url, s3):
+    try:
+        if not storage.is_committed(url, s3):
+            return None
+        stored = storage.read_json_object(storage.join(url, record), s3)
+    except OSError as exc:  # unreadable (a directory where the file should be): do the work again
+        if storage.is_s3_error(exc):
+            raise  # the store itself failing is the user's to see, not a reason to train for hours
         return None
-    stored = storage.read_json_object(storage.join(url, record), s3)
     if stored is None or stored.get("run_key") != run_key:
         return None
     return url, stored
