@@ -185,7 +185,7 @@ def test_oof_guids_must_be_text_and_are_stripped(tmp_path):
     with pytest.raises(clean.OofError, match=r"spaced.parquet: 1 guid\(s\) appear more than once, e.g. a$"):
         clean.read_oof(str(tmp_path / "spaced.parquet"))
     pq.write_table(pa.table({"guid": [" b", "  "], "label": [CLASSES[0]] * 2, "proba": [[1 / 15] * 15] * 2}), str(tmp_path / "blank.parquet"))
-    with pytest.raises(clean.OofError, match=r"blank.parquet: empty guid in 1 row"):
+    with pytest.raises(clean.OofError, match=r"blank.parquet: empty guid in 1 row\(s\), e.g. data row 2$"):
         clean.read_oof(str(tmp_path / "blank.parquet"))
     pq.write_table(pa.table({"guid": [" b"], "label": [CLASSES[0]], "proba": [[1 / 15] * 15]}), str(tmp_path / "text.parquet"))
     assert clean.read_oof(str(tmp_path / "text.parquet")).guids == ["b"]

@@ -41,7 +41,7 @@ def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
     assert "text.lstm_pooling: 'avg' is none of max_avg, max_attention" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("setting", ["clean.label_k=[1]", "text.lstm_pooling=avg", "image.view_mode=all", "cascade.folds=1", "cascade.w_text=2.0", "score.image_views=all", "score.image_threads=-1", "image.class_weight=balance", "image.variant=efficientnet-b6"])
+@pytest.mark.parametrize("setting", ["clean.label_k=[1]", "text.lstm_pooling=avg", "image.view_mode=all", "cascade.folds=1", "cascade.w_text=2.0", "score.image_views=all", "score.image_threads=-1", "image.class_weight=balance", "image.mixed_precision=of", "image.variant=efficientnet-b6"])
 def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, monkeypatch, capsys, setting):
     """A value the clean, cascade, score or image stage cannot use failed the pipeline after ingest and both
     trainings; clean's own job checked its settings only after Spark had started."""

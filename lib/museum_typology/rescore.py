@@ -32,8 +32,8 @@ rescored, unchanged or not scored; the summary reconciles the three with the row
 
 Re-running a night: the state is read from partitions dated before the run's date only, so the
 same night computes the same delta. When the night's partition is already committed with exactly
-the planned rows (guids, reasons, input hashes, model version) and the same counts, nothing is
-scored or written; otherwise (or with ``force``) the delta is scored again and replaces the
+the planned rows (guids, reasons, input hashes, model version), the same counts and the same rows
+not scored, nothing is scored or written; otherwise (or with ``force``) the delta is scored again and replaces the
 partition whole (``storage.atomic_directory``). A date older than the newest committed partition
 is refused: the state only moves forward.
 """

@@ -64,6 +64,7 @@ def read_labels(dataset_url: str, manifest: CleanedManifest | None, s3: S3Option
     if manifest is not None:
         # The clean job's manifest (guid, new_label, action) or a hand-made one (guid, typology[, keep]):
         # the guids it names take its label or leave (drop); the others keep the dataset's label.
+        log.info("train-image: labels of cleaned manifest %s", manifest.lineage["url"])
         labels = relabel(labels, manifest.labels, f"labelled images of {dataset_url}")
     unknown = sorted({t for t in labels.values() if t not in CLASS_INDEX})
     if unknown:
