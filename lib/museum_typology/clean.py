@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -845,8 +844,8 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
             storage.write_bytes(storage.join(staging, "review", name), data, s3)
         summary["seconds"] = round(time.time() - started, 1)
         summary["review_montages"] = page.montages
-        storage.write_bytes(storage.join(staging, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
-        storage.write_bytes(storage.join(staging, "conf.json"), json.dumps(settings.values, ensure_ascii=False, indent=2).encode(), s3)
+        storage.write_json(storage.join(staging, "summary.json"), summary, s3)
+        storage.write_json(storage.join(staging, "conf.json"), settings.values, s3)
     log.info("clean: %d rows -> keep %d, relabel %d, drop %d; %d suspicious clusters; %s", len(oof), *(summary["actions"][a] for a in ACTIONS), len(summary["suspicious_clusters"]), output_url)
     return summary
 

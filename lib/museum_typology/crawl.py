@@ -44,7 +44,7 @@ from .catalogue import InputRow, decode_csv_bytes, parse_catalogue_csv, reject_d
 from .config import Settings
 from .fetcher import FetchResult, FetchSettings, Fetcher
 from . import ingest
-from .ingest import DecodeSettings, IngestError, _write_empty_part, _write_parquet, partition_of
+from .ingest import DecodeSettings, IngestError, partition_of, write_output_records
 from .log import get_logger
 from .robots import RobotsCache
 from .schema import (
@@ -673,13 +673,11 @@ def assemble(
                 _link_or_copy(source, storage.join(dataset_url, name), s3)
                 parts += 1
         if parts == 0:
-            _write_empty_part(storage.join(dataset_url, "part-00000.parquet"), schema, s3)
+            petastorm_io.write_empty_part(storage.join(dataset_url, "part-00000.parquet"), schema, s3)
         petastorm_io.write_metadata(dataset_url, schema, spark.sparkContext, s3)
         summary = reconcile(rows, manifest, dataset_url, s3)
         summary.update(output=output, chunks=len(fragments), **run_info)
-        _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=CRAWL_MANIFEST_SCHEMA), s3)
-        storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
-        storage.write_bytes(storage.join(tmp, "conf.json"), json.dumps(settings.values, ensure_ascii=False, indent=2).encode(), s3)
+        write_output_records(tmp, pa.Table.from_pylist(manifest, schema=CRAWL_MANIFEST_SCHEMA), summary, settings, s3)
     return summary
 
 
@@ -714,9 +712,7 @@ def _copy_without(source: str, target: str, guids: set[str], s3: S3Options | Non
     table = table.filter(pa.array(keep))
     if table.num_rows == 0:
         return 0
-    target_fs, target_path = storage.filesystem(target, s3)
-    target_fs.create_dir(posixpath.dirname(target_path), recursive=True)
-    _write_parquet(target, table, s3)
+    storage.write_parquet(target, table, s3)
     return 1
 
 

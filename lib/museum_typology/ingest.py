@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import posixpath
 import sys
 import time
 import zlib
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import catalogue, image_source, images, petastorm_io, schema, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
@@ -348,7 +346,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
         )
         if not any(r["status"] == STATUS_OK for r in decoded):
             # petastorm needs at least one Parquet file to hold its metadata.
-            _write_empty_part(storage.join(dataset_url, "part-00000.parquet"), schema, s3)
+            petastorm_io.write_empty_part(storage.join(dataset_url, "part-00000.parquet"), schema, s3)
         petastorm_io.write_metadata(dataset_url, schema, spark.sparkContext, s3)
 
         manifest = sorted(finished + decoded, key=lambda r: (r["split"], r["source_row"]))
@@ -364,9 +362,7 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
             decoder=decoder,
             pixel_decoder=pixels,
         )
-        _write_parquet(storage.join(tmp, "manifest.parquet"), pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), s3)
-        storage.write_bytes(storage.join(tmp, "summary.json"), json.dumps(summary, ensure_ascii=False, indent=2).encode(), s3)
-        storage.write_bytes(storage.join(tmp, "conf.json"), json.dumps(settings.values, ensure_ascii=False, indent=2).encode(), s3)
+        write_output_records(tmp, pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), summary, settings, s3)
     log.info(
         "ingest: %d input rows -> %d manifest rows (%s); %d images in the dataset; counts reconcile",
         summary["input_rows"],
@@ -377,15 +373,12 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
     return summary
 
 
-def _write_empty_part(url: str, schema, s3: S3Options | None) -> None:
-    _write_parquet(url, petastorm_io.arrow_schema(schema).empty_table(), s3)
-
-
-def _write_parquet(url: str, table: pa.Table, s3: S3Options | None) -> None:
-    fs, path = storage.filesystem(url, s3)
-    fs.create_dir(posixpath.dirname(path), recursive=True)  # e.g. a crawl whose every URL failed has no dataset/ yet
-    with fs.open_output_stream(path) as out:
-        pq.write_table(table, out)
+def write_output_records(output: str, manifest: pa.Table, summary: dict[str, Any], settings: Settings, s3: S3Options | None) -> None:
+    """What an image dataset output holds beside ``dataset/`` (ingest's and crawl's alike): the
+    manifest, one row per input row, the summary and the settings of the run."""
+    storage.write_parquet(storage.join(output, "manifest.parquet"), manifest, s3)
+    storage.write_json(storage.join(output, "summary.json"), summary, s3)
+    storage.write_json(storage.join(output, "conf.json"), settings.values, s3)
 
 
 def reconcile(rows: list[InputRow], manifest: list[dict[str, Any]], dataset_url: str, s3: S3Options | None) -> dict[str, Any]:

@@ -73,6 +73,12 @@ def arrow_schema(schema: Unischema) -> pa.Schema:
     return pa.schema(fields)
 
 
+def write_empty_part(url: str, schema: Unischema, s3: S3Options | None = None) -> None:
+    """A part file of no rows with ``schema``'s columns: a dataset whose every row failed still
+    opens (petastorm and Spark need one part to read its schema)."""
+    storage.write_parquet(url, arrow_schema(schema).empty_table(), s3)
+
+
 def encode_row(schema: Unischema, row: Mapping[str, Any]) -> dict[str, Any]:
     """Encode one row's values with the fields' codecs (images -> compressed bytes)."""
     encoded = {}

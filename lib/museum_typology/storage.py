@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 SUCCESS_MARKER = "_SUCCESS"
@@ -236,6 +237,22 @@ def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
             fs.delete_file(tmp)
         what = "is a directory" if fs.get_file_info(path).type == pafs.FileType.Directory else " ".join(str(exc).split())
         raise StorageError(f"{url}: cannot write the file ({what})") from None
+
+
+def write_json(url: str, value: Any, s3: S3Options | None = None) -> None:
+    """A job's record (summary, settings) as readable UTF-8 JSON, atomically (``write_bytes``)."""
+    write_bytes(url, json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8"), s3)
+
+
+def write_parquet(url: str, table: pa.Table, s3: S3Options | None = None) -> None:
+    """A Parquet file, its directory made first (a crawl whose every URL failed has no dataset/
+    yet); written in place, as inside an ``atomic_directory``'s temporary directory."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(url, s3)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as out:
+        pq.write_table(table, out)
 
 
 def delete_file(url: str, s3: S3Options | None = None) -> None:
