@@ -54,6 +54,21 @@ def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, mo
         assert setting.split("=")[0].split(".")[1] in err and "Traceback" not in err, err
 
 
+def test_a_job_whose_check_of_its_own_work_fails_says_failed_and_exits_1(monkeypatch, capsys):
+    """score, rescore and clean reported a broken invariant (rows lost between planning and output)
+    as a user error (exit 2), or a bare RuntimeError traceback; a scheduler must tell "fix your
+    input" (2) from "the job failed" (1)."""
+    from museum_typology import cli
+    from museum_typology.errors import InternalError
+
+    def broken(args):
+        raise InternalError("score: 5 rows planned, 4 scored")
+
+    monkeypatch.setattr(cli, "_settings", broken)
+    assert cli.main(["show-conf"]) == 1
+    assert capsys.readouterr().err == "museum-typology show-conf: failed: score: 5 rows planned, 4 scored\n"
+
+
 def test_an_option_a_final_run_would_ignore_is_refused(tmp_path):
     result = _run("train-image", "--final", "--oof", str(tmp_path / "x.parquet"), "--set", f"paths.work_dir={tmp_path}")
     assert result.returncode == 2 and "--oof: a --final run writes no out-of-fold file" in result.stderr, result.stderr

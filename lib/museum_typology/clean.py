@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage
 from .config import ConfigError, Settings
+from .errors import InternalError
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
 from .storage import S3Options
@@ -801,7 +802,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
     written = table.column("guid").to_pylist()
     if len(written) != len(read_guids) or set(written) != read_guids:
         lost, extra = len(read_guids - set(written)), len(written) - len(set(written) & read_guids)
-        raise RuntimeError(f"clean: the manifest does not hold every input row exactly once ({len(read_guids)} guids read, {len(written)} rows written: {lost} missing, {extra} doubled or unknown)")
+        raise InternalError(f"clean: the manifest does not hold every input row exactly once ({len(read_guids)} guids read, {len(written)} rows written: {lost} missing, {extra} doubled or unknown)")
 
     per_class = per_class_counts(oof.y, cleaned.actions, cleaned.new_labels, cleaned.suspected)
     summary: dict[str, Any] = {

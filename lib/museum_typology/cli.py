@@ -535,10 +535,11 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 def _job_errors() -> tuple[type[BaseException], ...]:
+    from .errors import InternalError
     from .ingest import IngestError
     from .train_image import TrainImageError
 
-    return (IngestError, TrainImageError)
+    return (IngestError, TrainImageError, InternalError)
 
 
 def main_submitted(job: str, argv: Sequence[str]) -> int:

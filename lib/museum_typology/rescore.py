@@ -57,6 +57,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .catalogue import InputRow, rows_of_record, where_recorded
 from .config import Settings
+from .errors import InternalError
 from .image_source import known_guids
 from .log import get_logger
 from .score import (
@@ -465,7 +466,7 @@ def run(
     }
     accounted = counts["rescored"] + counts["unchanged"] + sum(counts["not_scored"].values())
     if accounted != len(rows):  # every catalogue row is rescored, unchanged or not scored
-        raise RescoreError(f"internal error: {len(rows)} catalogue rows, {accounted} accounted for")
+        raise InternalError(f"rescore: {len(rows)} catalogue rows, {accounted} accounted for")
     delta = [rows[i] for i, _ in plan.rescore]
     reasons = [reason for _, reason in plan.rescore]
     not_scored = not_scored_records(rows, plan.not_scored)

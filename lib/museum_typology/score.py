@@ -34,6 +34,7 @@ from .cascade import CascadeParams, decide
 from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, where_recorded, with_text_columns
 from .clean import image_fold_runs
 from .config import Settings
+from .errors import InternalError
 from .image_source import images_by_guid, known_guids
 from .images import as_stored, decode_image
 from .log import get_logger
@@ -656,7 +657,7 @@ def partition_keys(spark, partitions: int) -> list[int]:
     ids = spark.range(64 * partitions).select("id", F.expr(f"pmod(hash(id), {partitions})").alias("k"))
     first = {row["k"]: row["id"] for row in ids.groupBy("k").agg(F.min("id").alias("id")).collect()}
     if len(first) != partitions:  # each of 64n numbers misses a given k with chance (1 - 1/n)
-        raise ScoreError(f"internal error: no partition key found for {partitions - len(first)} of {partitions} partitions")
+        raise InternalError(f"score: no partition key found for {partitions - len(first)} of {partitions} partitions")
     return [first[k] for k in range(partitions)]
 
 
@@ -677,7 +678,7 @@ def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition
     scored = ordered.drop("key", "image_pos").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
     result = scored.toPandas().sort_values("row", kind="stable").reset_index(drop=True)
     if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
-        raise ScoreError(f"internal error: {len(tasks)} rows planned, {len(result)} scored")
+        raise InternalError(f"score: {len(tasks)} rows planned, {len(result)} scored")
     return result
 
 
