@@ -100,7 +100,8 @@ def decoder_version() -> str:
 
 
 class IngestError(RuntimeError):
-    """The job cannot run (missing inputs, counts that do not reconcile)."""
+    """The job failed: an executor decodes differently from the driver, or the counts do not
+    reconcile (missing or malformed inputs are ``CsvError``s: user errors)."""
 
 
 @dataclass(frozen=True)
