@@ -314,14 +314,20 @@ def test_ingest_shared_data(spark, settings, shared_data, tmp_path):
         assert row.typology in CLASSES
 
 
-def test_a_refused_sidecar_does_not_quarantine_the_guid_it_names():
+def test_a_refused_sidecar_does_not_quarantine_the_guid_it_names(tmp_path):
     """An unsafe name is refused unread; a refused sidecar (../u1.xmp) is no image of u1 either,
     so u1 without an image is no_image, while a refused image (../u2.jpg) quarantines u2."""
+    import zipfile
+
     from museum_typology.catalogue import InputRow
-    from museum_typology.image_source import ImageIndex
+    from museum_typology.image_source import build_index, known_guids
 
     rows = [InputRow(g, "train", "train.csv", n, n + 1, "описание", None) for n, g in enumerate(["u1", "u2"], start=1)]
-    index = ImageIndex("images.zip", "zip", members={}, unsafe={"../u1.xmp": "escapes the archive root", "../u2.jpg": "escapes the archive root"})
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        for name in ("../u1.xmp", "../u2.jpg"):
+            archive.writestr(name, b"not read")
+    index = build_index(str(tmp_path / "images.zip"), None, known_guids(rows))
+    assert set(index.unsafe) == {"../u1.xmp", "../u2.jpg"} and set(index.unsafe_by_guid) == {"u2"}
     tasks, finished = ingest.plan(rows, index)
     status = {r["guid"]: r["status"] for r in finished}
     assert not tasks and status == {"u1": "no_image", "u2": "quarantined"}

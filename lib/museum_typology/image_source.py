@@ -28,9 +28,9 @@ class ImageIndex:
     # A hash of every file's name, size and CRC-32 (zip) or last change time (directory, junk
     # left out): the same fingerprint means the same images, without reading them (ingest's run key).
     fingerprint: str = ""
-    # The input rows' guids the names were mapped with (``guid_of``): whoever maps another name of
-    # this location (a refused one) uses the same.
-    known_guids: frozenset[str] = frozenset()
+    # guid -> why its image was refused, for the refused names that map to a guid as an indexed
+    # image would (a refused sidecar, ``../u1.xmp``, is no image of u1's and is not here).
+    unsafe_by_guid: dict[str, str] = field(default_factory=dict)
 
 
 # The extension cut off a file name to get its guid: the last suffix when it is 1-5 Latin letters
@@ -152,7 +152,9 @@ def build_index(location: str, s3: S3Options | None = None, known_guids: Collect
                 else:
                     names.append(info.filename)
         kind = "zip"
-    return ImageIndex(location, kind, images_by_guid(names, known_guids, kind == "zip"), unsafe, f"{kind}:{digest.hexdigest()}", frozenset(known_guids))
+    zip_members = kind == "zip"
+    unsafe_by_guid = {guid_of(m, known_guids, zip_members): reason for m, reason in unsafe.items() if is_indexed(m, known_guids, zip_members)}
+    return ImageIndex(location, kind, images_by_guid(names, known_guids, zip_members), unsafe, f"{kind}:{digest.hexdigest()}", unsafe_by_guid)
 
 
 class ImageReader:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from . import catalogue, image_source, images, petastorm_io, schema, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
 from .config import Settings, packaged_defaults
-from .image_source import ImageIndex, ImageReader, build_index, guid_of, is_indexed, known_guids
+from .image_source import ImageIndex, ImageReader, build_index, known_guids
 from .log import get_logger
 from .schema import (
     MANIFEST_SCHEMA,
@@ -169,9 +169,7 @@ def plan(rows: list[InputRow], index: ImageIndex) -> tuple[list[dict[str, Any]],
     A row needs decoding when its guid has exactly one image file; every other row is finished
     here with its status and reason.
     """
-    # A refused sidecar (``../u1.xmp``) is no image of u1's either: it must not quarantine u1.
-    guids = index.known_guids  # as the index mapped its names
-    unsafe_by_guid: dict[str, str] = {guid_of(m, guids, index.kind == "zip"): reason for m, reason in index.unsafe.items() if is_indexed(m, guids, index.kind == "zip")}
+    unsafe_by_guid = index.unsafe_by_guid  # a refused sidecar (``../u1.xmp``) does not quarantine u1
     tasks: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
     for row in rows:
