@@ -78,13 +78,16 @@ def _bundle(model_dir, version: str, run_key: str, oof_version: str | None = Non
         pq.write_table(pa.table({"guid": ["a", "b"], "model_version": [oof_version or version] * 2}), oof)
 
 
-def test_the_newest_bundle_of_the_same_run_is_reused(tmp_path):
+def test_the_newest_bundle_of_the_same_run_is_reused(tmp_path, caplog):
     models, oof = tmp_path / "models", tmp_path / "oof.parquet"
     _bundle(models, "20261128T000000Z-aaaa", "key-1", oof=oof)
     url, metrics = bundles.reusable_bundle(str(models), "key-1", str(oof))
     assert url == storage.join(str(models), "20261128T000000Z-aaaa") and metrics["run_key"] == "key-1"
     assert bundles.reusable_bundle(str(models), "key-1") is not None  # no out-of-fold file to check (--final)
-    assert bundles.reusable_bundle(str(models), "key-2", str(oof)) is None  # other data or settings
+    with caplog.at_level("INFO"):
+        assert bundles.reusable_bundle(str(models), "key-2", str(oof)) is None  # other data or settings
+    # a run that trains again for hours says why (after an upgrade every bundle is trained once more)
+    assert "20261128T000000Z-aaaa was made from other data, settings or code than this run (its run key differs); not reused" in caplog.text
 
 
 def test_a_bundle_is_not_reused_without_its_own_out_of_fold_file(tmp_path):

@@ -194,7 +194,7 @@ def test_rerun_gives_the_same_dataset_and_failure_keeps_the_old_output(spark, se
 
 
 @pytest.mark.parametrize("images_as", ["zip", "dir"])
-def test_an_output_made_from_the_same_rows_images_and_settings_is_kept(spark, settings, tmp_path, images_as):
+def test_an_output_made_from_the_same_rows_images_and_settings_is_kept(spark, settings, tmp_path, images_as, caplog):
     """A re-run on an unchanged catalogue decodes nothing; a changed row, image file or setting,
     or force, decodes again."""
     data, output = tmp_path / "data", tmp_path / "out"
@@ -217,8 +217,10 @@ def test_an_output_made_from_the_same_rows_images_and_settings_is_kept(spark, se
     assert summary["status_counts"] == first["status_counts"]
     summary, did_decode = rerun(force=True)
     assert not summary.get("reused") and did_decode and summary["run_key"] == first["run_key"]
-    summary, did_decode = rerun(settings.set(["images", "max_side"], 64, "test"))
+    with caplog.at_level("INFO"):
+        summary, did_decode = rerun(settings.set(["images", "max_side"], 64, "test"))
     assert not summary.get("reused") and did_decode and summary["run_key"] != first["run_key"]
+    assert f"ingest: {output} was made from other rows, image files, settings or code (its run key differs); decoding again" in caplog.text
     summary, did_decode = rerun()  # back to the first settings: decoded again, then kept
     assert not summary.get("reused") and summary["run_key"] == first["run_key"]
     assert rerun()[0]["reused"]

@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 
 from . import storage
+from .log import get_logger
 from .storage import S3Options
+
+log = get_logger(__name__)
 
 LATEST = "latest"
 
@@ -136,13 +139,19 @@ def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S
     url = storage.join(model_dir, version)
     try:
         if not storage.is_committed(url, s3):
+            log.info("%s: its commit did not finish (no _SUCCESS); not reused", url)
             return None
         stored = storage.read_json_object(storage.join(url, record), s3)
     except OSError as exc:  # unreadable (a directory where the file should be): do the work again
         if storage.is_s3_error(exc):
             raise  # the store itself failing is the user's to see, not a reason to train for hours
+        stored = None
+    if stored is None:
+        log.info("%s: its %s is missing or damaged; not reused", url, record)
         return None
-    if stored is None or stored.get("run_key") != run_key:
+    if stored.get("run_key") != run_key:
+        # Said, so that a run that trains again for hours says why (an upgrade, a changed setting).
+        log.info("%s was made from other data, settings or code than this run (%s); not reused", url, "its run key differs" if stored.get("run_key") else "it has no run key: older code")
         return None
     return url, stored
 

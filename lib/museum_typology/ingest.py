@@ -300,7 +300,10 @@ def reusable_output(output: str, key: str, s3: S3Options | None) -> dict[str, An
     if not storage.is_committed(output, s3):
         return None
     summary = storage.read_json_object(storage.join(output, "summary.json"), s3)
-    return summary if summary is not None and summary.get("run_key") == key else None
+    if summary is not None and summary.get("run_key") == key:
+        return summary
+    log.info("ingest: %s was made from other rows, image files, settings or code (%s); decoding again", output, "its run key differs" if summary and summary.get("run_key") else "no run key: older code, or a damaged summary")
+    return None
 
 
 def run(spark, settings: Settings, data_dir: str, output: str, force: bool = False) -> dict[str, Any]:
