@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
+from .clean import ALL_SCOPE
 from .config import Settings
 from .log import get_logger
 from .schema import CLASSES
@@ -148,7 +149,7 @@ def short(name: str | None) -> str:
 def shown_clusters(clusters: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """The suspicious clusters, most changed rows first: per label first, then the overall ones."""
     chosen = [c for c in clusters if c["suspicious"]]
-    chosen.sort(key=lambda c: (c["scope"] == "(all)", -(c["relabelled"] + c["dropped"]), -c["suspected"], -c["size"], c["scope"], c["cluster"]))
+    chosen.sort(key=lambda c: (c["scope"] == ALL_SCOPE, -(c["relabelled"] + c["dropped"]), -c["suspected"], -c["size"], c["scope"], c["cluster"]))
     return chosen[:limit]
 
 
@@ -165,7 +166,7 @@ def build(cleaned, per_class: list[dict[str, Any]], cs, dataset_url: str, data_d
     clusters = shown_clusters(cleaned.clusters, cs.review_max_clusters)
     members_of: dict[tuple[str, int], list[int]] = {}
     for c in clusters:
-        if c["scope"] == "(all)":
+        if c["scope"] == ALL_SCOPE:
             mask = cleaned.cluster == c["cluster"]
         else:
             mask = (np.array(labels, dtype=object) == c["scope"]) & (cleaned.label_cluster == c["cluster"])
@@ -207,7 +208,7 @@ def build(cleaned, per_class: list[dict[str, Any]], cs, dataset_url: str, data_d
         rest = groups[len(shown_groups):]
         group_rows += f"<tr><td colspan=2 class=small>{len(rest)} smaller groups</td><td class=r>{sum(g['rows'] for g in rest)}</td></tr>"
     toc = "".join(
-        f"<li><a href=\"#c{n}\">{_e(c['scope'] if c['scope'] != '(all)' else 'all rows')} #{c['cluster']}</a>: {c['size']} rows, mostly predicted "
+        f"<li><a href=\"#c{n}\">{_e(c['scope'] if c['scope'] != ALL_SCOPE else 'all rows')} #{c['cluster']}</a>: {c['size']} rows, mostly predicted "
         f"{_e(c['dominant_predicted'])} ({c['purity']:.0%}); relabelled {c['relabelled']}, dropped {c['dropped']}</li>"
         for n, c in enumerate(clusters)
     )
@@ -250,7 +251,7 @@ cluster over all rows whose rows mostly carry another label than the class it is
 
 def _cluster_section(n: int, c: dict[str, Any], rows: list[int], total: int, montage: str | None, cleaned, labels: list[str], titles: dict[str, str]) -> str:
     oof, ev = cleaned.oof, cleaned.ev
-    scope = "all rows" if c["scope"] == "(all)" else f"given label {c['scope']}"
+    scope = "all rows" if c["scope"] == ALL_SCOPE else f"given label {c['scope']}"
     head = (
         f"<section id=c{n}><h3>{n + 1}. {_e(scope)}, cluster {c['cluster']}: mostly predicted {_e(c['dominant_predicted'])}</h3>"
         f"<p>{c['size']} rows, purity {c['purity']:.2f} (share predicted {_e(c['dominant_predicted'])}), "
