@@ -178,3 +178,14 @@ def test_spark_submit_conf_beats_the_packaged_defaults_but_not_explicit_settings
     assert spark_conf_to_set(explicit, packaged, submitted)["spark.sql.shuffle.partitions"] == "200"
     assert "spark.driver.memory" not in spark_conf_to_set({**packaged, "spark.driver.memory": "8g"}, packaged, submitted)  # fixed before Python ran
     assert spark_conf_to_set(packaged, packaged, {}) == {"spark.sql.shuffle.partitions": "8", "spark.driver.memory": "4g", "spark.ui.enabled": "False"}  # no spark-submit
+
+
+def test_settings_dataclasses_default_to_the_packaged_conf():
+    """FetchSettings and CleanSettings carry defaults for code that builds them directly; they had
+    drifted from conf/default.toml (16 connections per host against 48, 4 parallel fits against 2)."""
+    from museum_typology import clean
+    from museum_typology.fetcher import FetchSettings
+
+    settings = load_settings(environ={})
+    assert FetchSettings.from_settings(settings.section("crawl"), int(settings.get("crawl.max_bytes"))) == FetchSettings()
+    assert clean.CleanSettings.from_settings(settings) == clean.CleanSettings()

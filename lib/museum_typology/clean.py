@@ -90,7 +90,7 @@ class CleanSettings:
     min_cluster_size: int = 5
     seed: int = 13
     max_iter: int = 30
-    parallel_fits: int = 4
+    parallel_fits: int = 2
     suspicious_min_size: int = 5
     suspicious_min_purity: float = 0.6
     overall_max_agreement: float = 0.8

@@ -60,9 +60,11 @@ _READ_CHUNK = 256 * 1024
 
 @dataclass(frozen=True)
 class FetchSettings:
-    """Everything a fetcher needs; picklable so Spark ships it to executors."""
+    """Everything a fetcher needs; picklable so Spark ships it to executors. The defaults are
+    conf/default.toml's [crawl] (tests/test_config.py holds them equal), for code and tests that
+    build one directly; the job builds it with ``from_settings``."""
 
-    user_agent: str = "museum-typology-crawler/0.1"
+    user_agent: str = "museum-typology-crawler/0.1 (research crawl of Goskatalog item images; polite: per-host limits, backoff, Retry-After)"
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     total_timeout_s: float = 120.0
@@ -73,7 +75,7 @@ class FetchSettings:
     max_redirects: int = 5
     max_bytes: int = 50_000_000
     threads: int = 32
-    host_connections: int = 16
+    host_connections: int = 48
     host_rate: float = 0.0  # request starts per second per host; 0 = no limit
     parallel_tasks: int = 1  # tasks sharing the per-host limits (each has its share)
 
