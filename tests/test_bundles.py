@@ -88,6 +88,15 @@ def test_the_newest_bundle_of_the_same_run_is_reused(tmp_path, caplog):
         assert bundles.reusable_bundle(str(models), "key-2", str(oof)) is None  # other data or settings
     # a run that trains again for hours says why (after an upgrade every bundle is trained once more)
     assert "20261128T000000Z-aaaa was made from other data, settings or code than this run (its run key differs); not reused" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert bundles.reusable_bundle(str(models), "final-key") is None  # --final after the folds: no news
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"guid": ["a"], "model_version": ["20261128T010000Z-gone"]}), oof)  # models/ wiped, oof/ kept
+        assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None
+    assert "not reused" in caplog.text and caplog.text.count("not reused") == 1 and "20261128T010000Z-gone is not there" in caplog.text
 
 
 def test_a_bundle_is_not_reused_without_its_own_out_of_fold_file(tmp_path):

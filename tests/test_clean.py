@@ -575,7 +575,9 @@ def test_job_checks_the_manifest_against_the_rows_it_read(settings, tmp_path, mo
         return clean.Oof(o.guids[:-1], o.y[:-1], o.proba[:-1], o.sources[:-1], o.fold[:-1])
 
     monkeypatch.setattr(clean, "combine", lose_a_row)
-    with pytest.raises(RuntimeError, match="exactly once.*7 guids read, 6 rows written: 1 missing"):
+    from museum_typology.errors import InternalError
+
+    with pytest.raises(InternalError, match="exactly once.*7 guids read, 6 rows written: 1 missing"):
         clean.run(None, settings, [oof], str(tmp_path / "short"), data_dir=str(tmp_path / "no-data"))
     assert not (tmp_path / "short").exists()
 

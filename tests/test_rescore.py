@@ -218,6 +218,18 @@ def test_a_rerun_whose_rows_not_scored_moved_past_the_summarys_examples_lists_th
     assert run(spark, settings, root, "2026-03-01", factory=must_not_score)["already_complete"]
 
 
+def test_a_plan_that_loses_a_row_is_an_internal_error_not_a_user_error(spark, settings, night1, monkeypatch):
+    """Every catalogue row is rescored, unchanged or not scored; a plan that lost one is the job's
+    bug (exit 1, "failed:"), not the user's input (it was a RescoreError, exit 2)."""
+    from museum_typology.errors import InternalError
+
+    real = rescore.plan_rescore
+    monkeypatch.setattr(rescore, "plan_rescore", lambda *a, **k: dataclasses.replace(plan := real(*a, **k), not_scored=plan.not_scored[:-1]))
+    with pytest.raises(InternalError, match="rescore: 6 catalogue rows, 5 accounted for"):
+        run(spark, settings, night1, "2026-03-01", factory=must_not_score)
+    assert not (night1 / "predictions").exists()
+
+
 def test_an_image_over_the_byte_cap_is_not_rescored_every_night(spark, settings, night1):
     """Score refuses a file over images.max_bytes unread and records no hash; rescore must not
     hash the file it refused (the row would look changed, and be re-scored, every night)."""

@@ -118,7 +118,10 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     else:
         named = oof_versions(oof_url, s3)
         version = next(iter(named)) if len(named) == 1 else None
-    found = bundle_of_run(model_dir, version, run_key, "metrics.json", s3)
+    # Without an out-of-fold file (--final) the newest bundle is only a candidate when it is a
+    # final one: not reusing the fold bundle --final trains after is no news worth a log line.
+    explain = oof_url is not None or (isinstance(version, str) and version.endswith("-final"))
+    found = bundle_of_run(model_dir, version, run_key, "metrics.json", s3, explain)
     if found is None:
         return None
     # Versions start with their UTC time, so they sort by age; final image bundles end in -final.
@@ -128,18 +131,23 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     return found
 
 
-def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S3Options | None = None) -> tuple[str, dict[str, Any]] | None:
+def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S3Options | None = None, explain: bool = True) -> tuple[str, dict[str, Any]] | None:
     """(URL, the JSON object in its ``record`` file) of the bundle ``version`` under ``model_dir``
     when that object's ``run_key`` is ``run_key``; else None: no version, one that is a path
     rather than a name (it must not lead out of ``model_dir``), a bundle whose commit did not
     finish (on S3 a crash mid-copy leaves objects without ``_SUCCESS``), a damaged record, or
-    another run's bundle. Whoever asks then does the work again."""
+    another run's bundle. Whoever asks then does the work again; with ``explain`` the log says why
+    (a run that trains again for hours after an upgrade or a changed setting must not be silent)."""
     if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
         return None
     url = storage.join(model_dir, version)
+    say = log.info if explain else log.debug
     try:
+        if not storage.exists(url, s3):
+            say("%s is not there (named by an out-of-fold file or latest); not reused", url)
+            return None
         if not storage.is_committed(url, s3):
-            log.info("%s: its commit did not finish (no _SUCCESS); not reused", url)
+            say("%s: its commit did not finish (no _SUCCESS); not reused", url)
             return None
         stored = storage.read_json_object(storage.join(url, record), s3)
     except OSError as exc:  # unreadable (a directory where the file should be): do the work again
@@ -147,11 +155,10 @@ def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S
             raise  # the store itself failing is the user's to see, not a reason to train for hours
         stored = None
     if stored is None:
-        log.info("%s: its %s is missing or damaged; not reused", url, record)
+        say("%s: its %s is missing or damaged; not reused", url, record)
         return None
     if stored.get("run_key") != run_key:
-        # Said, so that a run that trains again for hours says why (an upgrade, a changed setting).
-        log.info("%s was made from other data, settings or code than this run (%s); not reused", url, "its run key differs" if stored.get("run_key") else "it has no run key: older code")
+        say("%s was made from other data, settings or code than this run (%s); not reused", url, "its run key differs" if stored.get("run_key") else "it has no run key: older code")
         return None
     return url, stored
 

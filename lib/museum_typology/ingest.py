@@ -298,6 +298,8 @@ def run_key(rows: list[InputRow], index: ImageIndex, settings: Settings, partiti
 def reusable_output(output: str, key: str, s3: S3Options | None) -> dict[str, Any] | None:
     """The summary of a finished ingest output made from the same inputs and settings, else None."""
     if not storage.is_committed(output, s3):
+        if storage.exists(storage.join(output, "summary.json"), s3):
+            log.info("ingest: %s is unfinished (no _SUCCESS); decoding again", output)
         return None
     summary = storage.read_json_object(storage.join(output, "summary.json"), s3)
     if summary is not None and summary.get("run_key") == key:
