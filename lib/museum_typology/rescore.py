@@ -404,14 +404,14 @@ def _already_complete(url: str, planned: list[tuple], plan_summary: Mapping[str,
     """The committed partition holds exactly the planned rows, made from the same inputs, and
     lists exactly these rows as not scored (the summary keeps only the first few of them: a
     catalogue whose 25th rejected row moved would otherwise keep a stale list)."""
-    if not storage.is_committed(url, s3) or not storage.exists(storage.join(url, NOT_SCORED_FILE), s3):
-        return False  # (a partition written before rows not scored were listed is written again)
+    if not storage.is_committed(url, s3):
+        return False
     try:
         stored = json.loads(storage.read_bytes(storage.join(url, SUMMARY_FILE), s3))
         table = read_partition(url, s3, ("guid", "reason", "description_hash", "image_sha256", "model_version"))
         with storage.open_input_file(storage.join(url, NOT_SCORED_FILE), s3) as f:
             stored_not_scored = pq.read_table(f).to_pylist()
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # damaged, or written before rows not scored were listed: written again
         return False
     if any(stored.get(key) != plan_summary[key] for key in PLAN_KEYS) or stored_not_scored != not_scored:
         return False
