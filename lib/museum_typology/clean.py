@@ -654,9 +654,7 @@ class CleanedManifest:
 def read_cleaned_manifest(url: str, s3: S3Options | None = None) -> CleanedManifest:
     """Read the manifest at ``url`` once: its labels and its lineage come from the same bytes, so
     a manifest rewritten while a job reads it cannot be recorded with another file's hash."""
-    if not storage.exists(url, s3):
-        raise OofError(f"{url}: no such cleaned manifest (run the clean job first)")
-    raw = storage.read_bytes(url, s3)
+    raw = _manifest_bytes(url, s3)
     lineage: dict[str, Any] = {"url": url, "sha256": hashlib.sha256(raw).hexdigest()}
     parent = url.rstrip("/").rpartition("/")[0]
     summary = storage.read_json_object(storage.join(parent, "summary.json"), s3) if parent else None
@@ -689,9 +687,13 @@ def read_cleaned_labels(url: str, s3: S3Options | None = None) -> dict[str, str 
     are the same: not kept), or when its typology is empty. Every guid must be non-empty and
     appear once; new_label may be empty only on a ``drop`` row. CSV columns are read as text.
     """
+    return _parse_cleaned_labels(url, _manifest_bytes(url, s3))  # no lineage: train-text records none
+
+
+def _manifest_bytes(url: str, s3: S3Options | None) -> bytes:
     if not storage.exists(url, s3):
         raise OofError(f"{url}: no such cleaned manifest (run the clean job first)")
-    return _parse_cleaned_labels(url, storage.read_bytes(url, s3))  # no lineage: train-text records none
+    return storage.read_bytes(url, s3)
 
 
 def _distinct_text_guids(table: pa.Table, name: str, why_distinct: str = "") -> list[str]:
