@@ -54,6 +54,22 @@ def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, mo
         assert setting.split("=")[0].split(".")[1] in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("module,error", [("train_image", "TrainImageError"), ("train_text", "TrainTextError")])
+def test_a_training_the_data_or_settings_cannot_support_exits_2_like_bad_input(monkeypatch, capsys, module, error):
+    """train-image's "only 7 labelled images; need at least 10" exited 1 ("the job failed: a bug
+    to report") where train-text's same refusal exits 2: both say what to change (--folds, data)."""
+    import importlib
+
+    from museum_typology import cli
+
+    def refused(args):
+        raise getattr(importlib.import_module(f"museum_typology.{module}"), error)("ds: only 7 labelled images; need at least 10")
+
+    monkeypatch.setattr(cli, "_settings", refused)
+    assert cli.main(["show-conf"]) == 2
+    assert capsys.readouterr().err == "museum-typology show-conf: error: ds: only 7 labelled images; need at least 10\n"
+
+
 def test_a_job_whose_check_of_its_own_work_fails_says_failed_and_exits_1(monkeypatch, capsys):
     """score, rescore and clean reported a broken invariant (rows lost between planning and output)
     as a user error (exit 2), or a bare RuntimeError traceback; a scheduler must tell "fix your

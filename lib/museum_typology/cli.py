@@ -528,18 +528,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _input_errors() -> tuple[type[BaseException], ...]:
     """User errors of the jobs' own modules (imported late: they pull in pandas and pyarrow)."""
     from .score import ScoreError
+    from .train_image import TrainImageError
     from .train_text import TrainTextError
     from .tune_cascade import TuneError
 
-    return (ScoreError, TrainTextError, TuneError)
+    return (ScoreError, TrainImageError, TrainTextError, TuneError)
 
 
 def _job_errors() -> tuple[type[BaseException], ...]:
     from .errors import InternalError
     from .ingest import IngestError
-    from .train_image import TrainImageError
 
-    return (IngestError, TrainImageError, InternalError)
+    return (IngestError, InternalError)
 
 
 def main_submitted(job: str, argv: Sequence[str]) -> int:

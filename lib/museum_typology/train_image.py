@@ -24,6 +24,7 @@ from . import backbone as backbone_lib
 from . import bundles, image_model, report, storage, tflite_backbone
 from .clean import CleanedManifest, image_fold_runs, read_cleaned_manifest, relabel
 from .config import Settings
+from .errors import InternalError
 from .image_model import ImageSettings, WorkerJob
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -32,8 +33,9 @@ from .storage import S3Options
 log = get_logger(__name__)
 
 
-class TrainImageError(RuntimeError):
-    """The job cannot run (too few labelled images, fewer row groups than processes, ...)."""
+class TrainImageError(ValueError):
+    """The job cannot run on this dataset with these settings (too few labelled images, fewer row
+    groups than processes, ...): the input or a setting needs fixing (exit 2, as train-text's)."""
 
 
 def stratified_folds(guids: list[str], y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -258,7 +260,7 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
     rows = [r for result in results for r in result["oof"]]
     by_guid = {r["guid"]: r for r in rows}
     if len(rows) != len(by_guid) or set(by_guid) != set(guids):
-        raise TrainImageError(f"out-of-fold rows do not reconcile: {len(rows)} rows, {len(by_guid)} distinct guids, {len(guids)} labelled images")
+        raise InternalError(f"out-of-fold rows do not reconcile: {len(rows)} rows, {len(by_guid)} distinct guids, {len(guids)} labelled images")
     proba = np.array([by_guid[g]["proba"] for g in guids], dtype=np.float32)
     pred = proba.argmax(axis=1)
     pred_whole = np.array([np.argmax(by_guid[g]["proba_whole_views"]) for g in guids]) if image_model.has_whole_only_score(s) else None
