@@ -99,13 +99,22 @@ def test_the_newest_bundle_of_the_same_run_is_reused(tmp_path, caplog):
     assert "not reused" in caplog.text and caplog.text.count("not reused") == 1 and "20261128T010000Z-gone is not there" in caplog.text
 
 
-def test_a_bundle_is_not_reused_without_its_own_out_of_fold_file(tmp_path):
+def test_a_bundle_is_not_reused_without_its_own_out_of_fold_file(tmp_path, caplog, monkeypatch):
     models, oof = tmp_path / "models", tmp_path / "oof.parquet"
     _bundle(models, "v2", "key-1", oof_version="v1", oof=oof)  # the file a later or other run wrote
     assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None
     assert bundles.reusable_bundle(str(models), "key-1", str(tmp_path / "missing.parquet")) is None
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
-    assert bundles.reusable_bundle(str(models), "key-1", str(tmp_path / "bad.parquet")) is None
+    with caplog.at_level("INFO"):
+        assert bundles.reusable_bundle(str(models), "key-1", str(tmp_path / "bad.parquet")) is None
+    assert "bad.parquet: unreadable as an out-of-fold file" in caplog.text  # training again for hours says why
+
+    def store_down(url, s3=None):
+        raise storage.StorageError(f"{url}: cannot read (AWS Error NETWORK_CONNECTION during GetObject operation)")
+
+    monkeypatch.setattr(storage, "read_bytes", store_down)
+    with pytest.raises(storage.StorageError, match="AWS Error"):  # the store failing is not "train again"
+        bundles.reusable_bundle(str(models), "key-1", str(oof))
 
 
 def test_the_fold_bundle_its_out_of_fold_file_names_is_reused_when_a_newer_final_one_is_latest(tmp_path):

@@ -41,7 +41,10 @@ def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
     assert "text.lstm_pooling: 'avg' is none of max_avg, max_attention" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("setting", ["clean.label_k=[1]", "text.lstm_pooling=avg", "image.view_mode=all", "cascade.folds=1", "cascade.w_text=2.0", "score.image_views=all", "score.image_threads=-1", "image.class_weight=balance", "image.mixed_precision=of", "image.variant=efficientnet-b6"])
+@pytest.mark.parametrize("setting", ["clean.label_k=[1]", "text.lstm_pooling=avg", "image.view_mode=all", "cascade.folds=1", "cascade.w_text=2.0", "score.image_views=all", "score.image_threads=-1", "image.class_weight=balance", "image.mixed_precision=of", "image.variant=efficientnet-b6",
+                                     # counts and ranges: lstm_seeds 0 trained a bundle whose text probabilities were all NaN
+                                     "text.lstm_seeds=0", "text.folds=1", "text.folds=5.5", "text.dropout=1.0", "text.blend_grid=[]", "text.blend_grid=[1.5]",
+                                     "image.folds=1", "image.head_lr=0", "image.patience=0", "image.batch_size=2.5"])
 def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, monkeypatch, capsys, setting):
     """A value the clean, cascade, score or image stage cannot use failed the pipeline after ingest and both
     trainings; clean's own job checked its settings only after Spark had started."""
@@ -68,6 +71,17 @@ def test_a_training_the_data_or_settings_cannot_support_exits_2_like_bad_input(m
     monkeypatch.setattr(cli, "_settings", refused)
     assert cli.main(["show-conf"]) == 2
     assert capsys.readouterr().err == "museum-typology show-conf: error: ds: only 7 labelled images; need at least 10\n"
+
+
+@pytest.mark.parametrize("job", ["train-text", "train-image"])
+def test_a_fold_count_below_two_is_refused_on_the_command_line(job, capsys):
+    """`--folds 0` was taken as "not given" (the conf's count), `--folds 1` failed late."""
+    from museum_typology import cli
+
+    for value, why in (("0", "must be at least 2, not 0"), ("1", "must be at least 2, not 1"), ("x", "expected a whole number, got 'x'")):
+        with pytest.raises(SystemExit) as caught:
+            cli.main([job, "--folds", value])
+        assert caught.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_a_job_whose_check_of_its_own_work_fails_says_failed_and_exits_1(monkeypatch, capsys):

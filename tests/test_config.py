@@ -150,6 +150,9 @@ def test_bool_override_reaches_the_settings_as_a_bool():
         ("spark.conf=8g", "spark.conf expects a TOML inline table"),
         ("images.max_side.x=1", "images.max_side is an integer setting, not a table"),
         ('spark.conf."spark.x.when"=[2024-05-01]', "dates are not supported"),
+        # a whole table is checked key by key, as a settings file's is
+        ("text={foldz=3}", "no setting text.foldz in conf/default.toml, which lists every one; did you mean text.folds?"),
+        ("text={folds='x'}", "text.folds expects an integer"),
     ],
 )
 def test_override_of_the_wrong_type_is_refused_naming_key_value_and_type(assignment, expected):

@@ -497,6 +497,21 @@ def test_the_run_key_follows_the_image_fold_runs_that_cleaned_the_labels():
     assert with_i1 != plain and with_i1 != train_image.run_settings(s, {}, True, None, None, 2, ["I2"])
 
 
+def test_the_run_key_counts_processes_not_how_their_number_was_asked_for():
+    """`train-image --num-proc 2` and a pipeline whose Spark has 2 slots (num_proc 0) train the
+    same model; num_proc in the key made the second train again, for hours on a cluster."""
+    import dataclasses
+
+    from museum_typology.config import load_settings
+
+    default = image_model.ImageSettings.from_settings(load_settings(environ={}))
+    assert default.num_proc == 0
+    asked_for_2 = dataclasses.replace(default, num_proc=2)
+    assert train_image.run_settings(asked_for_2, {}, False, None, None, 2) == train_image.run_settings(default, {}, False, None, None, 2)
+    assert train_image.run_settings(asked_for_2, {}, False, None, None, 2) != train_image.run_settings(asked_for_2, {}, False, None, None, 4)
+    assert train_image.run_settings(default, {}, False, None, None, 2)["image"]["num_proc"] == 0  # the default's keys stay as they were
+
+
 def test_an_optimizer_checkpoint_restores_only_into_the_same_layout_and_tensorflow(tmp_path):
     import tensorflow as tf
 

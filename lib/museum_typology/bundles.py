@@ -118,6 +118,8 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     else:
         named = oof_versions(oof_url, s3)
         version = next(iter(named)) if len(named) == 1 else None
+        if len(named) > 1:
+            log.info("%s names %d bundles, not one; none is reused", oof_url, len(named))
     # Without an out-of-fold file (--final) the newest bundle is only a candidate when it is a
     # final one: not reusing the fold bundle --final trains after is no news worth a log line.
     explain = oof_url is not None or (isinstance(version, str) and version.endswith("-final"))
@@ -165,14 +167,18 @@ def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S
 
 def oof_versions(url: str, s3: S3Options | None = None) -> set[str]:
     """The ``model_version`` values of an out-of-fold Parquet file (empty when it is missing or
-    unreadable, or has no such column)."""
+    unreadable, or has no such column: the bundle it named is then trained again, and the log
+    says why). The store failing (S3) is raised: not a reason to train for hours."""
     import pyarrow.parquet as pq
 
     if not storage.exists(url, s3):
         return set()
     try:
         table = pq.read_table(io.BytesIO(storage.read_bytes(url, s3)), columns=["model_version"])
-    except Exception:  # noqa: BLE001 - any unreadable file is "not this run's"
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not this run's"
+        if storage.is_s3_error(exc):
+            raise
+        log.info("%s: unreadable as an out-of-fold file (%s); the bundle it named is not reused", url, " ".join(str(exc).split())[:200])
         return set()
     return set(table.column("model_version").to_pylist())
 

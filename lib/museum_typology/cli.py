@@ -250,7 +250,7 @@ def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, An
 def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/text)")
     parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/text.parquet, or DIR/oof.parquet with another --model-dir)")
-    parser.add_argument("--folds", type=int, metavar="K", help="number of folds (default: text.folds)")
+    parser.add_argument("--folds", type=_count_of_at_least(2), metavar="K", help="number of folds, at least 2 (default: text.folds)")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job: relabelled rows train on their new label, dropped rows are left out")
     _retrain_argument(parser)
 
@@ -435,11 +435,26 @@ def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="DIR", help="petastorm dataset (default: WORK_DIR/ingest/dataset)")
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/image)")
     parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities of a fold run (default: WORK_DIR/oof/image.parquet, or DIR/oof.parquet with another --model-dir); not with --final")
-    parser.add_argument("--folds", type=int, metavar="K", help="number of stratified folds (default: image.folds)")
-    parser.add_argument("--num-proc", type=int, metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
+    parser.add_argument("--folds", type=_count_of_at_least(2), metavar="K", help="number of stratified folds, at least 2 (default: image.folds)")
+    parser.add_argument("--num-proc", type=_count_of_at_least(0), metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
     parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on the labelled images but one stratified fold (about 1/K of them), which validates and picks the best epoch")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job (guid, new_label, action; or guid, typology[, keep]): its labels replace the dataset's, dropped rows are left out")
     _retrain_argument(parser)
+
+
+def _count_of_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (``--folds 0`` was taken as "not given")."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

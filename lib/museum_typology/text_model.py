@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .catalogue import InputRow
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, number_within, whole_number
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
 from .text import normalize
@@ -67,10 +67,33 @@ class TextSettings:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TextSettings:
+        """The [text] settings, each checked for its range here: ``lstm_seeds = 0`` trained a bundle
+        whose every text probability was NaN at scoring, ``folds = 0`` or ``5.5`` failed after the
+        image stage with a traceback."""
         section = settings.section("text")
         values = {name: section[name] for name in cls.__dataclass_fields__}
-        values["blend_grid"] = tuple(float(x) for x in values["blend_grid"])
+        for name, spec in cls.__dataclass_fields__.items():
+            if spec.type == "int":
+                values[name] = whole_number(f"text.{name}", values[name], TEXT_COUNT_MINIMUM.get(name, 1))
+        for name, (low, high, low_included, high_included) in TEXT_NUMBER_RANGES.items():
+            values[name] = number_within(f"text.{name}", values[name], low, high, low_included=low_included, high_included=high_included)
+        grid = values["blend_grid"]
+        if not isinstance(grid, list) or not grid:
+            raise ConfigError(f"text.blend_grid = {grid!r}: must be a non-empty list of BiLSTM weights in [0, 1]")
+        values["blend_grid"] = tuple(number_within("text.blend_grid", x, 0.0, 1.0) for x in grid)
         return cls(**values)
+
+
+# Smallest values of the [text] counts (1 unless named); ranges (low, high, low included, high
+# included) of its real-valued settings.
+TEXT_COUNT_MINIMUM = {"folds": 2, "seed": 0}
+TEXT_NUMBER_RANGES = {
+    "dropout": (0.0, 1.0, True, False),
+    "learning_rate": (0.0, float("inf"), False, True),
+    "tfidf_C": (0.0, float("inf"), False, True),
+    "baseline_C": (0.0, float("inf"), False, True),
+    "tfidf_vectors_weight": (0.0, float("inf"), True, True),
+}
 
 
 @dataclass

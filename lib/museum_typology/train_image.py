@@ -156,6 +156,10 @@ def run_settings(s: image_model.ImageSettings, stored: dict[str, Any], final: bo
     so labels cleaned by another fold run make another bundle, not a reused one that names the
     old run (left out when there are none, so runs without a clean manifest keep their key)."""
     image = {k: v for k, v in image_model.settings_dict(s).items() if k not in RUN_ONLY_SETTINGS}
+    # How the count was asked for (num_proc 2, or 0 = Spark's parallelism, which is 2) is not what
+    # trains: ``processes`` is. Recorded as the default's 0, so `train-image --num-proc 2` and a
+    # pipeline on a 2-slot Spark share a run, and runs at the default keep their keys.
+    image["num_proc"] = 0
     values = {"image": image, "images": stored, "final": final, "epochs": epochs, "max_steps": max_steps, "processes": processes, "training_version": TRAINING_VERSION}
     return {**values, "labels_from": list(labels_from)} if labels_from else values
 
@@ -179,9 +183,9 @@ def run(
     labels and settings (unless ``retrain``; ``bundles.reusable_bundle`` says which)."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
-    if folds:
+    if folds is not None:
         settings = settings.set(["image", "folds"], int(folds), "--folds")
-    if num_proc:
+    if num_proc is not None:
         settings = settings.set(["image", "num_proc"], int(num_proc), "--num-proc")
     s = ImageSettings.from_settings(settings)
     if not storage.exists(storage.join(dataset_url, "_common_metadata"), s3):

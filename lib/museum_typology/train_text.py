@@ -115,7 +115,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     names when it was trained on the same data and settings (unless ``retrain``). Returns the bundle, out-of-fold and report URLs, the metrics, and ``reused``."""
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
-    if folds:
+    if folds is not None:
         settings = settings.set(["text", "folds"], int(folds), "--folds")
     ts = TextSettings.from_settings(settings)
     seed_everything(ts.seed)

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import bundles, clean, storage
 from .cascade import CascadeParams, cross_fitted, decide, paired_oof, source_breakdown, tune
-from .config import Settings
+from .config import Settings, whole_number
 from .log import get_logger
 from .report import macro_f1
 from .storage import S3Options
@@ -64,13 +64,11 @@ def oof_digest(guids: list[str], y: np.ndarray, proba: np.ndarray) -> str:
 
 
 def check_conf(conf: dict[str, Any]) -> tuple[int, int, int]:
-    """(folds, pairs_per_image, seed) of [cascade], refused with a TuneError when they cannot work."""
-    values: dict[str, int] = {}
-    for key, least, why in (("folds", 2, "the cross-fitted estimate tunes on the other folds and scores the held-out one"), ("pairs_per_image", 1, "each image row needs a text row to pair with"), ("seed", 0, "a random seed")):
-        value = conf.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise TuneError(f"cascade.{key} = {value!r}: must be a whole number >= {least} ({why})")
-        values[key] = value
+    """(folds, pairs_per_image, seed) of [cascade], refused (ConfigError, TuneError) when they cannot work."""
+    values = {
+        key: whole_number(f"cascade.{key}", conf.get(key), least, why)
+        for key, least, why in (("folds", 2, "the cross-fitted estimate tunes on the other folds and scores the held-out one"), ("pairs_per_image", 1, "each image row needs a text row to pair with"), ("seed", 0, "a random seed"))
+    }
     for key in ("threshold_grid", "weight_grid"):
         grid = conf.get(key)
         if not isinstance(grid, list) or not grid or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid):
