@@ -429,6 +429,26 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
     assert restarted["resumed"] is False and sum(zoo.requests.values()) == 20 and restarted["manifest_rows"] == 20
 
 
+def test_a_kill_between_the_commits_two_renames_loses_no_stored_chunk(spark, zoo, tmp_path, monkeypatch):
+    """A local commit sets the output (its _work/ with every stored chunk inside) aside, then
+    renames the new one into place; killed in between, --resume found no unfinished crawl, fetched
+    everything again and then deleted both the set-aside output and the finished one."""
+    csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 12))
+    output = tmp_path / "out"
+    real = petastorm_io.write_metadata
+    monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    assert len(_committed_rows(output)) == 12
+    output.rename(tmp_path / ".out.old-1234abcd")  # the first rename of the commit...
+    (tmp_path / ".out.tmp-abcdef12" / "dataset").mkdir(parents=True)  # ...and the new output, not yet renamed
+    monkeypatch.setattr(petastorm_io, "write_metadata", real)
+    zoo.reset_counts()
+    summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
+    assert summary["resumed"] is True and sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == 12
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
 def test_cli_help():
     result = subprocess.run([str(SCRIPT), "crawl", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--resume" in result.stdout and "--input" in result.stdout

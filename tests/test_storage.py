@@ -191,3 +191,14 @@ def test_the_s3_region_is_the_setting_else_the_drivers_aws_environment():
     from museum_typology.config import load_settings
 
     assert S3Options.from_settings(load_settings(environ={}).section("s3"), {"AWS_REGION": "eu-north-1"}).region == "eu-north-1"
+
+
+@pytest.mark.parametrize("url", ["s3://bucket", "s3://bucket/", "s3a://bucket"])
+def test_a_whole_bucket_as_an_output_directory_is_refused_before_any_work(url):
+    """A commit writes a temporary sibling first; a bucket's sibling is another bucket, so a crawl
+    into s3://bucket fetched everything and then failed with a traceback."""
+    with pytest.raises(storage.StorageError, match="a whole bucket; crawl writes its output directory under a prefix: give s3://BUCKET/NAME"):
+        storage.check_replaceable(url, ("manifest.parquet",), "crawl")
+    with pytest.raises(storage.StorageError, match="a whole bucket"):
+        with storage.atomic_directory(url, job="score"):
+            pytest.fail("the commit's temporary directory was made")

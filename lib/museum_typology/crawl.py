@@ -546,6 +546,9 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     storage.check_replaceable(output, ("manifest.parquet", "summary.json", WORK_DIR), "crawl", s3)  # _work/: an interrupted crawl
+    # Before the unfinished crawl is looked for: a kill between a local commit's two renames left
+    # the output, its _work/ and stored chunks inside, set aside; it is put back here.
+    storage.clean_up_after_crashes(output, s3)
     crawl_conf = settings.section("crawl")
     decode = DecodeSettings.from_settings(settings)
     rows, csv_sha256 = read_url_rows(input_url, settings, s3)

@@ -280,6 +280,7 @@ def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Option
     ``_SUCCESS`` names the job: ``atomic_directory(..., job=)``); an output committed before
     markers named their job, or an unfinished one, must hold one of the ``signature`` files this
     job writes. Call it before the job's long work."""
+    refuse_bucket_root(url, job)
     fs, path = filesystem(url, s3)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return
@@ -304,6 +305,14 @@ def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Option
         )
 
 
+def refuse_bucket_root(url: str, job: str = "") -> None:
+    """An output directory must be a prefix inside a bucket: a commit writes a temporary sibling
+    first, and the sibling of a whole bucket would be another bucket (a crawl found out only after
+    fetching everything)."""
+    if is_s3(url) and "/" not in filesystem_path(url).strip("/"):
+        raise StorageError(f"{url}: a whole bucket; {job or 'a job'} writes its output directory under a prefix: give s3://BUCKET/NAME")
+
+
 @contextlib.contextmanager
 def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "") -> Iterator[str]:
     """Yield a temporary directory URL; on a clean exit it replaces ``final_url`` whole.
@@ -315,6 +324,7 @@ def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "")
     the new output lacks and writes the marker last, so a crash during the copy leaves an output
     without its marker, which readers refuse and the next run replaces.
     """
+    refuse_bucket_root(final_url, job)
     fs, final_path = filesystem(final_url, s3)
     parent, name = posixpath.split(final_path.rstrip("/"))
     fs.create_dir(parent, recursive=True)
