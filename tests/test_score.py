@@ -487,6 +487,21 @@ def test_an_output_that_is_a_directory_or_the_input_is_refused_before_spark(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "in.csv", "out"]
 
 
+def test_a_parquet_input_directory_is_not_read_with_its_own_output_or_a_stray_file(tmp_path, monkeypatch):
+    """A directory is one Parquet dataset whose columns are its first file's: predictions written
+    into it came back on a re-run as rows without descriptions (2 rows scored as 4)."""
+    items = tmp_path / "items"
+    items.mkdir()
+    pq.write_table(pa.table({"guid": ["a", "b"], "description": ["Монета", "Ваза"]}), items / "part-0.parquet")
+    assert [r.guid for r in score.read_rows(str(items))] == ["a", "b"]
+    with pytest.raises(OSError, match="--output is inside the --input directory; a re-run would read the predictions back"):
+        score.check_output(str(items), str(items / "pred.parquet"))
+    score.check_output(str(items / "part-0.parquet"), str(tmp_path / "items.parquet"))  # a sibling is fine
+    pq.write_table(pa.table({"guid": ["a", "b"], "typology": ["x", "y"]}), items / "pred.parquet")
+    with pytest.raises(CsvError, match="items: its file pred.parquet has no description column; every Parquet file of an input directory"):
+        score.read_rows(str(items))
+
+
 def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
     for name in ["x.JPG", "y", "z.tar.gz", ".DS_Store"]:
         (tmp_path / name).write_bytes(b"1")

@@ -89,6 +89,8 @@ def read_rows(url: str, s3: S3Options | None = None, name: str | None = None) ->
 def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
     fs, path = storage.filesystem(url, s3)
     try:
+        if storage.is_dir(url, s3):
+            _check_every_file_has_the_columns(fs, path, name)
         table = pq.read_table(path, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
         raise CsvError(f"{name}: not a readable Parquet file ({exc})") from None
@@ -118,6 +120,17 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
     return rows
 
 
+def _check_every_file_has_the_columns(fs, path: str, name: str) -> None:
+    """A directory is read as one Parquet dataset, whose columns are its first file's: another
+    file without guid or description (a stray export, a predictions file) would come in as rows
+    of empty guids or descriptions. Refused instead, naming the file."""
+    for file in pq.ParquetDataset(path, filesystem=fs).files:
+        columns = {str(c).strip().lower() for c in pq.read_schema(file, filesystem=fs).names}
+        missing = [c for c in ("guid", "description") if c not in columns]
+        if missing:
+            raise CsvError(f"{name}: its file {file[len(path):].lstrip('/')} has no {' or '.join(missing)} column; every Parquet file of an input directory is read as rows to score")
+
+
 def check_image_sources(images_dir: str | None, image_dataset: str | None, s3: S3Options | None = None) -> None:
     """The image options name directories (cheap: no listing); the CLI asks before Spark starts."""
     if images_dir and not storage.is_dir(images_dir, s3):
@@ -131,6 +144,8 @@ def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -
     directory there failed the job at its very end, and the input would have been overwritten."""
     if _same_location(input_url, output_url):
         raise storage.StorageError(f"{output_url}: --output is the --input file; scoring would overwrite its rows")
+    if _inside(output_url, input_url) and storage.is_dir(input_url, s3):
+        raise storage.StorageError(f"{output_url}: --output is inside the --input directory; a re-run would read the predictions back as rows to score")
     if storage.is_dir(output_url, s3):
         raise storage.StorageError(f"{output_url}: --output is a directory; name a .csv or .parquet file (e.g. {storage.join(output_url, 'predictions.csv')})")
     if not output_url.lower().endswith(OUTPUT_EXTENSIONS):
@@ -148,6 +163,15 @@ def _same_location(a: str, b: str) -> bool:
         return False
     path_a, path_b = storage.filesystem_path(a), storage.filesystem_path(b)
     return path_a == path_b if storage.is_s3(a) else os.path.realpath(path_a) == os.path.realpath(path_b)
+
+
+def _inside(path_url: str, directory_url: str) -> bool:
+    if storage.is_s3(path_url) != storage.is_s3(directory_url):
+        return False
+    path, directory = storage.filesystem_path(path_url), storage.filesystem_path(directory_url)
+    if not storage.is_s3(path_url):
+        path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path.startswith(directory.rstrip("/") + "/")
 
 
 class ImageFiles(dict):
