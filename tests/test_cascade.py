@@ -187,6 +187,18 @@ def test_tune_cascade_clear_errors(tmp_path, capsys):
         tune_cascade.run(load_settings(environ={}), str(tmp_path / "image.parquet"), str(tmp_path / "text.parquet"), str(tmp_path / "cascade"))
 
 
+def test_tune_cascade_with_a_single_image_row_to_pair_is_one_error_line(tmp_path, capsys):
+    """The cross-fitted estimate had no other image's pairs to tune on: a bare ValueError traceback (exit 1)."""
+    rng = np.random.default_rng(4)
+    _write_oof(tmp_path / "text.parquet", *_oof(5, [0, 1], 1.5, rng), "t1")
+    i_y, i_proba = _oof(2, [0, 2, 3], 3.0, rng)
+    keep = np.r_[0, 2:6]  # one image of class 0, the others of classes the text file lacks
+    _write_oof(tmp_path / "image.parquet", i_y[keep], i_proba[keep], "i1")
+    code = cli.main(["tune-cascade", "--set", f"paths.work_dir={tmp_path}", "--text-oof", str(tmp_path / "text.parquet"), "--image-oof", str(tmp_path / "image.parquet"), "--model-dir", str(tmp_path / "models")])
+    err = capsys.readouterr().err
+    assert code == 2 and "only one image row shares a label with" in err and "Traceback" not in err, err
+
+
 def _bad_oof_files(tmp_path) -> dict[str, tuple[str, str]]:
     """name -> (path, what the error must say): files clean refuses, written in each bad way."""
     even = list(np.ones(K) / K)

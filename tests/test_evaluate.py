@@ -185,6 +185,17 @@ def test_integer_parquet_guids_with_a_null_read_as_score_writes_them(tmp_path):
     assert read_table(str(path), PRED_COLUMNS, "predictions")["guid"].tolist() == ["1", "2", ""]
 
 
+def test_parquet_category_columns_are_text_and_a_column_named_twice_is_refused(tmp_path):
+    """pandas writes a category column as a Parquet dictionary and reads it back as a category,
+    on which fillna("") raised; "guid" next to "GUID" raised an AttributeError."""
+    path = tmp_path / "pred.parquet"
+    pd.DataFrame({"guid": pd.Categorical(["a", "b"]), "typology": pd.Categorical([A, None])}).to_parquet(path)
+    assert read_table(str(path), PRED_COLUMNS, "predictions")["typology"].tolist() == [A, ""]
+    pd.DataFrame({"guid": ["a"], "GUID": ["b"], "typology": [A]}).to_parquet(path)
+    with pytest.raises(EvaluateError, match="column\\(s\\) guid appear more than once .* without case"):
+        read_table(str(path), PRED_COLUMNS, "predictions")
+
+
 def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):
     truth, pred = tmp_path / "truth.csv", tmp_path / "pred.parquet"
     _truth().to_csv(truth, index=False)

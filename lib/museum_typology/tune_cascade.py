@@ -96,6 +96,8 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     text_pairs, image_pairs, y, groups = paired_oof(t_proba, t_y, i_proba, i_y, per_image, seed)
     if len(y) == 0:
         raise TuneError(f"{image_oof}: no image row shares a label with {text_oof}: nothing to tune on")
+    if len(np.unique(groups)) < 2:  # the cross-fitted estimate tunes on the other images' pairs
+        raise TuneError(f"{image_oof}: only one image row shares a label with {text_oof}; tuning needs two at least")
     best, table = tune(text_pairs, image_pairs, y, conf["threshold_grid"], conf["weight_grid"], baseline.default_class)
     held_out = cross_fitted(text_pairs, image_pairs, y, groups, folds, conf["threshold_grid"], conf["weight_grid"], baseline.default_class, seed)
     ones = np.ones(len(y), dtype=bool)
