@@ -161,6 +161,9 @@ def test_streamed_body_over_the_cap(zoo):
         ("", "empty url"),
         ("http:///nohost.jpg", "no host"),
         ("http://example.org/a b.jpg", "whitespace"),
+        # refused by urllib3 only when it connects: a robots.txt fetch made them robots_disallowed
+        ("http://a..b/x.jpg", "has an empty label or one over 63 characters"),
+        (f"http://{'x' * 64}.org/x.jpg", "has an empty label or one over 63 characters"),
     ],
 )
 def test_bad_urls_are_never_requested(url, fragment):

@@ -141,6 +141,13 @@ def url_problem(url: str | None) -> str | None:
         parsed.port  # noqa: B018 - parse_url validates the port range lazily in some versions
     except ValueError as exc:
         return f"unparsable url {url!r}: {exc}"
+    if not parsed.host.startswith("["):  # a host name, as urllib3 encodes it when it connects
+        try:
+            parsed.host.encode("idna")
+        except UnicodeError:
+            # "a..b", or a label over 63 characters: urllib3 refuses it only on connecting, and
+            # the robots.txt fetch failing first made the row robots_disallowed, not bad_url
+            return f"unparsable url {url!r}: host {parsed.host!r} has an empty label or one over 63 characters"
     return None
 
 
