@@ -449,6 +449,40 @@ def test_a_kill_between_the_commits_two_renames_loses_no_stored_chunk(spark, zoo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
+def test_a_chunk_committed_without_its_part_file_is_fetched_again_not_taken_for_stored(spark, zoo, tmp_path, monkeypatch):
+    """An executor of a killed run still working beside the resumed one can commit a fragment whose
+    part file the resumed driver's clean-up deleted: its ok rows were in no dataset, and every
+    later --resume failed to reconcile."""
+    csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 12))
+    output = tmp_path / "out"
+    real = petastorm_io.write_metadata
+    monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    monkeypatch.setattr(petastorm_io, "write_metadata", real)
+    work = output / "_work"
+    chunk = next(p.name for p in sorted((work / "dataset").glob("part-*.parquet")))
+    # 1. the orphan's rows are stored in another chunk too; named to come first, it won the duplicates
+    (work / "manifest" / "part-00000-00000-00000000.parquet").write_bytes((work / "manifest" / chunk).read_bytes())
+    zoo.reset_counts()
+    summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
+    assert sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == summary["dataset_rows"] == 12
+    # 2. its rows are stored nowhere else: the job says so, and the next --resume fetches just them
+    monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(tmp_path / "third"))
+    monkeypatch.setattr(petastorm_io, "write_metadata", real)
+    work = tmp_path / "third" / "_work"
+    chunk = next(p.name for p in sorted((work / "dataset").glob("part-*.parquet")))
+    lost = pq.read_table(work / "manifest" / chunk).num_rows
+    (work / "dataset" / chunk).unlink()
+    with pytest.raises(crawl.CrawlError, match=f"{lost} rows were in chunks a killed run's executors committed without their part files .* --resume again"):
+        crawl.run(spark, _settings(tmp_path), csv_path, str(tmp_path / "third"), resume=True)
+    zoo.reset_counts()
+    summary = crawl.run(spark, _settings(tmp_path), csv_path, str(tmp_path / "third"), resume=True)
+    assert summary["manifest_rows"] == summary["dataset_rows"] == 12 and 0 < sum(zoo.requests.values()) <= lost
+
+
 def test_cli_help():
     result = subprocess.run([str(SCRIPT), "crawl", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--resume" in result.stdout and "--input" in result.stdout

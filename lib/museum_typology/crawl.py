@@ -659,10 +659,11 @@ def assemble(
     """Build the final output from the committed chunks and commit it atomically."""
     decode = DecodeSettings.from_settings(settings)
     schema = make_image_schema(decode.codec, decode.jpeg_quality)
-    fragments = list_fragments(work_url, s3)
-    crawled, drop = _deduplicate([(name, read_fragment(work_url, name, s3).to_pylist()) for name in fragments])
-    manifest = sorted(finished + crawled, key=lambda r: r["source_row"])
     dataset_src, _ = _work_paths(work_url)
+    loaded = _without_orphans(work_url, {name: read_fragment(work_url, name, s3).to_pylist() for name in list_fragments(work_url, s3)}, finished, s3)
+    fragments = list(loaded)
+    crawled, drop = _deduplicate(list(loaded.items()))
+    manifest = sorted(finished + crawled, key=lambda r: r["source_row"])
     with storage.atomic_directory(output, s3, job="crawl") as tmp:
         dataset_url = storage.join(tmp, "dataset")
         parts = 0
@@ -682,6 +683,28 @@ def assemble(
         summary.update(output=output, chunks=len(fragments), **run_info)
         write_output_records(tmp, pa.Table.from_pylist(manifest, schema=CRAWL_MANIFEST_SCHEMA), summary, settings, s3)
     return summary
+
+
+def _without_orphans(work_url: str, loaded: dict[str, list[dict[str, Any]]], finished: list[dict[str, Any]], s3: S3Options | None) -> dict[str, list[dict[str, Any]]]:
+    """The committed chunks less the orphans, which are deleted: fragments marking rows ok whose
+    part file is not there. Only an executor of a killed run, still working beside the resumed
+    one, leaves one: the resumed driver's clean-up deleted the part file it was writing, then it
+    committed the fragment. Its rows, taken for stored, would be in no dataset. When some of them
+    are in no other chunk either, the job stops and a --resume fetches them again."""
+    dataset_src, manifest_src = _work_paths(work_url)
+    orphans = [name for name, rows in loaded.items() if any(r["status"] == STATUS_OK for r in rows) and not storage.exists(storage.join(dataset_src, name), s3)]
+    if not orphans:
+        return loaded
+    fs, path = storage.filesystem(manifest_src, s3)
+    for name in orphans:
+        fs.delete_file(posixpath.join(path, name))
+    kept = {name: rows for name, rows in loaded.items() if name not in orphans}
+    elsewhere = {r["source_row"] for rows in kept.values() for r in rows} | {r["source_row"] for r in finished}
+    lost = {r["source_row"] for name in orphans for r in loaded[name]} - elsewhere
+    log.warning("%d chunk(s) committed by a killed run's executors had lost their part files; deleted", len(orphans))
+    if lost:
+        raise CrawlError(f"{len(lost)} rows were in chunks a killed run's executors committed without their part files (deleted now); run the crawl with --resume again to fetch them")
+    return kept
 
 
 def _deduplicate(fragments: list[tuple[str, list[dict[str, Any]]]]) -> tuple[list[dict[str, Any]], dict[str, set[str]]]:
