@@ -429,20 +429,25 @@ def test_crash_before_the_commit_keeps_the_old_output_and_resume_finishes(spark,
     assert restarted["resumed"] is False and sum(zoo.requests.values()) == 20 and restarted["manifest_rows"] == 20
 
 
+def _killed_before_the_assembly(spark, tmp_path, csv_path, output, monkeypatch) -> None:
+    """A crawl into ``output`` (2 partitions) killed after every chunk is stored, before its output is assembled."""
+    real = petastorm_io.write_metadata
+    monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    monkeypatch.setattr(petastorm_io, "write_metadata", real)
+
+
 def test_a_kill_between_the_commits_two_renames_loses_no_stored_chunk(spark, zoo, tmp_path, monkeypatch):
     """A local commit sets the output (its _work/ with every stored chunk inside) aside, then
     renames the new one into place; killed in between, --resume found no unfinished crawl, fetched
     everything again and then deleted both the set-aside output and the finished one."""
     csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 12))
     output = tmp_path / "out"
-    real = petastorm_io.write_metadata
-    monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
-    with pytest.raises(RuntimeError, match="killed"):
-        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
+    _killed_before_the_assembly(spark, tmp_path, csv_path, output, monkeypatch)
     assert len(_committed_rows(output)) == 12
     output.rename(tmp_path / ".out.old-1234abcd")  # the first rename of the commit...
     (tmp_path / ".out.tmp-abcdef12" / "dataset").mkdir(parents=True)  # ...and the new output, not yet renamed
-    monkeypatch.setattr(petastorm_io, "write_metadata", real)
     zoo.reset_counts()
     summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
     assert summary["resumed"] is True and sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == 12
@@ -455,11 +460,7 @@ def test_a_chunk_committed_without_its_part_file_is_fetched_again_not_taken_for_
     later --resume failed to reconcile."""
     csv_path = _write_csv(tmp_path / "urls.csv", _gen_rows(zoo, 12))
     output = tmp_path / "out"
-    real = petastorm_io.write_metadata
-    monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
-    with pytest.raises(RuntimeError, match="killed"):
-        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(output))
-    monkeypatch.setattr(petastorm_io, "write_metadata", real)
+    _killed_before_the_assembly(spark, tmp_path, csv_path, output, monkeypatch)
     work = output / "_work"
     chunk = next(p.name for p in sorted((work / "dataset").glob("part-*.parquet")))
     # 1. the orphan's rows are stored in another chunk too; named to come first, it won the duplicates
@@ -468,10 +469,7 @@ def test_a_chunk_committed_without_its_part_file_is_fetched_again_not_taken_for_
     summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
     assert sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == summary["dataset_rows"] == 12
     # 2. its rows are stored nowhere else: the job says so, and the next --resume fetches just them
-    monkeypatch.setattr(petastorm_io, "write_metadata", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
-    with pytest.raises(RuntimeError, match="killed"):
-        crawl.run(spark, _settings(tmp_path, "crawl.partitions=2"), csv_path, str(tmp_path / "third"))
-    monkeypatch.setattr(petastorm_io, "write_metadata", real)
+    _killed_before_the_assembly(spark, tmp_path, csv_path, tmp_path / "third", monkeypatch)
     work = tmp_path / "third" / "_work"
     chunk = next(p.name for p in sorted((work / "dataset").glob("part-*.parquet")))
     lost = pq.read_table(work / "manifest" / chunk).num_rows
