@@ -468,17 +468,35 @@ def test_a_chunk_committed_without_its_part_file_is_fetched_again_not_taken_for_
     zoo.reset_counts()
     summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
     assert sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == summary["dataset_rows"] == 12
-    # 2. its rows are stored nowhere else: the job says so, and the next --resume fetches just them
+    # 2. its rows are stored nowhere else: the resumed run fetches them (and only them) again
     _killed_before_the_assembly(spark, tmp_path, csv_path, tmp_path / "third", monkeypatch)
     work = tmp_path / "third" / "_work"
     chunk = next(p.name for p in sorted((work / "dataset").glob("part-*.parquet")))
     lost = pq.read_table(work / "manifest" / chunk).num_rows
     (work / "dataset" / chunk).unlink()
-    with pytest.raises(crawl.CrawlError, match=f"{lost} rows were in chunks a killed run's executors committed without their part files .* --resume again"):
-        crawl.run(spark, _settings(tmp_path), csv_path, str(tmp_path / "third"), resume=True)
     zoo.reset_counts()
     summary = crawl.run(spark, _settings(tmp_path), csv_path, str(tmp_path / "third"), resume=True)
     assert summary["manifest_rows"] == summary["dataset_rows"] == 12 and 0 < sum(zoo.requests.values()) <= lost
+
+
+def test_an_orphan_committed_while_the_resumed_run_fetched_is_dropped_and_never_loses_rows(tmp_path):
+    """At the assembly an orphan's rows must be in another chunk (this run fetched them too); if
+    not, the job stops rather than write a dataset without them, and --resume fetches them."""
+    work = tmp_path / "_work"
+    (work / "manifest").mkdir(parents=True)
+    (work / "dataset").mkdir()
+    for name in ("part-00000-00000-aaaaaaaa.parquet", "part-00001-00000-bbbbbbbb.parquet"):
+        (work / "manifest" / name).write_bytes(b"fragment")
+    (work / "dataset" / "part-00001-00000-bbbbbbbb.parquet").write_bytes(b"part")
+    loaded = {"part-00000-00000-aaaaaaaa.parquet": [{"source_row": 1, "status": "ok"}, {"source_row": 2, "status": "ok"}],
+              "part-00001-00000-bbbbbbbb.parquet": [{"source_row": 1, "status": "ok"}]}
+    with pytest.raises(crawl.CrawlError, match="1 rows were in chunks a killed run's executors committed without their part files"):
+        crawl._without_orphans(str(work), dict(loaded), [], None)  # source_row 2 is in the orphan only
+    assert not (work / "manifest" / "part-00000-00000-aaaaaaaa.parquet").exists()
+    (work / "manifest" / "part-00000-00000-aaaaaaaa.parquet").write_bytes(b"fragment")
+    kept = crawl._without_orphans(str(work), dict(loaded), [{"source_row": 2}], None)  # row 2 finished at planning
+    assert kept == {"part-00001-00000-bbbbbbbb.parquet": [{"source_row": 1, "status": "ok"}]}
+    assert sorted(p.name for p in (work / "manifest").iterdir()) == ["part-00001-00000-bbbbbbbb.parquet"]
 
 
 def test_cli_help():

@@ -191,9 +191,10 @@ def test_parquet_category_columns_are_text_and_a_column_named_twice_is_refused(t
     path = tmp_path / "pred.parquet"
     pd.DataFrame({"guid": pd.Categorical(["a", "b"]), "typology": pd.Categorical([A, None])}).to_parquet(path)
     assert read_table(str(path), PRED_COLUMNS, "predictions")["typology"].tolist() == [A, ""]
-    pd.DataFrame({"guid": ["a"], "GUID": ["b"], "typology": [A]}).to_parquet(path)
-    with pytest.raises(EvaluateError, match="column\\(s\\) guid appear more than once .* without case"):
-        read_table(str(path), PRED_COLUMNS, "predictions")
+    for columns, repeated in ((["guid", "GUID", "typology"], "guid"), (["guid", "typology", "source", "Source "], "source")):
+        pd.DataFrame([["a", A, "text"][: len(columns) - 1] + ["b"]], columns=columns).to_parquet(path)
+        with pytest.raises(EvaluateError, match=f"pred.parquet: column\\(s\\) {repeated} appear more than once \\(compared without case"):
+            read_table(str(path), PRED_COLUMNS, "predictions")
 
 
 def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):

@@ -222,6 +222,9 @@ def test_score_refuses_unknown_image_settings_on_the_driver(trained):
     # 0 divided by zero after Spark had started, in score and rescore alike
     with pytest.raises(score.ScoreError, match="score.rows_per_partition = 0: must be a whole number >= 1"):
         score.resolve_models(settings.set(["score", "rows_per_partition"], 0, "test"), str(root / "models"))
+    with pytest.raises(score.ScoreError, match="score.batch_size = 0: must be a whole number >= 1"):
+        score.resolve_models(settings.set(["score", "batch_size"], 0, "test"), str(root / "models"))
+    score.check_settings(settings.set(["score", "rows_per_partition"], 5.0, "test"))  # a count written 5.0 is 5, as elsewhere
 
 
 def result_version(root: Path) -> str:

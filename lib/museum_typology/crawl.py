@@ -575,8 +575,10 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         restart,
     )
     done_before: set[int] = set()
-    for name in list_fragments(work_url, s3) if resumed else []:
-        done_before.update(read_fragment(work_url, name, s3, ["source_row"]).column("source_row").to_pylist())
+    if resumed:
+        stored = {name: read_fragment(work_url, name, s3, ["source_row", "status"]).to_pylist() for name in list_fragments(work_url, s3)}
+        orphans = _delete_orphans(work_url, stored, s3)  # their rows are fetched again by this run
+        done_before = {r["source_row"] for name, rows in stored.items() if name not in orphans for r in rows}
     groups = group_tasks(tasks, partitions)
     todo_groups = [
         (pid, todo)
@@ -685,23 +687,33 @@ def assemble(
     return summary
 
 
-def _without_orphans(work_url: str, loaded: dict[str, list[dict[str, Any]]], finished: list[dict[str, Any]], s3: S3Options | None) -> dict[str, list[dict[str, Any]]]:
-    """The committed chunks less the orphans, which are deleted: fragments marking rows ok whose
-    part file is not there. Only an executor of a killed run, still working beside the resumed
-    one, leaves one: the resumed driver's clean-up deleted the part file it was writing, then it
-    committed the fragment. Its rows, taken for stored, would be in no dataset. When some of them
-    are in no other chunk either, the job stops and a --resume fetches them again."""
+def _delete_orphans(work_url: str, fragments: dict[str, list[dict[str, Any]]], s3: S3Options | None) -> list[str]:
+    """Delete the orphans among ``fragments`` (name -> rows) and return their names: fragments
+    marking rows ok whose part file is not there. Only an executor of a killed run, still working
+    beside the resumed one, leaves one (the resumed driver's clean-up deleted the part file it was
+    writing, then it committed the fragment); its rows, taken for stored, would be in no dataset."""
     dataset_src, manifest_src = _work_paths(work_url)
-    orphans = [name for name, rows in loaded.items() if any(r["status"] == STATUS_OK for r in rows) and not storage.exists(storage.join(dataset_src, name), s3)]
+    parts = set(storage.list_files(dataset_src, s3)) if storage.exists(dataset_src, s3) else set()
+    orphans = [name for name, rows in fragments.items() if name not in parts and any(r["status"] == STATUS_OK for r in rows)]
+    if orphans:
+        fs, path = storage.filesystem(manifest_src, s3)
+        for name in orphans:
+            fs.delete_file(posixpath.join(path, name))
+        log.warning("%d chunk(s) committed by a killed run's executors had lost their part files; deleted, their rows are fetched again", len(orphans))
+    return orphans
+
+
+def _without_orphans(work_url: str, loaded: dict[str, list[dict[str, Any]]], finished: list[dict[str, Any]], s3: S3Options | None) -> dict[str, list[dict[str, Any]]]:
+    """The committed chunks less the orphans (``_delete_orphans``). A resumed run deletes those
+    it finds before fetching and fetches their rows; one committed while it ran holds rows this
+    run fetched too. Rows in an orphan and in no other chunk would mean a bug: the job stops, and
+    a --resume fetches them."""
+    orphans = _delete_orphans(work_url, loaded, s3)
     if not orphans:
         return loaded
-    fs, path = storage.filesystem(manifest_src, s3)
-    for name in orphans:
-        fs.delete_file(posixpath.join(path, name))
     kept = {name: rows for name, rows in loaded.items() if name not in orphans}
     elsewhere = {r["source_row"] for rows in kept.values() for r in rows} | {r["source_row"] for r in finished}
     lost = {r["source_row"] for name in orphans for r in loaded[name]} - elsewhere
-    log.warning("%d chunk(s) committed by a killed run's executors had lost their part files; deleted", len(orphans))
     if lost:
         raise CrawlError(f"{len(lost)} rows were in chunks a killed run's executors committed without their part files (deleted now); run the crawl with --resume again to fetch them")
     return kept

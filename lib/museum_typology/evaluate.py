@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import report, storage
-from .catalogue import DUPLICATE_NOTE, CsvError, decode_csv_bytes, read_strict_csv, refuse_repeated_columns, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, decode_csv_bytes, read_strict_csv, with_text_columns
 from .config import Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -95,10 +95,11 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
     else:
         raise EvaluateError(f"{what} {url}: unknown file type (expected .csv or .parquet)")
     frame.columns = [str(c).strip().lstrip("\ufeff").lower() for c in frame.columns]
-    try:  # "guid" and "GUID" in one Parquet file: which holds the data is anybody's guess
-        refuse_repeated_columns(list(frame.columns), f"{what} {url}", required)
-    except CsvError as exc:
-        raise EvaluateError(f"{exc} (compared without case or surrounding spaces)") from None
+    # "guid" and "GUID" (or "source" and "SOURCE") in one Parquet file: which holds the data is
+    # anybody's guess. A CSV's header was checked as it was read.
+    repeated = sorted({c for c in frame.columns if c and list(frame.columns).count(c) > 1})
+    if repeated:
+        raise EvaluateError(f"{what} {url}: column(s) {', '.join(repeated)} appear more than once (compared without case or surrounding spaces)")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise EvaluateError(f"{what} {url}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns) or 'nothing'})")

@@ -33,7 +33,7 @@ from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
 from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, where_recorded, with_text_columns
 from .clean import image_fold_runs
-from .config import Settings
+from .config import ConfigError, Settings, whole_number
 from .errors import InternalError
 from .image_source import images_by_guid, known_guids
 from .images import as_stored, decode_image
@@ -315,10 +315,11 @@ def check_settings(settings: Settings) -> None:
     for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", tflite_backbone.RUNTIMES)):
         if settings.get(key) not in allowed:
             raise ScoreError(f"{key} = {settings.get(key)!r}: must be one of {', '.join(allowed)}")
-    if not isinstance(settings.get("score.image_threads"), int) or settings.get("score.image_threads") < 0:
-        raise ScoreError(f"score.image_threads = {settings.get('score.image_threads')!r}: must be a whole number >= 0 (0 = the Spark task's cpus)")
-    if not isinstance(settings.get("score.rows_per_partition"), int) or settings.get("score.rows_per_partition") < 1:
-        raise ScoreError(f"score.rows_per_partition = {settings.get('score.rows_per_partition')!r}: must be a whole number >= 1")
+    for key, minimum, why in (("image_threads", 0, "0 = the Spark task's cpus"), ("rows_per_partition", 1, ""), ("batch_size", 1, ""), ("image_batch_size", 1, "")):
+        try:  # the readers take int(): a count written 5.0 is 5, as elsewhere
+            whole_number(f"score.{key}", settings.get(f"score.{key}"), minimum, why)
+        except ConfigError as exc:
+            raise ScoreError(str(exc)) from None
 
 
 def resolve_models(settings: Settings, model_dir: str, text_model: str | None = None, image_model: str | None = None) -> ScorerSpec:

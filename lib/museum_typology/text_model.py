@@ -86,7 +86,7 @@ class TextSettings:
 
 # Smallest values of the [text] counts (1 unless named); ranges (low, high, low included, high
 # included) of its real-valued settings.
-TEXT_COUNT_MINIMUM = {"folds": 2, "seed": 0}
+TEXT_COUNT_MINIMUM = {"folds": 2, "seed": 0, "w2v_min_count": 0}  # gensim reads min_count 0 as 1
 TEXT_NUMBER_RANGES = {
     "dropout": (0.0, 1.0, True, False),
     "learning_rate": (0.0, float("inf"), False, True),
