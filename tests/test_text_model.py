@@ -432,6 +432,25 @@ def test_typology_classifier_finds_the_models_where_the_score_job_does(trained, 
     assert TypologyClassifier()._spec().text_bundle == spec.text_bundle
 
 
+def test_typology_classifier_passes_every_other_column_through_untouched(spark, monkeypatch):
+    """The rows went through pandas whole: a nullable bigint became float64 (9007199254740995
+    came back ...996), a timestamp outside 1677-2262 failed the job, and a column whose name holds
+    a dot ("Инв. №", not even an input) failed Spark's analysis."""
+    from museum_typology.cascade import CascadeParams
+    from museum_typology.spark import TypologyClassifier
+
+    cascade = tuple(sorted(CascadeParams.from_dict(load_settings(environ={}).section("cascade")).to_dict().items()))
+    monkeypatch.setattr(TypologyClassifier, "_spec", lambda self: score.ScorerSpec(None, None, cascade, "none"))  # no models: the default class
+    items = spark.sql(
+        "select 'Монета' as `Название предмета`, cast(9007199254740995 as bigint) as big, timestamp'1500-01-01 00:00:00' as old, '7' as `Инв. №`, date'1800-01-01' as d "
+        "union all select null, null, timestamp'9999-12-31 00:00:00', null, null"
+    )
+    scored = TypologyClassifier(descriptionCol="Название предмета", noteCol="why").transform(items)
+    assert scored.columns == [*items.columns, "typology", "typology_confidence", "typology_source", "why"]
+    assert scored.select(*[f"`{c}`" for c in items.columns]).collect() == items.collect()
+    assert [r["why"] for r in scored.collect()] == ["no text model; no image", "no description; no image"]
+
+
 def test_typology_classifier_checks_its_columns_on_the_driver():
     from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 

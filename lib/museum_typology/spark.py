@@ -70,9 +70,15 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
         outputs = (get(self.predictionCol), get(self.confidenceCol), get(self.sourceCol)) + ((get(self.noteCol),) if get(self.noteCol) else ())
         case_sensitive = dataset.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
         columns = check_columns(dataset.schema, columns, outputs, case_sensitive)
+        # The columns by position while mapped: Spark 3.5 cannot resolve a mapped column whose
+        # name holds a dot ("Инв. №"), an input or not. Their names come back afterwards.
+        names = dataset.columns
+        positional = [f"_c{i}" for i in range(len(names))]
+        columns = {param: positional[names.index(column)] if column in names else "" for param, column in columns.items()}
+        renamed = dataset.toDF(*positional)
         kinds = (StringType(), DoubleType(), StringType(), StringType())
-        schema = StructType([*dataset.schema.fields, *(StructField(name, kind) for name, kind in zip(outputs, kinds))])
-        return dataset.mapInPandas(_transform_batches(self._spec(), columns, outputs), schema)
+        schema = StructType([*renamed.schema.fields, *(StructField(f"_out{i}", kind) for i, kind in enumerate(kinds[: len(outputs)]))])
+        return renamed.mapInArrow(_transform_batches(self._spec(), columns, len(outputs)), schema).toDF(*names, *outputs)
 
 
 # The type each input column must have (a wrong one gave every row the default class, or failed
@@ -104,14 +110,24 @@ def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence
     return {param: spelled.get(fold(column), column) if column else column for param, column in columns.items()}
 
 
-def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs: tuple[str, ...]):
-    fields = ("typology", "confidence", "source", "note")[: len(outputs)]
+def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs: int):
+    """The function ``mapInArrow`` runs: the input columns the model reads go to pandas; every
+    column goes back as the Arrow batch it came in. A round trip of the whole row through pandas
+    (``mapInPandas``) turned a nullable bigint into float64 (9007199254740995 came back ...996),
+    failed on timestamps outside 1677-2262 (a 9999-12-31 sentinel) and moved ones in a
+    daylight-saving fall-back hour."""
+    import pyarrow as pa
 
-    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    fields = (("typology", pa.string()), ("confidence", pa.float64()), ("source", pa.string()), ("note", pa.string()))[:outputs]
+    read = sorted({column for column in columns.values() if column})
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         scorer = score.Scorer.cached(spec)
         for batch in batches:
-            result = scorer.score_frame(tasks_of(batch, columns, spec.text_normalization))
-            yield batch.assign(**{name: result[field].to_numpy() for name, field in zip(outputs, fields)})
+            frame = pa.Table.from_batches([batch]).select(read).to_pandas()
+            result = scorer.score_frame(tasks_of(frame, columns, spec.text_normalization))
+            added = [pa.array(result[field].to_numpy(), type=kind, from_pandas=True) for field, kind in fields]
+            yield pa.RecordBatch.from_arrays([*batch.columns, *added], names=[*batch.schema.names, *(f"_out{i}" for i in range(outputs))])
 
     return run
 
