@@ -69,10 +69,35 @@ memory = (settings.get("spark.conf") or {}).get("spark.driver.memory", "")
 packaged = packaged_defaults().get("spark", {}).get("conf", {}).get("spark.driver.memory", "")
 print(memory if memory != packaged else "")
 print(packaged)
-for value in extra:
+# spark-submit keeps only the last --py-files and --files, and one value per --conf key: the
+# ones given in SPARK_SUBMIT_ARGS are merged with those of this script (the package zip, the
+# settings file, PYTHONPATH on the executors) rather than passed on to replace them.
+merged = {"--py-files": [], "--files": [], "PYTHONPATH": []}
+cluster = False
+rest, i = [], 0
+while i < len(extra):
+    option, value = (extra[i].split("=", 1) + [None])[:2] if extra[i].startswith("--") and "=" in extra[i] else (extra[i], None)
+    takes = option in ("--py-files", "--files", "--conf", "--deploy-mode")
+    if takes and value is None:
+        if i + 1 == len(extra):
+            sys.exit(f"{sys.argv[2]}: error: SPARK_SUBMIT_ARGS: {option} needs a value")
+        value, i = extra[i + 1], i + 1
+    i += 1
+    if option in ("--py-files", "--files"):
+        merged[option].append(value)
+    elif option == "--conf" and value.startswith("spark.executorEnv.PYTHONPATH="):
+        merged["PYTHONPATH"].append(value.split("=", 1)[1])
+    else:
+        cluster = cluster or (option == "--deploy-mode" and value == "cluster") or (option == "--conf" and value.replace(" ", "") == "spark.submit.deployMode=cluster")
+        rest += [option] if value is None else [option, value]
+print(",".join(merged["--py-files"]))
+print(",".join(merged["--files"]))
+print(":".join(merged["PYTHONPATH"]))
+print("cluster" if cluster else "")
+for value in rest:
     print(value)
 ' "$CONF_FILE" "$0" "${SPARK_SUBMIT_ARGS:-}" ${SETS[@]+"${SETS[@]}"})
-[[ ${#RESOLVED[@]} -ge 3 ]] || exit 2
+[[ ${#RESOLVED[@]} -ge 7 ]] || exit 2
 [[ -n "$MASTER" ]] || MASTER="${RESOLVED[0]}"
 DRIVER=()
 if [[ -n "${RESOLVED[1]}" ]]; then
@@ -83,7 +108,8 @@ elif [[ "$MASTER" == local* && -n "${RESOLVED[2]}" && -z "${SPARK_DRIVER_MEMORY:
   # SPARK_DRIVER_MEMORY, which --driver-memory would beat, is left to speak.
   DRIVER=(--driver-memory "${RESOLVED[2]}")
 fi
-EXTRA=("${RESOLVED[@]:3}")
+USER_PY_FILES="${RESOLVED[3]}" USER_FILES="${RESOLVED[4]}" USER_PYTHONPATH="${RESOLVED[5]}" DEPLOY_MODE="${RESOLVED[6]}"
+EXTRA=("${RESOLVED[@]:7}")
 
 # The package as a zip, with the default settings inside it (museum_typology/conf/default.toml).
 # One build directory per run: a concurrent run must not replace the zip this driver reads.
@@ -98,8 +124,12 @@ find "$BUILD/pkg" -name __pycache__ -prune -exec rm -rf {} +
 
 SPARK_SUBMIT="$("$PY" -c 'from pyspark.find_spark_home import _find_spark_home as f; print(f())')/bin/spark-submit"
 FILES=()
-[[ -n "$CONF_FILE" ]] && FILES=(--files "$CONF_FILE")
-export PYSPARK_PYTHON="$EXECUTOR_PY" PYSPARK_DRIVER_PYTHON="$PY"
+SHIPPED="$CONF_FILE${CONF_FILE:+${USER_FILES:+,}}$USER_FILES"
+[[ -n "$SHIPPED" ]] && FILES=(--files "$SHIPPED")
+# In cluster deploy mode the driver runs on a worker: the workers' Python.
+DRIVER_PY="$PY"
+[[ "$DEPLOY_MODE" == cluster ]] && DRIVER_PY="$EXECUTOR_PY"
+export PYSPARK_PYTHON="$EXECUTOR_PY" PYSPARK_DRIVER_PYTHON="$DRIVER_PY"
 # PYTHONPATH on the executors: the Horovod ranks of train-image are processes that Horovod starts
 # with the Python worker's environment, where --py-files is on sys.path but not on PYTHONPATH;
 # without this they imported an installed copy of the package, or failed. The zip is in the
@@ -110,9 +140,9 @@ export PYSPARK_PYTHON="$EXECUTOR_PY" PYSPARK_DRIVER_PYTHON="$PY"
   --name "museum-typology-$JOB" \
   ${DRIVER[@]+"${DRIVER[@]}"} \
   --conf "spark.pyspark.python=$EXECUTOR_PY" \
-  --conf "spark.pyspark.driver.python=$PY" \
-  --conf "spark.executorEnv.PYTHONPATH=museum_typology.zip" \
-  --py-files "$BUILD/museum_typology.zip" \
+  --conf "spark.pyspark.driver.python=$DRIVER_PY" \
+  --conf "spark.executorEnv.PYTHONPATH=museum_typology.zip${USER_PYTHONPATH:+:$USER_PYTHONPATH}" \
+  --py-files "$BUILD/museum_typology.zip${USER_PY_FILES:+,$USER_PY_FILES}" \
   ${FILES[@]+"${FILES[@]}"} \
   ${EXTRA[@]+"${EXTRA[@]}"} \
   "$JOB_FILE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"} && status=0 || status=$?

@@ -340,6 +340,17 @@ def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
         assert ("--driver-memory", "4g") in list(zip(got, got[1:]))
     env["SPARK_DRIVER_MEMORY"] = "3g"  # spark-submit's own setting: --driver-memory would beat it
     assert "--driver-memory" not in submitted("--data", "d")
+    # spark-submit keeps the last --py-files / --files and one value per key: the user's are merged
+    # with the script's, not passed on to drop the package zip or the settings file
+    env["SPARK_SUBMIT_ARGS"] = "--py-files deps.zip --files=extra.txt --conf spark.executorEnv.PYTHONPATH=deps.zip --deploy-mode cluster --num-executors 3"
+    got = submitted("--conf", str(conf))
+    pairs = list(zip(got, got[1:]))
+    assert got.count("--py-files") == 1 and got[got.index("--py-files") + 1].endswith("/museum_typology.zip,deps.zip")
+    assert got.count("--files") == 1 and ("--files", f"{conf},extra.txt") in pairs
+    assert ("--conf", "spark.executorEnv.PYTHONPATH=museum_typology.zip:deps.zip") in pairs and sum(a.startswith("spark.executorEnv.PYTHONPATH") for a in got) == 1
+    assert ("--deploy-mode", "cluster") in pairs and ("--num-executors", "3") in pairs
+    # in cluster deploy mode the driver runs on a worker, with the workers' Python
+    assert ("--conf", "spark.pyspark.driver.python=/opt/museum/bin/python") in pairs
     bad = subprocess.run([str(SUBMIT), "ingest"], capture_output=True, text=True, timeout=120, env={**env, "SPARK_SUBMIT_ARGS": "--conf 'open"}, cwd=tmp_path)
     assert bad.returncode == 2 and "SPARK_SUBMIT_ARGS: No closing quotation" in bad.stderr
     # spark-submit's own --conf key=value habit: say where a Spark setting goes instead
