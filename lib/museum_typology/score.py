@@ -158,20 +158,19 @@ def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -
             raise storage.StorageError(f"{output_url}: --output cannot be written: {folder} is a file, not a folder")
 
 
+def _where(url: str) -> tuple[bool, str]:
+    """(on S3?, the path), local paths resolved (links, "."), for comparing two locations."""
+    path = storage.filesystem_path(url)
+    return storage.is_s3(url), path if storage.is_s3(url) else os.path.realpath(path)
+
+
 def _same_location(a: str, b: str) -> bool:
-    if storage.is_s3(a) != storage.is_s3(b):
-        return False
-    path_a, path_b = storage.filesystem_path(a), storage.filesystem_path(b)
-    return path_a == path_b if storage.is_s3(a) else os.path.realpath(path_a) == os.path.realpath(path_b)
+    return _where(a) == _where(b)
 
 
 def _inside(path_url: str, directory_url: str) -> bool:
-    if storage.is_s3(path_url) != storage.is_s3(directory_url):
-        return False
-    path, directory = storage.filesystem_path(path_url), storage.filesystem_path(directory_url)
-    if not storage.is_s3(path_url):
-        path, directory = os.path.realpath(path), os.path.realpath(directory)
-    return path.startswith(directory.rstrip("/") + "/")
+    (s3_path, path), (s3_directory, directory) = _where(path_url), _where(directory_url)
+    return s3_path == s3_directory and path.startswith(directory.rstrip("/") + "/")
 
 
 class ImageFiles(dict):
