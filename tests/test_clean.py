@@ -97,6 +97,25 @@ def test_decisions_relabel_drop_keep_each_with_a_reason():
     assert suspected.tolist() == suspected_cl.tolist()
 
 
+def test_the_class_of_a_suspects_cluster_backs_a_relabel_as_documented_and_drops_say_why():
+    """A confident-learning suspect whose most likely other class is its suspicious cluster's was
+    kept when its p_given was just over its threshold (the cluster did not flag it itself); a drop
+    whose other class was confident but short of the relabel thresholds said "no confident other
+    class"."""
+    cs = clean.CleanSettings(relabel_min_proba=0.5, relabel_min_margin=0.3, drop_max_self_confidence=0.1, use_clusters=True)
+    y = np.array([A, A, A])
+    ev = {  # row 0: cluster class B, p(B) 0.65 not confident; row 1: B confident but p(B) 0.42; row 2: nothing backs B
+        "p_given": np.array([0.23, 0.05, 0.05]), "threshold_given": np.array([0.15, 0.15, 0.15]), "other": np.array([B, B, B]),
+        "p_other": np.array([0.65, 0.42, 0.4]), "threshold_other": np.array([0.8, 0.4, 0.8]), "margin": np.array([0.42, 0.37, 0.35]),
+        "predicted": np.array([B, B, B]), "confident": np.array([-1, B, -1]),
+    }
+    actions, new, reasons, _ = clean.decide(np.zeros((3, len(CLASSES))), y, ev, np.array([True, True, True]), np.array([B, -1, -1]), ["c4", "x", "x"], cs)
+    assert actions == ["relabel", "drop", "drop"] and new == [CLASSES[B], None, None]
+    assert f"{CLASSES[B]} is its cluster's class" in reasons[0]
+    assert f"{CLASSES[B]} is confident but short of p >= 0.5 and margin >= 0.3, and p({CLASSES[A]}) < 0.1" in reasons[1]
+    assert "no confident other class, and p(" in reasons[2]
+
+
 def test_a_suspicious_cluster_adds_suspects_only_with_row_evidence():
     cs = clean.CleanSettings(suspicious_min_size=2, suspicious_min_purity=0.6)
     # Label A: rows 0-2 confidently A, rows 3-5 a group the models call B (one of them only weakly).
@@ -592,6 +611,15 @@ def test_review_page_without_images_or_titles_says_so():
     page = review.build(cleaned, clean.per_class_counts(y, cleaned.actions, cleaned.new_labels, cleaned.suspected), cs, "/nonexistent/dataset", "/nonexistent/data", load_settings(environ={}), None)
     html = page.files["index.html"].decode()
     assert "titles unavailable" in html and "no images of this cluster" in html and page.montages == 0
+
+
+def test_review_titles_are_those_of_the_rows_the_models_read(tmp_path):
+    """A guid repeated in train.csv: the first row is read, the repeat rejected; the page showed the repeat's title."""
+    from museum_typology.config import load_settings
+
+    (tmp_path / "train.csv").write_text(f"guid,description,typology\ng1,Старинная книга,{CLASSES[A]}\ng1,Совсем другое описание,{CLASSES[A]}\n", encoding="utf-8")
+    titles, note = review.read_titles(str(tmp_path), load_settings(environ={}), None)
+    assert titles == {"g1": "Старинная книга"} and note is None
 
 
 def test_kmeans_reads_its_rows_in_the_same_order_whatever_order_they_come_in(spark):

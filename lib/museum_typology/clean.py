@@ -411,16 +411,20 @@ def decide(proba: np.ndarray, y: np.ndarray, ev: dict[str, np.ndarray], suspecte
         if by_cluster[i]:
             evidence_names.append(f"cluster {cluster_names[i]}")
         flagged_by = " and ".join(evidence_names)
-        backed = ev["confident"][i] == ev["other"][i] or bool(by_cluster[i])
+        # Backed as the docstring says: the row's cluster's class counts whether or not the
+        # cluster itself flagged the row (a confident-learning suspect whose p_given is just over
+        # its threshold was kept beside its cluster's 16 relabelled rows).
+        backed = ev["confident"][i] == ev["other"][i] or cluster_class[i] == ev["other"][i]
+        why = "is confident" if ev["confident"][i] == ev["other"][i] else "is its cluster's class"
         if backed and p_o >= cs.relabel_min_proba and margin >= cs.relabel_min_margin:
             actions.append(RELABEL)
             new_labels.append(other)
-            why = "is confident" if ev["confident"][i] == ev["other"][i] else "is its cluster's class"
             reasons.append(f"suspected by {flagged_by}; {other} {why}: {numbers}")
         elif p_g < cs.drop_max_self_confidence:
             actions.append(DROP)
             new_labels.append(None)
-            reasons.append(f"suspected by {flagged_by}; no confident other class and p({given}) < {cs.drop_max_self_confidence}: {numbers}")
+            short = f"{other} {why} but short of p >= {cs.relabel_min_proba} and margin >= {cs.relabel_min_margin}" if backed else "no confident other class"
+            reasons.append(f"suspected by {flagged_by}; {short}, and p({given}) < {cs.drop_max_self_confidence}: {numbers}")
         else:
             actions.append(KEEP)
             new_labels.append(given)

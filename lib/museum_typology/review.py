@@ -49,7 +49,8 @@ def read_titles(data_dir: str, settings: Settings, s3: S3Options | None) -> tupl
     except (CsvError, storage.StorageError) as exc:
         log.warning("review: no titles (%s)", exc)
         return {}, f"titles unavailable: {exc}"
-    return {r.guid: r.description for r in rows if r.guid and r.description}, None
+    # Accepted rows only: the title of a rejected repeat of a guid is not the one its models read.
+    return {r.guid: r.description for r in rows if r.guid and r.description and r.rejected_reason is None}, None
 
 
 def read_thumbnails(dataset_url: str, guids: set[str], s3: S3Options | None, side: int = TILE) -> tuple[dict[str, Any], str | None]:
