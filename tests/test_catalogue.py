@@ -312,6 +312,22 @@ def test_build_index_on_a_zip_skips_sidecars_and_keeps_dotted_guids(tmp_path: Pa
     assert index.unsafe == {}
 
 
+def test_files_under_a_hidden_folder_are_never_images(tmp_path: Path) -> None:
+    """A NAS's .AppleDouble/u1 (a resource fork named like the image), a .Trash or .thumbnails
+    copy made u1 "ambiguous", and the row lost its only image; a known guid's name does not let
+    them in either."""
+    from museum_typology.image_source import images_by_guid
+
+    names = ["images/u1", "images/.AppleDouble/u1", ".Trash-1000/files/u1.jpg", "images/.thumbnails/u1.jpg", "./images/u2.jpg"]
+    assert images_by_guid(names) == {"u1": ["images/u1"], "u2": ["./images/u2.jpg"]}
+    assert images_by_guid(names, {"u1", "u2"}) == {"u1": ["images/u1"], "u2": ["./images/u2.jpg"]}
+    root = tmp_path / "images"
+    (root / ".AppleDouble").mkdir(parents=True)
+    (root / "u1.jpg").write_bytes(b"x")
+    (root / ".AppleDouble" / "u1.jpg").write_bytes(b"fork")
+    assert build_index(str(root)).members == {"u1": ["u1.jpg"]}
+
+
 def test_build_index_on_a_directory_skips_sidecars_and_keeps_dotted_guids(tmp_path: Path) -> None:
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)

@@ -98,13 +98,20 @@ def is_junk(member: str, zip_member: bool = False) -> bool:
     guid) and metadata sidecars (``u1.xmp``, ``Thumbs.db``: see ``SIDECAR_EXTENSIONS``; beside
     ``u1.jpg`` they would make ``u1`` ambiguous)."""
     parts = _path_parts(member, zip_member)
-    return parts[-1].startswith(".") or "__MACOSX" in parts or _split_extension(parts[-1])[1] in SIDECAR_EXTENSIONS
+    return parts[-1].startswith(".") or _in_hidden_folder(parts) or "__MACOSX" in parts or _split_extension(parts[-1])[1] in SIDECAR_EXTENSIONS
+
+
+def _in_hidden_folder(parts: list[str]) -> bool:
+    """Under a hidden folder: a NAS's ``.AppleDouble/u1`` resource fork, ``.Trash-1000/files/u1.jpg``
+    or ``.thumbnails/u1.jpg`` (each named like the real image, which it made ambiguous)."""
+    return any(part.startswith(".") and part not in (".", "..") for part in parts[:-1])
 
 
 def is_indexed(member: str, known_guids: Collection[str] = (), zip_member: bool = False) -> bool:
     """Whether a file is an image candidate: not junk (``is_junk``), or named exactly as one of
-    the rows' guids (``KP.THM`` is row ``KP.THM``'s image, not a camera thumbnail)."""
-    return not is_junk(member, zip_member) or _path_parts(member, zip_member)[-1] in known_guids
+    the rows' guids (``KP.THM`` is row ``KP.THM``'s image, not a camera thumbnail) outside a hidden folder."""
+    parts = _path_parts(member, zip_member)
+    return not is_junk(member, zip_member) or (parts[-1] in known_guids and not _in_hidden_folder(parts))
 
 
 def known_guids(rows: Iterable) -> frozenset[str]:
