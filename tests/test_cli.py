@@ -44,7 +44,9 @@ def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
 @pytest.mark.parametrize("setting", ["clean.label_k=[1]", "text.lstm_pooling=avg", "image.view_mode=all", "cascade.folds=1", "cascade.w_text=2.0", "score.image_views=all", "score.image_threads=-1", "image.class_weight=balance", "image.mixed_precision=of", "image.variant=efficientnet-b6",
                                      # counts and ranges: lstm_seeds 0 trained a bundle whose text probabilities were all NaN
                                      "text.lstm_seeds=0", "text.folds=1", "text.folds=5.5", "text.dropout=1.0", "text.blend_grid=[]", "text.blend_grid=[1.5]",
-                                     "image.folds=1", "image.head_lr=0", "image.patience=0", "image.batch_size=2.5"])
+                                     "image.folds=1", "image.head_lr=0", "image.patience=0", "image.batch_size=2.5",
+                                     # images.codec "foo" failed in an executor, "jpg" stored through OpenCV's JPEG, ignoring jpeg_quality
+                                     "images.codec=jpg", "images.jpeg_quality=101", "images.max_side=0"])
 def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, monkeypatch, capsys, setting):
     """A value the clean, cascade, score or image stage cannot use failed the pipeline after ingest and both
     trainings; clean's own job checked its settings only after Spark had started."""

@@ -187,7 +187,9 @@ def _check_stage_settings(settings: Settings) -> None:
     value a late stage cannot use must not fail it after ingest and both trainings."""
     from . import clean, image_model, score, text_model, tune_cascade
     from .cascade import CascadeParams
+    from .ingest import DecodeSettings
 
+    DecodeSettings.from_settings(settings)
     text_model.TextSettings.from_settings(settings)
     image_model.ImageSettings.from_settings(settings)
     clean.CleanSettings.from_settings(settings)

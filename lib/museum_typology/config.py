@@ -176,13 +176,15 @@ def _fits(value: Any, default: Any) -> bool:
     return isinstance(value, kind)
 
 
-def whole_number(name: str, value: Any, minimum: int, why: str = "") -> int:
+def whole_number(name: str, value: Any, minimum: int, why: str = "", maximum: int | None = None) -> int:
     """A count setting as an int. A settings file or --set may write a count as 5.0 (an int
     default takes a float, see ``_coerce``), which is 5; 5.5, a string, or a number below
-    ``minimum`` is an error naming the setting, raised when the settings are read, not as a
-    TypeError or an empty fold after hours of earlier stages."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < minimum:
-        raise ConfigError(f"{name} = {value!r}: must be a whole number >= {minimum}" + (f" ({why})" if why else ""))
+    ``minimum`` (or above ``maximum``) is an error naming the setting, raised when the settings
+    are read, not as a TypeError or an empty fold after hours of earlier stages."""
+    whole = not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
+    if not whole or value < minimum or (maximum is not None and value > maximum):
+        wanted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{name} = {value!r}: must be a whole number {wanted}" + (f" ({why})" if why else ""))
     return int(value)
 
 

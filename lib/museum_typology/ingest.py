@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from . import catalogue, image_source, images, petastorm_io, schema, storage
 from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
-from .config import Settings, packaged_defaults
+from .config import ConfigError, Settings, packaged_defaults, whole_number
 from .image_source import ImageIndex, ImageReader, build_index, known_guids
 from .log import get_logger
 from .schema import (
@@ -114,14 +114,22 @@ class DecodeSettings:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DecodeSettings:
+        """The [images] settings, checked: a codec other than jpeg or png failed in an executor
+        ("foo", from OpenCV) or stored something else than the docs say ("jpg" went through
+        OpenCV's own JPEG, ignoring jpeg_quality, while scoring took it for lossless)."""
         section = settings.section("images")
+        if section["codec"] not in IMAGE_CODECS:
+            raise ConfigError(f"images.codec = {section['codec']!r}: must be one of {', '.join(IMAGE_CODECS)}")
         return cls(
-            int(section["max_side"]),
-            int(section["max_pixels"]),
-            int(section["max_bytes"]),
+            whole_number("images.max_side", section["max_side"], 1),
+            whole_number("images.max_pixels", section["max_pixels"], 1),
+            whole_number("images.max_bytes", section["max_bytes"], 1),
             str(section["codec"]),
-            int(section["jpeg_quality"]),
+            whole_number("images.jpeg_quality", section["jpeg_quality"], 1, maximum=100),
         )
+
+
+IMAGE_CODECS = ("jpeg", "png")  # images.codec: petastorm's CompressedImageCodec, as the docs promise
 
 
 # ---------------------------------------------------------------- extract

@@ -37,6 +37,7 @@ from .config import ConfigError, Settings, whole_number
 from .errors import InternalError
 from .image_source import images_by_guid, known_guids
 from .images import as_stored, decode_image
+from .ingest import DecodeSettings
 from .log import get_logger
 from .petastorm_io import PartImageReader
 from .schema import CLASSES
@@ -339,15 +340,15 @@ def resolve_models(settings: Settings, model_dir: str, text_model: str | None = 
     if image:  # read here, so a damaged one is one error line, not a traceback from every executor
         bundle_json(storage.join(image, IMAGE_MARKER), s3)
     params, version = cascade_params(settings, storage.join(model_dir, "cascade"), s3, text, image)
-    images = settings.section("images")
+    images = DecodeSettings.from_settings(settings)  # checked: a bad codec fails here, not in every executor
     check_settings(settings)
     return ScorerSpec(
         text, image, tuple(sorted(params.to_dict().items())), version, s3,
-        int(images["max_side"]), int(images["max_pixels"]), int(images["max_bytes"]),
+        images.max_side, images.max_pixels, images.max_bytes,
         int(settings.get("score.batch_size")), int(settings.get("score.image_batch_size")), str(settings.get("score.image_views")),
         str(settings.get("score.image_runtime")), int(settings.get("score.image_threads")),
         text_normalization(text, s3) if text else NORMALIZATION_VERSION,
-        str(images["codec"]), int(images["jpeg_quality"]),
+        images.codec, images.jpeg_quality,
     )
 
 
