@@ -343,6 +343,10 @@ def test_parquet_guids_that_are_not_text_read_as_evaluate_and_submission_read_th
     rows = score.read_rows(str(tmp_path / "floats.parquet"))
     assert [r.guid for r in rows] == ["1", None, "3"] and [r.description for r in rows] == ["Монета", "Сабля", None]
     assert list(evaluate.read_table(str(tmp_path / "floats.parquet"), ["guid"], "truth")["guid"]) == ["1", "", "3"]
+    # from 1e10 up Arrow wrote floats in exponent form ("1.0000000007e+10"), matching no CSV guid
+    pd.DataFrame({"guid": [10000000007, None, 123456789012], "description": ["Монета", "Сабля", None]}).to_parquet(tmp_path / "big.parquet")
+    assert [r.guid for r in score.read_rows(str(tmp_path / "big.parquet"))] == ["10000000007", None, "123456789012"]
+    assert list(evaluate.read_table(str(tmp_path / "big.parquet"), ["guid"], "truth")["guid"]) == ["10000000007", "", "123456789012"]
     pq.write_table(pa.table({"guid": pa.array([b"abc", "кп".encode()]), "description": pa.array([b"x", None], pa.binary())}), tmp_path / "binary.parquet")
     assert [(r.guid, r.description) for r in score.read_rows(str(tmp_path / "binary.parquet"))] == [("abc", "x"), ("кп", None)]
     pd.DataFrame({"GUID": ["g1"], "Description ": ["Ваза"]}).to_parquet(tmp_path / "upper.parquet")  # as a CSV header is read

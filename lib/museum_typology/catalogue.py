@@ -121,12 +121,27 @@ def with_text_columns(table, names: Sequence[str]):
     pyarrow's ``ArrowInvalid``."""
     import pyarrow as pa
 
+    import pyarrow.compute as pc
+
     wanted = {name.lower() for name in names}
     for position, name in enumerate(table.column_names):
         kind = table.schema.field(position).type
         if str(name).strip().lower() in wanted and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            table = table.set_column(position, name, table.column(position).cast(pa.string()))
+            column = table.column(position)
+            # Whole floats through int64: Arrow writes 10000000007.0 as "1.0000000007e+10", not the
+            # "10000000007" of the CSV (below 1e10 it writes "1", but not above).
+            if pa.types.is_floating(kind) and _whole_int64(column, pc):
+                column = column.cast(pa.int64())
+            table = table.set_column(position, name, column.cast(pa.string()))
     return table
+
+
+def _whole_int64(column, pc) -> bool:
+    values = pc.drop_null(column)
+    if len(values) == 0:
+        return True
+    finite = pc.all(pc.is_finite(values)).as_py()
+    return bool(finite and pc.all(pc.equal(values, pc.floor(values))).as_py() and pc.max(pc.abs(values)).as_py() < 2**63)
 
 
 def has_control_character(text: str | None) -> bool:
