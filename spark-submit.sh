@@ -74,11 +74,19 @@ print(packaged)
 # settings file, PYTHONPATH on the executors) rather than passed on to replace them.
 merged = {"--py-files": [], "--files": [], "PYTHONPATH": []}
 cluster = False
+read = ("--py-files", "--files", "--conf", "--deploy-mode")
+flags = ("--verbose", "-v", "--supervise", "--help", "-h", "--version")  # the options without a value
 rest, i = [], 0
 while i < len(extra):
-    option, value = (extra[i].split("=", 1) + [None])[:2] if extra[i].startswith("--") and "=" in extra[i] else (extra[i], None)
-    takes = option in ("--py-files", "--files", "--conf", "--deploy-mode")
-    if takes and value is None:
+    token = extra[i]
+    option, value = token.split("=", 1) if token.startswith("--") and "=" in token else (token, None)
+    if option not in read:
+        # passed on as written, with its value ("--driver-java-options --add-opens=x=y" stays whole)
+        takes_next = token.startswith("-") and "=" not in token and token not in flags and i + 1 < len(extra)
+        rest += extra[i : i + 2] if takes_next else [token]
+        i += 2 if takes_next else 1
+        continue
+    if value is None:
         if i + 1 == len(extra):
             sys.exit(f"{sys.argv[2]}: error: SPARK_SUBMIT_ARGS: {option} needs a value")
         value, i = extra[i + 1], i + 1
@@ -89,7 +97,7 @@ while i < len(extra):
         merged["PYTHONPATH"].append(value.split("=", 1)[1])
     else:
         cluster = cluster or (option == "--deploy-mode" and value == "cluster") or (option == "--conf" and value.replace(" ", "") == "spark.submit.deployMode=cluster")
-        rest += [option] if value is None else [option, value]
+        rest += [option, value]
 print(",".join(merged["--py-files"]))
 print(",".join(merged["--files"]))
 print(":".join(merged["PYTHONPATH"]))

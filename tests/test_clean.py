@@ -4,6 +4,7 @@ probabilities), the job end to end on local Spark (manifest, CSV, review page), 
 manifest read back by the training jobs, and clear errors on bad OOF files."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -114,6 +115,9 @@ def test_the_class_of_a_suspects_cluster_backs_a_relabel_as_documented_and_drops
     assert f"{CLASSES[B]} is its cluster's class" in reasons[0]
     assert f"{CLASSES[B]} is confident but short of p >= 0.5 and margin >= 0.3, and p({CLASSES[A]}) < 0.1" in reasons[1]
     assert "no confident other class, and p(" in reasons[2]
+    # with clusters off they back nothing (row 0: not confident in B either, and p_given over 0.1: kept)
+    off = clean.decide(np.zeros((3, len(CLASSES))), y, ev, np.array([True, True, True]), np.array([B, -1, -1]), ["c4", "x", "x"], dataclasses.replace(cs, use_clusters=False))
+    assert off[0] == ["keep", "drop", "drop"]
 
 
 def test_a_suspicious_cluster_adds_suspects_only_with_row_evidence():

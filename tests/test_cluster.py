@@ -342,9 +342,12 @@ def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
     assert "--driver-memory" not in submitted("--data", "d")
     # spark-submit keeps the last --py-files / --files and one value per key: the user's are merged
     # with the script's, not passed on to drop the package zip or the settings file
-    env["SPARK_SUBMIT_ARGS"] = "--py-files deps.zip --files=extra.txt --conf spark.executorEnv.PYTHONPATH=deps.zip --deploy-mode cluster --num-executors 3"
+    env["SPARK_SUBMIT_ARGS"] = ("--py-files deps.zip --verbose --files=extra.txt --conf spark.executorEnv.PYTHONPATH=deps.zip --deploy-mode cluster --num-executors 3 "
+                                "--driver-java-options --add-opens=java.base/java.nio=ALL-UNNAMED")
     got = submitted("--conf", str(conf))
     pairs = list(zip(got, got[1:]))
+    # another option's value is passed on as written, even one that looks like --x=y
+    assert ("--driver-java-options", "--add-opens=java.base/java.nio=ALL-UNNAMED") in pairs and "--verbose" in got
     assert got.count("--py-files") == 1 and got[got.index("--py-files") + 1].endswith("/museum_typology.zip,deps.zip")
     assert got.count("--files") == 1 and ("--files", f"{conf},extra.txt") in pairs
     assert ("--conf", "spark.executorEnv.PYTHONPATH=museum_typology.zip:deps.zip") in pairs and sum(a.startswith("spark.executorEnv.PYTHONPATH") for a in got) == 1

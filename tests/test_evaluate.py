@@ -197,6 +197,18 @@ def test_parquet_category_columns_are_text_and_a_column_named_twice_is_refused(t
             read_table(str(path), PRED_COLUMNS, "predictions")
 
 
+def test_a_parquet_guid_column_that_cannot_be_text_is_one_error(tmp_path):
+    """A decimal guid column: pyarrow's ArrowNotImplementedError (neither OSError nor ValueError) was a traceback."""
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"guid": pa.array([Decimal("1.5")], pa.decimal128(4, 1)), "typology": [A]}), tmp_path / "p.parquet")
+    with pytest.raises(EvaluateError, match="p.parquet: not a readable Parquet file"):
+        read_table(str(tmp_path / "p.parquet"), PRED_COLUMNS, "predictions")
+
+
 def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):
     truth, pred = tmp_path / "truth.csv", tmp_path / "pred.parquet"
     _truth().to_csv(truth, index=False)

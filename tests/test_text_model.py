@@ -470,6 +470,11 @@ def test_typology_classifier_checks_its_columns_on_the_driver():
         check_columns(schema, {**inputs, "descriptionCol": "n"}, ("a", "b", "c"))
     with pytest.raises(ValueError, match="imageCol='path' is string, expected binary \\(the image file's bytes; for paths use imagePathCol\\)"):
         check_columns(schema, {**inputs, "imageCol": "path"}, ("a", "b", "c"))
+    # two columns an input name matches: the one read was a guess (mapped by position now, Spark no longer says "ambiguous")
+    twice = StructType([*schema.fields, StructField("Title", StringType())])
+    with pytest.raises(ValueError, match="descriptionCol='title' matches 2 columns \\(title, Title\\); rename or drop one"):
+        check_columns(twice, inputs, ("a", "b", "c"))
+    check_columns(twice, inputs, ("a", "b", "c"), case_sensitive=True)
 
 
 class _FakeVectors:

@@ -381,7 +381,7 @@ def decide(proba: np.ndarray, y: np.ndarray, ev: dict[str, np.ndarray], suspecte
     cluster is suspicious, else -1. suspected = confident learning says so, or (``use_clusters``)
     the row is predicted as its suspicious cluster's class and its given label is below its
     threshold. A suspect is relabelled to its most likely other class when that class is backed
-    (it is the row's confident class, or the row's cluster's class), with p >= ``relabel_min_proba``
+    (it is the row's confident class, or with ``use_clusters`` the row's cluster's class), with p >= ``relabel_min_proba``
     and a margin >= ``relabel_min_margin``; dropped when it cannot be relabelled and p_given <
     ``drop_max_self_confidence``; kept otherwise (the evidence is too weak to change anything a
     curator would have to undo).
@@ -414,7 +414,7 @@ def decide(proba: np.ndarray, y: np.ndarray, ev: dict[str, np.ndarray], suspecte
         # Backed as the docstring says: the row's cluster's class counts whether or not the
         # cluster itself flagged the row (a confident-learning suspect whose p_given is just over
         # its threshold was kept beside its cluster's 16 relabelled rows).
-        backed = ev["confident"][i] == ev["other"][i] or cluster_class[i] == ev["other"][i]
+        backed = ev["confident"][i] == ev["other"][i] or (cs.use_clusters and cluster_class[i] == ev["other"][i])
         why = "is confident" if ev["confident"][i] == ev["other"][i] else "is its cluster's class"
         if backed and p_o >= cs.relabel_min_proba and margin >= cs.relabel_min_margin:
             actions.append(RELABEL)

@@ -90,7 +90,7 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
         try:
             # the guids as text, cast in Arrow: pandas would read "1.0" where score wrote "1"
             frame = with_text_columns(pq.read_table(path, filesystem=fs), ["guid"]).to_pandas()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow: a decimal guid cannot be cast to text
             raise EvaluateError(f"{what} {url}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
     else:
         raise EvaluateError(f"{what} {url}: unknown file type (expected .csv or .parquet)")

@@ -94,6 +94,9 @@ def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence
     types = {fold(f.name): f.dataType for f in schema.fields}
     spelled = {fold(f.name): f.name for f in schema.fields}
     for name, column in columns.items():
+        matching = [f.name for f in schema.fields if column and fold(f.name) == fold(column)]
+        if len(matching) > 1:  # which one is read would be a guess (Spark itself calls it ambiguous)
+            raise ValueError(f"TypologyClassifier: {name}={column!r} matches {len(matching)} columns ({', '.join(matching)}); rename or drop one")
         # guidCol has no effect and need not exist; the inputs must.
         if column and fold(column) not in types and name != "guidCol":
             raise ValueError(f"TypologyClassifier: {name}={column!r} is not a column of the DataFrame (columns: {', '.join(schema.names)})")
