@@ -121,8 +121,6 @@ def with_text_columns(table, names: Sequence[str]):
     pyarrow's ``ArrowInvalid``."""
     import pyarrow as pa
 
-    import pyarrow.compute as pc
-
     wanted = {name.lower() for name in names}
     for position, name in enumerate(table.column_names):
         kind = table.schema.field(position).type
@@ -130,13 +128,16 @@ def with_text_columns(table, names: Sequence[str]):
             column = table.column(position)
             # Whole floats through int64: Arrow writes 10000000007.0 as "1.0000000007e+10", not the
             # "10000000007" of the CSV (below 1e10 it writes "1", but not above).
-            if pa.types.is_floating(kind) and _whole_int64(column, pc):
+            if pa.types.is_floating(kind) and _whole_int64(column):
                 column = column.cast(pa.int64())
             table = table.set_column(position, name, column.cast(pa.string()))
     return table
 
 
-def _whole_int64(column, pc) -> bool:
+def _whole_int64(column) -> bool:
+    """Every value of a float column is whole and fits int64 (nulls aside)."""
+    import pyarrow.compute as pc
+
     values = pc.drop_null(column)
     if len(values) == 0:
         return True
@@ -177,12 +178,17 @@ def csv_records(text: str, where: str, expected: str = "") -> tuple[list[str], I
     return header, records()
 
 
+def repeated_columns(header: list[str], read: Collection[str] | None = None) -> list[str]:
+    """The names ``header`` holds more than once, sorted; ``read``: only these names count (the
+    others are never read: a spreadsheet's trailing unnamed columns, ``guid,description,,``)."""
+    return sorted({name for name in header if header.count(name) > 1 and (read is None or name in read)})
+
+
 def refuse_repeated_columns(header: list[str], where: str, read: Collection[str] | None = None) -> None:
     """A column named twice is an error: which of the two holds the data is anybody's guess (a
     row would be read from the first, perhaps empty, one and scored as if it had no text).
-    ``read``: only these names count (the others are never read: a spreadsheet's trailing
-    unnamed columns, ``guid,description,,``, are fine)."""
-    repeated = sorted({name for name in header if header.count(name) > 1 and (read is None or name in read)})
+    ``read``: as ``repeated_columns``."""
+    repeated = repeated_columns(header, read)
     if repeated:
         raise CsvError(f"{where}, line 1: column(s) {', '.join(repeated)} appear more than once in the header")
 

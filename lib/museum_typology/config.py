@@ -200,6 +200,18 @@ def number_within(name: str, value: Any, low: float, high: float = float("inf"),
     return float(value)
 
 
+def checked_numbers(section: str, values: Mapping[str, Any], counts: Iterable[str], count_minimum: Mapping[str, int], ranges: Mapping[str, tuple[float, float, bool, bool]]) -> dict[str, Any]:
+    """``values`` of ``section`` with each count in ``counts`` (at least 1 unless ``count_minimum``
+    names it) and each number in ``ranges`` ((low, high, low included, high included)) checked and
+    converted; the other values as given."""
+    out = dict(values)
+    for name in counts:
+        out[name] = whole_number(f"{section}.{name}", values[name], count_minimum.get(name, 1))
+    for name, (low, high, low_included, high_included) in ranges.items():
+        out[name] = number_within(f"{section}.{name}", values[name], low, high, low_included=low_included, high_included=high_included)
+    return out
+
+
 def check_layer(layer: Mapping[str, Any], defaults: Mapping[str, Any], where: str, prefix: tuple[str, ...] = ()) -> None:
     """Refuse a settings file's key that conf/default.toml does not define (outside
     ``OPEN_TABLES``), a value of another type than the default's (``"false"`` for a boolean would

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import report, storage
-from .catalogue import DUPLICATE_NOTE, CsvError, decode_csv_bytes, read_strict_csv, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, decode_csv_bytes, read_strict_csv, repeated_columns, with_text_columns
 from .config import Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -97,7 +97,7 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
     frame.columns = [str(c).strip().lstrip("\ufeff").lower() for c in frame.columns]
     # "guid" and "GUID" (or "source" and "SOURCE") in one Parquet file: which holds the data is
     # anybody's guess. A CSV's header was checked as it was read.
-    repeated = sorted({c for c in frame.columns if c and list(frame.columns).count(c) > 1})
+    repeated = [c for c in repeated_columns(list(frame.columns)) if c]
     if repeated:
         raise EvaluateError(f"{what} {url}: column(s) {', '.join(repeated)} appear more than once (compared without case or surrounding spaces)")
     missing = [c for c in required if c not in frame.columns]

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import backbone as backbone_lib
 from . import petastorm_io, storage, tflite_backbone
-from .config import ConfigError, Settings, number_within, whole_number
+from .config import ConfigError, Settings, checked_numbers
 from .log import get_logger, quiet_library_warnings
 from .schema import CLASSES
 from .storage import S3Options
@@ -101,16 +101,11 @@ class ImageSettings:
         section = settings.section("image")
         # Counts and numbers are checked for their ranges here, not by a traceback at the first
         # fold (folds = 1) or a silent cut (int(5.5) was 5).
-        values = {}
-        for name, spec in cls.__dataclass_fields__.items():
-            if spec.type == "int":
-                values[name] = whole_number(f"image.{name}", section[name], IMAGE_COUNT_MINIMUM.get(name, 1))
-            elif name in IMAGE_NUMBER_RANGES:
-                low, high, low_included, high_included = IMAGE_NUMBER_RANGES[name]
-                values[name] = number_within(f"image.{name}", section[name], low, high, low_included=low_included, high_included=high_included)
-            else:
-                values[name] = {"float": float, "str": str, "bool": bool}[spec.type](section[name])
-        s = cls(**values)
+        fields = cls.__dataclass_fields__
+        counts = [name for name, spec in fields.items() if spec.type == "int"]
+        values = checked_numbers("image", {name: section[name] for name in fields}, counts, IMAGE_COUNT_MINIMUM, IMAGE_NUMBER_RANGES)
+        casts = {"float": float, "str": str, "bool": bool}
+        s = cls(**{name: value if name in counts or name in IMAGE_NUMBER_RANGES else casts[fields[name].type](value) for name, value in values.items()})
         for key, value, allowed in (("variant", s.variant, tuple(backbone_lib.VARIANTS)), ("view_mode", s.view_mode, VIEW_MODES), ("class_weight", s.class_weight, CLASS_WEIGHTINGS), ("mixed_precision", s.mixed_precision, MIXED_PRECISION)):
             if value not in allowed:  # a typo in class_weight or mixed_precision quietly meant "none" / "off"
                 raise ConfigError(f"image.{key} must be one of {allowed}, not {value!r}")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .catalogue import InputRow
-from .config import ConfigError, Settings, number_within, whole_number
+from .config import ConfigError, Settings, checked_numbers, number_within
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
 from .text import normalize
@@ -71,12 +71,8 @@ class TextSettings:
         whose every text probability was NaN at scoring, ``folds = 0`` or ``5.5`` failed after the
         image stage with a traceback."""
         section = settings.section("text")
-        values = {name: section[name] for name in cls.__dataclass_fields__}
-        for name, spec in cls.__dataclass_fields__.items():
-            if spec.type == "int":
-                values[name] = whole_number(f"text.{name}", values[name], TEXT_COUNT_MINIMUM.get(name, 1))
-        for name, (low, high, low_included, high_included) in TEXT_NUMBER_RANGES.items():
-            values[name] = number_within(f"text.{name}", values[name], low, high, low_included=low_included, high_included=high_included)
+        counts = [name for name, spec in cls.__dataclass_fields__.items() if spec.type == "int"]
+        values = checked_numbers("text", {name: section[name] for name in cls.__dataclass_fields__}, counts, TEXT_COUNT_MINIMUM, TEXT_NUMBER_RANGES)
         grid = values["blend_grid"]
         if not isinstance(grid, list) or not grid:
             raise ConfigError(f"text.blend_grid = {grid!r}: must be a non-empty list of BiLSTM weights in [0, 1]")
