@@ -53,8 +53,44 @@ def test_version_1_rules_stay_for_the_bundles_trained_on_them():
     assert normalize("Портрет Руднева В. В.", 1) == "портрет руднева в век"
     assert normalize("ХIХ в.", 1) == "хiх век" and normalize("Cпб., 1909", 1) == "спб <year>"
     assert normalize("Монета. 1789 г.", 1) == normalize("Монета. 1789 г.", 2) == "монета <year> год"
-    with pytest.raises(ValueError, match="unknown text normalisation version 3"):
-        normalize("x", 3)
+    with pytest.raises(ValueError, match="unknown text normalisation version 4"):
+        normalize("x", 4)
+
+
+def test_version_2_rules_stay_for_the_bundles_trained_on_them():
+    assert normalize("середины XIХ в.\".", 2) == "середины хiх в"
+    assert normalize("нач. Xв. - 1236 г.", 2) == "нач хв <year> год"
+    assert normalize("Книга. Русскiя древности. Выпуск третiй", 2) == "книга русскiя древности выпуск третiй"
+    assert normalize("Газета №28 (XXIV съезд)", 2) == normalize("Газета №28 (XXIV съезд)") == "газета no <num> xxiv съезд"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # version 3: "в." after a Roman numeral is a century before a quote, a bracket, a word...
+        ("Фигурка \"Рядовой пехоты середины XIХ в.\".", "фигурка рядовой пехоты середины <century> век"),
+        ("(середина XVII — середина XX в.)  СПб.: Лема", "середина xvii середина <century> век санкт-петербург лема"),
+        ("Монета. Конец IV – начало III в. до н.э.", "монета конец iv начало <century> век до н э"),
+        # ... glued to it, and at both ends of a range
+        ("Билярское городище нач. Xв. - 1236 г.", "билярское городище нач <century> век <year> год"),
+        ("городище Х-ХIIIвв. Украина", "городище <century> века <century> века украина"),
+        ("XV - XVI вв.", "<century> века <century> века"),
+        # a Roman numeral in both scripts is the Latin one, a Latin i in a Cyrillic word is и
+        ("ХХIV съезд КПСС", "xxiv съезд кпсс"),
+        ("Знак участника ХI-го конгресса", "знак участника xi-го конгресса"),
+        ("Русскiя древности. Выпуск третiй", "русския древности выпуск третий"),
+        # ... per run of letters: "№" (NFKC "No") glued to a Cyrillic word stays Latin
+        ("Журнал. Нива, 1898.-№46.-с. 901", "журнал нива <year> no <num> страниц <num>"),
+        ("Пулемет DT-7.62-Дегтярев", "пулемет dt <num> дегтярев"),
+        # not centuries: no dot, or no Roman numeral before it
+        ("Наполеон I в России", "наполеон i в россии"),
+        ("Колпь I в 1980", "колпь i в <year>"),
+        ("Размер 50 х 70 см.", "размер <num> х <num> см"),
+    ],
+)
+def test_version_3_centuries_and_mixed_script_numerals(raw, expected):
+    assert normalize(raw) == expected
+    assert normalize(normalize(raw)) == normalize(raw)
 
 
 @pytest.mark.parametrize(

@@ -268,7 +268,7 @@ def test_score_normalises_with_the_bundles_rules(trained, tmp_path):
     import dataclasses
 
     mismatched = dataclasses.replace(score.resolve_models(settings, str(root / "models")), text_normalization=1)
-    with pytest.raises(score.ScoreError, match="trained on text normalisation 2, but the rows were normalised by version 1"):
+    with pytest.raises(score.ScoreError, match=f"trained on text normalisation {NORMALIZATION_VERSION}, but the rows were normalised by version 1"):
         score.Scorer(mismatched).text
 
 

@@ -54,6 +54,17 @@ _ROMAN_CENTURY_2 = re.compile(r"\b(?=[xхvi]+\s)[xх]{0,3}(?:i[xх]|iv|v?i{0,3})
 _TWO_INITIALS = re.compile(r"\b([А-ЯЁ])\.\s?([А-ЯЁ])\.")
 # Not Т., С., Л. before a number: "Сборник Т. 1" is a volume, "С. 25" a page, "Л. 5" a sheet.
 _INITIAL_AFTER_NAME = re.compile(r"\b([А-ЯЁ][а-яё]+\s+)(?![ТСЛ]\.\s*\d)([А-ЯЁ])\.(?!\w)")
+# Version 3. A Roman numeral typed in both scripts ("ХIII", "IХ": a Cyrillic Х beside Latin I)
+# reads as the Latin numeral; only a word that is not one has its Latin i read as the pre-reform
+# и ("русскiя" -> "русския"), which a plain i -> и would have done to "ХIII" as well.
+_ROMAN = r"(?=[ivxlх])(?:xl|l?[xх]{0,3})(?:i[xх]|iv|v?i{0,3})"
+_ROMAN_RUN = re.compile(_ROMAN)
+_LETTER_RUN = re.compile(r"[а-яa-z]+")
+_LATIN_TO_CYRILLIC_3 = str.maketrans({**{chr(k): v for k, v in _LATIN_TO_CYRILLIC.items()}, "i": "и"})
+# Version 3: "в." / "вв." after a Roman numeral is a century whatever follows ("XIX в.\"",
+# "(XX в.)", "III в. до н.э."; versions 1-2 only read "в." before a comma, dot or the end) or when
+# glued to it ("нач. Xв."), each end of a range too ("Х-ХIIIвв.").
+_CENTURY_AFTER_ROMAN = re.compile(rf"(?<![а-яa-z])(?:({_ROMAN})\s*[-–—]\s*)?({_ROMAN})\s*(вв|в)\.")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _TOKEN = re.compile(r"<[a-z]+>|[а-яa-z]+(?:-[а-яa-z]+)*")
 
@@ -63,6 +74,26 @@ def _fix_mixed_script(word: str) -> str:
     if _CYRILLIC.search(word) and _LATIN.search(word):
         return word.translate(_LATIN_TO_CYRILLIC)
     return word
+
+
+def _mend_run(run: str) -> str:
+    """Version 3's reading of one run of letters in both scripts: a Roman numeral in Latin, else
+    a Cyrillic word with Latin look-alikes (i among them)."""
+    if not (_CYRILLIC.search(run) and _LATIN.search(run)):
+        return run
+    if _ROMAN_RUN.fullmatch(run):
+        return run.replace("х", "x")
+    return run.translate(_LATIN_TO_CYRILLIC_3)
+
+
+def _fix_mixed_script_3(text: str) -> str:
+    return _LETTER_RUN.sub(lambda m: _mend_run(m.group(0)), text)
+
+
+def _century_after_roman(match: re.Match[str]) -> str:
+    first, last, abbreviation = match.groups()
+    word = "века" if abbreviation == "вв" else "век"
+    return f" {first} {word} {last} {word} " if first else f" {last} {word} "
 
 
 def _number_token(match: re.Match[str]) -> str:
@@ -76,7 +107,11 @@ def _number_token(match: re.Match[str]) -> str:
 # it (older bundles: 1), so a change here never feeds a model text prepared another way.
 # 2: name initials kept as letters (not "село", "город", "век"); "хiх в." is a century; Latin
 # look-alikes are mended before the abbreviations ("Cпб." is "СПб.").
-NORMALIZATION_VERSION = 2
+# 3: Roman numerals typed in both scripts read as Latin ones and a Latin i in a Cyrillic word as
+# и, both per run of letters ("хi-го" is "xi-го"); "в." / "вв." after a Roman numeral is a century
+# before any character and when glued to it.
+NORMALIZATION_VERSION = 3
+KNOWN_VERSIONS = (1, 2, 3)
 
 
 def normalize(text: str | None, version: int = NORMALIZATION_VERSION) -> str:
@@ -84,22 +119,26 @@ def normalize(text: str | None, version: int = NORMALIZATION_VERSION) -> str:
     the rules of ``version`` (see ``NORMALIZATION_VERSION``)."""
     if not text:
         return ""
-    if version not in (1, 2):
-        raise ValueError(f"unknown text normalisation version {version!r} (this code knows 1 and 2)")
+    if version not in KNOWN_VERSIONS:
+        raise ValueError(f"unknown text normalisation version {version!r} (this code knows {', '.join(map(str, KNOWN_VERSIONS))})")
     text = unicodedata.normalize("NFKC", text)
     if version >= 2:
         text = _TWO_INITIALS.sub(r" \1 \2 ", text)
         text = _INITIAL_AFTER_NAME.sub(r"\1\2 ", text)
     text = text.lower().translate(_PRE_REFORM)
     text = re.sub(r"ъ\b", "", text)  # pre-reform final hard sign: "домъ" -> "дом"
-    if version >= 2:
+    if version >= 3:
+        text = _fix_mixed_script_3(_CENTURY_AFTER_ROMAN.sub(_century_after_roman, text))
+    elif version == 2:
         text = " ".join(_fix_mixed_script(w) for w in re.split(r"(\s+)", text) if w and not w.isspace())
     for pattern, replacement in _ABBREVIATIONS:
         text = pattern.sub(replacement, text)
     text = (_ROMAN_CENTURY_2 if version >= 2 else _ROMAN_CENTURY).sub(" <century> ", text)
     text = _NUMBER.sub(_number_token, text)
-    words = [_fix_mixed_script(w) for w in re.split(r"\s+", text)]
-    text = " ".join(words)
+    if version >= 3:
+        text = _fix_mixed_script_3(text)
+    else:
+        text = " ".join(_fix_mixed_script(w) for w in re.split(r"\s+", text))
     return " ".join(_TOKEN.findall(text))
 
 
