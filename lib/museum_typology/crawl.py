@@ -669,10 +669,11 @@ def assemble(
     with storage.atomic_directory(output, s3, job="crawl") as tmp:
         dataset_url = storage.join(tmp, "dataset")
         parts = 0
+        stored = _part_files(work_url, s3)
         for name in fragments:
-            source = storage.join(dataset_src, name)
-            if not storage.exists(source, s3):
+            if name not in stored:
                 continue  # a chunk with no ok row has no part file
+            source = storage.join(dataset_src, name)
             if name in drop:
                 parts += _copy_without(source, storage.join(dataset_url, name), drop[name], s3)
             else:
@@ -692,8 +693,8 @@ def _delete_orphans(work_url: str, fragments: dict[str, list[dict[str, Any]]], s
     marking rows ok whose part file is not there. Only an executor of a killed run, still working
     beside the resumed one, leaves one (the resumed driver's clean-up deleted the part file it was
     writing, then it committed the fragment); its rows, taken for stored, would be in no dataset."""
-    dataset_src, manifest_src = _work_paths(work_url)
-    parts = set(storage.list_files(dataset_src, s3)) if storage.exists(dataset_src, s3) else set()
+    _, manifest_src = _work_paths(work_url)
+    parts = _part_files(work_url, s3)
     orphans = [name for name, rows in fragments.items() if name not in parts and any(r["status"] == STATUS_OK for r in rows)]
     if orphans:
         fs, path = storage.filesystem(manifest_src, s3)
@@ -701,6 +702,13 @@ def _delete_orphans(work_url: str, fragments: dict[str, list[dict[str, Any]]], s
             fs.delete_file(posixpath.join(path, name))
         log.warning("%d chunk(s) committed by a killed run's executors had lost their part files; deleted, their rows are fetched again", len(orphans))
     return orphans
+
+
+def _part_files(work_url: str, s3: S3Options | None) -> set[str]:
+    """Names of the part files the chunks wrote so far (one listing: on S3 an existence check per
+    chunk would be a request each)."""
+    dataset_src, _ = _work_paths(work_url)
+    return set(storage.list_files(dataset_src, s3)) if storage.exists(dataset_src, s3) else set()
 
 
 def _without_orphans(work_url: str, loaded: dict[str, list[dict[str, Any]]], finished: list[dict[str, Any]], s3: S3Options | None) -> dict[str, list[dict[str, Any]]]:
