@@ -366,6 +366,12 @@ def bundle_json(url: str, s3: S3Options | None) -> dict[str, Any]:
     return value
 
 
+def _unreadable(path: str, exc: Exception) -> str:
+    """A row's note for an image file that could not be read, naming the path once (storage's
+    and pyarrow's errors mostly name it already)."""
+    return f"image unreadable: {exc}" if path in str(exc) else f"image unreadable: {path}: {exc}"
+
+
 def cascade_mismatch(inputs: dict[str, Any], text_bundle: str | None, image_bundle: str | None, s3: S3Options | None) -> str | None:
     """How a tuned cascade's inputs differ from the bundles to score with (None: they agree, or
     the cascade did not record them). A --final image bundle has no out-of-fold predictions of
@@ -564,7 +570,7 @@ class Scorer:
                     if raws[i] is None:
                         notes[i].append(f"image unusable: file too large: {size} bytes > images.max_bytes={self.spec.max_bytes} (not read)")
                 except OSError as exc:
-                    notes[i].append(f"image unreadable: {refs[i]}: {exc}")
+                    notes[i].append(_unreadable(refs[i], exc))
             elif kinds[i] == IMAGE_DATASET:
                 by_part[refs[i]].append(i)
             elif kinds[i] == IMAGE_BYTES:
@@ -577,7 +583,7 @@ class Scorer:
                 found = self.dataset_images.read(part, [guids[i] for i in rows])
             except (FileNotFoundError, pa.ArrowInvalid) as exc:  # the part file went or broke after planning
                 for i in rows:
-                    notes[i].append(f"image unreadable: {part}: {exc}")
+                    notes[i].append(_unreadable(part, exc))
                 continue
             for i in rows:
                 raws[i], sha = found.get(guids[i], (None, None))
