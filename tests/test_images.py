@@ -218,15 +218,20 @@ def test_16bit_rgb_with_a_trns_key_whitens_the_key_colour_not_black() -> None:
 # ---------------------------------------------------------------- EXIF orientation
 
 
-def test_exif_orientation_6_is_applied() -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_exif_orientation_6_is_applied(fmt: str) -> None:
     # Stored 64 wide x 32 high, red block in the stored top-left. Orientation 6 = "rotate 90 degrees
     # clockwise to display": the display is 32 wide x 64 high and the red block is top-right.
     # Background 100, not 128: exact 128 across the bottom rows is libjpeg's fill for a cut file.
+    # A TIFF carries the orientation as a tag of its own, and Pillow reports its size turned.
     stored = np.full((32, 64, 3), 100, dtype=np.uint8)
     stored[:8, :8] = RED
     exif = Image.Exif()
     exif[0x0112] = 6
-    raw = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+    if fmt == "JPEG":
+        raw = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+    else:
+        raw = encode(Image.fromarray(stored), "TIFF", tiffinfo={0x0112: 6})
     result = decode(raw)
     assert result.ok, result.reason
     assert result.pixels.shape == (64, 32, 3)

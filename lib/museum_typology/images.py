@@ -124,6 +124,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
+def _stored_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as stored in the file. Pillow reports a TIFF's size already turned by its
+    Orientation tag (5-8 swap the sides); every other reader gives the stored one."""
+    if image.format == "TIFF":
+        width, height = image.tag_v2.get(256), image.tag_v2.get(257)  # ImageWidth, ImageLength
+        if isinstance(width, int) and isinstance(height, int):
+            return width, height
+    return image.size
+
+
 def _draft_and_load(image: Image.Image, max_side: int) -> None:
     """Decode ``image``'s pixels; a big JPEG at the smallest libjpeg scale that keeps the longer
     side >= ``max_side``."""
@@ -207,7 +217,7 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
             fmt = image.format
             if fmt not in ACCEPTED_FORMATS:
                 return fail(f"unsupported image format {fmt}")
-            width, height = image.size
+            width, height = _stored_size(image)
             if width <= 0 or height <= 0:
                 return fail(f"invalid dimensions {width}x{height}", format=fmt)
             if width * height > max_pixels:
