@@ -82,10 +82,18 @@ def test_version_2_rules_stay_for_the_bundles_trained_on_them():
         # ... per run of letters: "№" (NFKC "No") glued to a Cyrillic word stays Latin
         ("Журнал. Нива, 1898.-№46.-с. 901", "журнал нива <year> no <num> страниц <num>"),
         ("Пулемет DT-7.62-Дегтярев", "пулемет dt <num> дегтярев"),
-        # not centuries: no dot, or no Roman numeral before it
+        ("кон. XIXв", "кон <century> век"),  # glued, no dot
+        # not centuries: a preposition, a multiplication sign, великий князь, Христос Воскресе
         ("Наполеон I в России", "наполеон i в россии"),
         ("Колпь I в 1980", "колпь i в <year>"),
         ("Размер 50 х 70 см.", "размер <num> х <num> см"),
+        ("Размер: ш. 40 х в. 60 см", "размер ш <num> х в <num> см"),
+        ("Гравюра. Размер (ш х в.): 20х30", "гравюра размер ш х в <num> х <num>"),
+        ("Николай II в. кн. Михаил", "николай ii в кн михаил"),
+        ("Пасхальное яйцо с надписью ХВ.", "пасхальное яйцо с надписью хв"),
+        # a lone Latin look-alike joined to Cyrillic by punctuation is mended (not i, v, x, l)
+        ("Церковь в c.Покровское", "церковь в село покровское"),
+        ("т.e. c/х", "т е с х"),
     ],
 )
 def test_version_3_centuries_and_mixed_script_numerals(raw, expected):

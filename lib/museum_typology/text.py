@@ -55,16 +55,23 @@ _TWO_INITIALS = re.compile(r"\b([А-ЯЁ])\.\s?([А-ЯЁ])\.")
 # Not Т., С., Л. before a number: "Сборник Т. 1" is a volume, "С. 25" a page, "Л. 5" a sheet.
 _INITIAL_AFTER_NAME = re.compile(r"\b([А-ЯЁ][а-яё]+\s+)(?![ТСЛ]\.\s*\d)([А-ЯЁ])\.(?!\w)")
 # Version 3. A Roman numeral typed in both scripts ("ХIII", "IХ": a Cyrillic Х beside Latin I)
-# reads as the Latin numeral; only a word that is not one has its Latin i read as the pre-reform
-# и ("русскiя" -> "русския"), which a plain i -> и would have done to "ХIII" as well.
+# reads as the Latin numeral; only a run of letters that is not one has its Latin i read as the
+# pre-reform и ("русскiя" -> "русския"), which a plain i -> и would have done to "ХIII" as well.
 _ROMAN = r"(?=[ivxlх])(?:xl|l?[xх]{0,3})(?:i[xх]|iv|v?i{0,3})"
 _ROMAN_RUN = re.compile(_ROMAN)
 _LETTER_RUN = re.compile(r"[а-яa-z]+")
+_CYRILLIC_WORD = re.compile(r"\S*[а-я]\S*")
 _LATIN_TO_CYRILLIC_3 = str.maketrans({**{chr(k): v for k, v in _LATIN_TO_CYRILLIC.items()}, "i": "и"})
+# A lone Latin letter joined to Cyrillic ones by punctuation ("c.Покровское", "т.e.", "c/х") is a
+# look-alike too, unless it can be a Roman numeral (i, v, x, l).
+_LONE_LOOK_ALIKES = frozenset(_LATIN_TO_CYRILLIC) - {ord(c) for c in "ivxl"}
 # Version 3: "в." / "вв." after a Roman numeral is a century whatever follows ("XIX в.\"",
-# "(XX в.)", "III в. до н.э."; versions 1-2 only read "в." before a comma, dot or the end) or when
-# glued to it ("нач. Xв."), each end of a range too ("Х-ХIIIвв.").
-_CENTURY_AFTER_ROMAN = re.compile(rf"(?<![а-яa-z])(?:({_ROMAN})\s*[-–—]\s*)?({_ROMAN})\s*(вв|в)\.")
+# "(XX в.)", "III в. до н.э."; versions 1-2 read "в." only before a comma, dot, semicolon or the
+# end), also glued to it ("нач. Xв.", "XIXв"), each end of a range too ("Х-ХIIIвв."). Not "в. кн."
+# (великий князь: "Николай II в. кн."); see _century_after_roman for the lone х.
+_CENTURY_AFTER_ROMAN = re.compile(rf"(?<![а-яa-z])(?:({_ROMAN})\s*[-–—]\s*)?({_ROMAN})(\s*)(вв|в)(?:(\.)(?!\s*кн\b)|(?![а-яa-z.]))")
+# What a lone х after these is: a multiplication sign ("40 х в. 60", "ш х в."), not a numeral.
+_SIZE_BEFORE = re.compile(r"(?:\d|\bш\.?)\s*$")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _TOKEN = re.compile(r"<[a-z]+>|[а-яa-z]+(?:-[а-яa-z]+)*")
 
@@ -77,21 +84,28 @@ def _fix_mixed_script(word: str) -> str:
 
 
 def _mend_run(run: str) -> str:
-    """Version 3's reading of one run of letters in both scripts: a Roman numeral in Latin, else
-    a Cyrillic word with Latin look-alikes (i among them)."""
-    if not (_CYRILLIC.search(run) and _LATIN.search(run)):
-        return run
-    if _ROMAN_RUN.fullmatch(run):
-        return run.replace("х", "x")
-    return run.translate(_LATIN_TO_CYRILLIC_3)
+    """Version 3's reading of one run of letters inside a word with Cyrillic letters: in both
+    scripts, a Roman numeral in Latin, else a Cyrillic word with Latin look-alikes (i among them);
+    a lone Latin look-alike letter in Cyrillic; other Latin runs ("№" read as "no", "DT") stay."""
+    if _CYRILLIC.search(run):
+        if not _LATIN.search(run):
+            return run
+        return run.replace("х", "x") if _ROMAN_RUN.fullmatch(run) else run.translate(_LATIN_TO_CYRILLIC_3)
+    return run.translate(_LATIN_TO_CYRILLIC) if len(run) == 1 and ord(run) in _LONE_LOOK_ALIKES else run
 
 
 def _fix_mixed_script_3(text: str) -> str:
-    return _LETTER_RUN.sub(lambda m: _mend_run(m.group(0)), text)
+    return _CYRILLIC_WORD.sub(lambda word: _LETTER_RUN.sub(lambda run: _mend_run(run.group(0)), word.group(0)), text)
 
 
 def _century_after_roman(match: re.Match[str]) -> str:
-    first, last, abbreviation = match.groups()
+    first, last, space, abbreviation, dot = match.groups()
+    if not (dot or not space):
+        return match.group(0)  # "Наполеон I в России": the preposition
+    if not dot and len(last) < 2:
+        return match.group(0)  # "Xв" with no dot could be anything
+    if last in ("х", "x") and not first and (not space and last == "х" or _SIZE_BEFORE.search(match.string, 0, match.start())):
+        return match.group(0)  # "40 х в. 60", "ш х в.", "ХВ." (Христос Воскресе)
     word = "века" if abbreviation == "вв" else "век"
     return f" {first} {word} {last} {word} " if first else f" {last} {word} "
 
