@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
@@ -125,12 +126,12 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     assert list(got["typology"]) == [CLASSES[COIN], CLASSES[SWORD], CLASSES[BOOK], CLASSES[BOOK]]
     assert got.loc[0, "image_sha256"] is not None and got.loc[1, "image_sha256"] is None
     assert first["rows"] == 6 and first["rescored"] == 4 and first["unchanged"] == 0
-    assert first["not_scored"] == {"empty guid": 1, "duplicate guid": 1}
+    assert first["not_scored"] == {"empty guid": 1, "unusable guid": 0, "duplicate guid": 1}
     assert "catalogue.csv row 6: duplicate guid a (first at catalogue.csv row 1)" in first["not_scored_examples"]
     # every row not scored is recorded with why, not just counted (the summary keeps 20 examples)
     skipped = pd.read_parquet(root / "predictions" / "date=2026-03-01" / rescore.NOT_SCORED_FILE)
     assert skipped.to_dict("records") == [
-        {"source_file": "catalogue.csv", "source_row": 5, "guid": None, "kind": "empty guid", "message": "catalogue.csv row 5: empty guid"},
+        {"source_file": "catalogue.csv", "source_row": 5, "guid": None, "kind": "empty guid", "message": "catalogue.csv row 5 (line 6): empty guid"},
         {"source_file": "catalogue.csv", "source_row": 6, "guid": "a", "kind": "duplicate guid", "message": "catalogue.csv row 6: duplicate guid a (first at catalogue.csv row 1)"},
     ]
     assert storage.is_committed(str(root / "predictions" / "date=2026-03-01"))
@@ -145,7 +146,7 @@ def test_nights_score_only_what_changed_and_a_rerun_changes_nothing(spark, setti
     got = partition(root, "2026-03-02")
     assert list(zip(got["guid"], got["reason"])) == [("b", "description"), ("c", "image"), ("f", "new")]
     assert second["reasons"] == {"new": 1, "description": 1, "model": 0, "image": 1}
-    assert second["unchanged"] == 2 and second["not_scored"] == {"empty guid": 1, "duplicate guid": 0}
+    assert second["unchanged"] == 2 and second["not_scored"] == {"empty guid": 1, "unusable guid": 0, "duplicate guid": 0}
     assert second["rows"] == 6 == second["rescored"] + second["unchanged"] + sum(second["not_scored"].values())
     assert second["state_partitions"] == ["2026-03-01"]
 
@@ -280,6 +281,10 @@ def test_plan_is_pure_and_asks_for_image_hashes_only_where_needed():
         InputRow("y", "score", "c.csv", 2, 3, "Сабля", None),
         InputRow("z", "score", "c.csv", 3, 4, "Ваза", None),
         InputRow(None, "score", "c.csv", 4, 5, "Без guid", None, rejected_reason="c.csv row 4 (line 5): empty guid"),
+        # the reader's reason is the message: this row's guid is missing because its fields are
+        InputRow(None, "score", "c.csv", 5, 6, None, None, rejected_reason="c.csv row 5 (line 6): 1 fields, header has 2"),
+        # CSV tools cut a field at a control character: no later join would find this guid
+        InputRow("g\x01x", "score", "c.csv", 6, 7, "Ваза", None, rejected_reason="c.csv row 6 (line 7): guid 'g\\x01x' holds a control character"),
     ]
     state = {
         "x": {"model_version": "v1", "description_hash": rescore.normalised_hash("монета"), "image_sha256": None},
@@ -290,7 +295,13 @@ def test_plan_is_pure_and_asks_for_image_hashes_only_where_needed():
     plan = rescore.plan_rescore(rows, state, "v1", lambda guids: asked.extend(guids) or {"x": "new-image"})
     assert asked == ["x"]  # y (model) and z (new) are scored anyway
     assert plan.rescore == [(0, "image"), (1, "model"), (2, "new")] and plan.unchanged == 0
-    assert plan.not_scored == [(3, "empty guid", "c.csv row 4: empty guid")] and plan.absent == ["gone"]
+    assert plan.not_scored == [
+        (3, "empty guid", "c.csv row 4 (line 5): empty guid"),
+        (4, "empty guid", "c.csv row 5 (line 6): 1 fields, header has 2"),
+        (5, "unusable guid", "c.csv row 6 (line 7): guid 'g\\x01x' holds a control character"),
+    ]
+    assert plan.absent == ["gone"]
+    assert plan.counts()["not_scored"] == {"empty guid": 2, "unusable guid": 1, "duplicate guid": 0}
 
 
 def test_a_malformed_row_does_not_push_aside_a_sound_row_of_its_guid():
@@ -318,6 +329,18 @@ def test_a_malformed_row_does_not_push_aside_a_sound_row_of_its_guid():
     assert notes[4] == "duplicate guid (first at row 2)" and "duplicate guid (first at row 3)" in notes[3]
 
 
+def test_a_partition_a_crash_left_set_aside_is_put_back_by_the_next_night(spark, settings, night1):
+    """A local commit over a re-run night renames the old partition aside, then the new one in: a
+    crash between the two left no date=X, and the next night read the history without it."""
+    root = night1
+    run(spark, settings, root, "2026-03-01")
+    predictions = root / "predictions"
+    os.rename(predictions / "date=2026-03-01", predictions / ".date=2026-03-01.old-0123abcd")
+    second = run(spark, settings, root, "2026-03-02")
+    assert second["state_partitions"] == ["2026-03-01"] and second["rescored"] == 0 and second["unchanged"] == 4
+    assert storage.is_committed(str(predictions / "date=2026-03-01")) and not (predictions / ".date=2026-03-01.old-0123abcd").exists()
+
+
 def test_catalogue_directory_of_csv_and_parquet(tmp_path):
     directory = tmp_path / "catalogue"
     (directory / "sub").mkdir(parents=True)
@@ -343,6 +366,17 @@ def test_clear_errors(spark, settings, night1, capsys, monkeypatch):
         rescore.run(spark, settings, str(root / "catalogue.csv"), str(root / "not_a_dir"), spec(), date="2026-03-01")
     with pytest.raises(rescore.RescoreError, match="--date must be a date as YYYY-MM-DD, got '2026-3-1'"):
         rescore.run_date("2026-3-1")
+    # A date in the future (a typo) would have made a partition that refused every night before it.
+    today = dt.date(2026, 3, 10)
+    assert rescore.run_date("2026-03-11", today) == "2026-03-11" and rescore.run_date(None, today) == "2026-03-10"
+    with pytest.raises(rescore.RescoreError, match="--date 2036-03-03 is in the future \\(today is 2026-03-10 UTC\\)"):
+        rescore.run_date("2036-03-03", today)
+    # Predictions inside a catalogue directory would be read back as catalogue rows the next night.
+    (root / "catalogue_dir").mkdir()
+    for predictions in (root / "catalogue_dir" / "predictions", root / "catalogue_dir"):
+        with pytest.raises(rescore.RescoreError, match="--predictions is inside the --catalogue directory"):
+            rescore.check_arguments(str(root / "catalogue_dir"), str(predictions), "2026-03-01")
+    assert rescore.check_arguments(str(root / "catalogue.csv"), str(root / "predictions"), "2026-03-01") == "2026-03-01"
     # An interrupted write (no _SUCCESS) is ignored; a committed partition newer than --date is refused.
     (root / "predictions" / "date=2026-03-09").mkdir(parents=True)
     assert rescore.committed_partitions(str(root / "predictions")) == []

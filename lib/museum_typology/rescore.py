@@ -25,7 +25,8 @@ each original file's sha256 in its ``sha256`` column, read without the images; f
 (``--images DIR``) are read and hashed on the executors, every night, for the rows the other
 checks leave (size and mtime are not trusted: a copy can keep both and change the bytes).
 
-Catalogue rows that cannot be keyed by guid are not scored: an empty guid, and a guid already
+Catalogue rows that cannot be keyed by guid are not scored: an empty guid, a guid holding a
+control character (CSV tools cut such a field, so no later join would find it), and a guid already
 seen (a guid's first row read without error counts, in file order). Each is listed with why in
 the partition's ``_not_scored.parquet`` and counted in its summary. Every catalogue row is
 rescored, unchanged or not scored; the summary reconciles the three with the row count.
@@ -43,6 +44,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -55,7 +57,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import storage
-from .catalogue import InputRow, rows_of_record, where_recorded
+from .catalogue import InputRow, has_control_character, rows_of_record, where_recorded
 from .config import Settings
 from .errors import InternalError
 from .image_source import known_guids
@@ -83,7 +85,7 @@ from .text import NORMALIZATION_VERSION, normalize
 log = get_logger(__name__)
 
 REASONS = ("new", "model", "description", "image")  # in the order they are tested
-NOT_SCORED = ("empty guid", "duplicate guid")
+NOT_SCORED = ("empty guid", "unusable guid", "duplicate guid")
 PARTITION_COLUMNS = (*OUTPUT_COLUMNS, *DETAIL_COLUMNS, "reason")
 PARTITION_SCHEMA = pa.schema([*OUTPUT_SCHEMA, pa.field("reason", pa.string())])
 STATE_COLUMNS = ("guid", "model_version", "description_hash", "image_sha256")
@@ -93,6 +95,8 @@ PART_FILE, SUMMARY_FILE = "part-00000.parquet", "_summary.json"
 NOT_SCORED_FILE = "_not_scored.parquet"
 NOT_SCORED_SCHEMA = pa.schema([("source_file", pa.string()), ("source_row", pa.int64()), ("guid", pa.string()), ("kind", pa.string()), ("message", pa.string())])
 PARTITION_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+# A partition a local commit set aside (storage._commit's ".NAME.old-*"; once "NAME.old-*").
+SET_ASIDE_RE = re.compile(r"\.?(date=\d{4}-\d{2}-\d{2})\.old-[0-9a-f]{8}")
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
 # The summary keys that describe the plan (what a re-run compares before skipping).
 PLAN_KEYS = (
@@ -109,16 +113,21 @@ class RescoreError(ScoreError):
 # ---------------------------------------------------------------- arguments and inputs
 
 
-def run_date(date: str | None) -> str:
-    """``date`` checked as YYYY-MM-DD, or today's UTC date."""
+def run_date(date: str | None, today: dt.date | None = None) -> str:
+    """``date`` checked as YYYY-MM-DD and not after tomorrow, or today's date (UTC)."""
+    today = today or dt.datetime.now(dt.timezone.utc).date()
     if date is None:
-        return dt.datetime.now(dt.timezone.utc).date().isoformat()
+        return today.isoformat()
     try:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
             raise ValueError
-        dt.date.fromisoformat(date)
+        day = dt.date.fromisoformat(date)
     except ValueError:
         raise RescoreError(f"--date must be a date as YYYY-MM-DD, got {date!r}") from None
+    # rescore only moves forward: one partition dated in the future (a typo) would refuse every
+    # night until that date. Tomorrow is allowed for a cluster whose clock runs ahead of UTC.
+    if day > today + dt.timedelta(days=1):
+        raise RescoreError(f"--date {date} is in the future (today is {today.isoformat()} UTC); a partition of that date would refuse every night before it")
     return date
 
 
@@ -129,6 +138,8 @@ def check_arguments(catalogue_url: str, predictions_url: str, date: str | None, 
         raise storage.StorageError(f"{catalogue_url}: no such file or directory (--catalogue)")
     if storage.exists(predictions_url, s3) and not storage.is_dir(predictions_url, s3):
         raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
+    if (storage.is_inside(predictions_url, catalogue_url) or storage.same_location(predictions_url, catalogue_url)) and storage.is_dir(catalogue_url, s3):
+        raise RescoreError(f"{predictions_url}: --predictions is inside the --catalogue directory; the next night would read the predictions back as catalogue rows")
     return date
 
 
@@ -173,6 +184,20 @@ def committed_partitions(predictions_url: str, s3: S3Options | None = None) -> l
         else:
             log.warning("rescore: %s has no %s marker (an interrupted write?); ignored", url, storage.SUCCESS_MARKER)
     return sorted(found)
+
+
+def put_back_set_aside_partitions(predictions_url: str, s3: S3Options | None = None) -> None:
+    """Put back a partition a crash left set aside. A local commit over a re-run night's partition
+    renames the old one to ``.date=X.old-*`` and then the new one in; a crash between the two left
+    no ``date=X``, which only a re-run of that same night restored, and the next night read the
+    history without it (and can no longer re-run X)."""
+    if not storage.is_dir(predictions_url, s3):
+        return
+    fs, path = storage.filesystem(predictions_url, s3)
+    names = {match.group(1) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)) if (match := SET_ASIDE_RE.fullmatch(posixpath.basename(info.path.rstrip("/"))))}
+    for name in sorted(names):
+        log.warning("rescore: %s was set aside by a crash; put back", storage.join(predictions_url, name))
+        storage.clean_up_after_crashes(storage.join(predictions_url, name), s3)
 
 
 def partition_dirs(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, str]]:
@@ -340,7 +365,11 @@ def plan_rescore(
     for index, row in enumerate(rows):
         where = f"{row.source_file} row {row.source_row}"
         if row.guid is None:
-            not_scored.append((index, "empty guid", f"{where}: empty guid"))
+            # The reader's own reason when it has one (a row with too few fields has no guid either).
+            not_scored.append((index, "empty guid", row.rejected_reason or f"{where}: empty guid"))
+            continue
+        if has_control_character(row.guid):
+            not_scored.append((index, "unusable guid", row.rejected_reason or f"{where}: guid {row.guid!r} holds a control character"))
             continue
         recorded = where_recorded(rows, record, index, with_file=True)
         if recorded:
@@ -438,6 +467,7 @@ def run(
     s3 = S3Options.from_settings(settings.section("s3"))
     date = check_arguments(catalogue_url, predictions_url, date, s3)
     partition_url = storage.join(predictions_url, f"date={date}")
+    put_back_set_aside_partitions(predictions_url, s3)
     partitions = committed_partitions(predictions_url, s3)
     newer = [d for d, _ in partitions if d > date]
     if newer:

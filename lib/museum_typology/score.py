@@ -143,9 +143,9 @@ def check_image_sources(images_dir: str | None, image_dataset: str | None, s3: S
 def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -> None:
     """The output is a file that is not the input (cheap; the CLI asks before Spark starts): a
     directory there failed the job at its very end, and the input would have been overwritten."""
-    if _same_location(input_url, output_url):
+    if storage.same_location(input_url, output_url):
         raise storage.StorageError(f"{output_url}: --output is the --input file; scoring would overwrite its rows")
-    if _inside(output_url, input_url) and storage.is_dir(input_url, s3):
+    if storage.is_inside(output_url, input_url) and storage.is_dir(input_url, s3):
         raise storage.StorageError(f"{output_url}: --output is inside the --input directory; a re-run would read the predictions back as rows to score")
     if storage.is_dir(output_url, s3):
         raise storage.StorageError(f"{output_url}: --output is a directory; name a .csv or .parquet file (e.g. {storage.join(output_url, 'predictions.csv')})")
@@ -157,21 +157,6 @@ def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -
             folder = os.path.dirname(folder)
         if not os.path.isdir(folder):
             raise storage.StorageError(f"{output_url}: --output cannot be written: {folder} is a file, not a folder")
-
-
-def _where(url: str) -> tuple[bool, str]:
-    """(on S3?, the path), local paths resolved (links, "."), for comparing two locations."""
-    path = storage.filesystem_path(url)
-    return storage.is_s3(url), path if storage.is_s3(url) else os.path.realpath(path)
-
-
-def _same_location(a: str, b: str) -> bool:
-    return _where(a) == _where(b)
-
-
-def _inside(path_url: str, directory_url: str) -> bool:
-    (s3_path, path), (s3_directory, directory) = _where(path_url), _where(directory_url)
-    return s3_path == s3_directory and path.startswith(directory.rstrip("/") + "/")
 
 
 class ImageFiles(dict):

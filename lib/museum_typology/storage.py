@@ -102,6 +102,22 @@ def absolute(url: str) -> str:
     return os.path.abspath(url)
 
 
+def _where(url: str) -> tuple[bool, str]:
+    """(on S3?, the path), local paths resolved (links, "."), for comparing two locations."""
+    path = filesystem_path(url)
+    return is_s3(url), path if is_s3(url) else os.path.realpath(path)
+
+
+def same_location(a: str, b: str) -> bool:
+    return _where(a) == _where(b)
+
+
+def is_inside(path_url: str, directory_url: str) -> bool:
+    """``path_url`` lies under ``directory_url`` (by path alone: neither need exist)."""
+    (s3_path, path), (s3_directory, directory) = _where(path_url), _where(directory_url)
+    return s3_path == s3_directory and path.startswith(directory.rstrip("/") + "/")
+
+
 def filesystem_path(url: str) -> str:
     """The path of ``url`` inside its ``filesystem`` (without making a client)."""
     if is_s3(url):
