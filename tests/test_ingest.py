@@ -361,3 +361,26 @@ def test_an_executor_with_other_decoding_code_refuses_to_decode(tmp_path):
     with pytest.raises(ingest.IngestError, match="differs from the driver's"):
         ingest._process_partition(0, iter([]), str(tmp_path / "none.zip"), "zip", str(tmp_path / "dataset"), decode, 1 << 20, None, "another version")
     assert not (tmp_path / "dataset").exists()
+
+
+def test_executor_errors_unwraps_only_the_kinds_named():
+    from museum_typology.session import executor_errors
+
+    wrapped = RuntimeError("Job aborted\nTraceback (most recent call last):\n  ...\nmuseum_typology.ingest.IngestError: partition 2: differs\n\tat org.apache.spark...")
+    with pytest.raises(ingest.IngestError, match="^partition 2: differs$"):
+        with executor_errors(ingest.IngestError):
+            raise wrapped
+    with pytest.raises(RuntimeError, match="Job aborted"):  # another error stays itself
+        with executor_errors(ingest.IngestError):
+            raise RuntimeError("Job aborted\nValueError: boom")
+
+
+def test_the_executors_refusal_reaches_the_driver_as_one_clear_error(spark, settings, tmp_path, monkeypatch):
+    """Through Spark the executor's IngestError came back wrapped in a Py4JJavaError, which the
+    CLI printed as a Java stack trace with exit code 1 rather than its one 'failed:' line."""
+    data = tmp_path / "data"
+    make_data(data)
+    monkeypatch.setattr(ingest, "pixel_version", lambda: "another version")  # the driver's alone
+    with pytest.raises(ingest.IngestError, match=r"^ingest partition \d+: this executor's decoding code or Pillow .* differs from the driver's") as caught:
+        ingest.run(spark, settings, str(data), str(tmp_path / "out"))
+    assert type(caught.value) is ingest.IngestError and "Py4J" not in str(caught.value)

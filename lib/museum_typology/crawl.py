@@ -47,6 +47,7 @@ from . import ingest
 from .ingest import DecodeSettings, IngestError, partition_of, write_output_records
 from .log import get_logger
 from .robots import RobotsCache
+from .session import executor_errors
 from .schema import (
     CRAWL_MANIFEST_SCHEMA,
     SPLIT_CRAWL,
@@ -618,11 +619,12 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
         with Progress(work_url, s3, rows_to_fetch, len(done_before), float(crawl_conf["progress_interval_s"])) as progress:
             progress.poll()
             progress.started = time.time()
-            stats = (
-                spark.sparkContext.parallelize(todo_groups, len(todo_groups))
-                .mapPartitions(lambda it: [crawl_partition(pid, group, task_settings) for pid, group in it])
-                .collect()  # per-partition counters only: no pixels reach the driver
-            )
+            with executor_errors(IngestError):  # an executor decoding otherwise than the driver
+                stats = (
+                    spark.sparkContext.parallelize(todo_groups, len(todo_groups))
+                    .mapPartitions(lambda it: [crawl_partition(pid, group, task_settings) for pid, group in it])
+                    .collect()  # per-partition counters only: no pixels reach the driver
+                )
             progress.poll()
             log.info(progress.line())
 

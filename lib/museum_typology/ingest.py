@@ -25,6 +25,7 @@ from .catalogue import CsvError, InputRow, decode_csv_bytes, parse_catalogue_csv
 from .config import ConfigError, Settings, packaged_defaults, whole_number
 from .image_source import ImageIndex, ImageReader, build_index, known_guids
 from .log import get_logger
+from .session import executor_errors
 from .schema import (
     MANIFEST_SCHEMA,
     SPLIT_TEST,
@@ -271,7 +272,7 @@ def _process_partition(
     """Runs on an executor: read, decode and store one partition's images; yield manifest rows.
 
     Refuses to decode with other code or another Pillow than the driver's (``check_pixel_version``)."""
-    check_pixel_version(f"partition {partition}", driver_pixel_version)
+    check_pixel_version(f"ingest partition {partition}", driver_pixel_version)
     schema = make_image_schema(decode.codec, decode.jpeg_quality)
     writer = petastorm_io.PartWriter(storage.join(dataset_url, f"part-{partition:05d}.parquet"), schema, row_group_bytes, s3)
     results = []
@@ -349,13 +350,14 @@ def run(spark, settings: Settings, data_dir: str, output: str, force: bool = Fal
         dataset_url = dataset_of(tmp)
         log.info("decoding %d images in %d Spark partitions", len(tasks), partitions)
         location, kind = index.location, index.kind
-        decoded = (
-            spark.sparkContext.parallelize(groups, partitions)
-            .mapPartitionsWithIndex(
-                lambda i, it: _process_partition(i, (t for group in it for t in group), location, kind, dataset_url, decode, row_group_bytes, s3, pixels)
+        with executor_errors(IngestError):
+            decoded = (
+                spark.sparkContext.parallelize(groups, partitions)
+                .mapPartitionsWithIndex(
+                    lambda i, it: _process_partition(i, (t for group in it for t in group), location, kind, dataset_url, decode, row_group_bytes, s3, pixels)
+                )
+                .collect()  # manifest rows only: small (no pixels)
             )
-            .collect()  # manifest rows only: small (no pixels)
-        )
         if not any(r["status"] == STATUS_OK for r in decoded):
             # petastorm needs at least one Parquet file to hold its metadata.
             petastorm_io.write_empty_part(storage.join(dataset_url, "part-00000.parquet"), schema, s3)

@@ -1,8 +1,10 @@
 """The one SparkSession builder: master, app name, Arrow, and the executors' Python."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .config import Settings
@@ -74,3 +76,21 @@ def _submitted_conf() -> dict[str, str]:
 
     SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())
+
+
+@contextlib.contextmanager
+def executor_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Re-raise on the driver, as itself, an error of one of ``kinds`` that an executor raised.
+    Spark wraps it in a Py4JJavaError whose text holds the executor's Python traceback, which the
+    CLI does not know for a user's error: the user got a Java stack trace instead of one line
+    saying what to fix (e.g. an executor that decodes images otherwise than the driver)."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        for kind in kinds:
+            marker = f"{kind.__module__}.{kind.__qualname__}: "
+            found = [line.strip()[len(marker):] for line in text.splitlines() if line.strip().startswith(marker)]
+            if found and not isinstance(exc, kind):
+                raise kind(found[-1]) from None
+        raise
