@@ -46,7 +46,9 @@ def test_a_setting_outside_its_choices_is_one_line_not_a_traceback(tmp_path):
                                      "text.lstm_seeds=0", "text.folds=1", "text.folds=5.5", "text.dropout=1.0", "text.blend_grid=[]", "text.blend_grid=[1.5]",
                                      "image.folds=1", "image.head_lr=0", "image.patience=0", "image.batch_size=2.5",
                                      # images.codec "foo" failed in an executor, "jpg" stored through OpenCV's JPEG, ignoring jpeg_quality
-                                     "images.codec=jpg", "images.jpeg_quality=101", "images.max_side=0"])
+                                     "images.codec=jpg", "images.jpeg_quality=101", "images.max_side=0",
+                                     # each grid point becomes a cascade: a weight of 1.5 failed after both trainings, named w_text
+                                     "cascade.weight_grid=[0.5, 1.5]", "cascade.threshold_grid=[0.7, nan]", "cascade.t_text=nan"])
 def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, monkeypatch, capsys, setting):
     """A value the clean, cascade, score or image stage cannot use failed the pipeline after ingest and both
     trainings; clean's own job checked its settings only after Spark had started."""
@@ -57,6 +59,17 @@ def test_the_pipeline_checks_every_stages_settings_before_it_starts(tmp_path, mo
         assert cli.main([*job, "--set", setting, "--set", f"paths.work_dir={tmp_path}"]) == 2
         err = capsys.readouterr().err
         assert setting.split("=")[0].split(".")[1] in err and "Traceback" not in err, err
+
+
+def test_the_pipeline_needs_its_test_file_before_it_starts(tmp_path, monkeypatch, capsys):
+    """ingest takes a missing test.csv for "no test rows"; the pipeline failed on it at its end."""
+    from museum_typology import cli
+
+    monkeypatch.setattr(cli, "_spark", lambda *a: pytest.fail("Spark started before the inputs were checked"))
+    (tmp_path / "train.csv").write_text("guid,description,typology\n", encoding="utf-8")
+    assert cli.main(["pipeline", "--data", str(tmp_path), "--set", f"paths.work_dir={tmp_path / 'work'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'test.csv'}: no such file (the rows the pipeline scores at its end; set --data or ingest.test_csv)" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("module,error", [("train_image", "TrainImageError"), ("train_text", "TrainTextError")])
@@ -207,10 +220,12 @@ def test_the_pipeline_scores_the_test_rows_with_the_images_ingest_stored(tmp_pat
     monkeypatch.setattr(score, "run", lambda spark, settings, input_url, output_url, spec, **kwargs: calls.setdefault("score", kwargs) and {"rows": 1, "sources": {"image": 1}})
     monkeypatch.setattr(submission, "run", lambda *a, **k: {"output": "s"})
     monkeypatch.setattr(run_report, "build_run_report", lambda *a, **k: "report")
+    (tmp_path / "data").mkdir()
+    for name in ("train.csv", "test.csv"):  # the pipeline checks that they are there before it starts
+        (tmp_path / "data" / name).write_text("guid,description,typology\n", encoding="utf-8")
     args = cli.build_parser().parse_args(["pipeline", "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data")])
     cli.JOBS["pipeline"].run(args, cli._settings(args))
     assert calls["score"] == {"image_dataset": str(tmp_path / "work" / "ingest" / "dataset")}
-
 
 
 def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():

@@ -288,6 +288,10 @@ def test_final_mode_refuses_a_rank_without_training_images_and_folds_beyond_the_
         train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models"), str(tmp_path / "oof.parquet"), num_proc=2, final=True, manifest=str(manifest), epochs=1, max_steps=1)
     with pytest.raises(train_image.TrainImageError, match="no class has 11 labelled images .* use --folds 10 or fewer"):
         train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models"), str(tmp_path / "oof.parquet"), folds=11, num_proc=2)
+    # Too few labelled images is said as such, whatever the process count (it was "re-ingest with
+    # more partitions" when the processes outnumbered the row groups too).
+    with pytest.raises(train_image.TrainImageError, match="only 30 labelled images; need at least 32 .*run train-text"):
+        train_image.run(spark, settings, str(tiny_dataset), str(tmp_path / "models"), str(tmp_path / "oof.parquet"), folds=16, num_proc=64)
     assert not (tmp_path / "models").exists()
 
 

@@ -44,6 +44,10 @@ class CascadeParams:
             raise ConfigError(f"cascade default_class {self.default_class!r} is not one of the 15 classes")
         if not 0.0 <= self.w_text <= 1.0:
             raise ConfigError(f"cascade w_text must be in [0, 1], got {self.w_text}")
+        for name in ("t_text", "t_image"):  # above 1: never trusted; NaN would silently be the same
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
+                raise ConfigError(f"cascade {name} must be a number >= 0, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CascadeParams:

@@ -133,6 +133,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     work_dir = settings.get("paths.work_dir")
     data = settings.get("paths.data")
     _check_stage_settings(settings)
+    _check_pipeline_inputs(data, settings)
     spark = _spark(settings, args, "pipeline")
     outputs: dict[str, dict[str, str]] = {}
     timings: dict[str, float] = {}
@@ -180,6 +181,19 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     _retrain_argument(parser)
     parser.add_argument("--reingest", action="store_true", help="decode the images again even when the ingest output was made from the same rows, image files and settings (by default it is reused)")
+
+
+def _check_pipeline_inputs(data: str, settings: Settings) -> None:
+    """The two files the pipeline cannot do without, before Spark starts: ingest alone takes a
+    missing test file for "no test rows", but the pipeline scores it at its end, after both
+    trainings."""
+    from .catalogue import CsvError
+
+    s3 = storage.S3Options.from_settings(settings.section("s3"))
+    for key, why in (("ingest.train_csv", "the labelled rows every model learns from"), ("ingest.test_csv", "the rows the pipeline scores at its end")):
+        url = storage.under(data, settings.get(key))
+        if not storage.exists(url, s3):
+            raise CsvError(f"{url}: no such file ({why}; set --data or {key})")
 
 
 def _check_stage_settings(settings: Settings) -> None:

@@ -190,15 +190,19 @@ def run(
     s = ImageSettings.from_settings(settings)
     if not storage.exists(storage.join(dataset_url, "_common_metadata"), s3):
         raise storage.StorageError(f"{dataset_url}: no petastorm dataset (run ingest first)")
+    # Labels first: a dataset without labelled images (data with no image archive) has one empty
+    # row group too, and "re-ingest with more partitions" would have been the wrong advice.
+    cleaned = read_cleaned_manifest(manifest, s3) if manifest else None
+    labels, digest = read_labels(dataset_url, cleaned, s3)
+    if len(labels) < s.folds * 2:
+        raise TrainImageError(
+            f"{dataset_url}: only {len(labels)} labelled images; need at least {s.folds * 2} "
+            "(for text-only data, run train-text and score with its bundle alone)"
+        )
     n_proc = s.num_proc or spark.sparkContext.defaultParallelism
     groups = row_group_count(dataset_url, s3)
     if groups < n_proc:
         raise TrainImageError(f"{dataset_url}: {groups} row groups < {n_proc} processes; each Horovod rank reads whole row groups (use fewer processes or re-ingest with more partitions)")
-
-    cleaned = read_cleaned_manifest(manifest, s3) if manifest else None
-    labels, digest = read_labels(dataset_url, cleaned, s3)
-    if len(labels) < s.folds * 2:
-        raise TrainImageError(f"{dataset_url}: only {len(labels)} labelled images; need at least {s.folds * 2}")
     guids = sorted(labels)
     y = np.array([labels[g] for g in guids], dtype=np.int64)
     largest = int(np.bincount(y).max())

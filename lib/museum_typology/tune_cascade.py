@@ -17,7 +17,7 @@ import numpy as np
 
 from . import bundles, clean, storage
 from .cascade import CascadeParams, cross_fitted, decide, paired_oof, source_breakdown, tune
-from .config import Settings, whole_number
+from .config import Settings, number_within, whole_number
 from .log import get_logger
 from .report import macro_f1
 from .storage import S3Options
@@ -73,6 +73,12 @@ def check_conf(conf: dict[str, Any]) -> tuple[int, int, int]:
         grid = conf.get(key)
         if not isinstance(grid, list) or not grid or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid):
             raise TuneError(f"cascade.{key} = {grid!r}: must be a non-empty list of numbers")
+    # Each grid point becomes a CascadeParams: a weight outside [0, 1] failed there, after both
+    # trainings, under the name w_text; a threshold above 1 means "never", NaN or inf nothing.
+    for value in conf["weight_grid"]:
+        number_within("a value of cascade.weight_grid", value, 0.0, 1.0)
+    for value in conf["threshold_grid"]:
+        number_within("a value of cascade.threshold_grid", value, 0.0, float("inf"), high_included=False)
     return values["folds"], values["pairs_per_image"], values["seed"]
 
 
