@@ -251,3 +251,14 @@ def test_tune_cascade_refuses_settings_it_cannot_tune_with(tmp_path, capsys, set
 
     assert re.search(message, err), err
     assert not (tmp_path / "models").exists()
+
+
+def test_cascade_params_take_any_real_number_and_refuse_what_means_nothing():
+    from museum_typology.cascade import CascadeParams
+    from museum_typology.config import ConfigError
+
+    params = CascadeParams(np.float32(0.7), np.int64(1), np.float64(0.5))  # numpy numbers are numbers
+    assert params.t_image == 1 and CascadeParams(1.01, 0.5, 1).t_text == 1.01  # above 1: never trusted
+    for bad in ({"t_text": float("nan")}, {"t_image": float("inf")}, {"t_text": -0.1}, {"w_text": float("nan")}, {"t_text": True}, {"w_text": "0.5"}):
+        with pytest.raises(ConfigError, match=f"cascade {next(iter(bad))} must be"):
+            CascadeParams(**bad)

@@ -372,7 +372,19 @@ def test_executor_errors_unwraps_only_the_kinds_named():
             raise wrapped
     with pytest.raises(RuntimeError, match="Job aborted"):  # another error stays itself
         with executor_errors(ingest.IngestError):
-            raise RuntimeError("Job aborted\nValueError: boom")
+            raise RuntimeError("Job aborted\nTraceback (most recent call last):\n  File x\nValueError: boom")
+    # a bug raised while handling an IngestError is the bug, with its traceback
+    chained = ("Traceback (most recent call last):\n  File a\nmuseum_typology.ingest.IngestError: differs\n\n"
+               "During handling of the above exception, another exception occurred:\n\n"
+               "Traceback (most recent call last):\n  File b\n    x[1]\nKeyError: 1\n\tat org.apache.spark...")
+    with pytest.raises(RuntimeError, match="KeyError"):
+        with executor_errors(ingest.IngestError):
+            raise RuntimeError(chained)
+    # a message over several lines is kept whole, up to the Java frames
+    two_lines = "org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n  File a\nmuseum_typology.ingest.IngestError: one\ntwo\n\tat org.apache.spark.x"
+    with pytest.raises(ingest.IngestError, match="^one\ntwo$"):
+        with executor_errors(ingest.IngestError):
+            raise RuntimeError(two_lines)
 
 
 def test_the_executors_refusal_reaches_the_driver_as_one_clear_error(spark, settings, tmp_path, monkeypatch):

@@ -373,9 +373,13 @@ def test_clear_errors(spark, settings, night1, capsys, monkeypatch):
         rescore.run_date("2036-03-03", today)
     # Predictions inside a catalogue directory would be read back as catalogue rows the next night.
     (root / "catalogue_dir").mkdir()
-    for predictions in (root / "catalogue_dir" / "predictions", root / "catalogue_dir"):
-        with pytest.raises(rescore.RescoreError, match="--predictions is inside the --catalogue directory"):
-            rescore.check_arguments(str(root / "catalogue_dir"), str(predictions), "2026-03-01")
+    with pytest.raises(rescore.RescoreError, match="--predictions is inside the --catalogue directory"):
+        rescore.check_arguments(str(root / "catalogue_dir"), str(root / "catalogue_dir" / "predictions"), "2026-03-01")
+    with pytest.raises(rescore.RescoreError, match="--predictions is the --catalogue directory"):
+        rescore.check_arguments(str(root / "catalogue_dir"), str(root / "catalogue_dir"), "2026-03-01")
+    # ... but not a folder the catalogue reader skips, nor beside a catalogue file
+    for predictions in (root / "catalogue_dir" / "_predictions", root / "catalogue_dir" / "sub" / ".predictions"):
+        assert rescore.check_arguments(str(root / "catalogue_dir"), str(predictions), "2026-03-01") == "2026-03-01"
     assert rescore.check_arguments(str(root / "catalogue.csv"), str(root / "predictions"), "2026-03-01") == "2026-03-01"
     # An interrupted write (no _SUCCESS) is ignored; a committed partition newer than --date is refused.
     (root / "predictions" / "date=2026-03-09").mkdir(parents=True)

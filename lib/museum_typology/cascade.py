@@ -16,6 +16,8 @@ real pairs are reported beside it.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import product
@@ -32,6 +34,11 @@ SOURCES = (SOURCE_TEXT, SOURCE_IMAGE, SOURCE_BLEND, SOURCE_DEFAULT)
 NUM_CLASSES = len(CLASSES)
 
 
+def _is_number(value: object) -> bool:
+    """A real number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class CascadeParams:
     t_text: float = 0.7
@@ -42,12 +49,12 @@ class CascadeParams:
     def __post_init__(self) -> None:
         if self.default_class not in CLASSES:
             raise ConfigError(f"cascade default_class {self.default_class!r} is not one of the 15 classes")
-        if not 0.0 <= self.w_text <= 1.0:
-            raise ConfigError(f"cascade w_text must be in [0, 1], got {self.w_text}")
+        if not (_is_number(self.w_text) and 0.0 <= self.w_text <= 1.0):
+            raise ConfigError(f"cascade w_text must be a number in [0, 1], got {self.w_text!r}")
         for name in ("t_text", "t_image"):  # above 1: never trusted; NaN would silently be the same
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value < float("inf")):
-                raise ConfigError(f"cascade {name} must be a number >= 0, got {value!r}")
+            if not (_is_number(value) and 0.0 <= value < math.inf):
+                raise ConfigError(f"cascade {name} must be a finite number >= 0, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CascadeParams:

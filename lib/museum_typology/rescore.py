@@ -138,9 +138,21 @@ def check_arguments(catalogue_url: str, predictions_url: str, date: str | None, 
         raise storage.StorageError(f"{catalogue_url}: no such file or directory (--catalogue)")
     if storage.exists(predictions_url, s3) and not storage.is_dir(predictions_url, s3):
         raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
-    if (storage.is_inside(predictions_url, catalogue_url) or storage.same_location(predictions_url, catalogue_url)) and storage.is_dir(catalogue_url, s3):
-        raise RescoreError(f"{predictions_url}: --predictions is inside the --catalogue directory; the next night would read the predictions back as catalogue rows")
+    if storage.same_location(predictions_url, catalogue_url):
+        raise RescoreError(f"{predictions_url}: --predictions is the --catalogue directory; the next night would read the predictions back as catalogue rows")
+    below = storage.path_below(predictions_url, catalogue_url)
+    if below is not None and not _skipped_name(below) and storage.is_dir(catalogue_url, s3):
+        raise RescoreError(
+            f"{predictions_url}: --predictions is inside the --catalogue directory; the next night would read the predictions back as catalogue rows "
+            "(a folder whose name starts with _ or . is skipped there: e.g. CATALOGUE/_predictions)"
+        )
     return date
+
+
+def _skipped_name(name: str) -> bool:
+    """A path under the catalogue directory that ``read_catalogue`` skips: a part of it hidden or
+    ``_``-prefixed."""
+    return any(part.startswith((".", "_")) for part in name.split("/"))
 
 
 def read_catalogue(url: str, s3: S3Options | None = None) -> list[InputRow]:
@@ -152,7 +164,7 @@ def read_catalogue(url: str, s3: S3Options | None = None) -> list[InputRow]:
         return read_rows(url, s3)
     names = [
         name for name in storage.list_files(url, s3, recursive=True)
-        if name.lower().endswith(CATALOGUE_SUFFIXES) and not any(part.startswith((".", "_")) for part in name.split("/"))
+        if name.lower().endswith(CATALOGUE_SUFFIXES) and not _skipped_name(name)
     ]
     if not names:
         raise RescoreError(f"{url}: no .csv or .parquet files in the catalogue directory")
@@ -191,13 +203,16 @@ def put_back_set_aside_partitions(predictions_url: str, s3: S3Options | None = N
     renames the old one to ``.date=X.old-*`` and then the new one in; a crash between the two left
     no ``date=X``, which only a re-run of that same night restored, and the next night read the
     history without it (and can no longer re-run X)."""
-    if not storage.is_dir(predictions_url, s3):
-        return
+    if storage.is_s3(predictions_url) or not storage.is_dir(predictions_url, s3):
+        return  # an S3 commit copies over the old objects: it sets nothing aside
     fs, path = storage.filesystem(predictions_url, s3)
     names = {match.group(1) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)) if (match := SET_ASIDE_RE.fullmatch(posixpath.basename(info.path.rstrip("/"))))}
     for name in sorted(names):
-        log.warning("rescore: %s was set aside by a crash; put back", storage.join(predictions_url, name))
-        storage.clean_up_after_crashes(storage.join(predictions_url, name), s3)
+        url = storage.join(predictions_url, name)
+        missing = not storage.exists(url, s3)
+        storage.clean_up_after_crashes(url, s3)
+        if missing:
+            log.warning("rescore: %s was set aside by a crash and no partition had replaced it; put back", url)
 
 
 def partition_dirs(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, str]]:

@@ -83,14 +83,34 @@ def executor_errors(*kinds: type[Exception]) -> Iterator[None]:
     """Re-raise on the driver, as itself, an error of one of ``kinds`` that an executor raised.
     Spark wraps it in a Py4JJavaError whose text holds the executor's Python traceback, which the
     CLI does not know for a user's error: the user got a Java stack trace instead of one line
-    saying what to fix (e.g. an executor that decodes images otherwise than the driver)."""
+    saying what to fix (e.g. an executor that decodes images otherwise than the driver). Only the
+    error that ended the executor's last traceback counts: a bug raised while handling one of
+    ``kinds`` stays the bug, with its traceback."""
     try:
         yield
     except Exception as exc:
-        text = str(exc)
-        for kind in kinds:
-            marker = f"{kind.__module__}.{kind.__qualname__}: "
-            found = [line.strip()[len(marker):] for line in text.splitlines() if line.strip().startswith(marker)]
-            if found and not isinstance(exc, kind):
-                raise kind(found[-1]) from None
+        if not isinstance(exc, kinds):
+            raised = last_python_error(str(exc))
+            for kind in kinds:
+                marker = f"{kind.__module__}.{kind.__qualname__}: "
+                if raised and raised.startswith(marker):
+                    raise kind(raised[len(marker):]) from None
         raise
+
+
+def last_python_error(text: str) -> str | None:
+    """The ``module.Error: message`` that ends the last Python traceback in ``text`` (a Spark
+    error's text), its message lines up to the Java frames that follow; None without one."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.rstrip().endswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    i = starts[-1] + 1
+    while i < len(lines) and lines[i].startswith(" "):  # the frames: "  File ...", "    code"
+        i += 1
+    message: list[str] = []
+    for line in lines[i:]:
+        if line.startswith("\tat ") or line.startswith("Caused by:"):
+            break
+        message.append(line)
+    return "\n".join(message).strip() or None

@@ -114,8 +114,14 @@ def same_location(a: str, b: str) -> bool:
 
 def is_inside(path_url: str, directory_url: str) -> bool:
     """``path_url`` lies under ``directory_url`` (by path alone: neither need exist)."""
+    return path_below(path_url, directory_url) is not None
+
+
+def path_below(path_url: str, directory_url: str) -> str | None:
+    """The part of ``path_url`` below ``directory_url`` ("a/b"), None when it is not under it."""
     (s3_path, path), (s3_directory, directory) = _where(path_url), _where(directory_url)
-    return s3_path == s3_directory and path.startswith(directory.rstrip("/") + "/")
+    prefix = directory.rstrip("/") + "/"
+    return path[len(prefix):].rstrip("/") if s3_path == s3_directory and path.startswith(prefix) else None
 
 
 def filesystem_path(url: str) -> str:

@@ -48,6 +48,9 @@ _ABBREVIATIONS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _ROMAN_CENTURY = re.compile(r"\b(?=[xхvi]+\s)[xх]{0,3}(?:ix|iv|v?i{0,3})\s+(?=век|века|годы)")
 # Version 2 also takes a Cyrillic х after the i ("хiх в.", typed with both scripts).
 _ROMAN_CENTURY_2 = re.compile(r"\b(?=[xхvi]+\s)[xх]{0,3}(?:i[xх]|iv|v?i{0,3})\s+(?=век|века|годы)")
+# Version 3 also leaves a decade's case ending alone: "1920-х гг." is the 1920s, not a century.
+# Nor is anything right after a number or a number token (so a second pass keeps "<year> х годы").
+_ROMAN_CENTURY_3 = re.compile(r"(?<!\d)(?<!\d-)(?<!\d )(?<!>)(?<!> )" + _ROMAN_CENTURY_2.pattern)
 # Name initials, read before lower-casing (where case still tells them from abbreviations): two
 # in a row ("М.И. Ульяновой", "В. В."), or one after a capitalised word ("Руднева В."). Version 1
 # read them as abbreviations: "В.С. Попову" -> "в село попову", "Г.Д." -> "город д".
@@ -123,7 +126,7 @@ def _number_token(match: re.Match[str]) -> str:
 # look-alikes are mended before the abbreviations ("Cпб." is "СПб.").
 # 3: Roman numerals typed in both scripts read as Latin ones and a Latin i in a Cyrillic word as
 # и, both per run of letters ("хi-го" is "xi-го"); "в." / "вв." after a Roman numeral is a century
-# before any character and when glued to it.
+# before any character and when glued to it; "1920-х гг." is no century.
 NORMALIZATION_VERSION = 3
 KNOWN_VERSIONS = (1, 2, 3)
 
@@ -147,7 +150,7 @@ def normalize(text: str | None, version: int = NORMALIZATION_VERSION) -> str:
         text = " ".join(_fix_mixed_script(w) for w in re.split(r"(\s+)", text) if w and not w.isspace())
     for pattern, replacement in _ABBREVIATIONS:
         text = pattern.sub(replacement, text)
-    text = (_ROMAN_CENTURY_2 if version >= 2 else _ROMAN_CENTURY).sub(" <century> ", text)
+    text = {1: _ROMAN_CENTURY, 2: _ROMAN_CENTURY_2}.get(version, _ROMAN_CENTURY_3).sub(" <century> ", text)
     text = _NUMBER.sub(_number_token, text)
     if version >= 3:
         text = _fix_mixed_script_3(text)
