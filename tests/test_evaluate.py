@@ -255,6 +255,23 @@ def test_output_directory_holding_something_else_is_refused_untouched(tmp_path, 
     for _ in range(2):  # a new directory, then its own earlier output: replaced
         assert cli.main(["evaluate", "--truth", str(truth), "--pred", str(pred), "--output", str(out)]) == 0
     assert (out / "metrics.json").exists()
+    # A model bundle holds a metrics.json too: its _SUCCESS names its job now, and one written
+    # before that (an empty _SUCCESS) holds files evaluate never writes. Both were wiped.
+    for owner in ("train-text", ""):
+        bundle = tmp_path / f"bundle-{owner or 'old'}"
+        bundle.mkdir()
+        for name in ("metrics.json", "calibration.json", "tfidf_folds.pkl"):
+            (bundle / name).write_text("{}")
+        (bundle / "_SUCCESS").write_text(owner)
+        assert cli.main(["evaluate", "--truth", str(truth), "--pred", str(pred), "--output", str(bundle)]) == 2
+        err = capsys.readouterr().err
+        assert ("the committed output of train-text" if owner else "not an output of evaluate (it holds calibration.json, tfidf_folds.pkl") in err, err
+        assert sorted(p.name for p in bundle.iterdir()) == ["_SUCCESS", "calibration.json", "metrics.json", "tfidf_folds.pkl"]
+    # An input inside the output directory would be deleted with it.
+    inside = out / "mine.csv"
+    inside.write_bytes(pred.read_bytes())
+    assert cli.main(["evaluate", "--truth", str(truth), "--pred", str(inside), "--output", str(out)]) == 2
+    assert "--pred is inside the --output directory" in capsys.readouterr().err and inside.exists()
 
 
 def test_rescore_history_is_read_as_each_guids_current_prediction(tmp_path):
@@ -280,6 +297,11 @@ def test_rescore_history_is_read_as_each_guids_current_prediction(tmp_path):
     frame = read_table(str(history), ["guid", "typology"], "predictions")
     assert sorted(zip(frame["guid"], frame["typology"])) == [("g1", A), ("g2", A)]
     assert set(frame["source"]) == {"text"} and list(frame["confidence"]) == ["0.9", "0.9"]
+    # Only interrupted nights: an error, not every guid scored as unpredicted.
+    history = tmp_path / "interrupted"
+    night("2026-03-01", [("g1", B)], committed=False)
+    with pytest.raises(EvaluateError, match="none of them committed"):
+        read_table(str(history), ["guid", "typology"], "predictions")
 
 
 def test_of_a_repeated_guid_the_row_score_kept_as_the_one_of_record_is_scored():

@@ -85,6 +85,20 @@ def test_run_uses_the_sample_order_or_test_csv_when_there_is_no_sample(tmp_path)
     assert (tmp_path / "out" / "submission.csv").read_text(encoding="utf-8") == f"guid,typology\ng1,{A}\ng2,{B}\n"
 
 
+def test_a_submission_never_overwrites_its_inputs_and_is_a_csv(tmp_path):
+    """run(settings, "p.csv", "p.csv") rewrote the predictions as guid,typology (their other
+    columns and rows gone), and an output named .parquet held CSV text."""
+    predictions, order = tmp_path / "pred.csv", tmp_path / "order.csv"
+    predictions.write_text(f"guid,typology,confidence,source,model_version,note\ng1,{A},0.9,text,v,\n", encoding="utf-8")
+    order.write_text("guid\ng1\n", encoding="utf-8")
+    settings = load_settings(overrides=[f"paths.data={tmp_path}"], environ={})
+    before = {path: path.read_bytes() for path in (predictions, order)}
+    for output, message in ((predictions, "overwrite its predictions file"), (order, "overwrite its guid order file"), (tmp_path / "out.parquet", "a submission is a CSV file")):
+        with pytest.raises(SubmissionError, match=message):
+            run(settings, str(predictions), str(output), str(order))
+    assert {path: path.read_bytes() for path in (predictions, order)} == before and not (tmp_path / "out.parquet").exists()
+
+
 def test_shared_sample_submission_with_every_guid(shared_data, tmp_path):
     """The shared sample and test.csv list the same 1,223 guids: a prediction for each makes a
     complete submission in the sample's order."""

@@ -76,7 +76,10 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
         # Where each row starts in the file: a quoted newline makes it differ from the row number.
         frame.attrs["lines"] = np.asarray(lines)  # pandas copies attrs into every derived frame: not a list
     elif storage.is_dir(url, s3) and _rescore_partitions(url, s3):
-        from .rescore import current_predictions
+        from .rescore import committed_partitions, current_predictions
+
+        if not committed_partitions(url, s3):  # else every guid would count as unpredicted, silently
+            raise EvaluateError(f"{what} {url}: rescore's date=* partitions, none of them committed (no _SUCCESS: interrupted nights); run rescore again")
 
         # rescore's predictions/ holds one partition per night, each with only that night's
         # rows: the current prediction of a guid is its newest committed row, not all of them.
@@ -345,7 +348,10 @@ def run(settings: Settings, truth_url: str, pred_url: str, output_url: str) -> d
     confusion.png and report.md into ``output_url`` (replaced whole, atomically).
     Returns {"output", "files": {name: url}, "metrics"}."""
     s3 = S3Options.from_settings(settings.section("s3"))
-    storage.check_replaceable(output_url, ("metrics.json",), "evaluate", s3)
+    for name, url in (("--truth", truth_url), ("--pred", pred_url)):
+        if storage.same_location(url, output_url) or storage.is_inside(url, output_url):
+            raise EvaluateError(f"{url}: {name} is inside the --output directory, which evaluate replaces whole; give another --output")
+    storage.check_replaceable(output_url, ("metrics.json",), "evaluate", s3, only=OUTPUT_FILES)
     truth = read_table(truth_url, TRUTH_COLUMNS, "truth", s3)
     pred = read_table(pred_url, PRED_COLUMNS, "predictions", s3)
     alignment = align(truth, pred, f"truth {truth_url}", f"predictions {pred_url}")

@@ -295,13 +295,14 @@ def is_committed(url: str, s3: S3Options | None = None) -> bool:
     return exists(join(url, SUCCESS_MARKER), s3)
 
 
-def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Options | None = None) -> None:
+def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Options | None = None, only: Sequence[str] = ()) -> None:
     """Refuse an output directory that a commit would replace whole when it holds something else
     (``--output var`` must not wipe a work directory, nor ``clean --output var/ingest`` the
     ingest output). It may be absent or empty, or be this job's committed output (its
     ``_SUCCESS`` names the job: ``atomic_directory(..., job=)``); an output committed before
     markers named their job, or an unfinished one, must hold one of the ``signature`` files this
-    job writes. Call it before the job's long work."""
+    job writes, and, when ``only`` lists every file the job writes, nothing else (a signature as
+    common as metrics.json is in a model bundle too). Call it before the job's long work."""
     refuse_bucket_root(url, job)
     fs, path = filesystem(url, s3)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
@@ -319,8 +320,9 @@ def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Option
             return
         if owner:
             raise StorageError(f"{url}: the committed output of {owner}, not of {job}; {refuse}")
-    if not names & set(signature):
-        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+    others = names - set(only) - {SUCCESS_MARKER} if only else set()
+    if not names & set(signature) or others:
+        shown = ", ".join(sorted(others or names)[:5]) + (", ..." if len(others or names) > 5 else "")
         raise StorageError(
             f"{url}: not empty and not an output of {job} (it holds {shown}; {job} writes {' or '.join(signature)}); {refuse}"
             + ("" if SUCCESS_MARKER in names else f" (if it is what a crashed first run of {job} left, with no {SUCCESS_MARKER}, delete it)")

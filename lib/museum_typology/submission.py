@@ -105,6 +105,11 @@ def run(settings: Settings, predictions_url: str, output_url: str, order_url: st
     "predictions_not_in_order"}. Raises ``SubmissionError`` when a guid has no prediction."""
     s3 = S3Options.from_settings(settings.section("s3"))
     order_url = order_url or default_order_url(settings, s3)
+    if not output_url.lower().endswith(".csv"):
+        raise SubmissionError(f"{output_url}: a submission is a CSV file; name it .csv")
+    for name, url in (("predictions", predictions_url), ("guid order", order_url)):
+        if storage.same_location(url, output_url):
+            raise SubmissionError(f"{output_url}: the submission would overwrite its {name} file; write it elsewhere")
     predictions = read_table(predictions_url, COLUMNS, "predictions", s3)
     order = read_table(order_url, ("guid",), "guid order", s3)["guid"].tolist()
     frame = build_submission(predictions, order, f"predictions {predictions_url}", f"guid order {order_url}")
