@@ -454,6 +454,10 @@ def test_a_damaged_bundle_file_is_a_score_error_naming_it(settings, tmp_path):
     (models / "text" / "T1" / "calibration.json").write_text("[]")
     with pytest.raises(score.ScoreError, match=r"T1/calibration.json: holds list, not a JSON object"):
         score.text_normalization(text, None)
+    # a bundle from newer code: one line, not a ValueError from normalize at the first row
+    (models / "text" / "T1" / "calibration.json").write_text('{"normalization": 99}')
+    with pytest.raises(score.ScoreError, match=r"T1: trained on text normalisation 99, which this code does not know"):
+        score.text_normalization(text, None)
     # resolve_models reads both markers whatever the cascade: the image one was read only when
     # the cascade named another image model (else the executors failed on it)
     (models / "text" / "T1" / "calibration.json").write_text("{}")

@@ -57,6 +57,13 @@ def test_version_1_rules_stay_for_the_bundles_trained_on_them():
         normalize("x", 4)
 
 
+def test_version_3_rules_stay_for_the_bundles_trained_on_them():
+    """Pinned by number: the default moves on with the next version, a bundle's rules must not."""
+    assert normalize("Рисунки 1920-х гг., ХIХ в.", 3) == "рисунки <year> х годы <century> век"
+    assert normalize("Русскiя древности. нач. Xв.", 3) == "русския древности нач <century> век"
+    assert normalize("Церковь в c.Покровское, ш. 40 х в. 60", 3) == "церковь в село покровское ш <num> х в <num>"
+
+
 def test_version_2_rules_stay_for_the_bundles_trained_on_them():
     assert normalize("середины XIХ в.\".", 2) == "середины хiх в"
     assert normalize("нач. Xв. - 1236 г.", 2) == "нач хв <year> год"

@@ -342,6 +342,14 @@ def test_folds_are_stratified_and_grouped():
         assert len(set(data.y[folds == k].tolist())) == 3
 
 
+def test_a_description_without_words_is_not_learnt_from():
+    """score gives a row whose description normalises to nothing no text prediction: its
+    out-of-fold row would have been one scoring can never make."""
+    rows = [InputRow("a", "train", "t.csv", 1, 2, "Монета", CLASSES[0]), InputRow("b", "train", "t.csv", 2, 3, "—", CLASSES[1]), InputRow("c", "train", "t.csv", 3, 4, "...", CLASSES[1])]
+    data = labelled_texts(rows)
+    assert data.guids == ["a"] and data.texts == ["монета"] and data.y.tolist() == [0]
+
+
 def test_class_offsets_recover_a_suppressed_rare_class():
     from museum_typology.report import macro_f1
     from museum_typology.text_model import fit_class_offsets, softmax

@@ -42,7 +42,7 @@ from .log import get_logger
 from .petastorm_io import PartImageReader
 from .schema import CLASSES
 from .storage import S3Options
-from .text import NORMALIZATION_VERSION, normalize
+from .text import KNOWN_VERSIONS, NORMALIZATION_VERSION, normalize
 
 log = get_logger(__name__)
 
@@ -389,7 +389,10 @@ def text_normalization(text_bundle: str, s3: S3Options | None) -> int:
     """The text.normalize rules a text bundle was trained on (its calibration.json; bundles
     written before the rules had versions: 1), read on the driver, which normalises the rows."""
     calibration = bundle_json(storage.join(text_bundle, TEXT_MARKER), s3)
-    return int(calibration.get("normalization", 1))
+    version = int(calibration.get("normalization", 1))
+    if version not in KNOWN_VERSIONS:  # a bundle from newer code: one line, not normalize's traceback
+        raise ScoreError(f"{text_bundle}: trained on text normalisation {version}, which this code does not know ({', '.join(map(str, KNOWN_VERSIONS))}); upgrade museum-typology to score with it")
+    return version
 
 
 def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None, text_bundle: str | None = None, image_bundle: str | None = None) -> tuple[CascadeParams, str]:

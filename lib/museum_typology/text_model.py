@@ -103,12 +103,15 @@ class LabelledTexts:
 
 
 def labelled_texts(rows: Sequence[InputRow]) -> LabelledTexts:
-    """The rows a text model can learn from: accepted, labelled, with a description."""
-    chosen = [r for r in rows if r.rejected_reason is None and r.typology is not None and r.description]
+    """The rows a text model can learn from: accepted, labelled, with a description that has words
+    (one such as "—" normalises to nothing: score gives it no text prediction, so its out-of-fold
+    row would be one scoring can never make)."""
+    accepted = [r for r in rows if r.rejected_reason is None and r.typology is not None and r.description]
+    chosen = [(r, text) for r in accepted if (text := normalize(r.description))]
     return LabelledTexts(
-        guids=[r.guid for r in chosen],  # type: ignore[misc]
-        texts=[normalize(r.description) for r in chosen],
-        y=np.array([CLASS_INDEX[r.typology] for r in chosen], dtype=np.int64),  # type: ignore[index]
+        guids=[r.guid for r, _ in chosen],  # type: ignore[misc]
+        texts=[text for _, text in chosen],
+        y=np.array([CLASS_INDEX[r.typology] for r, _ in chosen], dtype=np.int64),  # type: ignore[index]
     )
 
 
