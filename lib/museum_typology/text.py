@@ -152,9 +152,7 @@ def normalize(text: str | None, version: int = NORMALIZATION_VERSION) -> str:
         text = pattern.sub(replacement, text)
     text = {1: _ROMAN_CENTURY, 2: _ROMAN_CENTURY_2}.get(version, _ROMAN_CENTURY_3).sub(" <century> ", text)
     text = _NUMBER.sub(_number_token, text)
-    if version >= 3:
-        text = _fix_mixed_script_3(text)
-    else:
+    if version < 3:  # version 3 mended every run before the abbreviations, whose words come spaced
         text = " ".join(_fix_mixed_script(w) for w in re.split(r"\s+", text))
     return " ".join(_TOKEN.findall(text))
 
