@@ -664,14 +664,17 @@ def assemble(
     decode = DecodeSettings.from_settings(settings)
     schema = make_image_schema(decode.codec, decode.jpeg_quality)
     dataset_src, _ = _work_paths(work_url)
-    loaded = _without_orphans(work_url, {name: read_fragment(work_url, name, s3).to_pylist() for name in list_fragments(work_url, s3)}, finished, s3)
+    committed = {name: read_fragment(work_url, name, s3).to_pylist() for name in list_fragments(work_url, s3)}
+    # Listed once, for the orphan check and the copy below, and after the fragments: a chunk writes
+    # its part file before it commits its fragment, so every fragment read has its part listed.
+    stored = _part_files(work_url, s3)
+    loaded = _without_orphans(work_url, committed, finished, s3, stored)
     fragments = list(loaded)
     crawled, drop = _deduplicate(list(loaded.items()))
     manifest = sorted(finished + crawled, key=lambda r: r["source_row"])
     with storage.atomic_directory(output, s3, job="crawl") as tmp:
         dataset_url = storage.join(tmp, "dataset")
         parts = 0
-        stored = _part_files(work_url, s3)
         for name in fragments:
             if name not in stored:
                 continue  # a chunk with no ok row has no part file
@@ -690,13 +693,13 @@ def assemble(
     return summary
 
 
-def _delete_orphans(work_url: str, fragments: dict[str, list[dict[str, Any]]], s3: S3Options | None) -> list[str]:
+def _delete_orphans(work_url: str, fragments: dict[str, list[dict[str, Any]]], s3: S3Options | None, parts: set[str] | None = None) -> list[str]:
     """Delete the orphans among ``fragments`` (name -> rows) and return their names: fragments
     marking rows ok whose part file is not there. Only an executor of a killed run, still working
     beside the resumed one, leaves one (the resumed driver's clean-up deleted the part file it was
     writing, then it committed the fragment); its rows, taken for stored, would be in no dataset."""
     _, manifest_src = _work_paths(work_url)
-    parts = _part_files(work_url, s3)
+    parts = _part_files(work_url, s3) if parts is None else parts
     orphans = [name for name, rows in fragments.items() if name not in parts and any(r["status"] == STATUS_OK for r in rows)]
     if orphans:
         fs, path = storage.filesystem(manifest_src, s3)
@@ -713,12 +716,12 @@ def _part_files(work_url: str, s3: S3Options | None) -> set[str]:
     return set(storage.list_files(dataset_src, s3)) if storage.exists(dataset_src, s3) else set()
 
 
-def _without_orphans(work_url: str, loaded: dict[str, list[dict[str, Any]]], finished: list[dict[str, Any]], s3: S3Options | None) -> dict[str, list[dict[str, Any]]]:
+def _without_orphans(work_url: str, loaded: dict[str, list[dict[str, Any]]], finished: list[dict[str, Any]], s3: S3Options | None, parts: set[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """The committed chunks less the orphans (``_delete_orphans``). A resumed run deletes those
     it finds before fetching and fetches their rows; one committed while it ran holds rows this
     run fetched too. Rows in an orphan and in no other chunk would mean a bug: the job stops, and
     a --resume fetches them."""
-    orphans = _delete_orphans(work_url, loaded, s3)
+    orphans = _delete_orphans(work_url, loaded, s3, parts)
     if not orphans:
         return loaded
     kept = {name: rows for name, rows in loaded.items() if name not in orphans}
