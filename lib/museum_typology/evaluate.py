@@ -78,12 +78,13 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
     elif storage.is_dir(url, s3) and _rescore_partitions(url, s3):
         from .rescore import committed_partitions, current_predictions
 
-        if not committed_partitions(url, s3):  # else every guid would count as unpredicted, silently
+        committed = committed_partitions(url, s3)
+        if not committed:  # else every guid would count as unpredicted, silently
             raise EvaluateError(f"{what} {url}: rescore's date=* partitions, none of them committed (no _SUCCESS: interrupted nights); run rescore again")
 
         # rescore's predictions/ holds one partition per night, each with only that night's
         # rows: the current prediction of a guid is its newest committed row, not all of them.
-        frame = current_predictions(url, s3).drop(columns="date").astype(object)
+        frame = current_predictions(url, s3, partitions=committed).drop(columns="date").astype(object)
         frame = frame.where(frame.notna(), "").astype(str)
         log.info("%s %s: rescore's date partitions, read as each guid's current prediction (%d guids)", what, url, len(frame))
     elif lower.endswith((".parquet", ".pq")) or storage.is_dir(url, s3):

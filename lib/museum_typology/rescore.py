@@ -243,13 +243,18 @@ def read_partition(url: str, s3: S3Options | None = None, columns: Sequence[str]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def current_predictions(predictions_url: str, s3: S3Options | None = None, before: str | None = None, columns: Sequence[str] = PARTITION_COLUMNS) -> pd.DataFrame:
+def current_predictions(
+    predictions_url: str, s3: S3Options | None = None, before: str | None = None, columns: Sequence[str] = PARTITION_COLUMNS,
+    partitions: Sequence[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
     """The current prediction of every guid: its row in the newest committed partition that has
     it (``before``: only partitions dated strictly earlier), plus ``date``, the partition it came
-    from. Sorted by guid. Guids that left the catalogue keep their last prediction."""
+    from. Sorted by guid. Guids that left the catalogue keep their last prediction. ``partitions``:
+    ``committed_partitions``' answer when the caller has it (each partition's marker is a request
+    on S3)."""
     columns = list(dict.fromkeys(["guid", *columns]))
     tables = []
-    for date, url in committed_partitions(predictions_url, s3):
+    for date, url in committed_partitions(predictions_url, s3) if partitions is None else partitions:
         if before is not None and date >= before:
             continue
         table = read_partition(url, s3, columns)
@@ -492,7 +497,7 @@ def run(
         )
     rows = read_catalogue(catalogue_url, s3)
     before = [(d, url) for d, url in partitions if d < date]
-    state_frame = current_predictions(predictions_url, s3, before=date, columns=STATE_COLUMNS)
+    state_frame = current_predictions(predictions_url, s3, before=date, columns=STATE_COLUMNS, partitions=partitions)
     state = {record["guid"]: record for record in state_frame.to_dict("records")}  # string columns: None for null
     images = ImageHashes(spark, images_dir, image_dataset, s3, spec.max_bytes, known_guids(rows))
     version = spec.model_version
