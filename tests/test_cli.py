@@ -228,6 +228,33 @@ def test_the_pipeline_scores_the_test_rows_with_the_images_ingest_stored(tmp_pat
     assert calls["score"] == {"image_dataset": str(tmp_path / "work" / "ingest" / "dataset")}
 
 
+def test_a_pipeline_whose_stage_fails_writes_a_report_that_says_so(tmp_path, monkeypatch):
+    """The previous run's report stayed in place after a failed stage, read as this run's. The
+    report of the stopped run must not hide the stage's error, even when it cannot be written."""
+    from museum_typology import cli, ingest, run_report, train_image, train_text
+
+    monkeypatch.setattr(cli, "_spark", lambda settings, args, job: "spark")
+    monkeypatch.setattr(ingest, "run", lambda *a, **k: {"dataset_rows": 1, "input_rows": 1, "status_counts": {"ok": 1}})
+    monkeypatch.setattr(train_image, "run", lambda *a, **k: {"bundle": "b", "oof": "o", "report": "r", "metrics": {"macro_f1": 0.5}})
+    monkeypatch.setattr(train_text, "run", lambda *a, **k: (_ for _ in ()).throw(train_text.TrainTextError("only 3 labelled rows\n with a description")))
+    reports: list[dict] = []
+    monkeypatch.setattr(run_report, "build_run_report", lambda work_dir, timings, outputs, s3, stopped=None: reports.append({"stages": list(outputs), "timed": list(timings), "stopped": stopped}) or "r")
+    (tmp_path / "data").mkdir()
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / "data" / name).write_text("guid,description,typology\n", encoding="utf-8")
+    args = cli.build_parser().parse_args(["pipeline", "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data")])
+    with pytest.raises(train_text.TrainTextError, match="only 3 labelled rows"):
+        cli.JOBS["pipeline"].run(args, cli._settings(args))
+    assert reports == [{"stages": ["ingest", "train-image"], "timed": ["ingest", "train-image", "train-text"], "stopped": "its train-text stage failed: only 3 labelled rows with a description"}]
+
+    def unwritable(*a, **k):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(run_report, "build_run_report", unwritable)
+    with pytest.raises(train_text.TrainTextError, match="only 3 labelled rows"):
+        cli.JOBS["pipeline"].run(args, cli._settings(args))
+
+
 def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
     """py4j logs a command it sends again (the JVM closed a pooled connection) at INFO on the root
     logger with the closed socket's traceback: in every make run log, though nothing failed."""

@@ -130,6 +130,26 @@ def test_an_earlier_evaluation_of_other_predictions_is_marked_in_a_pipeline_repo
     assert "not of this run's predictions" in _text((work / "report" / "index.html").read_text(encoding="utf-8"))
 
 
+def test_a_stopped_runs_report_says_so_and_marks_the_stages_it_did_not_finish(tmp_path):
+    """A pipeline whose train-text failed left the previous run's report in place, read as this
+    run's; and the work directory still holds an earlier run's text model and predictions."""
+    work = _work_dir(tmp_path)
+    outputs = {"ingest": {"summary": str(work / "ingest" / "summary.json")}, "train-image": {"bundle": "b"}}
+    build_run_report(str(work), {"ingest": 1.0, "train-image": 2.0, "train-text": 3.0}, outputs, stopped="its train-text stage failed: <no labelled rows>")
+    page = (work / "report" / "index.html").read_text(encoding="utf-8")
+    text = _text(page)
+    assert "This run stopped: its train-text stage failed: <no labelled rows>." in text and "&lt;no labelled rows&gt;" in page
+    assert "input rows / images stored 5164 / 153" in text and "input rows / images stored 5164 / 153 (an earlier run's)" not in text
+    assert "text model: out-of-fold macro-F1 0.627 (an earlier run's)" in text
+    assert "from an earlier run: this run stopped before its train-text stage finished" in text
+    assert "from an earlier run: this run stopped before its score stage finished" in text
+    assert "image model: out-of-fold macro-F1 not run" in text  # nothing found is not marked
+    # A finished run's report says none of it.
+    build_run_report(str(work), {}, outputs)
+    text = _text((work / "report" / "index.html").read_text(encoding="utf-8"))
+    assert "This run stopped" not in text and "earlier run" not in text
+
+
 def test_a_broken_piece_says_why_and_the_rest_is_still_written(tmp_path):
     work = _work_dir(tmp_path)
     _write(work / "ingest" / "summary.json", "{not json")

@@ -138,9 +138,17 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     outputs: dict[str, dict[str, str]] = {}
     timings: dict[str, float] = {}
 
+    s3 = storage.S3Options.from_settings(settings.section("s3"))
+
     def stage(name: str, run: Callable[[], Any]) -> Any:
         started = time.monotonic()
-        result = run()
+        try:
+            result = run()
+        except Exception as error:
+            timings[name] = time.monotonic() - started
+            message = " ".join(str(error).split()) or type(error).__name__
+            _report_stopped_run(work_dir, timings, outputs, s3, f"its {name} stage failed: {message[:1000]}{'…' if len(message) > 1000 else ''}")
+            raise
         timings[name] = time.monotonic() - started
         return result
 
@@ -163,7 +171,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     outputs["score"] = {"test": predictions}
     submitted = stage("submission", lambda: submission.run(settings, predictions, storage.join(work_dir, "submission.csv")))
     outputs["submission"] = {"csv": submitted["output"]}
-    outputs["report"] = {"html": run_report.build_run_report(work_dir, timings, outputs, storage.S3Options.from_settings(settings.section("s3")))}
+    outputs["report"] = {"html": run_report.build_run_report(work_dir, timings, outputs, s3)}
     print(
         f"pipeline finished. ingest: {summary['dataset_rows']} images in the dataset, {summary['input_rows']} rows reconciled ({_counts(summary)}){' (output reused)' if summary.get('reused') else ''}; "
         f"image folds out-of-fold macro-F1 {image['metrics']['macro_f1']:.3f}{_reused_mark(image)}; "
@@ -176,6 +184,19 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         for name, path in paths.items():
             print(f"  {stage_name:12s} {name:9s} {path}")
     return outputs
+
+
+def _report_stopped_run(work_dir: str, timings: dict[str, float], outputs: dict[str, dict[str, str]], s3: storage.S3Options, why: str) -> None:
+    """The run report of a pipeline whose stage failed: an earlier run's report left in place
+    read as this run's. Writing it never hides the stage's own error."""
+    from . import run_report
+
+    try:
+        url = run_report.build_run_report(work_dir, timings, outputs, s3, stopped=why)
+    except Exception as error:  # the stage's error is the one to see
+        log.warning("run report of the stopped run not written: %s", error)
+    else:
+        log.info("the stopped run's report: %s", url)
 
 
 def _pipeline_arguments(parser: argparse.ArgumentParser) -> None:

@@ -88,6 +88,20 @@ def collect(work_dir: str, outputs: Mapping[str, Any] | None = None, s3: S3Optio
     return pieces
 
 
+# The pipeline stage that writes each piece: when a run stops, the pieces of the stages it did not
+# finish are an earlier run's.
+PIECE_STAGES = {"ingest": "ingest", "image": "train-image", "text": "train-text", "clean": "clean", "predictions": "score", "submission": "submission"}
+
+
+def mark_unfinished_stages(pieces: Mapping[str, Piece], outputs: Mapping[str, Any]) -> None:
+    """Mark as an earlier run's every piece found whose stage is not among ``outputs`` (the
+    stages this run finished). For a run that stopped; pure but for ``pieces``' ``stale``."""
+    for name, stage in PIECE_STAGES.items():
+        piece = pieces.get(name)
+        if piece is not None and piece.data is not None and stage not in outputs:
+            piece.stale = f"from an earlier run: this run stopped before its {stage} stage finished"
+
+
 def _flat_outputs(outputs: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """The pipeline's {stage: {name: path}} (or {stage: path}) as (stage, name, path) rows."""
     rows = []
@@ -203,9 +217,9 @@ def _submission_piece(work_dir: str, outputs: list[tuple[str, str, str]], s3: S3
 # --- the page (pure) -----------------------------------------------------------------------------
 
 
-def render_html(title: str, pieces: Mapping[str, Piece], timings: Mapping[str, float], outputs: Mapping[str, Any], work_dir: str, generated: str) -> str:
-    """The report page. Every string from the work directory, the timings or the caller is
-    HTML-escaped. Pure."""
+def render_html(title: str, pieces: Mapping[str, Piece], timings: Mapping[str, float], outputs: Mapping[str, Any], work_dir: str, generated: str, stopped: str | None = None) -> str:
+    """The report page; ``stopped`` (why a run stopped) heads it when the run failed. Every string
+    from the work directory, the timings or the caller is HTML-escaped. Pure."""
     sections = [
         ("Timings", _timings_html(timings)),
         ("Ingest", _piece_html(pieces.get("ingest"), _ingest_html)),
@@ -220,6 +234,7 @@ def render_html(title: str, pieces: Mapping[str, Piece], timings: Mapping[str, f
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="source">generated {_e(generated)} from the work directory <code>{_e(work_dir)}</code></p>',
+        *([f'<p class="missing">This run stopped: {_e(stopped)}. The stages after it did not run; what the work directory still holds of them is an earlier run\'s.</p>'] if stopped else []),
         "<h2>At a glance</h2>",
         _kv_table(_glance(pieces, timings)),
     ]
@@ -292,7 +307,10 @@ def _glance(pieces: Mapping[str, Piece], timings: Mapping[str, float]) -> list[t
             value = pick(piece.data)
         except PIECE_ERRORS:
             return "—"
-        return f"{_fmt(value)} (an earlier run's, not of this run's predictions)" if piece.stale else value
+        if piece.stale:
+            whose = "an earlier run's, not of this run's predictions" if name == "evaluate" else "an earlier run's"
+            return f"{_fmt(value)} ({whose})"
+        return value
 
     image = pieces.get("image")
     # After train-image --final its bundle is latest: its figure is on the held-out validation fold
@@ -517,9 +535,11 @@ def build_run_report(
     outputs: Mapping[str, Any],
     s3: S3Options | None = None,
     title: str = "museum-typology run",
+    stopped: str | None = None,
 ) -> str:
     """Write ``WORK_DIR/report/`` (index.html + the PNGs it shows), replacing it whole and
-    atomically, and return the URL of ``index.html``.
+    atomically, and return the URL of ``index.html``. ``stopped``: why the run stopped, when a
+    stage failed (the page says so at its top, so an earlier run's report is not taken for it).
 
     ``timings``: stage name -> seconds, in the order to show. ``outputs``: the pipeline's
     {stage: {name: path}}; the report lists them, reads the prediction files of stage "score"
@@ -527,8 +547,10 @@ def build_run_report(
     (name "output"; else WORK_DIR/evaluate/) and a path ending in submission.csv (else
     WORK_DIR/submission.csv). Missing pieces show as "not run"."""
     pieces = collect(work_dir, outputs, s3)
+    if stopped:
+        mark_unfinished_stages(pieces, outputs)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    page = render_html(title, pieces, timings, outputs, work_dir, generated)
+    page = render_html(title, pieces, timings, outputs, work_dir, generated, stopped)
     report_dir = storage.join(work_dir, REPORT_DIR)
     with storage.atomic_directory(report_dir, s3) as staging:
         for piece in pieces.values():
