@@ -38,6 +38,8 @@ def test_conflicting_unknown_and_duplicate_order_are_errors():
         build_submission(_pred(["g1", "g1"], [A, B]), ["g1"])
     with pytest.raises(SubmissionError, match=r"1 prediction\(s\) with a class outside the 15, e\.g\. g1: 'empty'"):
         build_submission(_pred(["g1"], ["empty"]), ["g1"])
+    with pytest.raises(SubmissionError, match=r"1 prediction\(s\) with a class outside the 15, e\.g\. g9: 'empty'"):  # outside the order too
+        build_submission(_pred(["g1", "g9"], [A, "empty"]), ["g1"])
     with pytest.raises(SubmissionError, match=r"^sample submission: 1 guid\(s\) listed more than once, e\.g\. g1$"):
         build_submission(_pred(["g1"], [A]), ["g1", "g1"])
     with pytest.raises(SubmissionError, match=r"^sample submission: 1 row\(s\) without a guid$"):

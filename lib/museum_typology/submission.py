@@ -35,9 +35,11 @@ def build_submission(predictions: pd.DataFrame, guid_order: Sequence[str], predi
     """``predictions`` (guid, typology, anything else ignored) -> a ``guid,typology`` DataFrame with
     exactly the guids of ``guid_order``, once each, in that order. Rows the score job's
     ``note`` marks as repeats of a guid are left out (``evaluate.repeat_marked``). Errors (``SubmissionError``): an empty or repeated guid in the
-    order; a prediction whose class is not in ``CLASSES``; a guid predicted twice with different
-    classes (in a file without the score job's notes); guids of the order without a prediction. Predictions
-    for guids outside the order are left out (the caller counts them). Pure."""
+    order; a prediction whose class is not in ``CLASSES``, for a guid of the order or not (the
+    score job writes none, so the file is not what it seems); a guid predicted twice with
+    different classes (in a file without the score job's notes); guids of the order without a
+    prediction. Other predictions for guids outside the order are left out (the caller counts
+    them). Pure."""
     missing_columns = [c for c in COLUMNS if c not in predictions.columns]
     if missing_columns:
         raise SubmissionError(f"{predictions_name}: missing column(s) {', '.join(missing_columns)} (found: {', '.join(map(str, predictions.columns))})")
