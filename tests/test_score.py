@@ -340,6 +340,46 @@ def test_a_parquet_guid_with_a_control_character_is_rejected_as_in_csv(tmp_path)
     assert [r.rejected_reason for r in rows] == ["in.parquet row 1: guid 'a\\x00b' holds a control character", None]
 
 
+def test_a_parquet_guid_with_a_control_character_goes_into_the_csv_output_escaped():
+    """A raw NUL in the output CSV cut the guid short for pandas ("g\\x003" read as "g")."""
+    result = pd.DataFrame({"guid": ["g\x003", "ok"], "typology": [CLASSES[0]] * 2, "confidence": [0.5, 0.9], "source": ["text"] * 2, "model_version": ["v"] * 2, "note": ["in.parquet row 1: guid 'g\\x003' holds a control character", ""]})
+    back = pd.read_csv(io.BytesIO(score.to_csv(result)), dtype=str, keep_default_na=False)
+    assert back["guid"].tolist() == ["g\\x003", "ok"] and back["note"][0].endswith("holds a control character")
+    result = result.assign(**{name: None for name in score.DETAIL_COLUMNS})
+    assert pq.read_table(io.BytesIO(score.to_parquet(result))).column("guid").to_pylist() == ["g\x003", "ok"]  # Parquet keeps it as read
+
+
+def test_a_parquet_directory_is_read_file_by_file(tmp_path):
+    """Read as one dataset, every file took the first file's column names as spelled ("GUID" in
+    the second file came in as empty guids, the rows' guids and titles lost without an error)
+    and types (an all-empty description stored as Arrow's null type stopped the read with a
+    traceback). A row's messages name its file."""
+    items = tmp_path / "items"
+    items.mkdir()
+    pq.write_table(pa.table({"guid": ["p1", "p2"], "description": pa.array([None, None], pa.null())}), items / "a.parquet")
+    pq.write_table(pa.table({" GUID ": ["p3", "p1", ""], "Description": ["Фото", "Ваза", "Монета"], "image": [b"x", b"y", b"z"]}), items / "b.parquet")
+    (items / "_SUCCESS").write_bytes(b"")
+    rows = score.read_rows(str(items))
+    assert [(r.guid, r.description, r.source_file, r.source_row) for r in rows] == [
+        ("p1", None, "items/a.parquet", 1), ("p2", None, "items/a.parquet", 2), ("p3", "Фото", "items/b.parquet", 1), ("p1", "Ваза", "items/b.parquet", 2), (None, "Монета", "items/b.parquet", 3)
+    ]
+    assert rows[4].rejected_reason == "items/b.parquet row 3: empty guid"
+    tasks = score.plan_tasks(rows, {}, {})
+    assert tasks["note"].tolist()[3] == "duplicate guid (first at items/a.parquet row 1)"
+    pq.write_table(pa.table({"guid": ["p4"], "GUID": ["p5"], "description": ["x"]}), items / "c.parquet")
+    with pytest.raises(CsvError, match=r"items/c.parquet, line 1: column\(s\) guid appear more than once in the header \(compared without case"):
+        score.read_rows(str(items))
+
+
+def test_a_repeated_column_that_score_does_not_read_is_ignored(tmp_path):
+    """typology and url are ignored in the rows to score, but named twice they were refused."""
+    (tmp_path / "in.csv").write_text("guid,description,typology,url,typology,url\ng1,Ваза,a,u,b,v\n", encoding="utf-8")
+    assert [(r.guid, r.description) for r in score.read_rows(str(tmp_path / "in.csv"))] == [("g1", "Ваза")]
+    (tmp_path / "in.csv").write_text("guid,description,description\ng1,Ваза,\n", encoding="utf-8")
+    with pytest.raises(CsvError, match=r"column\(s\) description appear more than once"):
+        score.read_rows(str(tmp_path / "in.csv"))
+
+
 def test_parquet_guids_that_are_not_text_read_as_evaluate_and_submission_read_them(tmp_path):
     """Integer guids with one missing: pandas writes floats, and score read guid "1.0" where
     evaluate and submission read "1", so a submission from score's output lacked every row."""

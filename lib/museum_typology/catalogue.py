@@ -59,14 +59,19 @@ def parse_catalogue_csv(
     split: str,
     required: Sequence[str] | None = None,
     labelled: bool = True,
+    used: Sequence[str] | None = None,
 ) -> list[InputRow]:
     """Parse CSV text (BOM already stripped or not) into ``InputRow``s. Pure: text in, rows out.
 
-    ``required`` defaults to the columns a labelled or an unlabelled file must have."""
+    ``required`` defaults to the columns a labelled or an unlabelled file must have. ``used``:
+    the columns the caller reads, which must not be named twice (default: the catalogue's, less
+    ``typology`` in an unlabelled file, whose labels are dropped); others may be."""
     if required is None:
         required = LABELLED_COLUMNS if labelled else UNLABELLED_COLUMNS
+    if used is None:
+        used = [name for name in CATALOGUE_COLUMNS if labelled or name != "typology"]
     columns, records = csv_records(text, source_file, f" (expected a header with {', '.join(required)})")
-    refuse_repeated_columns(columns, source_file, CATALOGUE_COLUMNS)
+    refuse_repeated_columns(columns, source_file, used)
     missing = [name for name in required if name not in columns]
     if missing:
         raise CsvError(
@@ -147,7 +152,18 @@ def _whole_int64(column) -> bool:
 
 def has_control_character(text: str | None) -> bool:
     """A C0 control character (NUL, tab, ...) or DEL inside ``text``: never part of a guid."""
-    return text is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+    return text is not None and any(_is_control(ch) for ch in text)
+
+
+def _is_control(ch: str) -> bool:
+    return ord(ch) < 32 or ord(ch) == 127
+
+
+def escape_control_characters(text: str) -> str:
+    """``text`` with each control character (``has_control_character``) written as ``\\xNN``:
+    how a guid holding one goes into a CSV file, where pandas and other readers cut a field at
+    NUL (the row's note already gives the guid as it was read)."""
+    return "".join(f"\\x{ord(ch):02x}" if _is_control(ch) else ch for ch in text)
 
 
 def csv_records(text: str, where: str, expected: str = "") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
-from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, where_recorded, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, escape_control_characters, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, where_recorded, with_text_columns
 from .clean import image_fold_runs
 from .config import ConfigError, Settings, whole_number
 from .errors import InternalError
@@ -84,32 +84,56 @@ def read_rows(url: str, s3: S3Options | None = None, name: str | None = None) ->
     if name.lower().endswith(PARQUET_EXTENSIONS) or storage.is_dir(url, s3):
         return _parquet_rows(url, name, s3)
     text = decode_csv_bytes(storage.read_bytes(url, s3), name)
-    return parse_catalogue_csv(text, name, split="score", required=("guid", "description"), labelled=False)
+    return parse_catalogue_csv(text, name, split="score", required=("guid", "description"), labelled=False, used=("guid", "description"))
 
 
 def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
+    """A Parquet file's rows, or a directory's, file by file: read as one dataset, every file
+    took the first file's column names as they are spelled ("GUID" in one file, "guid" in
+    another came in as empty guids) and types (an all-empty column stored as Arrow's null type
+    stopped the read). A row's messages name its file."""
     fs, path = storage.filesystem(url, s3)
-    try:
-        if storage.is_dir(url, s3):
-            _check_every_file_has_the_columns(fs, path, name)
-        table = pq.read_table(path, filesystem=fs)
+    if not storage.is_dir(url, s3):
+        return _parquet_file_rows(fs, path, name)
+    try:  # the dataset's data files: _SUCCESS, .crc and other hidden files are not among them
+        files = pq.ParquetDataset(path, filesystem=fs).files
     except (pa.ArrowInvalid, OSError) as exc:
-        raise CsvError(f"{name}: not a readable Parquet file ({exc})") from None
-    # Column names as a CSV header is read: without case or surrounding spaces ("GUID", "Description ").
-    folded = [str(c).strip().lower() for c in table.column_names]
+        raise CsvError(f"{name}: not a readable Parquet directory ({exc})") from None
+    if not files:
+        raise CsvError(f"{name}: a directory without Parquet files")
+    rows: list[InputRow] = []
+    for file in files:
+        rows.extend(_parquet_file_rows(fs, file, f"{name}/{file[len(path):].lstrip('/')}", in_directory=name))
+    return rows
+
+
+def _parquet_file_rows(fs, path: str, name: str, in_directory: str | None = None) -> list[InputRow]:
+    """One Parquet file's rows: only its guid and description columns are read (a catalogue
+    export may hold the images too), found without case or surrounding spaces ("GUID",
+    "Description ") as a CSV header is read, and read as text. ``in_directory``: the input
+    directory it belongs to, for its messages."""
     try:
-        refuse_repeated_columns(folded, name, ("guid", "description"))
-    except CsvError as exc:
-        raise CsvError(f"{exc} (compared without case or surrounding spaces)") from None
-    table = table.rename_columns(folded)
-    missing = [c for c in ("guid", "description") if c not in table.column_names]
-    if not missing:
-        try:  # as text, as every job reads them: a float column's 1.0 is guid "1"
-            table = with_text_columns(table, ["guid", "description"])
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise CsvError(f"{name}: the guid and description columns must be text ({exc})") from None
-    if missing:
-        raise CsvError(f"{name}: missing column(s) {', '.join(missing)} (found: {', '.join(table.column_names) or 'nothing'})")
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            folded = [str(c).strip().lower() for c in names]
+            try:
+                refuse_repeated_columns(folded, name, ("guid", "description"))
+            except CsvError as exc:
+                raise CsvError(f"{exc} (compared without case or surrounding spaces)") from None
+            missing = [c for c in ("guid", "description") if c not in folded]
+            if missing and in_directory:
+                raise CsvError(f"{in_directory}: its file {name[len(in_directory) + 1:]} has no {' or '.join(missing)} column; every Parquet file of an input directory is read as rows to score")
+            if missing:
+                raise CsvError(f"{name}: missing column(s) {', '.join(missing)} (found: {', '.join(names) or 'nothing'})")
+            table = parquet.read(columns=[names[folded.index(c)] for c in ("guid", "description")])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
+        raise CsvError(f"{name}: not a readable Parquet file ({exc})") from None
+    table = table.rename_columns(["guid", "description"])
+    try:  # as text, as every job reads them: a float column's 1.0 is guid "1"
+        table = with_text_columns(table, ["guid", "description"])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise CsvError(f"{name}: the guid and description columns must be text ({exc})") from None
     rows = []
     for number, (guid, description) in enumerate(zip(table.column("guid").to_pylist(), table.column("description").to_pylist()), start=1):
         guid = str(guid).strip() if guid is not None and str(guid).strip() else None
@@ -119,17 +143,6 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
             reason = f"{name} row {number}: guid {guid!r} holds a control character"
         rows.append(InputRow(guid=guid, split="score", source_file=name, source_row=number, source_line=number, description=description, typology=None, rejected_reason=reason))
     return rows
-
-
-def _check_every_file_has_the_columns(fs, path: str, name: str) -> None:
-    """A directory is read as one Parquet dataset, whose columns are its first file's: another
-    file without guid or description (a stray export, a predictions file) would come in as rows
-    of empty guids or descriptions. Refused instead, naming the file."""
-    for file in pq.ParquetDataset(path, filesystem=fs).files:
-        columns = {str(c).strip().lower() for c in pq.read_schema(file, filesystem=fs).names}
-        missing = [c for c in ("guid", "description") if c not in columns]
-        if missing:
-            raise CsvError(f"{name}: its file {file[len(path):].lstrip('/')} has no {' or '.join(missing)} column; every Parquet file of an input directory is read as rows to score")
 
 
 def check_image_sources(images_dir: str | None, image_dataset: str | None, s3: S3Options | None = None) -> None:
@@ -214,11 +227,12 @@ def plan_tasks(rows: Sequence[InputRow], image_files: dict[str, str], dataset_im
     ``image_pos``: a dataset row's place in the dataset (``dataset_images`` lists the guids
     part file by part file, in row order, as ``find_dataset_images`` reads them), else -1. Pure."""
     record = rows_of_record(rows)
+    several_files = len({row.source_file for row in rows}) > 1  # a Parquet directory: rows count per file
     dataset_order = {guid: k for k, guid in enumerate(dataset_images)}
     records = []
     for index, row in enumerate(rows):
         notes = [row.rejected_reason] if row.rejected_reason else []
-        recorded = where_recorded(rows, record, index)
+        recorded = where_recorded(rows, record, index, with_file=several_files)
         if recorded:
             notes.append(f"{DUPLICATE_NOTE}{recorded})")
         kind = ref = None
@@ -703,7 +717,11 @@ def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition
 
 
 def to_csv(result: pd.DataFrame) -> bytes:
-    return result.loc[:, list(OUTPUT_COLUMNS)].to_csv(index=False, lineterminator="\n").encode("utf-8")
+    table = result.loc[:, list(OUTPUT_COLUMNS)]
+    # A guid with a control character (its row's note says so) goes in escaped: a raw NUL cut
+    # the guid short for pandas reading the predictions. Parquet keeps it as it was read.
+    table = table.assign(guid=table["guid"].map(lambda g: escape_control_characters(g) if isinstance(g, str) and has_control_character(g) else g))
+    return table.to_csv(index=False, lineterminator="\n").encode("utf-8")
 
 
 def to_parquet(result: pd.DataFrame) -> bytes:
