@@ -1,8 +1,10 @@
 """Reading the catalogue CSVs (``guid,description,typology``) into checked input rows.
 
-Structural problems (a missing file or column, bytes that are not UTF-8) raise ``CsvError``
-naming the file, the line and the problem. Row problems (an empty or duplicate guid, an unknown
-label, a broken row) keep the row and record why it was rejected, so nothing is dropped silently.
+Structural problems (a missing file or column, bytes that are not UTF-8, a malformed quote, after
+which where the next row starts cannot be known) raise ``CsvError`` naming the file, the line and
+the problem. Row problems (an empty or duplicate guid, an unknown label, a row with more or fewer
+fields than the header) keep the row and record why it was rejected, so nothing is dropped
+silently.
 """
 from __future__ import annotations
 
