@@ -436,6 +436,19 @@ def test_max_pixels_is_configurable_both_ways() -> None:
     assert not result.ok and "bomb" not in result.reason
 
 
+def test_max_pixels_above_pillows_own_hard_limit_still_decides(monkeypatch) -> None:
+    """Pillow refuses on opening an image of more than ~179 Mpx (twice its process-wide limit):
+    a larger images.max_pixels had no effect, and the refusal lost the size and named no setting."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    raw = png_with_declared_size(14_000, 14_000)  # 196 Mpx
+    refused = assert_fails(raw, "decompression bomb guard: more than images.max_pixels=80000000 pixels", max_pixels=80_000_000)
+    assert "exceeds limit" in refused.reason
+    result = decode(raw, max_pixels=300_000_000)  # the (fake, 1-pixel) data gets decoded: corrupt, not a bomb
+    assert not result.ok and result.reason.startswith("corrupt image")
+    assert_fails(png_with_declared_size(20_000, 20_000), "images.max_pixels=300000000", max_pixels=300_000_000)  # 400 Mpx: our own check, with its size
+    assert Image.MAX_IMAGE_PIXELS == 150_000_000
+
+
 def test_file_over_max_bytes_is_refused_unread() -> None:
     raw = encode(Image.fromarray(random_rgb(64, 64)), "PNG")
     result = assert_fails(raw, "file too large", max_bytes=len(raw) - 1)

@@ -195,6 +195,14 @@ def _jpeg_fill_rows(image: Image.Image, orig_width: int, orig_height: int) -> in
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 
 
+def _let_pillow_open_up_to(max_pixels: int) -> None:
+    """Pillow refuses, as it opens a file, an image of more than twice its process-wide
+    ``Image.MAX_IMAGE_PIXELS`` (~179 Mpx): a larger ``images.max_pixels`` had no effect. Raise
+    that limit to half of ``max_pixels`` when it is lower; never lower it (it is process-wide)."""
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
+
+
 def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_bytes: int = 50_000_000) -> DecodedImage:
     """Decode ``raw`` into an RGB uint8 array whose longer side is at most ``max_side``."""
     digest = hashlib.sha256(raw).hexdigest()
@@ -207,11 +215,13 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
         return fail("empty file (0 bytes)")
     if size > max_bytes:
         return fail(f"file too large: {size} bytes > images.max_bytes={max_bytes}")
+    _let_pillow_open_up_to(max_pixels)
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check below is the authority (Pillow's warning at its fixed
             # ~89 Mpx would silently cap a larger configured limit); Pillow still *raises*
-            # DecompressionBombError past 2x its limit, before anything is allocated.
+            # DecompressionBombError past 2x its limit, before anything is allocated, a limit
+            # raised to max_pixels at least (above).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw))
             fmt = image.format
@@ -263,8 +273,8 @@ def decode_image(raw: bytes, max_side: int, max_pixels: int = 80_000_000, max_by
         if raw[4:8] == b"ftyp" and raw[8:12] in HEIF_BRANDS:  # phones' photos: say what it is
             return fail("unsupported image format HEIC (convert it to JPEG)")
         return fail("not an image: content matches no known image format")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return fail(f"decompression bomb guard: {exc}")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # past max_pixels too, see above
+        return fail(f"decompression bomb guard: more than images.max_pixels={max_pixels} pixels ({exc})")
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Truncated data, broken chunks, bad EXIF: Pillow's readers raise these.
         return fail(f"corrupt image: {type(exc).__name__}: {exc}")
