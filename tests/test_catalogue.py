@@ -328,6 +328,64 @@ def test_files_under_a_hidden_folder_are_never_images(tmp_path: Path) -> None:
     assert build_index(str(root)).members == {"u1": ["u1.jpg"]}
 
 
+def _zip_with_raw_names(path: Path, names: dict[bytes, bytes]) -> None:
+    """A zip whose member names are the given bytes without the UTF-8 flag, as Info-ZIP on Linux
+    (UTF-8 bytes) and Windows' archivers (cp866) write them; zipfile itself always sets the flag
+    on a non-ASCII name, so ASCII stand-ins of the same length are swapped for the bytes."""
+    stand_ins = {raw: f"images/{index:0{len(raw) - 11}d}.jpg".encode() for index, raw in enumerate(names)}
+    with zipfile.ZipFile(path, "w") as zf:
+        for raw, content in names.items():
+            zf.writestr(stand_ins[raw].decode(), content)
+    blob = path.read_bytes()
+    for raw, stand_in in stand_ins.items():
+        assert len(stand_in) == len(raw) and blob.count(stand_in) == 2  # the local header and the central directory
+        blob = blob.replace(stand_in, raw)
+    path.write_bytes(blob)
+
+
+def test_zip_names_without_the_utf8_flag_are_read_in_their_archivers_encoding(tmp_path: Path) -> None:
+    """zipfile reads such names as cp437: "книга1" written by Info-ZIP came out "╨║╨╜╨╕╨│╨░1", by
+    Windows "¬¡¿úá1", and the rows got no image (a plain no_image, the image an orphan)."""
+    from museum_typology.image_source import ImageReader, known_guids
+
+    archive = tmp_path / "images.zip"
+    names = {
+        "images/книга1.jpg".encode(): b"utf8",  # Info-ZIP on Linux
+        "images/книга2.jpg".encode("cp866"): b"oem",  # Windows' compressed folder, 7-Zip
+        "images/книга3.jpg".encode("cp1251"): b"ansi",  # read as cp1251 only because row книга3 is there
+        "images/книга4.jpg".encode("cp1251"): b"no row",  # not UTF-8 and no row: cp866, as Windows writes
+    }
+    _zip_with_raw_names(archive, names)
+    rows = [InputRow(guid=g, split="train", source_file="t.csv", source_row=n, source_line=n + 1, description="x", typology=CLASSES[0]) for n, g in enumerate(["книга1", "книга2", "книга3"], 1)]
+    index = build_index(str(archive), known_guids=known_guids(rows))
+    assert sorted(index.members) == ["книга1", "книга2", "книга3", "книга4".encode("cp1251").decode("cp866")]
+    with ImageReader(index.location, index.kind, None, 1000) as reader:  # read by the archive's own names
+        assert [reader.read(index.members[g][0])[0] for g in ("книга1", "книга2", "книга3")] == [b"utf8", b"oem", b"ansi"]
+    with zipfile.ZipFile(tmp_path / "flagged.zip", "w") as zf:  # with the flag (or ASCII): as written
+        zf.writestr("images/книга1.jpg", b"x")
+        zf.writestr("images/u1.jpg", b"x")
+    assert build_index(str(tmp_path / "flagged.zip"), known_guids=known_guids(rows)).members == {"книга1": ["images/книга1.jpg"], "u1": ["images/u1.jpg"]}
+
+
+def test_a_file_name_in_another_unicode_form_is_its_rows_image(tmp_path: Path) -> None:
+    """macOS writes names decomposed (NFD): "йод1.jpg" looked the same as row "йод1" but did not
+    match, so the row had no image and the image was an orphan."""
+    import unicodedata
+
+    from museum_typology.image_source import images_by_guid, known_guids
+
+    decomposed = unicodedata.normalize("NFD", "йод1")
+    assert decomposed != "йод1"
+    rows = [InputRow(guid=g, split="train", source_file="t.csv", source_row=1, source_line=2, description="x", typology=CLASSES[0]) for g in ("йод1", "MS.Й")]
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / f"{decomposed}.jpg").write_bytes(b"x")
+    (root / unicodedata.normalize("NFD", "MS.Й")).write_bytes(b"x")  # a whole name that is a guid in another form
+    index = build_index(str(root), known_guids=known_guids(rows))
+    assert index.members == {"йод1": [f"{decomposed}.jpg"], "MS.Й": [unicodedata.normalize("NFD", "MS.Й")]}  # the rows' spelling, the file's own name
+    assert images_by_guid([f"{decomposed}.jpg"], {"йод1"}) == {decomposed: [f"{decomposed}.jpg"]}  # a plain set: exact names only
+
+
 def test_build_index_on_a_directory_skips_sidecars_and_keeps_dotted_guids(tmp_path: Path) -> None:
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)

@@ -7,14 +7,18 @@ from __future__ import annotations
 import hashlib
 import lzma
 import re
+import unicodedata
 import zipfile
 import zlib
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from . import storage
+from .log import get_logger
 from .storage import S3Options
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,32 @@ def _path_parts(member: str, zip_member: bool) -> list[str]:
     return (member.replace("\\", "/") if zip_member else member).split("/")
 
 
+class KnownGuids(frozenset):
+    """The input rows' guids (``known_guids``), which also finds a guid from a file name written
+    in another Unicode form: macOS writes names decomposed (NFD, ``й`` as ``и`` and a combining
+    breve), which looks the same as the rows' guid but compared unequal, so the image was an
+    orphan and its row had none."""
+
+    def __new__(cls, guids: Iterable[str]) -> KnownGuids:
+        known = super().__new__(cls, guids)
+        known.by_form = {unicodedata.normalize("NFC", guid): guid for guid in known}
+        return known
+
+
+def _known(name: str, known_guids: Collection[str]) -> str | None:
+    """``name`` as the rows spell it when it is one of ``known_guids`` (in any Unicode form when
+    they are ``KnownGuids``), else None."""
+    if name in known_guids:
+        return name
+    if isinstance(known_guids, KnownGuids):
+        return known_guids.by_form.get(unicodedata.normalize("NFC", name))
+    return None
+
+
 def guid_of(member: str, known_guids: Collection[str] = (), zip_member: bool = False) -> str:
     """The guid of an image file: its base name when that is one of ``known_guids`` (the input
-    rows' guids), else its base name less one trailing extension (see ``_EXTENSION``).
+    rows' guids), else its base name less one trailing extension (see ``_EXTENSION``), spelled
+    as the rows spell it when that is theirs in another Unicode form (``KnownGuids``).
     ``zip_member``: the name is a zip archive's, where a backslash separates folders too.
 
     ``images/abc-123.jpg`` -> ``abc-123``; ``abc-123`` (no extension) -> ``abc-123``;
@@ -76,10 +103,38 @@ def guid_of(member: str, known_guids: Collection[str] = (), zip_member: bool = F
     ``MS.A`` -> ``MS``, or ``MS.A`` when ``MS.A`` is a known guid.
     """
     name = _path_parts(member, zip_member)[-1]
-    if name in known_guids:
-        return name
+    whole = _known(name, known_guids)
+    if whole is not None:
+        return whole
     stem, extension = _split_extension(name)
-    return stem if _EXTENSION.fullmatch(extension) else name
+    guid = stem if _EXTENSION.fullmatch(extension) else name
+    return _known(guid, known_guids) or guid
+
+
+# An archive's flag that its names are UTF-8; without it the zip format says cp437.
+_ZIP_UTF8_FLAG = 0x800
+
+
+def meant_name(info: zipfile.ZipInfo, known_guids: Collection[str] = ()) -> str:
+    """A zip member's name as its archiver meant it. Without the archive's UTF-8 flag, zipfile
+    reads a name as cp437, as the format says; but Info-ZIP on Linux writes UTF-8 bytes without
+    the flag, and Windows' own and 7-Zip's archivers the OEM code page, cp866 for Russian: a
+    Cyrillic name came out as ``╨║╨╜╨╕╨│╨░1`` and never matched its row. The name's bytes are
+    read as UTF-8, cp866 or cp1251, the first that names a row's image; else UTF-8 where the
+    bytes are valid UTF-8, else cp866 (which reads any bytes)."""
+    if info.flag_bits & _ZIP_UTF8_FLAG or info.filename.isascii():
+        return info.filename
+    raw = info.filename.encode("cp437")  # the bytes back: zipfile read them as cp437
+    readings = []
+    for encoding in ("utf-8", "cp866", "cp1251"):
+        try:
+            readings.append(raw.decode(encoding))
+        except UnicodeDecodeError:
+            continue
+    for name in readings:
+        if _known(guid_of(name, known_guids, zip_member=True), known_guids) is not None:
+            return name
+    return readings[0]
 
 
 def unsafe_member_reason(member: str) -> str | None:
@@ -111,22 +166,25 @@ def is_indexed(member: str, known_guids: Collection[str] = (), zip_member: bool 
     """Whether a file is an image candidate: not junk (``is_junk``), or named exactly as one of
     the rows' guids (``KP.THM`` is row ``KP.THM``'s image, not a camera thumbnail) outside a hidden folder."""
     parts = _path_parts(member, zip_member)
-    return not is_junk(member, zip_member) or (parts[-1] in known_guids and not _in_hidden_folder(parts))
+    return not is_junk(member, zip_member) or (_known(parts[-1], known_guids) is not None and not _in_hidden_folder(parts))
 
 
-def known_guids(rows: Iterable) -> frozenset[str]:
+def known_guids(rows: Iterable) -> KnownGuids:
     """The guids of input rows (``InputRow``s; rows without one left out), for ``guid_of``."""
-    return frozenset(row.guid for row in rows if row.guid)
+    return KnownGuids(row.guid for row in rows if row.guid)
 
 
-def images_by_guid(names: Iterable[str], known_guids: Collection[str] = (), zip_member: bool = False) -> dict[str, list[str]]:
+def images_by_guid(names: Iterable[str], known_guids: Collection[str] = (), zip_member: bool = False, meant: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """guid (``guid_of`` with ``known_guids``) -> its file names, sorted; hidden files and
     sidecars (``is_junk``) left out, unless the whole name is a known guid (row ``KP.THM``'s file
-    ``KP.THM`` is its image). More than one name for a guid means the guid's image is ambiguous."""
+    ``KP.THM`` is its image). More than one name for a guid means the guid's image is ambiguous.
+    ``meant``: a name -> the name its guid is read from (``meant_name``), where they differ."""
+    meant = meant or {}
     members: dict[str, list[str]] = defaultdict(list)
     for name in names:
-        if is_indexed(name, known_guids, zip_member):
-            members[guid_of(name, known_guids, zip_member)].append(name)
+        shown = meant.get(name, name)
+        if is_indexed(shown, known_guids, zip_member):
+            members[guid_of(shown, known_guids, zip_member)].append(name)
     return {guid: sorted(found) for guid, found in members.items()}
 
 
@@ -134,6 +192,7 @@ def build_index(location: str, s3: S3Options | None = None, known_guids: Collect
     """List the images at ``location`` (a .zip or a directory) without reading them; file names
     map to guids through ``guid_of`` with ``known_guids`` (the input rows' guids)."""
     unsafe: dict[str, str] = {}
+    meant: dict[str, str] = {}  # a zip member's name -> the name its archiver meant, where they differ
     digest = hashlib.sha256()
     if storage.is_dir(location, s3):
         stats = storage.list_file_stats(location, s3, recursive=True)
@@ -157,11 +216,15 @@ def build_index(location: str, s3: S3Options | None = None, known_guids: Collect
                 if reason:
                     unsafe[info.filename] = reason
                 else:
-                    names.append(info.filename)
+                    names.append(info.filename)  # the name the archive is read by
+                meant[info.filename] = meant_name(info, known_guids)
+        meant = {name: as_meant for name, as_meant in meant.items() if as_meant != name}
+        if meant:
+            log.info("%s: %d names without the archive's UTF-8 flag read in their archiver's encoding (e.g. %s)", location, len(meant), next(iter(meant.values())))
         kind = "zip"
     zip_members = kind == "zip"
-    unsafe_by_guid = {guid_of(m, known_guids, zip_members): reason for m, reason in unsafe.items() if is_indexed(m, known_guids, zip_members)}
-    return ImageIndex(location, kind, images_by_guid(names, known_guids, zip_members), unsafe, f"{kind}:{digest.hexdigest()}", unsafe_by_guid)
+    unsafe_by_guid = {guid_of(meant.get(m, m), known_guids, zip_members): reason for m, reason in unsafe.items() if is_indexed(meant.get(m, m), known_guids, zip_members)}
+    return ImageIndex(location, kind, images_by_guid(names, known_guids, zip_members, meant), unsafe, f"{kind}:{digest.hexdigest()}", unsafe_by_guid)
 
 
 class ImageReader:
