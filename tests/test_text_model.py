@@ -459,6 +459,42 @@ def test_typology_classifier_passes_every_other_column_through_untouched(spark, 
     assert [r["why"] for r in scored.collect()] == ["no text model; no image", "no description; no image"]
 
 
+def test_typology_classifier_has_a_getter_and_a_setter_per_param(tmp_path):
+    """pyspark.ml stages have getX/setX for their Params; only setParams was there."""
+    from pyspark.ml.param import Param
+
+    from museum_typology.spark import TypologyClassifier
+
+    clf = TypologyClassifier(modelPath="m")
+    names = sorted(name for name, value in vars(TypologyClassifier).items() if isinstance(value, Param))
+    assert len(names) == 10 and all(callable(getattr(clf, f"get{n[0].upper()}{n[1:]}")) and callable(getattr(clf, f"set{n[0].upper()}{n[1:]}")) for n in names)
+    assert clf.setDescriptionCol("title") is clf and clf.getDescriptionCol() == "title" and clf.getModelPath() == "m"
+    assert clf.getPredictionCol() == "typology" and clf.setPredictionCol("label").getPredictionCol() == "label"
+    clf.save(str(tmp_path / "clf"))
+    loaded = TypologyClassifier.load(str(tmp_path / "clf"))
+    assert (loaded.getDescriptionCol(), loaded.getPredictionCol(), loaded.getNoteCol()) == ("title", "label", "")
+
+
+def test_typology_classifier_ignores_guid_columns_and_names_columns_it_cannot_carry(spark, monkeypatch):
+    """guidCol has no effect, yet two guid columns (any join on guid) were refused; an interval
+    column failed in the executors with a trace naming mapInArrow and a stand-in "_c1"."""
+    from museum_typology.cascade import CascadeParams
+    from museum_typology.spark import TypologyClassifier
+
+    cascade = tuple(sorted(CascadeParams.from_dict(load_settings(environ={}).section("cascade")).to_dict().items()))
+    monkeypatch.setattr(TypologyClassifier, "_spec", lambda self: score.ScorerSpec(None, None, cascade, "none"))
+    items = spark.createDataFrame([("g1", "Монета")], "guid string, description string")
+    extra = spark.createDataFrame([("g1", "a")], "guid string, museum string")
+    joined = items.join(extra, items.guid == extra.guid)
+    assert joined.columns == ["guid", "description", "guid", "museum"]
+    assert [r["typology_source"] for r in TypologyClassifier().transform(joined).collect()] == ["default"]
+    for select in ("interval '1-2' year to month", "array(make_interval(1, 2, 3, 4, 5, 6, 7))", "named_struct('interval', interval '1' month)"):
+        with pytest.raises(ValueError, match="column\\(s\\) loan term hold a year-month or calendar interval"):
+            TypologyClassifier().transform(spark.sql(f"select 'Монета' as description, {select} as `loan term`"))
+    day_time = spark.sql("select 'Монета' as description, interval '1 02:03:04' day to second as held, named_struct('interval', 1) as s")  # Arrow carries these
+    assert TypologyClassifier().transform(day_time).select("held", "s").collect() == day_time.select("held", "s").collect()
+
+
 def test_typology_classifier_checks_its_columns_on_the_driver():
     from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 

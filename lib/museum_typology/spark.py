@@ -14,6 +14,8 @@ It saves and loads with a Pipeline like any other stage (``DefaultParamsWritable
 """
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Sequence
 
 import pandas as pd
@@ -66,9 +68,11 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         get = self.getOrDefault
-        columns = {name: get(getattr(self, name)) for name in ("guidCol", "descriptionCol", "imageCol", "imagePathCol")}
+        # guidCol is not read: a join on guid leaves two guid columns, which must not matter.
+        columns = {name: get(getattr(self, name)) for name in ("descriptionCol", "imageCol", "imagePathCol")}
         outputs = (get(self.predictionCol), get(self.confidenceCol), get(self.sourceCol)) + ((get(self.noteCol),) if get(self.noteCol) else ())
         case_sensitive = dataset.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
+        check_passed_through(schema_json(dataset))  # first: pyspark cannot read a calendar interval's schema
         columns = check_columns(dataset.schema, columns, outputs, case_sensitive)
         # The columns by position while mapped: Spark 3.5 cannot resolve a mapped column whose
         # name holds a dot ("Инв. №"), an input or not. Their names come back afterwards.
@@ -79,6 +83,27 @@ class TypologyClassifier(Transformer, DefaultParamsReadable, DefaultParamsWritab
         kinds = (StringType(), DoubleType(), StringType(), StringType())
         schema = StructType([*renamed.schema.fields, *(StructField(f"_out{i}", kind) for i, kind in enumerate(kinds[: len(outputs)]))])
         return renamed.mapInArrow(_transform_batches(self._spec(), columns, len(outputs)), schema).toDF(*names, *outputs)
+
+
+def _accessors(name: str):
+    """``getX``/``setX`` for the Param ``x``, as every pyspark.ml stage has them."""
+    title = name[0].upper() + name[1:]
+
+    def getter(self: TypologyClassifier) -> str:
+        return self.getOrDefault(getattr(self, name))
+
+    def setter(self: TypologyClassifier, value: str) -> TypologyClassifier:
+        return self._set(**{name: value})
+
+    getter.__name__, setter.__name__ = f"get{title}", f"set{title}"
+    getter.__doc__ = f"The value of {name} (its default unless set)."
+    setter.__doc__ = f"Sets {name}; returns this Transformer."
+    return getter, setter
+
+
+for _param in [name for name, value in vars(TypologyClassifier).items() if isinstance(value, Param)]:
+    for _method in _accessors(_param):
+        setattr(TypologyClassifier, _method.__name__, _method)
 
 
 # The type each input column must have (a wrong one gave every row the default class, or failed
@@ -94,11 +119,12 @@ def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence
     types = {fold(f.name): f.dataType for f in schema.fields}
     spelled = {fold(f.name): f.name for f in schema.fields}
     for name, column in columns.items():
+        if name == "guidCol":  # no effect: neither read nor checked
+            continue
         matching = [f.name for f in schema.fields if column and fold(f.name) == fold(column)]
         if len(matching) > 1:  # which one is read would be a guess (Spark itself calls it ambiguous)
             raise ValueError(f"TypologyClassifier: {name}={column!r} matches {len(matching)} columns ({', '.join(matching)}); rename or drop one")
-        # guidCol has no effect and need not exist; the inputs must.
-        if column and fold(column) not in types and name != "guidCol":
+        if column and fold(column) not in types:
             raise ValueError(f"TypologyClassifier: {name}={column!r} is not a column of the DataFrame (columns: {', '.join(schema.names)})")
         wanted = INPUT_TYPES.get(name)
         if column and wanted is not None and types[fold(column)] != wanted:
@@ -111,6 +137,40 @@ def check_columns(schema: StructType, columns: dict[str, str], outputs: Sequence
     if clash:
         raise ValueError(f"TypologyClassifier: output column(s) {', '.join(clash)} already exist; set predictionCol/confidenceCol/sourceCol/noteCol")
     return {param: spelled.get(fold(column), column) if column else column for param, column in columns.items()}
+
+
+# Simple types mapInArrow cannot carry, as Spark's schema JSON names them: the calendar interval
+# and the year-month intervals; not the day-time ones ("interval day to second", "interval
+# hour"), which Arrow carries as durations.
+_UNCARRIED_TYPE = re.compile(r"interval(?:\s+(?:year|month)\b.*)?")
+
+
+def schema_json(dataset: DataFrame) -> dict:
+    """The DataFrame's schema as Spark's JSON, read from the JVM where there is one: pyspark
+    cannot parse a calendar interval's type, so ``dataset.schema`` itself failed on one."""
+    jdf = getattr(dataset, "_jdf", None)
+    return json.loads(jdf.schema().json()) if jdf is not None else dataset.schema.jsonValue()
+
+
+def check_passed_through(schema: dict) -> None:
+    """Every column goes through ``mapInArrow``, which cannot carry Spark's year-month and
+    calendar intervals, at any depth (it failed in the executors, naming positional stand-ins
+    and mapInArrow in a long trace): a ValueError naming the user's column instead.
+    ``schema``: ``schema_json``'s. Pure."""
+    def uncarried(kind) -> bool:
+        if isinstance(kind, str):
+            return bool(_UNCARRIED_TYPE.fullmatch(kind))
+        if kind.get("type") == "struct":
+            return any(uncarried(field["type"]) for field in kind["fields"])
+        if kind.get("type") == "array":
+            return uncarried(kind["elementType"])
+        if kind.get("type") == "map":
+            return uncarried(kind["keyType"]) or uncarried(kind["valueType"])
+        return False  # a user-defined type: Arrow carries its storage type
+
+    bad = [field["name"] for field in schema["fields"] if uncarried(field["type"])]
+    if bad:
+        raise ValueError(f"TypologyClassifier: column(s) {', '.join(bad)} hold a year-month or calendar interval, which Spark cannot hand to Python through Arrow; cast them (e.g. to string) or drop them before transform and join them back by your key")
 
 
 def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs: int):
@@ -138,7 +198,8 @@ def _transform_batches(spec: score.ScorerSpec, columns: dict[str, str], outputs:
 def tasks_of(batch: pd.DataFrame, columns: dict[str, str], normalization: int = NORMALIZATION_VERSION) -> pd.DataFrame:
     """A DataFrame batch -> the score job's task rows (TASK_SCHEMA, plus image bytes). Pure."""
     n = len(batch)
-    guid = batch[columns["guidCol"]].astype("string").fillna("") if columns["guidCol"] in batch else pd.Series([""] * n)
+    guid_column = columns.get("guidCol", "")  # the Transformer reads none: guids only find dataset images, which it is never given
+    guid = batch[guid_column].astype("string").fillna("") if guid_column in batch else pd.Series([""] * n)
     description = batch[columns["descriptionCol"]] if columns["descriptionCol"] else pd.Series([None] * n)
     texts = [normalize(d if isinstance(d, str) else None, normalization) for d in description]
     kinds: list[str | None] = [None] * n
