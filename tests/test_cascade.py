@@ -105,8 +105,46 @@ def test_paired_oof_skips_labels_without_text():
     assert list(y) == [0, 0, 0] and list(groups) == [0, 0, 0]
 
 
-def _write_oof(path, y, proba, version):
-    pd.DataFrame({"guid": [f"g{i}" for i in range(len(y))], "label": [CLASSES[c] for c in y], "fold": 0, "proba": list(proba), "model_version": version}).to_parquet(path)
+def _write_oof(path, y, proba, version, guids=None):
+    """An out-of-fold file; its guids are the file's stem and a number unless given (a text and an
+    image file share no guid, whose labels would have to agree)."""
+    guids = guids if guids is not None else [f"{path.stem}{i}" for i in range(len(y))]
+    pd.DataFrame({"guid": guids, "label": [CLASSES[c] for c in y], "fold": 0, "proba": list(proba), "model_version": version}).to_parquet(path)
+
+
+def test_tune_cascade_refuses_files_that_disagree_on_labels_or_mix_model_versions(tmp_path, settings):
+    """clean refused a text and an image file that give a shared guid different labels; tune-cascade
+    tuned on them. A file of several runs' predictions recorded its first row's version only (or
+    none), so score could not tell that the cascade was tuned on another model."""
+    rng = np.random.default_rng(6)
+    t_y, t_proba = _oof(6, [0, 2], 1.5, rng)
+    i_y, i_proba = _oof(3, [0, 2], 3.0, rng)
+    _write_oof(tmp_path / "text.parquet", t_y, t_proba, "t1", guids=[f"g{i}" for i in range(12)])
+    _write_oof(tmp_path / "image.parquet", i_y, i_proba, "i1", guids=[f"g{i}" for i in range(6)])  # g3: class 2 here, class 0 in the text file
+    with pytest.raises(tune_cascade.TuneError, match=r"image.parquet: 3 guid\(s\) with another given label than in .*text.parquet, e\.g\. g3: .* here, .* there; were both models trained on the same labels"):
+        tune_cascade.run(settings, str(tmp_path / "text.parquet"), str(tmp_path / "image.parquet"), str(tmp_path / "cascade"))
+    _write_oof(tmp_path / "image.parquet", i_y, i_proba, [None, "vA", "vB", "vA", "vA", "vA"])
+    with pytest.raises(tune_cascade.TuneError, match=r"image.parquet: holds out-of-fold predictions of 2 model versions \(vA, vB\); tune on one training run's file"):
+        tune_cascade.read_oof(str(tmp_path / "image.parquet"), None, "image")
+    _write_oof(tmp_path / "image.parquet", i_y, i_proba, [None, "vA", "vA", "vA", "vA", "vA"])
+    assert tune_cascade.read_oof(str(tmp_path / "image.parquet"), None, "image")[3] == "vA"  # not the first row's empty value
+
+
+def test_a_tuned_cascade_without_its_values_is_an_error_not_the_defaults(tmp_path, settings):
+    """A cascade.json whose params lost a value scored with the [cascade] defaults under the
+    tuned bundle's version."""
+    from museum_typology.score import ScoreError, cascade_params
+
+    bundle = tmp_path / "cascade" / "v1"
+    bundle.mkdir(parents=True)
+    (tmp_path / "cascade" / "latest").write_text("v1")
+    (bundle / "_SUCCESS").write_text("")
+    for params in ({}, {"t_text": 0.9, "t_image": 0.5}):
+        (bundle / "cascade.json").write_text(json.dumps({"params": params, "metrics": {"inputs": {}}}))
+        with pytest.raises(ScoreError, match="cascade.json: no usable cascade parameters .*no .*w_text.*; run tune-cascade again"):
+            cascade_params(settings, str(tmp_path / "cascade"), None)
+    (bundle / "cascade.json").write_text(json.dumps({"params": {"t_text": 0.9, "t_image": 0.5, "w_text": 0.3}, "metrics": {"inputs": {}}}))
+    assert cascade_params(settings, str(tmp_path / "cascade"), None)[0].to_dict()["w_text"] == 0.3
 
 
 def test_tune_cascade_job_writes_a_bundle_that_score_uses(tmp_path, settings):

@@ -264,6 +264,22 @@ def test_an_unreadable_image_file_is_a_note_that_names_it_once(tmp_path):
         assert note.startswith(f"image unreadable: {ref}: cannot read ("), note  # the path once before the cause
 
 
+def test_a_model_giving_non_finite_probabilities_is_a_note_on_the_row(tmp_path):
+    """The cascade takes such a row as missing the modality: it fell back to the default class
+    with the note "no image" only, no word of the text model's NaN."""
+
+    class NanForSabres(KeywordText):
+        def predict_proba(self, texts, batch_size=0):
+            proba = super().predict_proba(texts, batch_size)
+            proba[["сабля" in t for t in texts]] = np.nan
+            return proba
+
+    tasks = pd.DataFrame({"row": range(2), "guid": ["a", "b"], "text": ["монета", "сабля"], "image_kind": None, "image_ref": None, "note": ""})
+    got = score.Scorer(spec(), NanForSabres(), ColourImage()).score_frame(tasks)
+    assert list(got["source"]) == ["text", "default"] and list(got["note"]) == ["no image", "no image; text model gave non-finite probabilities"]
+    assert np.isnan(got["text_confidence"][1]) and got["confidence"][1] == 0.0
+
+
 def test_scorer_indexes_each_part_file_once_when_the_input_interleaves_many(tmp_path):
     parts = [str(tmp_path / f"part-{p}.parquet") for p in range(40)]
     for p, part in enumerate(parts):

@@ -385,7 +385,10 @@ def cmd_tune_cascade(args: argparse.Namespace, settings: Settings) -> dict[str, 
         args.model_dir or _models_dir(settings, "cascade"),
     )
     f1 = result["metrics"]["paired_macro_f1"]
-    print(f"tune-cascade: {result['params']} paired macro-F1 {f1['tuned']:.3f} (baseline thresholds {f1['baseline']:.3f}, text alone {f1['text_only']:.3f}, image alone {f1['image_only']:.3f}){_reused_mark(result)}")
+    print(
+        f"tune-cascade: {result['params']} paired macro-F1 {f1['tuned_cross_fitted']:.3f} cross-fitted, {f1['tuned']:.3f} in-sample "
+        f"(baseline thresholds {f1['baseline']:.3f}, text alone {f1['text_only']:.3f}, image alone {f1['image_only']:.3f}){_reused_mark(result)}"
+    )
     _print_paths(result, ("bundle",))
     return result
 

@@ -420,7 +420,7 @@ def cascade_params(settings: Settings, cascade_dir: str, s3: S3Options | None, t
         stale = cascade_mismatch(values.get("metrics", {}).get("inputs", {}), text_bundle, image_bundle, s3)
         if stale is None:
             try:
-                tuned = CascadeParams.from_dict(values["params"])
+                tuned = CascadeParams.from_dict(values["params"], tuned=True)
             except (KeyError, TypeError, ValueError) as exc:
                 raise ScoreError(f"{storage.join(bundle, 'cascade.json')}: no usable cascade parameters ({exc!r}); run tune-cascade again") from None
             chosen = dataclasses.replace(tuned, default_class=settings.get("cascade.default_class"))
@@ -524,6 +524,12 @@ class Scorer:
             image_proba[idx] = self.image.predict_proba([pixels[k] for k in decoded], batch_size=self.spec.image_batch)
             has_image[idx] = True
         self.dataset_images.release()  # the worker outlives the task: do not hold a row group of images
+        # decide() takes a row whose probabilities are not all finite as missing that modality
+        # (a broken bundle's NaN); the note says so, or the row's fallback had no reason.
+        for name, proba, has in (("text", text_proba, has_text), ("image", image_proba, has_image)):
+            for i in np.flatnonzero(has & ~np.isfinite(proba).all(axis=1)):
+                notes[i].append(f"{name} model gave non-finite probabilities")
+                has[i] = False
         decision = decide(text_proba, image_proba, has_text, has_image, self.params)
         return pd.DataFrame({
             "row": tasks["row"].to_numpy(),

@@ -20,6 +20,7 @@ from .cascade import CascadeParams, cross_fitted, decide, paired_oof, source_bre
 from .config import Settings, number_within, whole_number
 from .log import get_logger
 from .report import macro_f1
+from .schema import CLASSES
 from .storage import S3Options
 
 log = get_logger(__name__)
@@ -44,8 +45,25 @@ def read_oof(url: str, s3: S3Options | None, source: str) -> tuple[list[str], np
         raise TuneError(str(exc)) from None
     if oof.sources[0] != source:
         raise TuneError(f"{url}: holds out-of-fold predictions of the {oof.sources[0]} model, given as the {source} one")
-    versions = table.column("model_version").to_pylist() if "model_version" in table.column_names else [""]
-    return oof.guids, oof.y, oof.proba, str(versions[0] if versions and versions[0] is not None else "")
+    # The version score compares with the bundle it scores with (score.cascade_mismatch): the
+    # first row's alone let a file of several runs, or one starting with an empty value, pass.
+    if len(oof.model_versions) > 1:
+        raise TuneError(f"{url}: holds out-of-fold predictions of {len(oof.model_versions)} model versions ({', '.join(oof.model_versions)}); tune on one training run's file")
+    return oof.guids, oof.y, oof.proba, oof.model_versions[0] if oof.model_versions else ""
+
+
+def check_same_labels(t_guids: list[str], t_y: np.ndarray, i_guids: list[str], i_y: np.ndarray, text_oof: str, image_oof: str) -> None:
+    """A guid in both files has one given label, as the clean job requires of the same files:
+    models trained on different labels (one with a clean --manifest, one without) would be paired
+    and tuned as if they agreed."""
+    where = {g: k for k, g in enumerate(t_guids)}
+    differ = [(g, int(t_y[where[g]]), int(i_y[k])) for k, g in enumerate(i_guids) if g in where and t_y[where[g]] != i_y[k]]
+    if differ:
+        guid, text_label, image_label = differ[0]
+        raise TuneError(
+            f"{image_oof}: {len(differ)} guid(s) with another given label than in {text_oof}, e.g. {guid}: {CLASSES[image_label]} here, {CLASSES[text_label]} there; "
+            "were both models trained on the same labels (the same --manifest)?"
+        )
 
 
 # Bumped when tuning changes what the same out-of-fold files and settings give (the pairing, the
@@ -89,6 +107,7 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     baseline = CascadeParams.from_dict(conf)
     t_guids, t_y, t_proba, t_version = read_oof(text_oof, s3, "text")
     i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3, "image")
+    check_same_labels(t_guids, t_y, i_guids, i_y, text_oof, image_oof)
     t_digest, i_digest = oof_digest(t_guids, t_y, t_proba), oof_digest(i_guids, i_y, i_proba)
     # The data's digests too: the model_version column may be absent, or the same over new data.
     digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf, TUNING_VERSION], sort_keys=True, default=str).encode()).hexdigest()
@@ -128,7 +147,7 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
         storage.write_bytes(storage.join(staging, "grid.json"), json.dumps(table, indent=0).encode(), s3)
         storage.write_bytes(storage.join(staging, "report.md"), report_markdown(metrics).encode("utf-8"), s3)
     bundles.publish_latest(cascade_dir, version, s3)
-    log.info("tune-cascade: %s (paired macro-F1 %.3f, baseline %.3f) -> %s", best, metrics["paired_macro_f1"]["tuned"], metrics["paired_macro_f1"]["baseline"], url)
+    log.info("tune-cascade: %s (paired macro-F1 %.3f cross-fitted, %.3f in-sample; baseline %.3f) -> %s", best, metrics["paired_macro_f1"]["tuned_cross_fitted"], metrics["paired_macro_f1"]["tuned"], metrics["paired_macro_f1"]["baseline"], url)
     return {"bundle": url, "version": version, "params": best, "metrics": metrics, "reused": False}
 
 
@@ -141,7 +160,7 @@ def reusable_cascade(cascade_dir: str, run_key: str, s3: S3Options | None) -> di
         return None
     url, stored = found
     try:
-        return {"bundle": url, "version": version, "params": CascadeParams.from_dict(stored["params"]), "metrics": dict(stored["metrics"]), "reused": True}
+        return {"bundle": url, "version": version, "params": CascadeParams.from_dict(stored["params"], tuned=True), "metrics": dict(stored["metrics"]), "reused": True}
     except (ValueError, KeyError, TypeError):  # a damaged bundle is tuned again, not reused
         return None
 
@@ -172,7 +191,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     ]
     for name in ("tuned", "baseline"):
         p = metrics["params"] if name == "tuned" else metrics["baseline_params"]
-        lines.append(f"| {name} | {p['t_text']} | {p['t_image']} | {p['w_text']} | {f1[name]:.3f} |")
+        lines.append(f"| {'tuned (in-sample: chosen and scored on the same pairs)' if name == 'tuned' else name} | {p['t_text']} | {p['t_image']} | {p['w_text']} | {f1[name]:.3f} |")
     lines += ["", f"Cross-fitted (parameters tuned on the other {metrics['folds'] - 1} folds' images, scored on the held-out images' pairs): {f1['tuned_cross_fitted']:.3f} against {f1['baseline']:.3f} for the baseline's parameters."]
     lines += ["", f"Text alone: {f1['text_only']:.3f}; image alone: {f1['image_only']:.3f}.", "", "Decisions by source (tuned):", ""]
     for source, values in metrics["paired_sources"]["tuned"].items():
