@@ -197,6 +197,48 @@ def test_missing_or_malformed_oof_is_a_clear_error(tmp_path):
         clean.read_oof(str(tmp_path / "fold.parquet"))
 
 
+def test_odd_fold_and_proba_columns_are_clear_errors(tmp_path, capsys):
+    """A fold column of strings or NaN, a proba of plain numbers: tracebacks (exit 1) after the
+    checks; the NaN error named no row; a file given twice was averaged in twice."""
+    from museum_typology import cli
+
+    even = [1 / 15] * 15
+    for name, column, message in (
+        ("foldstr", {"fold": ["a", "b"]}, r"foldstr.parquet: fold must hold whole numbers; 2 row\(s\) do not, e.g. guid a: 'a'"),
+        ("foldnan", {"fold": [0.0, float("nan")]}, r"foldnan.parquet: fold must hold whole numbers; 1 row\(s\) do not, e.g. guid b: nan"),
+        ("scalar", {"proba": [0.5, 0.5]}, r"scalar.parquet: row 0 \(guid a\) has a proba of 0.5, expected a list of 15 probabilities"),
+        ("nan", {"proba": [even, [float("nan")] * 15]}, r"nan.parquet: probabilities must be finite and non-negative; 1 row\(s\) are not, e.g. row 1 \(guid b\)"),
+    ):
+        pq.write_table(pa.table({"guid": ["a", "b"], "label": [CLASSES[0]] * 2, "fold": [0, 1], "proba": [even, even], **column}), str(tmp_path / f"{name}.parquet"))
+        with pytest.raises(clean.OofError, match=message):
+            clean.read_oof(str(tmp_path / f"{name}.parquet"))
+        assert cli.main(["clean", "--oof", str(tmp_path / f"{name}.parquet"), "--output", str(tmp_path / "out")]) == 2
+        assert "Traceback" not in capsys.readouterr().err
+    pq.write_table(pa.table({"guid": ["a", "b"], "label": [CLASSES[0]] * 2, "fold": [0.0, 1.0], "proba": [even, even], "source": ["text"] * 2}), str(tmp_path / "text.parquet"))
+    assert clean.read_oof(str(tmp_path / "text.parquet")).fold.tolist() == [0, 1]  # whole floats are folds
+    twice = [str(tmp_path / "text.parquet"), str(tmp_path / "." / "text.parquet")]
+    with pytest.raises(clean.OofError, match=r"--oof names .*text.parquet more than once; each out-of-fold file counts once"):
+        clean.check_oof_urls(twice)
+    assert cli.main(["clean", "--oof", ",".join(twice), "--output", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("max_iter=2.5", "clean.max_iter = 2.5: must be a whole number >= 1"), ("max_iter=-1", "clean.max_iter = -1: must be a whole number >= 1"),
+    ("seed=1.5", "clean.seed = 1.5: must be a whole number >= 0"), ("review_titles=-1", "clean.review_titles = -1: must be a whole number >= 0"),
+    ("relabel_min_proba=2.0", "clean.relabel_min_proba = 2.0: must be a number in \\[0, 1\\]"), ("drop_max_self_confidence=-1", "clean.drop_max_self_confidence = -1: must be a number in \\[0, 1\\]"),
+])
+def test_clean_settings_out_of_range_are_refused_before_spark(settings, setting, message):
+    """2.5 or -1 iterations failed inside Spark's KMeans (exit 1); review_titles = -1 cut the
+    page's last title; a relabel threshold of 2 ran without a word."""
+    from museum_typology.config import ConfigError
+
+    key, value = setting.split("=")
+    with pytest.raises(ConfigError, match=message):
+        clean.CleanSettings.from_settings(settings.set(["clean", key], float(value) if "." in value else int(value), "test"))
+    assert clean.CleanSettings.from_settings(settings).max_iter == settings.get("clean.max_iter")
+
+
 def test_oof_guids_must_be_text_and_are_stripped(tmp_path):
     """Integer guids passed the check before Spark, and the job died after KMeans with an Arrow
     traceback; "a " beside "a" passed too, and the manifest it wrote was then refused by

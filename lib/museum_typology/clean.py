@@ -23,7 +23,7 @@ import hashlib
 import io
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import bundles, storage
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, checked_numbers
 from .errors import InternalError
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -104,6 +104,15 @@ class CleanSettings:
         for name, v in values.items():
             if name.endswith("_k") and not (isinstance(v, list) and v and all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in v)):
                 raise ConfigError(f"clean.{name} = {v!r}: expected a non-empty list of whole numbers >= 2 (the k values tried)")
+        # Counts whole and in range, shares in [0, 1], as the image and text settings: 2.5 or -1
+        # iterations failed inside Spark's KMeans, a review count of -1 cut the page's last row.
+        values = checked_numbers(
+            "clean",
+            values,
+            ("min_cluster_size", "seed", "max_iter", "parallel_fits", "suspicious_min_size", "review_thumbnails", "review_titles", "review_max_clusters"),
+            {"seed": 0, "review_thumbnails": 0, "review_titles": 0, "review_max_clusters": 0},
+            {name: (0.0, 1.0, True, True) for name in ("min_threshold", "relabel_min_proba", "relabel_min_margin", "drop_max_self_confidence", "suspicious_min_purity", "overall_max_agreement")},
+        )
         cs = cls(**{name: tuple(v) if name.endswith("_k") else v for name, v in values.items()})
         if cs.filter not in FILTERS:
             raise ConfigError(f"clean.filter = {cs.filter!r}: expected one of {FILTERS}")
@@ -146,6 +155,17 @@ def oof_source(table: pa.Table, url: str) -> str:
     return name
 
 
+def check_oof_urls(urls: Sequence[str]) -> None:
+    """At least one out-of-fold file, each once: a file given twice was averaged in twice, so
+    its model carried twice the weight of the other (``text,text,image``: two thirds)."""
+    if not urls:
+        raise OofError("clean: no --oof file given")
+    seen = [storage.absolute(url) for url in urls]
+    repeated = sorted({url for url in seen if seen.count(url) > 1})
+    if repeated:
+        raise OofError(f"clean: --oof names {', '.join(repeated)} more than once; each out-of-fold file counts once")
+
+
 def read_oof(url: str, s3: S3Options | None = None) -> Oof:
     """Read and check one OOF file (guid, label, fold, proba[15]); an unusable file is an
     ``OofError`` that says what is wrong, never a half-read."""
@@ -178,12 +198,20 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
     if unknown:
         raise OofError(f"{name}: unknown label(s) {unknown[:3]} (labels must be among the {NUM_CLASSES} classes)")
     raw = table.column("proba").to_pylist()
+    not_lists = [i for i, p in enumerate(raw) if p is not None and not isinstance(p, (list, tuple))]
+    if not_lists:
+        raise OofError(f"{name}: row {not_lists[0]} (guid {guids[not_lists[0]]}) has a proba of {raw[not_lists[0]]!r}, expected a list of {NUM_CLASSES} probabilities in CLASSES order")
     bad = [i for i, p in enumerate(raw) if p is None or len(p) != NUM_CLASSES]
     if bad:
         raise OofError(f"{name}: row {bad[0]} (guid {guids[bad[0]]}) has a proba of length {len(raw[bad[0]] or [])}, expected {NUM_CLASSES} in CLASSES order")
-    proba = np.asarray(raw, dtype=np.float64).reshape(len(raw), NUM_CLASSES)
-    if not np.isfinite(proba).all() or (proba < -1e-6).any():
-        raise OofError(f"{name}: probabilities must be finite and non-negative")
+    try:
+        proba = np.asarray(raw, dtype=np.float64).reshape(len(raw), NUM_CLASSES)
+    except (TypeError, ValueError) as exc:  # a None or a string inside a list
+        raise OofError(f"{name}: proba holds values that are not numbers ({exc})") from None
+    unusable = ~np.isfinite(proba).all(axis=1) | (proba < -1e-6).any(axis=1)
+    if unusable.any():
+        i = int(np.argmax(unusable))
+        raise OofError(f"{name}: probabilities must be finite and non-negative; {int(unusable.sum())} row(s) are not, e.g. row {i} (guid {guids[i]})")
     sums = proba.sum(axis=1)
     off = np.abs(sums - 1.0) > 1e-3
     if off.any():
@@ -195,6 +223,10 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
     if any(f is None for f in folds):
         i = next(i for i, f in enumerate(folds) if f is None)
         raise OofError(f"{name}: empty fold in {sum(f is None for f in folds)} row(s), e.g. guid {guids[i]}")
+    whole = [isinstance(f, (int, np.integer)) and not isinstance(f, bool) or (isinstance(f, float) and f.is_integer()) for f in folds]
+    if not all(whole):
+        i = whole.index(False)
+        raise OofError(f"{name}: fold must hold whole numbers; {whole.count(False)} row(s) do not, e.g. guid {guids[i]}: {folds[i]!r}")
     fold = np.asarray(folds, dtype=np.int64)
     source = oof_source(table, name)
     versions = tuple(sorted({v for v in table.column("model_version").to_pylist() if v})) if "model_version" in table.column_names else ()
@@ -793,8 +825,7 @@ def run(spark, settings: Settings, oof_urls: list[str], output_url: str, dataset
     started = time.time()
     s3 = S3Options.from_settings(settings.section("s3"))
     cs = CleanSettings.from_settings(settings)
-    if not oof_urls:
-        raise OofError("clean: no --oof file given")
+    check_oof_urls(oof_urls)
     storage.check_replaceable(output_url, ("cleaned_manifest.parquet",), "clean", s3)
     inputs = [read_oof(url, s3) for url in oof_urls]
     oof = combine(inputs)

@@ -409,6 +409,7 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     s3 = storage.S3Options.from_settings(settings.section("s3"))
     # [clean]'s values, and a missing or malformed out-of-fold file, fail here, before Spark starts
     clean.CleanSettings.from_settings(settings)
+    clean.check_oof_urls(oof)
     for url in oof:
         clean.read_oof(url, s3)
     spark = _spark(settings, args, "clean")
