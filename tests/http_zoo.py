@@ -14,6 +14,8 @@ request is counted per path. Routes:
   /redirect/<n>        a chain of n redirects ending at /img/ok.jpg
   /to-localhost        redirects to /img/ok.jpg on http://localhost:<port> (another host)
   /loop/a, /loop/b     redirect to each other
+  /to-raw-utf8         redirects to /img/фото.jpg with the Location's raw UTF-8 bytes (as many
+                       servers send it; the body is registered as "%D1%84%D0%BE%D1%82%D0%BE.jpg")
   /huge                declares a body far over any cap (Content-Length), sends a little
   /huge-chunked        streams 1 MB chunks without Content-Length, forever-ish (50 MB)
   /slow/<ms>/<name>    the registered body after <ms> ms (tracks requests in flight)
@@ -219,6 +221,9 @@ class ZooServer:
             h.wfile.flush()
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
+        elif path == "/to-raw-utf8":
+            # send_header writes a str as latin-1: this str is the raw UTF-8 bytes of the path.
+            self._send(h, 302, b"", "text/plain", {"Location": "/img/фото.jpg".encode().decode("latin-1")})
         elif head == "redirect" and len(parts) == 2:
             n = int(parts[1])
             target = "/img/ok.jpg" if n <= 1 else f"/redirect/{n - 1}"

@@ -630,3 +630,34 @@ def test_an_unreachable_robots_txt_disallows_the_host(spark, zoo, tmp_path):
     manifest = _manifest(output)
     assert {r["status"] for r in manifest.values()} == {"robots_disallowed"}
     assert "unreachable" in manifest["g0000"]["reason"] and sum(zoo.requests.values()) == 0
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("connect_timeout_s=-1", "crawl.connect_timeout_s = -1.0: must be a number > 0"),  # a Spark trace from urllib3
+    ("total_timeout_s=0", "crawl.total_timeout_s = 0.0: must be a number > 0"),  # every row robots_disallowed
+    ("host_connections=0", "crawl.host_connections = 0: must be a whole number >= 1"),  # taken as 1
+    ("threads_per_task=-1", "crawl.threads_per_task = -1: must be a whole number >= 1"),
+    ("host_rate=-2", "crawl.host_rate = -2: must be a number >= 0"),  # taken as "no limit"
+    ("commit_rows=2.5", "crawl.commit_rows = 2.5: must be a whole number >= 1"),
+])
+def test_crawl_settings_it_cannot_use_are_one_line_before_spark(tmp_path, capsys, monkeypatch, setting, message):
+    from museum_typology import cli
+
+    monkeypatch.setattr(cli, "_spark", lambda *a: pytest.fail("Spark started before the settings were checked"))
+    (tmp_path / "urls.csv").write_text("guid,description,typology,url\ng1,x,графика,http://127.0.0.1:9/a.jpg\n", encoding="utf-8")
+    code = cli.main(["crawl", "--input", str(tmp_path / "urls.csv"), "--output", str(tmp_path / "out"), "--set", f"crawl.{setting}"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
+
+def test_the_rehearsal_tool_refuses_arguments_it_cannot_use(tmp_path, capsys):
+    """--rows -1 wrote a file of "-1 rows"; --pool 0 served nothing (a division by zero per request)."""
+    from museum_typology import crawl_rehearsal
+
+    for argv, message in ((["csv", "--rows", "-1", "--out", str(tmp_path / "u.csv")], "--rows: must be at least 0, not -1"), (["serve", "--pool", "0"], "--pool: must be at least 1, not 0"),
+                          (["csv", "--shared-rate", "2", "--out", str(tmp_path / "u.csv")], "--shared-rate: must be in [0, 1], not 2")):
+        with pytest.raises(SystemExit) as exit_:
+            crawl_rehearsal.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "u.csv").exists()

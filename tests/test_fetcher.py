@@ -109,6 +109,34 @@ def test_redirect_chain_over_the_cap(zoo):
     assert result.status == fetcher.TOO_MANY_REDIRECTS and "max_redirects=3" in result.reason
 
 
+def test_a_redirect_to_a_raw_utf8_location_requests_the_servers_path(zoo):
+    """http.client reads header bytes as latin-1: the Cyrillic path was requested as
+    /img/%C3%91%C2%84... and the row ended as a 404."""
+    zoo.add("%D1%84%D0%BE%D1%82%D0%BE.jpg", image_bytes("JPEG"), "image/jpeg")
+    result = _fetch(zoo, "/to-raw-utf8")
+    assert result.ok and result.final_url == zoo.url("/img/фото.jpg"), (result.status, result.reason, result.final_url)
+    assert fetcher._header_text("/img/caf\xe9") == "/img/caf\xe9"  # latin-1 bytes that are not UTF-8: as read
+
+
+def test_the_first_request_after_robots_txt_keeps_its_crawl_delay(zoo):
+    """The Crawl-delay is known only after the robots.txt request: the first image request
+    followed it within milliseconds."""
+    with Fetcher(FAST, seed=0) as f:
+        key = fetcher.host_key(zoo.url("/robots.txt"))
+        first = time.monotonic()
+        f.fetch(zoo.url("/img/ok.jpg"))  # stands for the robots.txt request: any request to the host
+        f.slow_host(key, 0.4)
+        f.fetch(zoo.url("/img/ok.jpg"))
+        assert time.monotonic() - first >= 0.4
+
+
+def test_one_resource_spelled_two_ways_is_one_url():
+    """Both spellings are one request on the wire; the crawl fetched it twice."""
+    spellings = ["http://h/cyr/фото.jpg", "http://h/cyr/%D1%84%D0%BE%D1%82%D0%BE.jpg", "http://h/cyr/%d1%84%d0%be%d1%82%d0%be.jpg", "HTTP://H:80/cyr/фото.jpg#x"]
+    assert {fetcher.canonical_url(u) for u in spellings} == {"http://h/cyr/%D1%84%D0%BE%D1%82%D0%BE.jpg"}
+    assert fetcher.canonical_url("http://h/A.JPG?q=фото") == "http://h/A.JPG?q=%D1%84%D0%BE%D1%82%D0%BE"  # case kept
+
+
 def test_redirect_loop(zoo):
     result = _fetch(zoo, "/loop/a")
     assert result.status == fetcher.TOO_MANY_REDIRECTS and result.reason.startswith("redirect loop")

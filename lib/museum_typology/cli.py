@@ -15,7 +15,7 @@ from typing import Any
 
 from . import __version__, bundles, storage
 from .catalogue import CsvError
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, count_argument, load_settings
 from .log import get_logger, setup_logging
 
 log = get_logger("museum_typology")
@@ -94,6 +94,7 @@ def cmd_crawl(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from . import crawl
 
     output = args.output or storage.join(settings.get("paths.work_dir"), "crawl")
+    crawl.crawl_settings(settings)  # a value it cannot use fails here, before Spark starts
     spark = _spark(settings, args, "crawl")
     if args.plan_only:
         plan = crawl.describe_plan(settings, args.input, spark.sparkContext.defaultParallelism)
@@ -287,7 +288,7 @@ def cmd_train_text(args: argparse.Namespace, settings: Settings) -> dict[str, An
 def _train_text_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/text)")
     parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities (default: WORK_DIR/oof/text.parquet, or DIR/oof.parquet with another --model-dir)")
-    parser.add_argument("--folds", type=_count_of_at_least(2), metavar="K", help="number of folds, at least 2 (default: text.folds)")
+    parser.add_argument("--folds", type=count_argument(2), metavar="K", help="number of folds, at least 2 (default: text.folds)")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job: relabelled rows train on their new label, dropped rows are left out")
     _retrain_argument(parser)
 
@@ -476,26 +477,11 @@ def _train_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="DIR", help="petastorm dataset (default: WORK_DIR/ingest/dataset)")
     parser.add_argument("--model-dir", metavar="DIR", help="where bundles go (default: WORK_DIR/models/image)")
     parser.add_argument("--oof", metavar="FILE", help="out-of-fold probabilities of a fold run (default: WORK_DIR/oof/image.parquet, or DIR/oof.parquet with another --model-dir); not with --final")
-    parser.add_argument("--folds", type=_count_of_at_least(2), metavar="K", help="number of stratified folds, at least 2 (default: image.folds)")
-    parser.add_argument("--num-proc", type=_count_of_at_least(0), metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
+    parser.add_argument("--folds", type=count_argument(2), metavar="K", help="number of stratified folds, at least 2 (default: image.folds)")
+    parser.add_argument("--num-proc", type=count_argument(0), metavar="N", help="Horovod processes, one Spark task each (default: image.num_proc, 0 = Spark's parallelism)")
     parser.add_argument("--final", action="store_true", help="fine-tune the upper blocks on the labelled images but one stratified fold (about 1/K of them), which validates and picks the best epoch")
     parser.add_argument("--manifest", metavar="PARQUET", help="cleaned manifest from the clean job (guid, new_label, action; or guid, typology[, keep]): its labels replace the dataset's, dropped rows are left out")
     _retrain_argument(parser)
-
-
-def _count_of_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum`` (``--folds 0`` was taken as "not given")."""
-
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-        return value
-
-    return parse
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -7,12 +7,13 @@ the default's type: a typo is an error, not a setting nothing reads.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import difflib
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,36 @@ def whole_number(name: str, value: Any, minimum: int, why: str = "", maximum: in
         wanted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ConfigError(f"{name} = {value!r}: must be a whole number {wanted}" + (f" ({why})" if why else ""))
     return int(value)
+
+
+def count_argument(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (``--folds 0`` was taken as "not given")."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def number_argument(low: float, high: float = float("inf")) -> Callable[[str], float]:
+    """An argparse type: a number in [``low``, ``high``]."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], not {raw}")
+        return value
+
+    return parse
 
 
 def number_within(name: str, value: Any, low: float, high: float = float("inf"), *, low_included: bool = True, high_included: bool = True) -> float:

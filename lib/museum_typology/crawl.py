@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import posixpath
 import threading
@@ -41,7 +42,7 @@ import pyarrow.parquet as pq
 
 from . import fetcher, images, petastorm_io, storage
 from .catalogue import InputRow, decode_csv_bytes, parse_catalogue_csv, reject_duplicates
-from .config import Settings
+from .config import Settings, checked_numbers
 from .fetcher import FetchResult, FetchSettings, Fetcher
 from . import ingest
 from .ingest import DecodeSettings, IngestError, partition_of, write_output_records
@@ -92,6 +93,23 @@ class TaskSettings:
     s3: S3Options | None
     pixel_decoder: str  # the driver's ingest.pixel_version: executors with other decoding code refuse
     max_crawl_delay_s: float = 60.0
+
+
+def crawl_settings(settings: Settings) -> dict[str, Any]:
+    """``[crawl]`` with its counts whole and in range and its times and rates non-negative (a
+    timeout > 0), or a ConfigError naming the setting: a connect timeout of -1 failed in urllib3
+    with a Spark trace, a total timeout of 0 made every row robots_disallowed, and 0 connections
+    or a negative rate were quietly taken as 1 or "no limit"."""
+    return checked_numbers(
+        "crawl",
+        settings.section("crawl"),
+        ("retries", "max_redirects", "max_bytes", "host_connections", "threads_per_task", "decode_threads_per_task", "partitions", "urls_per_partition", "commit_rows"),
+        {"retries": 0, "max_redirects": 0, "partitions": 0},
+        {
+            **{name: (0.0, math.inf, False, False) for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s", "plan_images_per_core_s")},
+            **{name: (0.0, math.inf, True, False) for name in ("backoff_base_s", "backoff_max_s", "retry_after_max_s", "max_crawl_delay_s", "host_rate", "plan_latency_ms", "progress_interval_s")},
+        },
+    )
 
 
 # ---------------------------------------------------------------- read and plan (pure)
@@ -510,7 +528,7 @@ def describe_plan(settings: Settings, input_url: str, parallelism: int) -> dict[
     partitions, chunks, the per-task limits and an estimate of the duration (``estimate_duration``
     with the ``crawl.plan_*`` assumptions). For ``museum-typology crawl --plan-only``."""
     s3 = S3Options.from_settings(settings.section("s3"))
-    crawl_conf = settings.section("crawl")
+    crawl_conf = crawl_settings(settings)
     rows, _ = read_url_rows(input_url, settings, s3)
     tasks, finished = plan(rows)
     partitions = int(crawl_conf["partitions"]) or auto_partitions(len(tasks), int(crawl_conf["urls_per_partition"]), parallelism)
@@ -550,7 +568,7 @@ def run(spark, settings: Settings, input_url: str, output: str, resume: bool = F
     # Before the unfinished crawl is looked for: a kill between a local commit's two renames left
     # the output, its _work/ and stored chunks inside, set aside; it is put back here.
     storage.clean_up_after_crashes(output, s3)
-    crawl_conf = settings.section("crawl")
+    crawl_conf = crawl_settings(settings)
     decode = DecodeSettings.from_settings(settings)
     rows, csv_sha256 = read_url_rows(input_url, settings, s3)
     tasks, finished = plan(rows)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .config import count_argument, number_argument
 from .schema import CLASSES
 
 MIN_SIDE_PX, MAX_SIDE_PX = 800, 3000
@@ -178,17 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the local image server")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8900)
-    serve.add_argument("--delay-ms", type=float, default=400.0, help="added to every request (default 400)")
-    serve.add_argument("--pool", type=int, default=64, help="distinct images served (default 64)")
+    serve.add_argument("--port", type=count_argument(0), default=8900)
+    serve.add_argument("--delay-ms", type=number_argument(0.0), default=400.0, help="added to every request (default 400)")
+    serve.add_argument("--pool", type=count_argument(1), default=64, help="distinct images served (default 64)")
     serve.add_argument("--seed", type=int, default=0)
     make_csv = sub.add_parser("csv", help="write a synthetic URL CSV")
-    make_csv.add_argument("--rows", type=int, default=180_000)
+    make_csv.add_argument("--rows", type=count_argument(0), default=180_000)
     make_csv.add_argument("--base-url", default="http://127.0.0.1:8900")
     make_csv.add_argument("--out", required=True)
     make_csv.add_argument("--seed", type=int, default=0)
-    make_csv.add_argument("--shared-rate", type=float, default=0.01)
-    make_csv.add_argument("--missing-rate", type=float, default=0.005)
+    make_csv.add_argument("--shared-rate", type=number_argument(0.0, 1.0), default=0.01)
+    make_csv.add_argument("--missing-rate", type=number_argument(0.0, 1.0), default=0.005)
     args = parser.parse_args(argv)
     if args.command == "csv":
         counts = write_url_csv(args.out, args.rows, args.base_url, args.seed, args.shared_rate, args.missing_rate)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import math
 import random
 import threading
 import time
@@ -154,7 +155,10 @@ def url_problem(url: str | None) -> str | None:
 def canonical_url(url: str) -> str:
     """One spelling per resource, for fetching a URL shared by rows once: scheme and host in
     lower case, no default port, no fragment (never sent to the server). The path and the query
-    stay as written: servers may tell their case apart. ``url`` must have passed ``url_problem``."""
+    as urllib3 sends them: a non-ASCII character percent-encoded as UTF-8 and every escape in
+    upper case (``/фото.jpg``, ``/%d1%84...`` and ``/%D1%84...`` are one request), otherwise as
+    written: servers may tell their case apart. ``url`` must have passed ``url_problem``."""
+    sent = parse_url(url.strip())
     parts = urlsplit(url.strip())
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if ":" in host:  # an IPv6 literal
@@ -163,7 +167,20 @@ def canonical_url(url: str) -> str:
     netloc = host if port is None or port == {"http": 80, "https": 443}.get(scheme) else f"{host}:{port}"
     if parts.username is not None:
         netloc = parts.netloc.rsplit("@", 1)[0] + "@" + netloc
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+    return urlunsplit((scheme, netloc, sent.path or "/", sent.query or "", ""))
+
+
+def _header_text(value: str | None) -> str | None:
+    """A header value as its sender meant it: http.client decodes header bytes as latin-1, so a
+    Location of raw UTF-8 (``/фото.jpg``, as many servers send it) read as ``/Ñ\x84Ð¾...`` and
+    was requested percent-encoded as such (a 404). Bytes that are valid UTF-8 are read as UTF-8;
+    others stay as they were read."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not latin-1-decoded bytes (a str from elsewhere), or not UTF-8
+        return value
 
 
 def host_key(url: str) -> str:
@@ -205,6 +222,7 @@ class _Host:
         self.slots = threading.BoundedSemaphore(connections)
         self.lock = threading.Lock()
         self.next_start = 0.0  # monotonic time before which no request may start
+        self.last_start = -math.inf  # monotonic time the latest request started
         self.min_interval = 0.0  # seconds between request starts asked by the host (robots.txt Crawl-delay)
 
 
@@ -257,6 +275,7 @@ class Fetcher:
                         interval = max(1.0 / self.settings.host_rate if self.settings.host_rate > 0 else 0.0, host.min_interval)
                         if interval > 0:
                             host.next_start = now + interval
+                        host.last_start = now
                         break
                     wait = host.next_start - now
                 self._sleep(min(wait, 1.0))
@@ -268,6 +287,9 @@ class Fetcher:
         host = self._host(key)
         with host.lock:
             host.min_interval = max(host.min_interval, delay_s * self.settings.parallel_tasks)
+            # From the robots.txt request itself, which started before the delay was known: the
+            # first image request followed it within milliseconds.
+            host.next_start = max(host.next_start, host.last_start + host.min_interval)
 
     def _pause_host(self, key: str, seconds: float) -> None:
         host = self._host(key)
@@ -354,7 +376,7 @@ class Fetcher:
                 try:
                     status = response.status
                     if status in REDIRECT_STATUSES:
-                        location = response.headers.get("Location")
+                        location = _header_text(response.headers.get("Location"))
                         _discard(response)
                         if not location:
                             raise _Attempt(HTTP_ERROR, f"HTTP {status} redirect without a Location header", http_status=status)
