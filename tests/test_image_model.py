@@ -295,6 +295,45 @@ def test_final_mode_refuses_a_rank_without_training_images_and_folds_beyond_the_
     assert not (tmp_path / "models").exists()
 
 
+def test_train_image_refuses_what_would_fail_only_after_training(spark, tiny_dataset, tmp_path, monkeypatch):
+    """A file as --model-dir failed in rank 0's first checkpoint (Horovod's traceback), a folder
+    as --oof after the bundle was committed; more processes than a local master's slots waited
+    image.start_timeout and failed with a traceback; one class trained and published a model
+    that always says it, with an out-of-fold macro-F1 of 1.000."""
+    import horovod.spark
+    from horovod.runner.common.util.timeout import TimeoutException
+
+    run_horovod = train_image.run_horovod
+    monkeypatch.setattr(train_image, "run_horovod", lambda *a, **k: pytest.fail("Horovod started"))
+    settings = _settings(tmp_path, 4, 0.001)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "afolder").mkdir()
+    run = lambda models=tmp_path / "models", oof=tmp_path / "oof.parquet", **kwargs: train_image.run(spark, settings, str(tiny_dataset), str(models), str(oof), **{"num_proc": 2, **kwargs})  # noqa: E731
+    for where, message in (({"models": tmp_path / "afile"}, "--model-dir is a file, not a folder"), ({"oof": tmp_path / "afolder"}, "--oof is a folder; name a file"),
+                           ({"oof": tmp_path / "afile" / "oof.parquet"}, f"--oof cannot be written: {tmp_path / 'afile'} is a file, not a folder")):
+        with pytest.raises(OSError, match=message):
+            run(**where)
+    with pytest.raises(train_image.TrainImageError, match=r"3 Horovod processes, but Spark master local\[2\] runs 2 tasks at once: .*use --num-proc 2 or fewer"):
+        run(num_proc=3)
+    one_class = tmp_path / "one_class.csv"  # every image of class 0 kept (img00, img03, ...), the others dropped
+    one_class.write_text("guid,typology,keep\n" + "".join(f"img{n:02d},,no\n" for n in range(30) if n % 3), encoding="utf-8")
+    with pytest.raises(train_image.TrainImageError, match=r"the labelled images hold a single typology \(.*\); the model needs two at least"):
+        run(manifest=str(one_class))
+    lone = tmp_path / "lone.csv"  # class 0 and one image of class 1: one fold's training side holds class 0 alone
+    lone.write_text("guid,typology,keep\n" + "".join(f"img{n:02d},,no\n" for n in range(30) if n % 3 and n != 1), encoding="utf-8")
+    with pytest.raises(train_image.TrainImageError, match=r"the labelled images outside fold [12] of 2 hold a single typology"):
+        run(manifest=str(lone), folds=2)
+    assert not (tmp_path / "models").exists()
+
+    def times_out(*a, **k):
+        raise TimeoutException("Timed out waiting for Spark tasks to start. Please check ...")
+
+    monkeypatch.setattr(horovod.spark, "run", times_out)
+    job = train_image.WorkerJob(dataset_url="d", s3=None, settings=None, labels={}, folds={}, class_weights=[], checkpoint_url="c", mode="folds")
+    with pytest.raises(train_image.TrainImageError, match=r"Horovod: Timed out waiting for Spark tasks to start.*\(8 processes asked for; image.start_timeout = 30 s\)"):
+        run_horovod(spark, None, job, 8, 30)
+
+
 def test_batch_assignment_is_the_same_whatever_the_sharding():
     guids = [f"g{i}" for i in range(100)]
     hashes = image_model.stable_hash(guids)

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -164,12 +163,7 @@ def check_output(input_url: str, output_url: str, s3: S3Options | None = None) -
         raise storage.StorageError(f"{output_url}: --output is a directory; name a .csv or .parquet file (e.g. {storage.join(output_url, 'predictions.csv')})")
     if not output_url.lower().endswith(OUTPUT_EXTENSIONS):
         raise storage.StorageError(f"{output_url}: --output must end in .csv, .parquet or .pq (the extension chooses the format)")
-    if not storage.is_s3(output_url):
-        folder = os.path.dirname(storage.filesystem_path(output_url))
-        while not os.path.exists(folder):
-            folder = os.path.dirname(folder)
-        if not os.path.isdir(folder):
-            raise storage.StorageError(f"{output_url}: --output cannot be written: {folder} is a file, not a folder")
+    storage.check_can_write(output_url, "--output", folder=False, s3=s3)
 
 
 class ImageFiles(dict):

@@ -295,6 +295,23 @@ def is_committed(url: str, s3: S3Options | None = None) -> bool:
     return exists(join(url, SUCCESS_MARKER), s3)
 
 
+def check_can_write(url: str, what: str, folder: bool, s3: S3Options | None = None) -> None:
+    """``url`` can be written as a folder (``folder``) or a file: it is not the other kind already,
+    and locally no file stands where one of its parent folders must go. Cheap (nothing is
+    written): a job asks before hours of work, not when it writes the results. ``what`` names
+    the option in the message ("--model-dir")."""
+    if folder and exists(url, s3) and not is_dir(url, s3):
+        raise StorageError(f"{url}: {what} is a file, not a folder")
+    if not folder and is_dir(url, s3):
+        raise StorageError(f"{url}: {what} is a folder; name a file")
+    if not is_s3(url):
+        parent = os.path.dirname(filesystem_path(url).rstrip("/"))
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if parent and not os.path.isdir(parent):
+            raise StorageError(f"{url}: {what} cannot be written: {parent} is a file, not a folder")
+
+
 def check_replaceable(url: str, signature: Sequence[str], job: str, s3: S3Options | None = None, only: Sequence[str] = ()) -> None:
     """Refuse an output directory that a commit would replace whole when it holds something else
     (``--output var`` must not wipe a work directory, nor ``clean --output var/ingest`` the

@@ -8,6 +8,7 @@ with a ``latest`` pointer, and a report, each written atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -95,9 +96,11 @@ def rows_per_shard(dataset_url: str, s3: S3Options | None, guids: Sequence[str],
 
     wanted, counts = set(guids), []
     for rank in range(shards):
-        reader = petastorm_io.make_reader(dataset_url, s3, schema_fields=["guid"], predicate=in_set(wanted, "guid"), cur_shard=rank, shard_count=shards, num_epochs=1, shuffle_row_groups=False, workers_count=1, reader_pool_type="thread")
-        with reader:
-            counts.append(sum(1 for _ in reader))
+        # petastorm prints "Cache cleanup complete." on stdout, ahead of the job's own result lines
+        with contextlib.redirect_stdout(sys.stderr):
+            reader = petastorm_io.make_reader(dataset_url, s3, schema_fields=["guid"], predicate=in_set(wanted, "guid"), cur_shard=rank, shard_count=shards, num_epochs=1, shuffle_row_groups=False, workers_count=1, reader_pool_type="thread")
+            with reader:
+                counts.append(sum(1 for _ in reader))
     return counts
 
 
@@ -108,11 +111,26 @@ def configured_task_cpus(spark) -> int | None:
     return int(value) if value else None
 
 
+def check_task_slots(spark, processes: int, start_timeout: int) -> None:
+    """A local master has exactly its task slots: more Horovod processes than that waited
+    ``image.start_timeout`` for tasks that never start, then failed with Horovod's traceback."""
+    context = spark.sparkContext
+    if context.master.startswith("local") and processes > context.defaultParallelism:
+        raise TrainImageError(
+            f"{processes} Horovod processes, but Spark master {context.master} runs {context.defaultParallelism} tasks at once: "
+            f"they would wait image.start_timeout ({start_timeout} s) for tasks that never start; use --num-proc {context.defaultParallelism} or fewer"
+        )
+
+
 def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) -> list[dict[str, Any]]:
     import horovod.spark
+    from horovod.runner.common.util.timeout import TimeoutException
 
     log.info("horovod.spark.run: %d processes (%s mode), Gloo", num_proc, job.mode)
-    results = horovod.spark.run(fn, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0, start_timeout=start_timeout, stdout=sys.stderr, stderr=sys.stderr)
+    try:
+        results = horovod.spark.run(fn, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0, start_timeout=start_timeout, stdout=sys.stderr, stderr=sys.stderr)
+    except TimeoutException as exc:  # a cluster without the slots, or its executors still starting
+        raise TrainImageError(f"Horovod: {' '.join(str(exc).split())} ({num_proc} processes asked for; image.start_timeout = {start_timeout} s)") from None
     return sorted(results, key=lambda r: r["rank"])
 
 
@@ -190,6 +208,11 @@ def run(
     s = ImageSettings.from_settings(settings)
     if not storage.exists(storage.join(dataset_url, "_common_metadata"), s3):
         raise storage.StorageError(f"{dataset_url}: no petastorm dataset (run ingest first)")
+    # Where the results go, before hours of training: a file as --model-dir failed in rank 0's
+    # first checkpoint with Horovod's traceback, a folder as --oof after the bundle was committed.
+    storage.check_can_write(model_dir, "--model-dir", folder=True, s3=s3)
+    if not final:
+        storage.check_can_write(oof_url, "--oof", folder=False, s3=s3)
     # Labels first: a dataset without labelled images (data with no image archive) has one empty
     # row group too, and "re-ingest with more partitions" would have been the wrong advice.
     cleaned = read_cleaned_manifest(manifest, s3) if manifest else None
@@ -199,7 +222,11 @@ def run(
             f"{dataset_url}: only {len(labels)} labelled images; need at least {s.folds * 2} "
             "(for text-only data, run train-text and score with its bundle alone)"
         )
+    classes = sorted(set(labels.values()))
+    if len(classes) < 2:
+        raise TrainImageError(f"{dataset_url}: the labelled images hold a single typology ({CLASSES[classes[0]]}); the model needs two at least")
     n_proc = s.num_proc or spark.sparkContext.defaultParallelism
+    check_task_slots(spark, n_proc, s.start_timeout)
     groups = row_group_count(dataset_url, s3)
     if groups < n_proc:
         raise TrainImageError(f"{dataset_url}: {groups} row groups < {n_proc} processes; each Horovod rank reads whole row groups (use fewer processes or re-ingest with more partitions)")
@@ -209,6 +236,9 @@ def run(
     if largest < s.folds:  # StratifiedKFold needs one class with at least a member per fold
         raise TrainImageError(f"{dataset_url}: no class has {s.folds} labelled images (the largest has {largest}); use --folds {largest} or fewer")
     fold = stratified_folds(guids, y, s.folds, s.seed)
+    for k in [0] if final else range(s.folds):  # --final trains on the images outside fold 0
+        if len(np.unique(y[fold != k])) < 2:
+            raise TrainImageError(f"{dataset_url}: the labelled images outside fold {k + 1} of {s.folds} hold a single typology; its model needs two at least (add images of other classes, or use fewer folds)")
     if final:
         # --final reads its training rows round and round (num_epochs=None): a rank whose row
         # groups hold none would wait for ever, and the other ranks with it at the first allreduce.
