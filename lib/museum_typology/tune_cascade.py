@@ -52,18 +52,14 @@ def read_oof(url: str, s3: S3Options | None, source: str) -> tuple[list[str], np
     return oof.guids, oof.y, oof.proba, oof.model_versions[0] if oof.model_versions else ""
 
 
-def check_same_labels(t_guids: list[str], t_y: np.ndarray, i_guids: list[str], i_y: np.ndarray, text_oof: str, image_oof: str) -> None:
-    """A guid in both files has one given label, as the clean job requires of the same files:
-    models trained on different labels (one with a clean --manifest, one without) would be paired
-    and tuned as if they agreed."""
+def label_disagreements(t_guids: list[str], t_y: np.ndarray, i_guids: list[str], i_y: np.ndarray) -> list[tuple[str, int, int]]:
+    """(guid, text label, image label) for each guid the two files label differently: models
+    trained on other labels (train-text with a clean --manifest, the image folds without). The
+    tuning pairs each image row with text rows of its own label, so it still works, but with the
+    image file's labels as the truth; said, not refused (clean, which averages one guid's
+    probabilities under one label, refuses such files)."""
     where = {g: k for k, g in enumerate(t_guids)}
-    differ = [(g, int(t_y[where[g]]), int(i_y[k])) for k, g in enumerate(i_guids) if g in where and t_y[where[g]] != i_y[k]]
-    if differ:
-        guid, text_label, image_label = differ[0]
-        raise TuneError(
-            f"{image_oof}: {len(differ)} guid(s) with another given label than in {text_oof}, e.g. {guid}: {CLASSES[image_label]} here, {CLASSES[text_label]} there; "
-            "were both models trained on the same labels (the same --manifest)?"
-        )
+    return [(g, int(t_y[where[g]]), int(i_y[k])) for k, g in enumerate(i_guids) if g in where and t_y[where[g]] != i_y[k]]
 
 
 # Bumped when tuning changes what the same out-of-fold files and settings give (the pairing, the
@@ -107,7 +103,14 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     baseline = CascadeParams.from_dict(conf)
     t_guids, t_y, t_proba, t_version = read_oof(text_oof, s3, "text")
     i_guids, i_y, i_proba, i_version = read_oof(image_oof, s3, "image")
-    check_same_labels(t_guids, t_y, i_guids, i_y, text_oof, image_oof)
+    differ = label_disagreements(t_guids, t_y, i_guids, i_y)
+    if differ:
+        guid, text_label, image_label = differ[0]
+        log.warning(
+            "tune-cascade: %d guid(s) labelled otherwise in %s than in %s, e.g. %s: %s there, %s here; "
+            "the pairs take the image file's labels (train both models on the same labels, the same --manifest, to tune on one truth)",
+            len(differ), text_oof, image_oof, guid, CLASSES[text_label], CLASSES[image_label],
+        )
     t_digest, i_digest = oof_digest(t_guids, t_y, t_proba), oof_digest(i_guids, i_y, i_proba)
     # The data's digests too: the model_version column may be absent, or the same over new data.
     digest = hashlib.sha256(json.dumps([t_version, i_version, t_digest, i_digest, conf, TUNING_VERSION], sort_keys=True, default=str).encode()).hexdigest()
@@ -136,7 +139,7 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
                             "text_only": macro_f1(y, text_pairs.argmax(1)), "image_only": macro_f1(y, image_pairs.argmax(1))},
         "paired_sources": {"tuned": source_breakdown(tuned_decision, y), "baseline": source_breakdown(baseline_decision, y)},
         "real_pairs": real_pairs(t_guids, t_proba, i_guids, i_y, i_proba, best, baseline),
-        "inputs": {"text_oof": text_oof, "text_model": t_version, "text_digest": t_digest, "image_oof": image_oof, "image_model": i_version, "image_digest": i_digest},
+        "inputs": {"text_oof": text_oof, "text_model": t_version, "text_digest": t_digest, "image_oof": image_oof, "image_model": i_version, "image_digest": i_digest, "label_disagreements": len(differ)},
     }
     version = bundles.make_version(digest)
     url = storage.join(cascade_dir, version)
@@ -198,4 +201,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         lines.append(f"- {source}: {values['rows']} rows, accuracy {values['accuracy']:.3f}")
     real = metrics["real_pairs"]
     lines += ["", f"Real items with both modalities: {real['rows']}" + (f"; accuracy tuned {real['accuracy']['tuned']:.3f}, baseline {real['accuracy']['baseline']:.3f}." if real["rows"] else ".")]
+    differ = metrics["inputs"].get("label_disagreements")
+    if differ:
+        lines += ["", f"**{differ} guid(s) are labelled otherwise in the text file than in the image file** (models trained on other labels): the pairs took the image file's labels."]
     return "\n".join(lines) + "\n"
