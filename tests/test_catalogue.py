@@ -354,11 +354,12 @@ def test_zip_names_without_the_utf8_flag_are_read_in_their_archivers_encoding(tm
         "images/книга2.jpg".encode("cp866"): b"oem",  # Windows' compressed folder, 7-Zip
         "images/книга3.jpg".encode("cp1251"): b"ansi",  # read as cp1251 only because row книга3 is there
         "images/книга4.jpg".encode("cp1251"): b"no row",  # not UTF-8 and no row: cp866, as Windows writes
+        "images/café.jpg".encode("cp437"): b"western",  # the format's own cp437, as a Western archiver writes it
     }
     _zip_with_raw_names(archive, names)
-    rows = [InputRow(guid=g, split="train", source_file="t.csv", source_row=n, source_line=n + 1, description="x", typology=CLASSES[0]) for n, g in enumerate(["книга1", "книга2", "книга3"], 1)]
+    rows = [InputRow(guid=g, split="train", source_file="t.csv", source_row=n, source_line=n + 1, description="x", typology=CLASSES[0]) for n, g in enumerate(["книга1", "книга2", "книга3", "café"], 1)]
     index = build_index(str(archive), known_guids=known_guids(rows))
-    assert sorted(index.members) == ["книга1", "книга2", "книга3", "книга4".encode("cp1251").decode("cp866")]
+    assert sorted(index.members) == sorted(["книга1", "книга2", "книга3", "книга4".encode("cp1251").decode("cp866"), "café"])
     with ImageReader(index.location, index.kind, None, 1000) as reader:  # read by the archive's own names
         assert [reader.read(index.members[g][0])[0] for g in ("книга1", "книга2", "книга3")] == [b"utf8", b"oem", b"ansi"]
     with zipfile.ZipFile(tmp_path / "flagged.zip", "w") as zf:  # with the flag (or ASCII): as written
@@ -384,6 +385,11 @@ def test_a_file_name_in_another_unicode_form_is_its_rows_image(tmp_path: Path) -
     index = build_index(str(root), known_guids=known_guids(rows))
     assert index.members == {"йод1": [f"{decomposed}.jpg"], "MS.Й": [unicodedata.normalize("NFD", "MS.Й")]}  # the rows' spelling, the file's own name
     assert images_by_guid([f"{decomposed}.jpg"], {"йод1"}) == {decomposed: [f"{decomposed}.jpg"]}  # a plain set: exact names only
+    # Beside a file spelled exactly as the row (a folder re-copied from macOS), the other form
+    # stays apart: not "ambiguous: йод1.jpg, йод1.jpg". Two other-form files are ambiguous.
+    both = images_by_guid(["йод1.jpg", f"{decomposed}.jpg"], known_guids(rows))
+    assert both == {"йод1": ["йод1.jpg"], decomposed: [f"{decomposed}.jpg"]}
+    assert images_by_guid([f"{decomposed}.jpg", f"{decomposed}.png"], known_guids(rows)) == {"йод1": [f"{decomposed}.jpg", f"{decomposed}.png"]}
 
 
 def test_build_index_on_a_directory_skips_sidecars_and_keeps_dotted_guids(tmp_path: Path) -> None:

@@ -216,6 +216,8 @@ def test_odd_fold_and_proba_columns_are_clear_errors(tmp_path, capsys):
         assert "Traceback" not in capsys.readouterr().err
     pq.write_table(pa.table({"guid": ["a", "b"], "label": [CLASSES[0]] * 2, "fold": [0.0, 1.0], "proba": [even, even], "source": ["text"] * 2}), str(tmp_path / "text.parquet"))
     assert clean.read_oof(str(tmp_path / "text.parquet")).fold.tolist() == [0, 1]  # whole floats are folds
+    pq.write_table(pa.table({"guid": ["a", "b"], "label": [CLASSES[0]] * 2, "fold": ["0", " 1"], "proba": [even, even], "source": ["text"] * 2}), str(tmp_path / "text.parquet"))
+    assert clean.read_oof(str(tmp_path / "text.parquet")).fold.tolist() == [0, 1]  # and digit strings, as before
     twice = [str(tmp_path / "text.parquet"), str(tmp_path / "." / "text.parquet")]
     with pytest.raises(clean.OofError, match=r"--oof names .*text.parquet more than once; each out-of-fold file counts once"):
         clean.check_oof_urls(twice)

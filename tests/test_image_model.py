@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -332,6 +333,13 @@ def test_train_image_refuses_what_would_fail_only_after_training(spark, tiny_dat
     job = train_image.WorkerJob(dataset_url="d", s3=None, settings=None, labels={}, folds={}, class_weights=[], checkpoint_url="c", mode="folds")
     with pytest.raises(train_image.TrainImageError, match=r"Horovod: Timed out waiting for Spark tasks to start.*\(8 processes asked for; image.start_timeout = 30 s\)"):
         run_horovod(spark, None, job, 8, 30)
+
+
+def test_a_local_masters_task_slots_are_its_cores_over_the_cpus_per_task():
+    assert [train_image.local_task_slots(m, None) for m in ("local", "local[2]", "local[4, 3]", " local[8] ")] == [1, 2, 4, 8]
+    assert train_image.local_task_slots("local[8]", 4) == 2 and train_image.local_task_slots("local[2]", 4) == 1
+    assert train_image.local_task_slots("local[*]", None) == os.cpu_count()
+    assert [train_image.local_task_slots(m, None) for m in ("spark://h:7077", "yarn", "k8s://h", "local-cluster[2,1,1024]")] == [None] * 4
 
 
 def test_batch_assignment_is_the_same_whatever_the_sharding():

@@ -223,7 +223,10 @@ def oof_from_table(table: pa.Table, name: str) -> Oof:
     if any(f is None for f in folds):
         i = next(i for i, f in enumerate(folds) if f is None)
         raise OofError(f"{name}: empty fold in {sum(f is None for f in folds)} row(s), e.g. guid {guids[i]}")
-    whole = [isinstance(f, (int, np.integer)) and not isinstance(f, bool) or (isinstance(f, float) and f.is_integer()) for f in folds]
+    whole = [
+        (isinstance(f, (int, np.integer)) and not isinstance(f, bool)) or (isinstance(f, float) and f.is_integer()) or (isinstance(f, str) and f.strip().isascii() and f.strip().isdigit())
+        for f in folds
+    ]
     if not all(whole):
         i = whole.index(False)
         raise OofError(f"{name}: fold must hold whole numbers; {whole.count(False)} row(s) do not, e.g. guid {guids[i]}: {folds[i]!r}")

@@ -166,9 +166,8 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     cascade = stage("tune-cascade", lambda: tune_cascade.run(settings, oof["text"], oof["image"], _models_dir(settings, "cascade")))
     outputs["tune-cascade"] = {"bundle": cascade["bundle"]}
     predictions = storage.join(work_dir, "predictions", "test.csv")
-    spec = score.resolve_models(settings, _models_dir(settings))
     # The test rows' images are in ingest's dataset (it stores every row's image, test rows too).
-    scored = stage("score", lambda: score.run(spark, settings, storage.under(data, settings.get("ingest.test_csv")), predictions, spec, image_dataset=outputs["ingest"]["dataset"]))
+    scored = stage("score", lambda: score.run(spark, settings, storage.under(data, settings.get("ingest.test_csv")), predictions, score.resolve_models(settings, _models_dir(settings)), image_dataset=outputs["ingest"]["dataset"]))
     outputs["score"] = {"test": predictions}
     submitted = stage("submission", lambda: submission.run(settings, predictions, storage.join(work_dir, "submission.csv")))
     outputs["submission"] = {"csv": submitted["output"]}

@@ -120,8 +120,9 @@ def meant_name(info: zipfile.ZipInfo, known_guids: Collection[str] = ()) -> str:
     reads a name as cp437, as the format says; but Info-ZIP on Linux writes UTF-8 bytes without
     the flag, and Windows' own and 7-Zip's archivers the OEM code page, cp866 for Russian: a
     Cyrillic name came out as ``╨║╨╜╨╕╨│╨░1`` and never matched its row. The name's bytes are
-    read as UTF-8, cp866 or cp1251, the first that names a row's image; else UTF-8 where the
-    bytes are valid UTF-8, else cp866 (which reads any bytes)."""
+    read as UTF-8, cp866, cp1251 or cp437 (the format's own, as a Western archiver writes it),
+    the first that names a row's image; else UTF-8 where the bytes are valid UTF-8, else cp866
+    (which reads any bytes)."""
     if info.flag_bits & _ZIP_UTF8_FLAG or info.filename.isascii():
         return info.filename
     raw = info.filename.encode("cp437")  # the bytes back: zipfile read them as cp437
@@ -131,7 +132,7 @@ def meant_name(info: zipfile.ZipInfo, known_guids: Collection[str] = ()) -> str:
             readings.append(raw.decode(encoding))
         except UnicodeDecodeError:
             continue
-    for name in readings:
+    for name in (*readings, info.filename):
         if _known(guid_of(name, known_guids, zip_member=True), known_guids) is not None:
             return name
     return readings[0]
@@ -180,11 +181,23 @@ def images_by_guid(names: Iterable[str], known_guids: Collection[str] = (), zip_
     ``KP.THM`` is its image). More than one name for a guid means the guid's image is ambiguous.
     ``meant``: a name -> the name its guid is read from (``meant_name``), where they differ."""
     meant = meant or {}
+    exactly = frozenset(known_guids)  # spelled as the rows spell them, no other Unicode form
     members: dict[str, list[str]] = defaultdict(list)
+    other_form: list[tuple[str, str, str]] = []  # (row's guid, the file's own guid, name)
     for name in names:
         shown = meant.get(name, name)
         if is_indexed(shown, known_guids, zip_member):
-            members[guid_of(shown, known_guids, zip_member)].append(name)
+            guid = guid_of(shown, known_guids, zip_member)
+            own = guid_of(shown, exactly, zip_member)
+            if guid == own:
+                members[guid].append(name)
+            else:
+                other_form.append((guid, own, name))
+    # A name in another Unicode form is its row's image unless a file spelled exactly as the row
+    # is there too (a folder re-copied from macOS): then it stays apart, not "ambiguous" beside it.
+    spelled_exactly = set(members)
+    for guid, own, name in other_form:
+        members[own if guid in spelled_exactly else guid].append(name)
     return {guid: sorted(found) for guid, found in members.items()}
 
 

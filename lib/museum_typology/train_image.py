@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import re
 import sys
 import tempfile
 import time
@@ -111,14 +113,25 @@ def configured_task_cpus(spark) -> int | None:
     return int(value) if value else None
 
 
+def local_task_slots(master: str, task_cpus: int | None) -> int | None:
+    """The tasks a ``local``, ``local[N]`` or ``local[*]`` master runs at once (its cores over
+    ``spark.task.cpus``); None for any other master, whose slots only the cluster knows."""
+    found = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", master.strip())
+    if not found:
+        return None
+    cores = (os.cpu_count() or 1) if found.group(1) == "*" else int(found.group(1) or 1)
+    return max(1, cores // (task_cpus or 1))
+
+
 def check_task_slots(spark, processes: int, start_timeout: int) -> None:
     """A local master has exactly its task slots: more Horovod processes than that waited
     ``image.start_timeout`` for tasks that never start, then failed with Horovod's traceback."""
-    context = spark.sparkContext
-    if context.master.startswith("local") and processes > context.defaultParallelism:
+    master = spark.sparkContext.master
+    slots = local_task_slots(master, configured_task_cpus(spark))
+    if slots is not None and processes > slots:
         raise TrainImageError(
-            f"{processes} Horovod processes, but Spark master {context.master} runs {context.defaultParallelism} tasks at once: "
-            f"they would wait image.start_timeout ({start_timeout} s) for tasks that never start; use --num-proc {context.defaultParallelism} or fewer"
+            f"{processes} Horovod processes, but Spark master {master} runs {slots} tasks at once: "
+            f"they would wait image.start_timeout ({start_timeout} s) for tasks that never start; use --num-proc {slots} or fewer"
         )
 
 
