@@ -585,6 +585,32 @@ def test_image_lookup_ignores_extensions_and_hidden_files(tmp_path):
         score.find_image_files(str(tmp_path / "x.JPG"))
 
 
+def test_image_folder_with_a_name_that_is_not_utf8_a_dangling_link_or_a_fifo(tmp_path, caplog):
+    """A file name that is not UTF-8 (a cp1251 name from an old archive) failed the whole job with
+    pyarrow's UnicodeDecodeError; a dangling symbolic link vanished from the listing, so its row
+    said only "no image"; a FIFO must not be read (it would block)."""
+    import os
+
+    (tmp_path / "good.jpg").write_bytes(jpeg((200, 0, 0)))
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.jpg"), "wb") as handle:
+        handle.write(b"x")
+    (tmp_path / "dang.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(tmp_path / "fifo.jpg")
+    with caplog.at_level("WARNING"):
+        found = score.find_image_files(str(tmp_path))
+    assert found == {"good": str(tmp_path / "good.jpg"), "dang": str(tmp_path / "dang.jpg")}
+    assert "1 file name(s) that are not UTF-8 text left out, e.g. b'bad\\xff.jpg'" in caplog.text
+    tasks = pd.DataFrame({"row": range(2), "guid": ["good", "dang"], "text": "", "image_kind": score.IMAGE_FILE, "image_ref": [found["good"], found["dang"]], "note": ""})
+    got = score.Scorer(spec(), KeywordText(), ColourImage()).score_frame(tasks)
+    assert list(got["source"]) == ["image", "default"] and got["note"][1].startswith(f"image unreadable: {tmp_path / 'dang.jpg'}")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    write_row_groups(str(dataset / "part-0.parquet"), [[("g1", (200, 0, 0), None)]])
+    with open(os.path.join(os.fsencode(dataset), b"notes\xe9.txt"), "wb") as handle:
+        handle.write(b"x")
+    assert score.find_dataset_images(str(dataset)) == {"g1": str(dataset / "part-0.parquet")}
+
+
 def test_image_lookup_skips_sidecars_and_keeps_dotted_guids(tmp_path):
     # u1.xmp beside u1.jpg made u1 "ambiguous" (no image, a note); inv.1.jpg was looked up as "inv".
     for name in ["u1.jpg", "u1.xmp", "u1.json", "u1.txt", "Thumbs.db", "inv.1.jpg", "inv.2"]:

@@ -334,7 +334,7 @@ def _scorer_spec(args: argparse.Namespace, settings: Settings):
 def _score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="CSV|PARQUET", help="rows to score: guid,description[,...] (either may be empty)")
     parser.add_argument("--output", required=True, metavar="CSV|PARQUET", help="guid,typology,confidence,source,model_version,note (Parquet adds confidences and input hashes)")
-    parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension")
+    parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension (given with --image-dataset: a guid's file here is its image, the dataset only for guids without one)")
     parser.add_argument("--image-dataset", metavar="DIR", help="images from a petastorm dataset written by ingest or crawl")
     _model_arguments(parser)
 
@@ -369,7 +369,7 @@ def _rescore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictions", metavar="DIR", help="the dated partitions, date=YYYY-MM-DD/ (default: WORK_DIR/predictions)")
     parser.add_argument("--date", metavar="YYYY-MM-DD", help="the night's partition (default: today, UTC); pass it explicitly from a scheduler so a retry writes the same one")
     parser.add_argument("--force", action="store_true", help="score the night's delta again even when its partition is already complete")
-    parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension (hashed every night to see changes)")
+    parser.add_argument("--images", metavar="DIR", help="images as DIR/<guid> with any or no extension (hashed every night to see changes; given with --image-dataset, a guid's file here is its image, the dataset only for guids without one)")
     parser.add_argument("--image-dataset", metavar="DIR", help="images from a petastorm dataset written by ingest or crawl (its sha256 column says what changed)")
     _model_arguments(parser)
 

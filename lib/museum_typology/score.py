@@ -193,7 +193,8 @@ def find_dataset_images(dataset_url: str, s3: S3Options | None = None) -> dict[s
     output). Reads only the guid column of each part, never the images."""
     check_image_sources(None, dataset_url, s3)
     fs, root = storage.filesystem(dataset_url, s3)
-    parts = sorted(info.path for info in fs.get_file_info(pa.fs.FileSelector(root, recursive=True)) if info.path.endswith(".parquet") and "/_" not in info.path[len(root):])
+    # Listed as every job lists (a stray file name that is not UTF-8 is left out with a warning).
+    parts = [f"{root.rstrip('/')}/{name}" for name in storage.list_files(dataset_url, s3, recursive=True) if name.endswith(".parquet") and not any(p.startswith("_") for p in name.split("/"))]
     if not parts:
         raise storage.StorageError(f"{dataset_url}: no Parquet part files (expected an ingest or crawl dataset/)")
     found: dict[str, str] = {}

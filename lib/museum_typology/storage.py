@@ -23,6 +23,10 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .log import get_logger
+
+log = get_logger(__name__)
+
 SUCCESS_MARKER = "_SUCCESS"
 
 
@@ -222,21 +226,59 @@ def list_file_stats(url: str, s3: S3Options | None = None, recursive: bool = Fal
     dates (``cp -p``, ``unzip``, ``exiftool -P``) set the first back but not the second. 0 where
     the store gives none."""
     fs, path = filesystem(url, s3)
+    if not is_s3(url):
+        return _local_file_stats(path, recursive, url)
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=False)
     try:
         infos = fs.get_file_info(selector)
     except (OSError, FileNotFoundError) as exc:
         raise StorageError(f"{url}: cannot list ({exc})") from None
     prefix = path.rstrip("/") + "/"
-    local = not is_s3(url)
-    stats = []
-    for info in infos:
-        if info.type == pafs.FileType.File:
-            changed = int(info.mtime_ns or 0)
-            if local:
-                with contextlib.suppress(OSError):  # gone since the listing: its name and size still count
-                    changed = max(changed, os.stat(info.path).st_ctime_ns)
-            stats.append((info.path[len(prefix):], int(info.size or 0), changed))
+    return sorted((info.path[len(prefix):], int(info.size or 0), int(info.mtime_ns or 0)) for info in infos if info.type == pafs.FileType.File)
+
+
+def _local_file_stats(root: str, recursive: bool, url: str) -> list[tuple[str, int, int]]:
+    """``list_file_stats`` of a local directory, listed by Python rather than pyarrow: pyarrow
+    failed the whole job with a UnicodeDecodeError on one file name that is not UTF-8 (a
+    cp1251 name from an old archive), which is skipped here with a warning. A symbolic link
+    that leads nowhere (dangling, or a loop) is listed, size 0, so that reading it says why;
+    FIFOs, sockets and devices are not (reading one could block). Symlinked folders are not
+    descended into, as pyarrow did not."""
+    if not os.path.isdir(root):
+        raise StorageError(f"{url}: cannot list ({'no such directory' if not os.path.exists(root) else 'not a directory'})")
+    stats: list[tuple[str, int, int]] = []
+    not_utf8: list[str] = []
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(os.path.join(root, folder) if folder else root))
+        except OSError as exc:
+            raise StorageError(f"{url}: cannot list {folder or 'it'} ({exc})") from None
+        for entry in entries:
+            name = f"{folder}/{entry.name}" if folder else entry.name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogates
+                not_utf8.append(name)
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if recursive:
+                    folders.append(name)
+                continue
+            if entry.is_file():  # a file, or a link to one
+                try:
+                    info = entry.stat()
+                except OSError:  # gone since the listing: its name still counts
+                    stats.append((name, 0, 0))
+                    continue
+                # The later of the modification and status-change times: tools that restore dates
+                # (cp -p, unzip, exiftool -P) set the first back but not the second.
+                stats.append((name, int(info.st_size), max(info.st_mtime_ns, info.st_ctime_ns)))
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                stats.append((name, 0, 0))
+    if not_utf8:
+        log.warning("%s: %d file name(s) that are not UTF-8 text left out, e.g. %r (rename them)", url, len(not_utf8), not_utf8[0].encode("utf-8", "surrogateescape"))
     return sorted(stats)
 
 
