@@ -197,3 +197,19 @@ def test_a_bundle_whose_commit_did_not_finish_is_not_reused(tmp_path):
     (models / "v1" / storage.SUCCESS_MARKER).unlink()
     assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None
     assert bundles.reusable_bundle(str(models), "key-1") is None
+
+
+def test_reading_an_out_of_fold_files_versions_lets_the_process_exit_cleanly(tmp_path):
+    """pyarrow 10 reading Parquet from a Python file object (io.BytesIO) aborted the process at
+    exit ("terminate called without an active exception", exit 134) in most runs: train-text
+    printed "reused" and then failed for a scheduler."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    oof = tmp_path / "text.parquet"
+    bundles.write_oof(str(oof), ["a", "b"], [0, 1], [0, 1], np.full((2, 15), 1 / 15), "V1", "text")
+    code = f"from museum_typology import bundles; assert bundles.oof_versions({str(oof)!r}) == {{'V1'}}"
+    codes = [subprocess.run([sys.executable, "-c", code], capture_output=True).returncode for _ in range(3)]
+    assert codes == [0, 0, 0]

@@ -640,6 +640,32 @@ def test_data_too_small_or_too_alike_for_the_folds_is_one_clear_line(tmp_path, c
     assert "only 1 labelled rows with a description; need at least 10" in capsys.readouterr().err
 
 
+def test_train_text_checks_its_outputs_says_what_it_leaves_out_and_names_the_manifest(tmp_path, caplog, monkeypatch):
+    """A file as --model-dir failed with a traceback after every fold trained, a folder as --oof
+    after the bundle was committed; rows the reader rejected (a label "Графика ") left their class
+    without a word; an error a --manifest caused blamed the data directory."""
+    from museum_typology import train_text
+
+    monkeypatch.setattr(train_text, "train_word_vectors", lambda *a, **k: pytest.fail("training started"))
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"g{i},Монета номер {i},{CLASSES[7]}\n" for i in range(6)) + "".join(f"h{i},Гравюра {i},Графика \n" for i in range(3)) + "w1,...,графика\n"
+    (data / "train.csv").write_text("guid,description,typology\n" + rows, encoding="utf-8")
+    settings = load_settings(environ={})
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "afolder").mkdir()
+    for models, oof, message in ((tmp_path / "afile", tmp_path / "oof.parquet", "--model-dir is a file, not a folder"), (tmp_path / "models", tmp_path / "afolder", "--oof is a folder; name a file")):
+        with pytest.raises(OSError, match=message):
+            train_text.run(settings, str(data), str(models), str(oof))
+    with caplog.at_level("WARNING"), pytest.raises(train_text.TrainTextError, match=f"{data}: only 6 labelled rows"):
+        train_text.run(settings, str(data), str(tmp_path / "models"), str(tmp_path / "oof.parquet"))
+    assert "train-text: 4 of 10 labelled rows left out: 3 unknown typology, 1 without words in the description; e.g. train.csv row 7" in caplog.text
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("guid,typology,keep\ng0,,no\n", encoding="utf-8")
+    with pytest.raises(train_text.TrainTextError, match=f"{data} with --manifest {manifest}: only 5 labelled rows"):
+        train_text.run(settings, str(data), str(tmp_path / "models"), str(tmp_path / "oof.parquet"), manifest=str(manifest))
+
+
 def test_navec_scale_does_not_depend_on_the_order_of_the_words():
     """The navec vectors were scaled by a float32 mean summed in the order of a set of words, which
     follows the process's string-hash seed: the BiLSTM's inputs, and its fold scores, changed from

@@ -8,7 +8,6 @@ the bundle instead of training again (``reusable_bundle``).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import tempfile
@@ -169,12 +168,15 @@ def oof_versions(url: str, s3: S3Options | None = None) -> set[str]:
     """The ``model_version`` values of an out-of-fold Parquet file (empty when it is missing or
     unreadable, or has no such column: the bundle it named is then trained again, and the log
     says why). The store failing (S3) is raised: not a reason to train for hours."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not storage.exists(url, s3):
         return set()
     try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(url, s3)), columns=["model_version"])
+        # pa.BufferReader, not io.BytesIO: pyarrow 10 reading a Python file object aborted the
+        # process at exit ("terminate called without an active exception", exit 134) in most runs.
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(url, s3)), columns=["model_version"])
     except Exception as exc:  # noqa: BLE001 - any unreadable file is "not this run's"
         if storage.is_s3_error(exc):
             raise

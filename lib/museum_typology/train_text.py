@@ -94,6 +94,33 @@ def choose_weight(lstm: np.ndarray, tfidf: np.ndarray, y: np.ndarray, grid: tupl
     return best, scores
 
 
+def say_rows_left_out(rows: list[InputRow]) -> None:
+    """Log how many rows of the labelled titles file (train.csv) the text model does not learn
+    from, and why (the reader's reasons, counted, with examples; descriptions without words):
+    10 rows labelled "Графика " left their class without a word."""
+    from collections import Counter
+
+    from .schema import SPLIT_TRAIN
+
+    labelled = [r for r in rows if r.split == SPLIT_TRAIN]
+    rejected = [r for r in labelled if r.rejected_reason]
+    wordless = [r for r in labelled if not r.rejected_reason and r.typology is not None and not normalize(r.description)]
+    if not rejected and not wordless:
+        return
+    kinds = Counter(reason_kind(r.rejected_reason) for r in rejected)
+    if wordless:
+        kinds["without words in the description"] = len(wordless)
+    examples = [r.rejected_reason for r in rejected[:3]] or [f"{r.source_file} row {r.source_row}: {r.description!r}" for r in wordless[:3]]
+    log.warning("train-text: %d of %d labelled rows left out: %s; e.g. %s", len(rejected) + len(wordless), len(labelled), ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()), "; ".join(examples))
+
+
+def reason_kind(reason: str | None) -> str:
+    """A reader's reason without its file and row ("train.csv row 7 (line 8): unknown typology
+    'Графика '" -> "unknown typology"), to count rows by kind."""
+    text = (reason or "").split(": ", 1)[-1]
+    return text.split(" '", 1)[0].split(" (", 1)[0].strip() or "rejected"
+
+
 def read_url_only_rows(data_dir: str, settings: Settings, s3: S3Options | None = None) -> list[InputRow]:
     """The rows of the URL CSV (``text.url_only_csv``) under ``data_dir``, for the word vectors'
     corpus only; [] when the setting is empty or the file is not there. Its labels are not read
@@ -119,20 +146,26 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         settings = settings.set(["text", "folds"], int(folds), "--folds")
     ts = TextSettings.from_settings(settings)
     seed_everything(ts.seed)
+    # Where the results go, before the folds train: a file as --model-dir failed with a traceback
+    # after every fold, a folder as --oof after the bundle was committed.
+    storage.check_can_write(model_dir, "--model-dir", folder=True, s3=s3)
+    storage.check_can_write(oof_url, "--oof", folder=False, s3=s3)
 
     rows = read_input_rows(data_dir, settings, s3)
     data = labelled_texts(rows)
+    say_rows_left_out(rows)
+    where = f"{data_dir} with --manifest {manifest}" if manifest else data_dir
     if manifest:  # the clean job's decisions: relabelled rows get their new label, dropped rows leave
         from .clean import apply_cleaned_labels, read_cleaned_labels
 
         data = apply_cleaned_labels(data, read_cleaned_labels(manifest, s3))
     if len(data) < ts.folds * 2:
-        raise TrainTextError(f"{data_dir}: only {len(data)} labelled rows with a description; need at least {ts.folds * 2}")
+        raise TrainTextError(f"{where}: only {len(data)} labelled rows with a description; need at least {ts.folds * 2}")
     corpus = [normalize(r.description) for r in [*rows, *read_url_only_rows(data_dir, settings, s3)] if r.description]
     log.info("train-text: %d labelled titles, %d descriptions for word vectors, %d folds", len(data), len(corpus), ts.folds)
 
     fold = fold_ids(data, ts.folds, ts.seed)
-    check_folds(data.y, fold, ts.folds, data_dir)
+    check_folds(data.y, fold, ts.folds, where)
     # The run key: the labelled titles, every description the word vectors learn from, and the
     # settings. The same key means the same model, so a bundle trained under it is reused.
     digest = data_hash(data)
