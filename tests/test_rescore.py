@@ -411,3 +411,21 @@ def test_clear_errors(spark, settings, night1, capsys, monkeypatch):
     pd.DataFrame({"guid": ["a"], "status": ["ok"]}).to_parquet(root / "ingest" / "manifest.parquet")
     with pytest.raises(storage.StorageError, match=r"manifest.parquet has no image column: --image-dataset must be the dataset/ folder"):
         score.find_dataset_images(str(root / "ingest"))
+
+
+def test_abandoned_writes_are_removed_and_a_set_aside_night_is_said(tmp_path, caplog):
+    """A night killed mid-write and never re-run (a newer night committed since, so it cannot be)
+    left its temporary folder for good; a night a crash set aside between a commit's two renames
+    was silently not read; a predictions path with a typo read as "no predictions yet"."""
+    predictions = tmp_path / "predictions"
+    for name in ("date=2026-11-10", ".date=2026-11-09.tmp-1a2b3c4d", ".date=2026-11-12.tmp-5e6f7a8b", ".date=2026-11-11.old-0123abcd"):
+        (predictions / name).mkdir(parents=True)
+    (predictions / "date=2026-11-10" / "_SUCCESS").write_text("")
+    with caplog.at_level("WARNING"):
+        partitions = rescore.committed_partitions(str(predictions))
+    assert [d for d, _ in partitions] == ["2026-11-10"]
+    assert "night date=2026-11-11 was set aside by a crash" in caplog.text and "the next rescore run puts it back" in caplog.text
+    rescore.remove_abandoned_writes(str(predictions), partitions)
+    assert sorted(p.name for p in predictions.iterdir()) == [".date=2026-11-11.old-0123abcd", ".date=2026-11-12.tmp-5e6f7a8b", "date=2026-11-10"]  # a newer night's write may still be running
+    with pytest.raises(rescore.RescoreError, match="no_such: no such predictions directory"):
+        rescore.current_predictions(str(tmp_path / "no_such"))

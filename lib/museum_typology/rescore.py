@@ -97,6 +97,8 @@ NOT_SCORED_SCHEMA = pa.schema([("source_file", pa.string()), ("source_row", pa.i
 PARTITION_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 # A partition a local commit set aside (storage._commit's ".NAME.old-*"; once "NAME.old-*").
 SET_ASIDE_RE = re.compile(r"\.?(date=\d{4}-\d{2}-\d{2})\.old-[0-9a-f]{8}")
+# The temporary folder of a night's write (``storage.atomic_directory``), left by a killed run.
+WRITING_RE = re.compile(r"\.date=(\d{4}-\d{2}-\d{2})\.tmp-[0-9a-f]+")
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
 # The summary keys that describe the plan (what a re-run compares before skipping).
 PLAN_KEYS = (
@@ -186,7 +188,15 @@ def committed_partitions(predictions_url: str, s3: S3Options | None = None) -> l
     if not storage.is_dir(predictions_url, s3):
         raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
     found = []
-    for date, url in partition_dirs(predictions_url, s3):
+    listed = partition_dirs(predictions_url, s3)
+    if not storage.is_s3(predictions_url):  # only a local commit sets a night aside
+        fs, path = storage.filesystem(predictions_url, s3)
+        present = {date for date, _ in listed}
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+            aside = SET_ASIDE_RE.fullmatch(posixpath.basename(info.path.rstrip("/")))
+            if aside and aside.group(1)[len("date="):] not in present:
+                log.warning("rescore: night %s was set aside by a crash (%s) and is not read; the next rescore run puts it back", aside.group(1), info.path)
+    for date, url in listed:
         try:
             dt.date.fromisoformat(date)
         except ValueError:
@@ -213,6 +223,22 @@ def put_back_set_aside_partitions(predictions_url: str, s3: S3Options | None = N
         storage.clean_up_after_crashes(url, s3)
         if missing:
             log.warning("rescore: %s was set aside by a crash and no partition had replaced it; put back", url)
+
+
+def remove_abandoned_writes(predictions_url: str, partitions: Sequence[tuple[str, str]], s3: S3Options | None = None) -> None:
+    """Delete the temporary folders of killed nights older than the newest committed one: such a
+    night can no longer be re-run (rescore only moves forward), so nothing else would remove a
+    whole catalogue's worth of predictions left there."""
+    if not partitions or not storage.is_dir(predictions_url, s3):
+        return
+    newest = partitions[-1][0]
+    fs, path = storage.filesystem(predictions_url, s3)
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        name = posixpath.basename(info.path.rstrip("/"))
+        match = WRITING_RE.fullmatch(name)
+        if match and match.group(1) < newest:
+            storage.delete_dir(storage.join(predictions_url, name), s3)
+            log.info("rescore: removed %s, the write of night %s killed before it committed (night %s is newer)", name, match.group(1), newest)
 
 
 def partition_dirs(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, str]]:
@@ -252,6 +278,8 @@ def current_predictions(
     from. Sorted by guid. Guids that left the catalogue keep their last prediction. ``partitions``:
     ``committed_partitions``' answer when the caller has it (each partition's marker is a request
     on S3)."""
+    if partitions is None and not storage.exists(predictions_url, s3):  # a typo read as "no predictions yet"
+        raise RescoreError(f"{predictions_url}: no such predictions directory (rescore writes date=YYYY-MM-DD/ partitions there)")
     columns = list(dict.fromkeys(["guid", *columns]))
     tables = []
     for date, url in committed_partitions(predictions_url, s3) if partitions is None else partitions:
@@ -489,6 +517,7 @@ def run(
     partition_url = storage.join(predictions_url, f"date={date}")
     put_back_set_aside_partitions(predictions_url, s3)
     partitions = committed_partitions(predictions_url, s3)
+    remove_abandoned_writes(predictions_url, partitions, s3)
     newer = [d for d, _ in partitions if d > date]
     if newer:
         raise RescoreError(
