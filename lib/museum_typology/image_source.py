@@ -133,7 +133,7 @@ def meant_name(info: zipfile.ZipInfo, known_guids: Collection[str] = ()) -> str:
         except UnicodeDecodeError:
             continue
     for name in (*readings, info.filename):
-        if _known(guid_of(name, known_guids, zip_member=True), known_guids) is not None:
+        if guid_of(name, known_guids, zip_member=True) in known_guids:  # spelled as its row
             return name
     return readings[0]
 

@@ -721,7 +721,7 @@ def to_csv(result: pd.DataFrame) -> bytes:
     table = result.loc[:, list(OUTPUT_COLUMNS)]
     # A guid with a control character (its row's note says so) goes in escaped: a raw NUL cut
     # the guid short for pandas reading the predictions. Parquet keeps it as it was read.
-    table = table.assign(guid=table["guid"].map(lambda g: escape_control_characters(g) if isinstance(g, str) and has_control_character(g) else g))
+    table = table.assign(guid=table["guid"].map(lambda g: escape_control_characters(g) if isinstance(g, str) else g))
     return table.to_csv(index=False, lineterminator="\n").encode("utf-8")
 
 

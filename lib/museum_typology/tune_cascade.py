@@ -52,14 +52,19 @@ def read_oof(url: str, s3: S3Options | None, source: str) -> tuple[list[str], np
     return oof.guids, oof.y, oof.proba, oof.model_versions[0] if oof.model_versions else ""
 
 
+def shared_rows(t_guids: list[str], i_guids: list[str]) -> list[tuple[int, int]]:
+    """(text row, image row) of each guid both out-of-fold files hold, in the image file's order."""
+    where = {g: k for k, g in enumerate(t_guids)}
+    return [(where[g], k) for k, g in enumerate(i_guids) if g in where]
+
+
 def label_disagreements(t_guids: list[str], t_y: np.ndarray, i_guids: list[str], i_y: np.ndarray) -> list[tuple[str, int, int]]:
     """(guid, text label, image label) for each guid the two files label differently: models
     trained on other labels (train-text with a clean --manifest, the image folds without). The
     tuning pairs each image row with text rows of its own label, so it still works, but with the
     image file's labels as the truth; said, not refused (clean, which averages one guid's
     probabilities under one label, refuses such files)."""
-    where = {g: k for k, g in enumerate(t_guids)}
-    return [(g, int(t_y[where[g]]), int(i_y[k])) for k, g in enumerate(i_guids) if g in where and t_y[where[g]] != i_y[k]]
+    return [(i_guids[i], int(t_y[t]), int(i_y[i])) for t, i in shared_rows(t_guids, i_guids) if t_y[t] != i_y[i]]
 
 
 # Bumped when tuning changes what the same out-of-fold files and settings give (the pairing, the
@@ -170,8 +175,7 @@ def reusable_cascade(cascade_dir: str, run_key: str, s3: S3Options | None) -> di
 
 def real_pairs(t_guids, t_proba, i_guids, i_y, i_proba, tuned: CascadeParams, baseline: CascadeParams) -> dict[str, Any]:
     """Items that really have both modalities in the OOF files, scored both ways (few here)."""
-    where = {g: k for k, g in enumerate(t_guids)}
-    both = [(where[g], k) for k, g in enumerate(i_guids) if g in where]
+    both = shared_rows(t_guids, i_guids)
     if not both:
         return {"rows": 0}
     t_rows, i_rows = (np.array(x) for x in zip(*both))
