@@ -188,14 +188,14 @@ def committed_partitions(predictions_url: str, s3: S3Options | None = None) -> l
     if not storage.is_dir(predictions_url, s3):
         raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
     found = []
-    listed = partition_dirs(predictions_url, s3)
+    entries = _entries(predictions_url, s3)
+    listed = partition_dirs(predictions_url, s3, entries)
     if not storage.is_s3(predictions_url):  # only a local commit sets a night aside
-        fs, path = storage.filesystem(predictions_url, s3)
         present = {date for date, _ in listed}
-        for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-            aside = SET_ASIDE_RE.fullmatch(posixpath.basename(info.path.rstrip("/")))
+        for name, _ in entries:
+            aside = SET_ASIDE_RE.fullmatch(name)
             if aside and aside.group(1)[len("date="):] not in present:
-                log.warning("rescore: night %s was set aside by a crash (%s) and is not read; the next rescore run puts it back", aside.group(1), info.path)
+                log.warning("rescore: night %s was set aside by a crash (%s) and is not read; the next rescore run puts it back", aside.group(1), storage.join(predictions_url, name))
     for date, url in listed:
         try:
             dt.date.fromisoformat(date)
@@ -215,8 +215,7 @@ def put_back_set_aside_partitions(predictions_url: str, s3: S3Options | None = N
     history without it (and can no longer re-run X)."""
     if storage.is_s3(predictions_url) or not storage.is_dir(predictions_url, s3):
         return  # an S3 commit copies over the old objects: it sets nothing aside
-    fs, path = storage.filesystem(predictions_url, s3)
-    names = {match.group(1) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)) if (match := SET_ASIDE_RE.fullmatch(posixpath.basename(info.path.rstrip("/"))))}
+    names = {match.group(1) for name, _ in _entries(predictions_url, s3) if (match := SET_ASIDE_RE.fullmatch(name))}
     for name in sorted(names):
         url = storage.join(predictions_url, name)
         missing = not storage.exists(url, s3)
@@ -232,24 +231,27 @@ def remove_abandoned_writes(predictions_url: str, partitions: Sequence[tuple[str
     if not partitions or not storage.is_dir(predictions_url, s3):
         return
     newest = partitions[-1][0]
-    fs, path = storage.filesystem(predictions_url, s3)
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        name = posixpath.basename(info.path.rstrip("/"))
+    for name, _ in _entries(predictions_url, s3):
         match = WRITING_RE.fullmatch(name)
         if match and match.group(1) < newest:
             storage.delete_dir(storage.join(predictions_url, name), s3)
             log.info("rescore: removed %s, the write of night %s killed before it committed (night %s is newer)", name, match.group(1), newest)
 
 
-def partition_dirs(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, str]]:
-    """``(date, url)`` of the ``date=YYYY-MM-DD`` directories directly under a directory, committed
-    or not, in listing order (``evaluate`` tells rescore's history from other Parquet by them)."""
+def _entries(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, bool]]:
+    """(name, whether it is a directory) of each entry directly under a directory: one listing."""
     fs, path = storage.filesystem(predictions_url, s3)
+    return [(posixpath.basename(info.path.rstrip("/")), info.type == pafs.FileType.Directory) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False))]
+
+
+def partition_dirs(predictions_url: str, s3: S3Options | None = None, entries: Sequence[tuple[str, bool]] | None = None) -> list[tuple[str, str]]:
+    """``(date, url)`` of the ``date=YYYY-MM-DD`` directories directly under a directory, committed
+    or not, in listing order (``evaluate`` tells rescore's history from other Parquet by them).
+    ``entries``: ``_entries``' listing when the caller has it."""
     found = []
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        name = info.path.rstrip("/").rsplit("/", 1)[-1]
+    for name, is_dir in _entries(predictions_url, s3) if entries is None else entries:
         match = PARTITION_RE.fullmatch(name)
-        if info.type == pafs.FileType.Directory and match:
+        if is_dir and match:
             found.append((match.group(1), storage.join(predictions_url, name)))
     return found
 
