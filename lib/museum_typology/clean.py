@@ -761,7 +761,7 @@ def _parse_cleaned_labels(url: str, raw: bytes) -> dict[str, str | None]:
             options = pacsv.ConvertOptions(column_types={c: pa.string() for c in _MANIFEST_TEXT_COLUMNS}, null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
             table = pacsv.read_csv(io.BytesIO(raw), convert_options=options)
         else:
-            table = pq.read_table(pa.BufferReader(raw))  # not io.BytesIO: see bundles.oof_versions
+            table = bundles.read_parquet_bytes(raw)  # not pq.read_table: it could abort the process at exit
     except (pa.ArrowInvalid, OSError) as exc:
         raise OofError(f"{url}: not a readable cleaned manifest ({exc})") from None
     columns = set(table.column_names)
