@@ -209,6 +209,37 @@ def test_a_parquet_guid_column_that_cannot_be_text_is_one_error(tmp_path):
         read_table(str(tmp_path / "p.parquet"), PRED_COLUMNS, "predictions")
 
 
+def test_a_parquet_directory_is_read_file_by_file(tmp_path):
+    """Read as one dataset, a later file's "GUID" came in as empty guids (its rows counted as
+    unpredicted, with no error), and a file without a typology column joined as empty."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    pq.write_table(pa.table({"guid": ["g1", "g2"], "typology": [A, B], "source": ["text", "text"]}), folder / "part-0.parquet")
+    # another writer's spelling, an integer guid and an all-empty column stored as Arrow's null type
+    pq.write_table(pa.table({" GUID": pa.array([3], pa.int64()), "Typology": [C], "confidence": pa.array([None], pa.null())}), folder / "part-1.parquet")
+    (folder / "_SUCCESS").write_text("")
+    frame = read_table(str(folder), PRED_COLUMNS, "predictions").sort_values("guid")
+    assert frame["guid"].tolist() == ["3", "g1", "g2"] and frame["typology"].tolist() == [C, A, B]
+    assert frame["source"].tolist() == ["", "text", "text"]
+
+    pq.write_table(pa.table({"guid": ["g4"], "label": [A]}), folder / "part-2.parquet")
+    with pytest.raises(EvaluateError, match=r"^predictions .*pred: its file part-2\.parquet: missing column\(s\) typology \(found: guid, label\); every Parquet file"):
+        read_table(str(folder), PRED_COLUMNS, "predictions")
+    pq.write_table(pa.table({"guid": ["g4"], "Guid": ["g5"], "typology": [A]}), folder / "part-2.parquet")
+    with pytest.raises(EvaluateError, match=r"its file part-2\.parquet: column\(s\) guid appear more than once"):
+        read_table(str(folder), PRED_COLUMNS, "predictions")
+    (folder / "part-2.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(EvaluateError, match=r"^predictions .*pred: "):
+        read_table(str(folder), PRED_COLUMNS, "predictions")
+    for part in folder.glob("part-*"):
+        part.unlink()
+    with pytest.raises(EvaluateError, match=r"^predictions .*pred: a directory without Parquet files$"):
+        read_table(str(folder), PRED_COLUMNS, "predictions")
+
+
 def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):
     truth, pred = tmp_path / "truth.csv", tmp_path / "pred.parquet"
     _truth().to_csv(truth, index=False)

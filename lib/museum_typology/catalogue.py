@@ -141,6 +141,23 @@ def with_text_columns(table, names: Sequence[str]):
     return table
 
 
+def parquet_data_files(fs, path: str, name: str) -> list[str]:
+    """The data files of a Parquet directory (``_SUCCESS``, ``.crc`` and other hidden files are
+    not among them), for reading one by one: read as one dataset, every file takes the first
+    file's column names as they are spelled ("GUID" in one file, "guid" in another comes in as
+    empty guids) and a column one file lacks comes in empty. ``name``: the directory in errors."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        files = pq.ParquetDataset(path, filesystem=fs).files
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CsvError(f"{name}: not a readable Parquet directory ({exc})") from None
+    if not files:
+        raise CsvError(f"{name}: a directory without Parquet files")
+    return files
+
+
 def _whole_int64(column) -> bool:
     """Every value of a float column is whole and fits int64 (nulls aside)."""
     import pyarrow.compute as pc

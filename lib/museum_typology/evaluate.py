@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import report, storage
-from .catalogue import DUPLICATE_NOTE, CsvError, decode_csv_bytes, read_strict_csv, repeated_columns, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, decode_csv_bytes, parquet_data_files, read_strict_csv, repeated_columns, with_text_columns
 from .config import Settings
 from .log import get_logger
 from .schema import CLASS_INDEX, CLASSES
@@ -88,22 +88,11 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
         frame = frame.where(frame.notna(), "").astype(str)
         log.info("%s %s: rescore's date partitions, read as each guid's current prediction (%d guids)", what, url, len(frame))
     elif lower.endswith((".parquet", ".pq")) or storage.is_dir(url, s3):
-        import pyarrow.parquet as pq
-
-        fs, path = storage.filesystem(url, s3)
-        try:
-            # the guids as text, cast in Arrow: pandas would read "1.0" where score wrote "1"
-            frame = with_text_columns(pq.read_table(path, filesystem=fs), ["guid"]).to_pandas()
-        except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow: a decimal guid cannot be cast to text
-            raise EvaluateError(f"{what} {url}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
+        frame = _parquet_frame(url, required, what, s3)
     else:
         raise EvaluateError(f"{what} {url}: unknown file type (expected .csv or .parquet)")
-    frame.columns = [str(c).strip().lstrip("\ufeff").lower() for c in frame.columns]
-    # "guid" and "GUID" (or "source" and "SOURCE") in one Parquet file: which holds the data is
-    # anybody's guess. A CSV's header was checked as it was read.
-    repeated = [c for c in repeated_columns(list(frame.columns)) if c]
-    if repeated:
-        raise EvaluateError(f"{what} {url}: column(s) {', '.join(repeated)} appear more than once (compared without case or surrounding spaces)")
+    frame.columns = _folded(frame.columns)
+    frame = _unrepeated(frame, f"{what} {url}")
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise EvaluateError(f"{what} {url}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns) or 'nothing'})")
@@ -112,6 +101,53 @@ def read_table(url: str, required: Sequence[str], what: str, s3: S3Options | Non
         # on it raised "Cannot setitem on a Categorical with a new category".
         if frame[column].dtype == object or isinstance(frame[column].dtype, pd.CategoricalDtype):
             frame[column] = frame[column].astype(object).fillna("").astype(str).str.strip()
+    return frame
+
+
+def _parquet_frame(url: str, required: Sequence[str], what: str, s3: S3Options | None) -> pd.DataFrame:
+    """A Parquet file, or a directory's data files one by one (``parquet_data_files``: read as
+    one dataset, a file's "GUID" column came in as empty guids beside another file's "guid"),
+    as one DataFrame whose column names are folded as a CSV header is. Each file of a
+    directory must hold the required columns itself, else its rows would join as empty."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(url, s3)
+    directory = storage.is_dir(url, s3)
+    try:
+        files = parquet_data_files(fs, path, f"{what} {url}") if directory else [path]
+    except CsvError as exc:
+        raise EvaluateError(str(exc)) from None
+    frames = []
+    for file in files:
+        where = f"{what} {url}: its file {file[len(path):].lstrip('/')}" if directory else f"{what} {url}"
+        try:
+            with fs.open_input_file(file) as handle:
+                table = pq.ParquetFile(handle).read(use_threads=False)
+            # the guids as text, cast in Arrow: pandas would read "1.0" where score wrote "1"
+            frame = with_text_columns(table, ["guid"]).to_pandas()
+        except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow: a decimal guid cannot be cast to text
+            raise EvaluateError(f"{where}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
+        frame.columns = _folded(frame.columns)
+        missing = [c for c in required if c not in frame.columns]
+        if directory and missing:
+            raise EvaluateError(f"{where}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns) or 'nothing'}); every Parquet file of the directory is read")
+        frames.append(_unrepeated(frame, where))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _folded(columns) -> list[str]:
+    """Column names compared without case, surrounding spaces or a byte-order mark, as a CSV
+    header is read."""
+    return [str(c).strip().lstrip("\ufeff").lower() for c in columns]
+
+
+def _unrepeated(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``frame``, unless it names a column twice: "guid" and "GUID" (or "source" and "SOURCE")
+    in one Parquet file, which holds the data is anybody's guess. A CSV's header was checked as
+    it was read."""
+    repeated = [c for c in repeated_columns(list(frame.columns)) if c]
+    if repeated:
+        raise EvaluateError(f"{where}: column(s) {', '.join(repeated)} appear more than once (compared without case or surrounding spaces)")
     return frame
 
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import bundles, storage, tflite_backbone
 from .cascade import CascadeParams, decide
-from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, escape_control_characters, has_control_character, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, where_recorded, with_text_columns
+from .catalogue import DUPLICATE_NOTE, CsvError, InputRow, decode_csv_bytes, escape_control_characters, has_control_character, parquet_data_files, parse_catalogue_csv, refuse_repeated_columns, rows_of_record, where_recorded, with_text_columns
 from .clean import image_fold_runs
 from .config import ConfigError, Settings, whole_number
 from .errors import InternalError
@@ -94,14 +94,8 @@ def _parquet_rows(url: str, name: str, s3: S3Options | None) -> list[InputRow]:
     fs, path = storage.filesystem(url, s3)
     if not storage.is_dir(url, s3):
         return _parquet_file_rows(fs, path, name)
-    try:  # the dataset's data files: _SUCCESS, .crc and other hidden files are not among them
-        files = pq.ParquetDataset(path, filesystem=fs).files
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CsvError(f"{name}: not a readable Parquet directory ({exc})") from None
-    if not files:
-        raise CsvError(f"{name}: a directory without Parquet files")
     rows: list[InputRow] = []
-    for file in files:
+    for file in parquet_data_files(fs, path, name):
         rows.extend(_parquet_file_rows(fs, file, f"{name}/{file[len(path):].lstrip('/')}", in_directory=name))
     return rows
 
