@@ -63,7 +63,8 @@ def test_a_setting_the_defaults_do_not_define_is_refused_with_the_nearest_name(t
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('[image]\ntta_flip = "false"\n', r"image.tta_flip expects a boolean .* got 'false'"),  # a non-empty string is true
+        # a non-empty string is true; in a file only TOML's true and false (not --set's yes/no)
+        ('[image]\ntta_flip = "false"\n', r"image.tta_flip expects a boolean \(true or false\) .* got 'false'"),
         ("[images]\nmax_side = true\n", r"images.max_side expects an integer .* got True"),
         ("[paths]\nwork_dir = 2024-05-01\n", r"paths.work_dir expects a string"),
         ("[cascade]\ndefault_class = 3\n", r"cascade.default_class expects a string"),
@@ -88,6 +89,42 @@ def test_errors_name_the_problem(tmp_path):
         load_settings(bad, environ={})
     with pytest.raises(ConfigError, match="'images.nope' is not defined"):
         load_settings(environ={}).get("images.nope")
+
+
+def test_a_bad_key_or_file_is_one_error_not_a_traceback(tmp_path):
+    """'#x' read as a TOML comment left no key (a ValueError from unpacking); a file that is not
+    UTF-8 was a UnicodeDecodeError; an empty --conf (an unset variable) ran on the defaults."""
+    with pytest.raises(ConfigError, match=r"--set '#x=1': bad key \(no key before '='"):
+        parse_override("#x=1")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[images]\n")
+    with pytest.raises(ConfigError, match=r"binary\.toml: not UTF-8 text \(byte 0\)"):
+        load_settings(binary, environ={})
+    with pytest.raises(ConfigError, match=r"--conf '': an empty path"):
+        load_settings("", environ={})
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "expected"),
+    [
+        # unquoted in a file: a table "spark" that Spark got as one setting named "spark", ignored
+        ("file", '[spark.conf]\nspark.driver.memory = "8g"\n', r'spark\.conf\.spark is a table, not a Spark setting; quote the whole key, as in "spark\.driver\.memory" = '),
+        ("file", '[spark.conf]\n"spark.jars.packages" = ["a", "b"]\n', r"spark\.conf\.spark\.jars\.packages is a list"),
+        ("set", "spark.conf.spark.executor.memory=8g", r'spark\.executor\.memory reads as nested keys; quote a Spark setting whole: spark\.conf\."spark\.executor\.memory"'),
+        ("set", 'spark.conf."spark.x"={a = 1}', r"spark\.conf\.spark\.x is a table"),
+        ("set", "spark.conf={spark = {driver = {memory = '8g'}}}", r"spark\.conf\.spark is a table"),
+    ],
+)
+def test_a_spark_setting_must_be_one_quoted_key_with_a_plain_value(tmp_path, where, text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        if where == "file":
+            conf = tmp_path / "site.toml"
+            conf.write_text(text, encoding="utf-8")
+            load_settings(conf, environ={})
+        else:
+            load_settings(overrides=[text], environ={})
+    quoted = load_settings(overrides=['spark.conf."spark.executor.memory"=8g'], environ={})
+    assert quoted.get("spark.conf")["spark.executor.memory"] == "8g"
 
 
 @pytest.mark.parametrize(

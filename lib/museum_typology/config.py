@@ -150,6 +150,29 @@ def _in_open_table(keys: list[str]) -> bool:
     return any(tuple(keys[: len(table)]) == table and len(keys) > len(table) for table in OPEN_TABLES)
 
 
+def _check_open_key(keys: list[str], where: str) -> None:
+    """A Spark setting is one key holding dots: ``spark.conf.spark.executor.memory`` (unquoted)
+    is four nested tables, which Spark would get as one setting named "spark" and ignore."""
+    table = next(t for t in OPEN_TABLES if tuple(keys[: len(t)]) == t)
+    if len(keys) > len(table) + 1:
+        inner = ".".join(keys[len(table):])
+        raise ConfigError(f'{where}: {inner} reads as nested keys; quote a Spark setting whole: {".".join(table)}."{inner}"')
+
+
+def _check_open_value(keys: list[str], value: Any, where: str) -> None:
+    """An entry of an open table is a Spark setting: a string, number or boolean, under one
+    quoted key. ``spark.driver.memory = "8g"`` unquoted in a file is a table ``spark`` holding
+    ``driver``, which Spark got as a setting named "spark" and ignored: the 8g never applied."""
+    if isinstance(value, Mapping):
+        path, node = keys[len(next(t for t in OPEN_TABLES if tuple(keys[: len(t)]) == t)):], value
+        while isinstance(node, Mapping) and node:
+            key = next(iter(node))
+            path, node = [*path, key], node[key]
+        raise ConfigError(f'{where}: {".".join(keys)} is a table, not a Spark setting; quote the whole key, as in "{".".join(path)}" = ...')
+    if isinstance(value, list):
+        raise ConfigError(f"{where}: {'.'.join(keys)} is a list; a Spark setting is a string, number or boolean (a list is one comma-separated string)")
+
+
 def _dotted_names(node: Mapping[str, Any], prefix: str = "") -> list[str]:
     names: list[str] = []
     for key, value in node.items():
@@ -252,6 +275,7 @@ def check_layer(layer: Mapping[str, Any], defaults: Mapping[str, Any], where: st
         if _in_open_table(keys):
             if _has_datetime(value):
                 raise ConfigError(f"{where}: {'.'.join(keys)} is a date; quote it as a string")
+            _check_open_value(keys, value, where)
             continue
         default = _default_at(defaults, keys, ".".join(keys))
         if default is _MISSING:
@@ -260,7 +284,9 @@ def check_layer(layer: Mapping[str, Any], defaults: Mapping[str, Any], where: st
             check_layer(value, defaults, where, tuple(keys))
         elif not _fits(value, default) or _has_datetime(value):
             kind = type(default)
-            raise ConfigError(f"{where}: {'.'.join(keys)} expects {_EXPECTED.get(kind, kind.__name__)} (its default is {default!r}), got {value!r}")
+            # A file's booleans are TOML's true and false; yes/no/1/0 are for --set only.
+            expected = "a boolean (true or false)" if kind is bool else _EXPECTED.get(kind, kind.__name__)
+            raise ConfigError(f"{where}: {'.'.join(keys)} expects {expected} (its default is {default!r}), got {value!r}")
 
 
 def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -> tuple[list[str], Any]:
@@ -285,6 +311,8 @@ def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -
         parsed = tomllib.loads(f"{raw_key.strip()} = 0")
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--set {assignment!r}: bad key ({exc})") from None
+    if not parsed:  # "#x" is a TOML comment: nothing left of the key
+        raise ConfigError(f"--set {assignment!r}: bad key (no key before '='; a key starting with '#' must be quoted)")
     keys: list[str] = []
     node: Any = parsed
     while isinstance(node, dict):
@@ -301,11 +329,13 @@ def parse_override(assignment: str, defaults: Mapping[str, Any] | None = None) -
         return keys, value
     if not _in_open_table(keys):
         raise _unknown_setting(keys, defaults, f"--set {assignment!r}")
+    _check_open_key(keys, f"--set {assignment!r}")
     value = _toml_literal(raw)
     if value is _NOT_TOML or isinstance(value, (datetime.date, datetime.time)):
         return keys, raw
     if _has_datetime(value):
         raise ConfigError(f"--set {assignment!r}: dates are not supported in settings; quote them as strings")
+    _check_open_value(keys, value, f"--set {assignment!r}")
     return keys, value
 
 
@@ -355,6 +385,8 @@ def load_settings(
         settings = settings.set(["paths", "data"], environ[DATA_ENV_VAR], f"${DATA_ENV_VAR}")
     if environ.get(WORK_DIR_ENV_VAR):
         settings = settings.set(["paths", "work_dir"], environ[WORK_DIR_ENV_VAR], f"${WORK_DIR_ENV_VAR}")
+    if conf_file is not None and not str(conf_file).strip():
+        raise ConfigError("--conf '': an empty path (an unset variable?); name a settings file, or leave --conf out for the defaults")
     if conf_file:
         path = Path(conf_file)
         if not path.is_file():
@@ -367,6 +399,10 @@ def load_settings(
             loaded = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--conf {conf_file}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--conf {conf_file}: not UTF-8 text (byte {exc.start}); a settings file is TOML, saved as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"--conf {conf_file}: cannot read ({exc.strerror or exc})") from None
         check_layer(loaded, defaults, f"--conf {conf_file}")
         settings = settings.with_values(loaded, str(path))
     for assignment in overrides:
