@@ -31,8 +31,8 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --master) [[ $# -ge 2 ]] || die "--master needs a URL"; MASTER="$2"; shift 2 ;;
     --master=*) MASTER="${1#*=}"; shift ;;
-    --conf) [[ $# -ge 2 ]] || die "--conf needs a file"; CONF_FILE="$2"; JOB_ARGS+=("--conf" "$2"); shift 2 ;;
-    --conf=*) CONF_FILE="${1#*=}"; JOB_ARGS+=("$1"); shift ;;
+    --conf) [[ $# -ge 2 && -n "$2" ]] || die "--conf needs a file"; CONF_FILE="$2"; JOB_ARGS+=("--conf" "$2"); shift 2 ;;
+    --conf=*) CONF_FILE="${1#*=}"; [[ -n "$CONF_FILE" ]] || die "--conf needs a file"; JOB_ARGS+=("$1"); shift ;;
     --set) [[ $# -ge 2 ]] || die "--set needs KEY=VALUE"; SETS+=("$2"); JOB_ARGS+=("--set" "$2"); shift 2 ;;
     --set=*) SETS+=("${1#*=}"); JOB_ARGS+=("$1"); shift ;;
     *) JOB_ARGS+=("$1"); shift ;;
@@ -45,6 +45,8 @@ if [[ -n "$CONF_FILE" && ! -f "$CONF_FILE" && "$CONF_FILE" == *=* ]]; then
   die "--conf $CONF_FILE: no such file; --conf names a settings file (TOML) here; pass a Spark setting as --set 'spark.conf.\"${CONF_FILE%%=*}\"=${CONF_FILE#*=}' or SPARK_SUBMIT_ARGS=\"--conf $CONF_FILE\""
 fi
 [[ -z "$CONF_FILE" || -f "$CONF_FILE" ]] || die "--conf $CONF_FILE: no such file"
+# spark-submit's --files is a comma-separated list: a comma in the name would split it.
+[[ "$CONF_FILE" != *,* ]] || die "--conf $CONF_FILE: a settings file whose path holds a comma cannot be shipped with --files; rename or copy it"
 # From the resolved settings (defaults <- --conf FILE <- --set): spark.master (unless --master was
 # given) and the driver's memory, which spark-submit fixes before the job's code runs; then
 # SPARK_SUBMIT_ARGS as a list, split with shell quoting rules.

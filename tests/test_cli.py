@@ -138,6 +138,35 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_log_level_or_master_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """A mistyped $MUSEUM_LOG_LEVEL was logging's traceback, $MUSEUM_SPARK_LOG_LEVEL Spark's once
+    it had started, and a master Spark does not know a Py4J traceback after the JVM's line."""
+    from museum_typology import cli
+
+    for name, value in (("MUSEUM_LOG_LEVEL", "bogus"), ("MUSEUM_SPARK_LOG_LEVEL", "verbose")):
+        monkeypatch.setenv(name, value)
+        assert cli.main(["show-conf"]) == 2
+        assert f"error: ${name}='{value}': not a log level (one of " in capsys.readouterr().err
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MUSEUM_LOG_LEVEL", "warn")  # logging's own alias, in either case
+    assert cli.main(["show-conf"]) == 0
+    capsys.readouterr()
+    for args, where in ((["--set", "spark.master=bogus"], "spark.master"), (["--master", "local[0]"], "--master")):
+        code = cli.main(["crawl", "--input", str(tmp_path / "urls.csv"), "--plan-only", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{where} = " in err and "not a Spark master; use local, local[N]" in err, err
+
+
+def test_an_abbreviated_option_is_refused():
+    """argparse took "--con FILE" for --conf, which spark-submit.sh (matching --conf) did not
+    ship with --files: on a cluster the driver then ran without the file."""
+    from museum_typology import cli
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["show-conf", "--con", "site.toml"])
+    assert cli.build_parser().parse_args(["show-conf", "--conf", "site.toml"]).conf == "site.toml"
+
+
 def test_missing_data_dir_names_the_setting(tmp_path):
     result = _run("ingest", "--data", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"))
     assert result.returncode == 2

@@ -354,6 +354,12 @@ def test_submit_script_passes_the_resolved_settings_to_spark_submit(tmp_path):
     assert ("--deploy-mode", "cluster") in pairs and ("--num-executors", "3") in pairs
     # in cluster deploy mode the driver runs on a worker, with the workers' Python
     assert ("--conf", "spark.pyspark.driver.python=/opt/museum/bin/python") in pairs
+    # spark-submit splits --files at commas; an empty --conf (an unset variable) is no file
+    comma = tmp_path / "a,b.toml"
+    comma.write_text(conf.read_text())
+    for args, message in ((["--conf", str(comma)], "holds a comma cannot be shipped with --files"), (["--conf", ""], "--conf needs a file"), (["--conf="], "--conf needs a file")):
+        bad = subprocess.run([str(SUBMIT), "ingest", *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert bad.returncode == 2 and message in bad.stderr and not bad.stdout, (args, bad.stderr)
     bad = subprocess.run([str(SUBMIT), "ingest"], capture_output=True, text=True, timeout=120, env={**env, "SPARK_SUBMIT_ARGS": "--conf 'open"}, cwd=tmp_path)
     assert bad.returncode == 2 and "SPARK_SUBMIT_ARGS: No closing quotation" in bad.stderr
     # spark-submit's own --conf key=value habit: say where a Spark setting goes instead

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 from . import __version__, bundles, storage
 from .catalogue import CsvError
 from .config import ConfigError, Settings, count_argument, load_settings
-from .log import get_logger, setup_logging
+from .log import get_logger, log_level_problem, setup_logging
 
 log = get_logger("museum_typology")
 
@@ -536,17 +537,22 @@ JOBS: dict[str, Job] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="museum-typology", description="Sort Goskatalog items into their 15 typologies with Spark jobs.")
+    # No abbreviated options: spark-submit.sh ships the file of --conf, not of "--con".
+    parser = argparse.ArgumentParser(prog="museum-typology", description="Sort Goskatalog items into their 15 typologies with Spark jobs.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, job in JOBS.items():
-        job_parser = sub.add_parser(name, help=job.help, description=job.help)
+        job_parser = sub.add_parser(name, help=job.help, description=job.help, allow_abbrev=False)
         _common(job_parser, job)
         job.add_arguments(job_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    problem = log_level_problem(os.environ)
+    if problem:
+        print(f"museum-typology: error: {problem}", file=sys.stderr)
+        return 2
     setup_logging()
     args = build_parser().parse_args(argv)
     try:

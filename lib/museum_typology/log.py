@@ -31,13 +31,30 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*(legacy|deprecated as of).*")
 
 
+# The levels the two variables may name (either case): Python's logging, and Spark's log4j.
+LOG_LEVEL_VARIABLES = {
+    "MUSEUM_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"),
+    "MUSEUM_SPARK_LOG_LEVEL": ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
+}
+
+
+def log_level_problem(environ: dict[str, str] | os._Environ) -> str | None:
+    """What is wrong with the log-level variables of ``environ``, or None: a mistyped level was
+    a traceback from logging before any job ran, or from Spark only after it had started."""
+    for name, levels in LOG_LEVEL_VARIABLES.items():
+        value = environ.get(name)
+        if value is not None and value.strip().upper() not in levels:
+            return f"${name}={value!r}: not a log level (one of {', '.join(levels)})"
+    return None
+
+
 def setup_logging(level: str | None = None) -> None:
     """Log lines with time, level and module to stderr; ``MUSEUM_LOG_LEVEL`` changes the level."""
     global _CONFIGURED
     if _CONFIGURED:
         return
     logging.basicConfig(
-        level=(level or os.environ.get("MUSEUM_LOG_LEVEL", "INFO")).upper(),
+        level=(level or os.environ.get("MUSEUM_LOG_LEVEL", "INFO")).strip().upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .config import Settings
+from .config import ConfigError, Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -16,6 +17,16 @@ if TYPE_CHECKING:
 # Settings that spark-submit fixes before the Python driver starts: setting them again here would
 # override spark-submit's value (the master) or be silently ignored (the driver JVM's memory).
 _FIXED_UNDER_SUBMIT = frozenset({"spark.master", "spark.submit.deployMode", "spark.driver.memory", "spark.driver.extraJavaOptions", "spark.driver.extraClassPath"})
+
+
+# The master URLs Spark takes (any other fails in the JVM, behind a Py4J traceback).
+_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,\s*\d+)?\])?|local-cluster\[\d+,\s*\d+,\s*\d+\]|yarn|(spark|k8s|mesos)://\S+", re.IGNORECASE)
+
+
+def check_master(master: str, where: str = "spark.master") -> None:
+    """Refuse a master URL Spark would refuse, before Spark starts, in one line."""
+    if not _MASTER.fullmatch(str(master).strip()):
+        raise ConfigError(f"{where} = {master!r}: not a Spark master; use local, local[N], local[*], spark://HOST:PORT, yarn, k8s://URL or mesos://URL")
 
 
 def build_spark(settings: Settings, app_suffix: str = "", master: str | None = None) -> SparkSession:
@@ -34,7 +45,8 @@ def build_spark(settings: Settings, app_suffix: str = "", master: str | None = N
     submitted = _submitted_conf()
     under_submit = "spark.master" in submitted
     if master or not under_submit:
-        builder = builder.master(master or settings.get("spark.master"))
+        check_master(master or settings.get("spark.master"), "--master" if master else "spark.master")
+        builder = builder.master((master or settings.get("spark.master")).strip())
     from .config import packaged_defaults
 
     submitted = submitted if under_submit else {}
@@ -43,7 +55,7 @@ def build_spark(settings: Settings, app_suffix: str = "", master: str | None = N
         builder = builder.config(key, value)
     builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("MUSEUM_SPARK_LOG_LEVEL", "WARN"))
+    spark.sparkContext.setLogLevel(os.environ.get("MUSEUM_SPARK_LOG_LEVEL", "WARN").strip().upper())
     return spark
 
 
