@@ -18,6 +18,7 @@ def test_an_interrupted_download_is_never_used(fresh_bucket, moto_endpoint, monk
     s3 = S3Options(endpoint_url=moto_endpoint)
     for name, body in FILES.items():
         client.put_object(Bucket=bucket, Key=f"models/text/v1/{name}", Body=body)
+    client.put_object(Bucket=bucket, Key=f"models/text/v1/{storage.SUCCESS_MARKER}", Body=b"train-text")
     client.put_object(Bucket=bucket, Key="models/text/latest", Body=b"v1")
     real = storage.download_directory
     calls = []
@@ -187,6 +188,33 @@ def test_no_bundle_or_a_damaged_one_is_never_reused(tmp_path):
     assert bundles.reusable_bundle(str(models), "key-1") is None
     (models / "latest").write_text("gone")  # latest names a bundle that is not there
     assert bundles.reusable_bundle(str(models), "key-1") is None
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe", b"\x00\x00", b"", b"  \n", b"../../elsewhere", b".hidden"])
+def test_a_damaged_latest_is_one_error_or_trains_again(tmp_path, content):
+    """Read as it was: not UTF-8 a bare UnicodeDecodeError, NULs an ArrowInvalid, empty named
+    the models folder itself and "../.." a folder outside it, each handed to the scorer."""
+    models = tmp_path / "models"
+    _bundle(models, "v1", "key-1")
+    (models / "latest").write_bytes(content)
+    with pytest.raises(storage.StorageError, match=r"models/latest: damaged \(it should hold the name of a bundle folder beside it\)"):
+        bundles.latest_version(str(models))
+    with pytest.raises(storage.StorageError, match=r"models/latest: damaged"):
+        bundles.resolve_bundle(str(models), "calibration.json", "text")
+    assert bundles.reusable_bundle(str(models), "key-1") is None  # trains again, and publishing mends it
+
+
+def test_latest_naming_a_missing_or_unfinished_bundle_is_one_error(tmp_path):
+    models = tmp_path / "models"
+    _bundle(models, "v1", "key-1")
+    (models / "latest").write_text("v2")
+    with pytest.raises(storage.StorageError, match=r"models/latest names v2, which is not there; train again"):
+        bundles.resolve_bundle(str(models), "calibration.json", "text")
+    (models / "latest").write_text("v1\n")
+    assert bundles.resolve_bundle(str(models), "calibration.json", "text") == models / "v1"
+    (models / "v1" / storage.SUCCESS_MARKER).unlink()
+    with pytest.raises(storage.StorageError, match=r"models/latest names v1, whose commit did not finish \(no _SUCCESS\)"):
+        bundles.resolve_bundle(str(models), "calibration.json", "text")
 
 
 def test_a_bundle_whose_commit_did_not_finish_is_not_reused(tmp_path):

@@ -166,6 +166,9 @@ def test_a_rerun_replaces_the_report_whole(tmp_path):
     build_run_report(str(work), {}, {})
     assert not (work / "report" / "text-confusion.png").exists()
     assert "text model: out-of-fold macro-F1 not run" in _text((work / "report" / "index.html").read_text(encoding="utf-8"))
+    (work / "models" / "text" / "latest").write_bytes(b"\xff\xfe")  # damaged: was a UnicodeDecodeError, and no report
+    build_run_report(str(work), {}, {})
+    assert "latest: damaged (it should hold the name of a bundle folder beside it)" in _text((work / "report" / "index.html").read_text(encoding="utf-8"))
 
 
 def test_an_unknown_clean_summary_shape_is_shown_generically(tmp_path):

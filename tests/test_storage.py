@@ -128,6 +128,61 @@ def test_s3_commit_copies_over_the_old_output_and_deletes_only_what_the_new_one_
     assert keys() == {"work/out/a.bin": b"two", "work/out/new.bin": b"two", "work/out/_SUCCESS": b""}  # temporaries gone
 
 
+def test_s3_keys_holding_hash_or_question_mark_are_their_own_objects(fresh_bucket, moto_endpoint):
+    """urlparse cut "s3://b/run#1/x.json" at "#": the job wrote, and later read, the object "run"."""
+    client, bucket = fresh_bucket
+    s3 = S3Options(endpoint_url=moto_endpoint)
+    for key in ("run#1/summary.json", "q?x/summary.json"):
+        storage.write_json(f"s3://{bucket}/{key}", {"key": key}, s3)
+        assert storage.read_json_object(f"s3://{bucket}/{key}", s3) == {"key": key}
+    listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert listed == ["q?x/summary.json", "run#1/summary.json"]
+    assert storage.list_files(f"s3://{bucket}/run#1", s3) == ["summary.json"]
+    with pytest.raises(storage.StorageError, match="may not contain '#'"):  # petastorm and Spark read URLs
+        storage.to_uri(f"s3://{bucket}/run#1/dataset")
+    assert storage.to_uri(f"s3a://{bucket}/runs/dataset/") == f"s3://{bucket}/runs/dataset"
+
+
+def test_an_s3_output_of_more_than_1000_files_commits_and_commits_again(fresh_bucket, moto_endpoint):
+    """pyarrow 10 deletes a prefix in DeleteObjects requests of 1,000 keys and sends the second
+    without a body: the commit wrote _SUCCESS, then failed deleting its temporary copy (and a
+    re-run failed deleting the old output's extra files)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, bucket = fresh_bucket
+    s3 = S3Options(endpoint_url=moto_endpoint)
+    final = f"s3://{bucket}/work/dataset"
+    for run, count in ((1, 1001), (2, 3)):
+        with storage.atomic_directory(final, s3, job="crawl") as tmp:
+            fs, path = storage.filesystem(tmp, s3)
+
+            def put(i: int) -> None:
+                with fs.open_output_stream(f"{path}/part-{i:05d}.parquet") as out:
+                    out.write(b"%d" % run)
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(put, range(count)))
+        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket) for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        assert sorted(keys) == sorted([f"work/dataset/part-{i:05d}.parquet" for i in range(count)] + ["work/dataset/_SUCCESS"]), run
+    storage.delete_dir(final, s3)
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0 or all(o["Key"].endswith("/") for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+
+
+def test_a_job_record_nested_too_deep_reads_as_damaged(tmp_path):
+    (tmp_path / "summary.json").write_text("[" * 100_000)
+    assert storage.read_json_object(str(tmp_path / "summary.json")) is None  # was a RecursionError
+
+
+def test_an_output_folder_where_a_file_is_is_refused_before_the_job_writes(tmp_path):
+    """The commit moved the file aside, put the folder in its place and then failed deleting the
+    file as a folder: a raw OSError, and a hidden .NAME.old-* file left for good."""
+    (tmp_path / "out").write_text("keep")
+    with pytest.raises(storage.StorageError, match=r"out: a file is there; ingest writes a folder at this path"):
+        with storage.atomic_directory(str(tmp_path / "out"), job="ingest"):
+            raise AssertionError("not reached")
+    assert (tmp_path / "out").read_text() == "keep" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_check_replaceable_knows_whose_output_a_directory_is(tmp_path):
     """`--output var` must not wipe a work directory, nor one job's output another's."""
     ingest_out = tmp_path / "ingest"

@@ -86,12 +86,20 @@ def bundle_version(bundle_url: str) -> str:
 
 
 def latest_version(model_dir: str, s3: S3Options | None = None) -> str | None:
-    """The version ``model_dir/latest`` names (stripped; may be empty if the file is), or None
-    when there is no ``latest``."""
+    """The version ``model_dir/latest`` names (stripped), or None when there is no ``latest``.
+    A damaged one (not UTF-8 text, empty, or a path rather than a folder name beside it) is a
+    ``StorageError`` saying so: read as it was, it raised a bare UnicodeDecodeError, or named
+    ``model_dir`` itself, or a folder outside it."""
     latest = storage.join(model_dir, LATEST)
     if not storage.exists(latest, s3):
         return None
-    return storage.read_bytes(latest, s3).decode().strip()
+    try:
+        version = storage.read_bytes(latest, s3).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        version = None
+    if not version or "/" in version or "\\" in version or version.startswith(".") or any(ord(c) < 32 for c in version):
+        raise storage.StorageError(f"{latest}: damaged (it should hold the name of a bundle folder beside it); train again, or write a bundle's folder name into it")
+    return version
 
 
 def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3: S3Options | None = None) -> tuple[str, dict[str, Any]] | None:
@@ -111,7 +119,11 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     have with one it trained; and a run killed between writing its out-of-fold file and
     publishing is finished), except under a newer ``--final`` bundle, which supersedes the folds
     it was trained after."""
-    latest = latest_version(model_dir, s3)
+    try:
+        latest = latest_version(model_dir, s3)
+    except storage.StorageError as exc:  # train again; publishing the new bundle mends it
+        log.info("%s; nothing is reused", exc)
+        latest = None
     if oof_url is None:
         version = latest
     else:
@@ -201,6 +213,9 @@ def resolve_bundle(model_dir: str, marker: str, kind: str, s3: S3Options | None 
         if version is None:
             raise storage.StorageError(f"{model_dir}: no {kind} model bundle (run train-{kind} first)")
         bundle_url = storage.join(model_dir, version)
+        if not storage.is_committed(bundle_url, s3):  # gone, or a commit that did not finish
+            what = "whose commit did not finish (no _SUCCESS)" if storage.exists(bundle_url, s3) else "which is not there"
+            raise storage.StorageError(f"{storage.join(model_dir, LATEST)} names {version}, {what}; train again, or write a committed bundle's name into it")
     if not storage.is_s3(bundle_url):
         return Path(storage.filesystem(bundle_url)[1])
     # Keyed by the version and the whole URL: two buckets' bundles of one name are two bundles.

@@ -133,7 +133,10 @@ def _pngs(directory: str, prefix: str, s3: S3Options | None) -> dict[str, bytes]
 def _model_piece(work_dir: str, kind: str, s3: S3Options | None) -> Piece:
     """The bundle ``latest`` names for ``kind``: its metrics.json and its report's PNGs."""
     models = storage.join(work_dir, "models", kind)
-    version = latest_version(models, s3)
+    try:
+        version = latest_version(models, s3)
+    except storage.StorageError as exc:
+        return Piece(storage.join(models, LATEST), error=str(exc))
     if version is None:
         return Piece(storage.join(models, LATEST))
     bundle = storage.join(models, version)

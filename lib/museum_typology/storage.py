@@ -15,7 +15,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -131,8 +131,9 @@ def path_below(path_url: str, directory_url: str) -> str | None:
 def filesystem_path(url: str) -> str:
     """The path of ``url`` inside its ``filesystem`` (without making a client)."""
     if is_s3(url):
-        parsed = urlparse(url)
-        return f"{parsed.netloc}{parsed.path}".rstrip("/")
+        # Not urlparse: it cut "s3://b/run#1/x" at "#" (and "?"), and the job read or wrote the
+        # object "run" instead, silently. An S3 key is any text after the bucket.
+        return url.split("://", 1)[1].rstrip("/")
     if url.startswith("file:"):
         url = local_file_path(url)
     return posixpath.abspath(url)
@@ -149,15 +150,11 @@ def local_file_path(url: str) -> str:
 
 def to_uri(url: str) -> str:
     """An absolute URI for tools that want one (petastorm, Spark): file:///... or s3://..."""
-    if is_s3(url):
-        return "s3://" + url.split("://", 1)[1]
-    if url.startswith("file:"):
-        url = local_file_path(url)
-    path = posixpath.abspath(url)
+    path = filesystem_path(url)
     if "#" in path or "?" in path:
         # petastorm parses this URI with urlparse, which would cut the path at "#" or "?".
         raise StorageError(f"{url}: a dataset path may not contain '#' or '?' (petastorm reads it as a URL); move or rename it")
-    return "file://" + path
+    return "s3://" + path if is_s3(url) else "file://" + path
 
 
 def exists(url: str, s3: S3Options | None = None) -> bool:
@@ -187,7 +184,7 @@ def read_json_object(url: str, s3: S3Options | None = None) -> dict[str, Any] | 
         return None
     try:
         value = json.loads(read_bytes(url, s3))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: brackets nested deeper than Python recurses
         return None
     return value if isinstance(value, dict) else None
 
@@ -329,7 +326,42 @@ def delete_file(url: str, s3: S3Options | None = None) -> None:
 def delete_dir(url: str, s3: S3Options | None = None) -> None:
     fs, path = filesystem(url, s3)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+        _delete_tree(fs, path)
+
+
+# S3's DeleteObjects takes at most this many keys per request.
+S3_DELETE_BATCH = 1000
+
+
+def _delete_tree(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a directory and everything under it. On S3, pyarrow 10's ``delete_dir`` sends the
+    DeleteObjects requests after the first 1,000 keys without a body, so they fail: a dataset
+    or a crawl's work area of more files went file by file (a few requests at a time) instead,
+    then its directory markers."""
+    if isinstance(fs, pafs.S3FileSystem):
+        files = [info.path for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if info.type == pafs.FileType.File]
+        if len(files) >= S3_DELETE_BATCH:
+            _each_at_once(fs.delete_file, files)
+    fs.delete_dir(path)
+
+
+# S3 requests in flight at once when a commit copies or deletes object by object.
+S3_REQUESTS_AT_ONCE = 16
+
+
+def _each_at_once(request: Callable[[str], Any], paths: Sequence[str]) -> None:
+    """``request(path)`` for every path, ``S3_REQUESTS_AT_ONCE`` at a time (one S3 request each,
+    mostly waiting on the network; Arrow releases the GIL): one after another, a crawl's
+    thousands of part files took minutes to commit. The first failure is raised."""
+    if len(paths) < 2:
+        for path in paths:
+            request(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=S3_REQUESTS_AT_ONCE) as pool:
+        for _ in pool.map(request, paths):
+            pass
 
 
 def is_committed(url: str, s3: S3Options | None = None) -> bool:
@@ -409,6 +441,8 @@ def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "")
     """
     refuse_bucket_root(final_url, job)
     fs, final_path = filesystem(final_url, s3)
+    if fs.get_file_info(final_path).type == pafs.FileType.File:  # else the commit moved it aside and failed deleting it
+        raise StorageError(f"{final_url}: a file is there; {job or 'the job'} writes a folder at this path: move the file or choose another path")
     parent, name = posixpath.split(final_path.rstrip("/"))
     fs.create_dir(parent, recursive=True)
     _remove_stale_temporaries(fs, parent, name, final_path)
@@ -420,7 +454,7 @@ def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "")
         yield tmp_url
     except BaseException:
         with contextlib.suppress(Exception):
-            fs.delete_dir(tmp_path)
+            _delete_tree(fs, tmp_path)
         raise
     _commit(fs, tmp_path, final_path, s3_layout=is_s3(final_url), job=job)
 
@@ -449,8 +483,10 @@ def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final
     for info in infos:
         base = posixpath.basename(info.path)
         if info.type == pafs.FileType.Directory and (base.startswith(f".{name}.tmp-") or info.path in olds):
-            with contextlib.suppress(Exception):
-                fs.delete_dir(info.path)
+            try:
+                _delete_tree(fs, info.path)
+            except OSError as exc:
+                log.warning("%s: a crashed run's leftover could not be deleted (%s); delete it by hand", info.path, " ".join(str(exc).split()))
 
 
 def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool, job: str = "") -> None:
@@ -479,8 +515,7 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
     if final_exists and fs.get_file_info(marker).type != pafs.FileType.NotFound:
         fs.delete_file(marker)
     new_files = {info.path[len(tmp_path):] for info in fs.get_file_info(pafs.FileSelector(tmp_path, recursive=True)) if info.type == pafs.FileType.File}
-    for relative in sorted(new_files):
-        fs.copy_file(tmp_path + relative, final_path + relative)
+    _each_at_once(lambda relative: fs.copy_file(tmp_path + relative, final_path + relative), sorted(new_files))
     if final_exists:
         new_dirs = {posixpath.dirname(relative) for relative in new_files}
         new_dirs |= {"/".join(d.split("/")[:i]) for d in new_dirs for i in range(1, d.count("/") + 1)}
@@ -491,7 +526,7 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
         deleted: list[str] = []
         for path in sorted((info.path for info in listing if info.type == pafs.FileType.Directory and info.path[len(final_path):] not in new_dirs), key=len):
             if not any(path.startswith(gone + "/") for gone in deleted):  # not gone with a stale parent
-                fs.delete_dir(path)
+                _delete_tree(fs, path)
                 deleted.append(path)
         for info in listing:
             inside_deleted = any(info.path.startswith(gone + "/") for gone in deleted)
@@ -499,7 +534,10 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
                 fs.delete_file(info.path)
     with fs.open_output_stream(marker) as out:
         out.write(job.encode())
-    fs.delete_dir(tmp_path)
+    try:  # the output is committed: what is left is tidying, which the next run redoes
+        _delete_tree(fs, tmp_path)
+    except OSError as exc:
+        log.warning("%s committed; its temporary copy %s could not be deleted (%s): the next run of the job deletes it", final_path, tmp_path, " ".join(str(exc).split()))
 
 
 def upload_directory(local_dir: str, url: str, s3: S3Options | None = None) -> None:

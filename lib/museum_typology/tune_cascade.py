@@ -162,7 +162,11 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
 def reusable_cascade(cascade_dir: str, run_key: str, s3: S3Options | None) -> dict[str, Any] | None:
     """``run``'s result for the committed bundle ``latest`` names when it was tuned under
     ``run_key`` (the out-of-fold files' versions and content, and [cascade]); else None."""
-    version = bundles.latest_version(cascade_dir, s3)
+    try:
+        version = bundles.latest_version(cascade_dir, s3)
+    except storage.StorageError as exc:  # tuned again; publishing the new cascade mends it
+        log.info("%s; tuning again", exc)
+        return None
     found = bundles.bundle_of_run(cascade_dir, version, run_key, "cascade.json", s3)
     if found is None:
         return None
