@@ -186,6 +186,19 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
         _assert_runtimes_agree(old)
     assert any("has no backbone.tflite" in r.getMessage() for r in caplog.records)
 
+    # "whole" with a head trained on the mean of every view: it would score features it never
+    # learnt, so the bundle keeps its views and says so.
+    mean = tmp_path / "mean_bundle"
+    shutil.copytree(bundle, mean)
+    meta = json.loads((mean / "model.json").read_text())
+    meta["settings"]["view_mode"] = "mean"
+    (mean / "model.json").write_text(json.dumps(meta))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="museum_typology.image_model"):
+        kept = image_model.ImageBundle(mean, views="whole")
+    assert len(image_model.view_specs(kept.settings)) == len(image_model.view_specs(model.settings)) > 2
+    assert any("trained with view_mode 'mean': scored over all its views" in r.getMessage() for r in caplog.records)
+
 
 def _varied_images(n: int = 5) -> list[np.ndarray]:
     rng = np.random.default_rng(3)
@@ -472,6 +485,15 @@ def test_make_views_are_deterministic_with_the_promised_shapes():
         expected = image_model.resize(image[y : y + h, x : x + w], 32).numpy()
         np.testing.assert_allclose(views[n], expected[:, ::-1] if mirrored else expected, atol=1e-3)
     assert not np.allclose(views[4], views[6])  # different corners differ
+    # crop_box is make_views' box, to the pixel: in float64 it started a pixel off for some
+    # sides (15 px: y 1 against make_views' 2), which this test's 50 x 70 image did not show.
+    for side in (15, 35):
+        image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        views = image_model.make_views(tf.constant(image), s).numpy()
+        for n, (top, left, crop, mirrored) in enumerate(image_model.view_specs(s)):
+            y, x, h, w = image_model.crop_box(side, side, top, left, crop)
+            expected = image_model.resize(image[y : y + h, x : x + w], 32).numpy()
+            np.testing.assert_allclose(views[n], expected[:, ::-1] if mirrored else expected, atol=1e-3, err_msg=f"{side} px, view {n}")
 
 
 def test_fold_features_on_tflite_equal_the_keras_graph_and_auto_picks_by_device():

@@ -155,13 +155,21 @@ def test_parquet_in_and_out_with_images_from_a_dataset(spark, settings, tmp_path
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     pq.write_table(pa.table({"guid": ["p1", "p2"], "image": [jpeg((230, 0, 0)), jpeg((0, 0, 230))], "sha256": ["orig-p1", "orig-p2"]}), dataset / "part-0.parquet")
-    pq.write_table(pa.table({"guid": ["p3"], "image": [jpeg((0, 0, 230))[:100]]}), dataset / "part-1.parquet")
-    pd.DataFrame({"guid": ["p1", "p2", "p3", "p4"], "description": [None, "монета", None, None], "typology": "x"}).to_parquet(tmp_path / "in.parquet")
+    # A red image over an exact grey-128 band, as ingest stores a PNG of one: training reads it
+    # (petastorm's codec); scoring took the band for a truncated JPEG's fill and dropped the image.
+    banded = np.zeros((128, 96, 3), dtype=np.uint8)
+    banded[:96] = (230, 0, 0)
+    banded[96:] = 128
+    stored = io.BytesIO()
+    Image.fromarray(banded).save(stored, "JPEG", quality=95)
+    assert (np.asarray(Image.open(io.BytesIO(stored.getvalue())))[-16:] == 128).all()  # really the fill value
+    pq.write_table(pa.table({"guid": ["p3", "p5"], "image": [jpeg((0, 0, 230))[:100], stored.getvalue()]}), dataset / "part-1.parquet")
+    pd.DataFrame({"guid": ["p1", "p2", "p3", "p4", "p5"], "description": [None, "монета", None, None, None], "typology": "x"}).to_parquet(tmp_path / "in.parquet")
     out = tmp_path / "out.parquet"
     score.run(spark, settings, str(tmp_path / "in.parquet"), str(out), spec(), image_dataset=str(dataset), factory=stand_in)
     got = pd.read_parquet(out)
-    assert list(got["guid"]) == ["p1", "p2", "p3", "p4"]
-    assert list(got["source"]) == ["image", "text", "default", "default"]
+    assert list(got["guid"]) == ["p1", "p2", "p3", "p4", "p5"]
+    assert list(got["source"]) == ["image", "text", "default", "default", "image"], got["note"].tolist()
     assert got.loc[0, "typology"] == CLASSES[PAINTING] and got.loc[1, "typology"] == CLASSES[COIN]
     assert "corrupt image" in got.loc[2, "note"] and got.loc[3, "note"] == "no description; no image"
     # what rescore compares: the image's hash and the normalised description's hash

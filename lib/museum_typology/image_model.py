@@ -230,17 +230,25 @@ def whole_view_count(s: ImageSettings) -> int:
     return len(view_specs(whole_image_settings(s)))
 
 
+def has_crop_views(s: ImageSettings) -> bool:
+    """Whether ``s`` has views besides the whole image (and its mirror)."""
+    return whole_view_count(s) < len(view_specs(s))
+
+
 def has_whole_only_score(s: ImageSettings) -> bool:
     """Whether scoring over the whole image only differs from scoring over all the views: the
     heads score views one by one ("each") and there are crop views besides the whole image."""
-    return s.view_mode == "each" and whole_view_count(s) < len(view_specs(s))
+    return s.view_mode == "each" and has_crop_views(s)
 
 
 def crop_box(height: int, width: int, top: float, left: float, side: float) -> tuple[int, int, int, int]:
     """A view's pixel box (y, x, h, w) inside a height x width image: at least 1 pixel, inside
     the image."""
-    h, w = max(1, int(round(height * side))), max(1, int(round(width * side)))
-    y, x = min(int(round(height * top)), height - h), min(int(round(width * left)), width - w)
+    # In float32, as make_views computes it in TF: in float64 the start differed by a pixel for
+    # some sides (a 15-px image: y 1 here, 2 there).
+    hf, wf = np.float32(height), np.float32(width)
+    h, w = max(1, int(np.round(hf * np.float32(side)))), max(1, int(np.round(wf * np.float32(side))))
+    y, x = min(int(np.round(hf * np.float32(top))), height - h), min(int(np.round(wf * np.float32(left))), width - w)
     return y, x, h, w
 
 
@@ -847,7 +855,11 @@ class ImageBundle:
         directory = Path(directory)
         self.meta = json.loads((directory / "model.json").read_text())
         self.settings = ImageSettings(**self.meta["settings"])
-        if views == "whole":
+        if views == "whole" and self.settings.view_mode == "mean" and has_crop_views(self.settings):
+            # Its head was trained on the mean of all the views: fed the mean of two, it would
+            # score other features than it learnt. Slower, but right.
+            log.warning("image bundle %s was trained with view_mode 'mean': scored over all its views, not the whole image only (score.image_views = 'whole' is for 'each' bundles)", directory.name)
+        elif views == "whole":
             self.settings = whole_image_settings(self.settings)
         elif views != "trained":
             raise ValueError(f"image views at scoring must be 'trained' or 'whole', not {views!r}")

@@ -593,7 +593,7 @@ class Scorer:
         for i, raw in enumerate(raws):
             if raw is None:
                 continue
-            decoded = decode_image(raw, self.spec.max_side, self.spec.max_pixels, self.spec.max_bytes)
+            decoded = decode_image(raw, self.spec.max_side, self.spec.max_pixels, self.spec.max_bytes, stored=kinds[i] == IMAGE_DATASET)
             shas[i] = original_sha.get(i, decoded.sha256)
             if decoded.ok:
                 # A dataset row is already what training saw; a file or bytes get its storage.
