@@ -148,13 +148,21 @@ def test_a_bad_log_level_or_master_is_one_line_before_anything_runs(tmp_path, mo
         assert cli.main(["show-conf"]) == 2
         assert f"error: ${name}='{value}': not a log level (one of " in capsys.readouterr().err
         monkeypatch.delenv(name)
-    monkeypatch.setenv("MUSEUM_LOG_LEVEL", "warn")  # logging's own alias, in either case
-    assert cli.main(["show-conf"]) == 0
+    for level in ("warn", "FATAL", "notset"):  # logging's own aliases, in either case
+        monkeypatch.setenv("MUSEUM_LOG_LEVEL", level)
+        assert cli.main(["show-conf"]) == 0
     capsys.readouterr()
     for args, where in ((["--set", "spark.master=bogus"], "spark.master"), (["--master", "local[0]"], "--master")):
         code = cli.main(["crawl", "--input", str(tmp_path / "urls.csv"), "--plan-only", *args])
         err = capsys.readouterr().err
         assert code == 2 and f"{where} = " in err and "not a Spark master; use local, local[N]" in err, err
+
+
+@pytest.mark.parametrize("master", ["local", "local[2]", "local[*]", "local[02]", "local[1 , 1]", "local[*,3]", "local-cluster[ 2 , 1 , 1024 ]", "yarn", "spark://h:7077", "k8s://https://k:443", "mesos://m:5050"])
+def test_every_master_spark_takes_passes_the_check(master):
+    from museum_typology.session import check_master
+
+    check_master(master)  # Spark 3.5's own patterns
 
 
 def test_an_abbreviated_option_is_refused():

@@ -112,6 +112,7 @@ def test_a_bad_key_or_file_is_one_error_not_a_traceback(tmp_path):
         ("file", '[spark.conf]\n"spark.jars.packages" = ["a", "b"]\n', r"spark\.conf\.spark\.jars\.packages is a list"),
         ("set", "spark.conf.spark.executor.memory=8g", r'spark\.executor\.memory reads as nested keys; quote a Spark setting whole: spark\.conf\."spark\.executor\.memory"'),
         ("set", 'spark.conf."spark.x"={a = 1}', r"spark\.conf\.spark\.x is a table"),
+        ("set", 'spark.conf."spark.x"={}', r"spark\.conf\.spark\.x is an empty table; a Spark setting is a string"),
         ("set", "spark.conf={spark = {driver = {memory = '8g'}}}", r"spark\.conf\.spark is a table"),
     ],
 )

@@ -240,6 +240,20 @@ def test_a_parquet_directory_is_read_file_by_file(tmp_path):
         read_table(str(folder), PRED_COLUMNS, "predictions")
 
 
+def test_a_hive_partitioned_directory_gives_its_files_their_partition_columns(tmp_path):
+    """Spark's or pyarrow's partitionBy keeps the column out of the files, in the folder names;
+    read file by file, every file lacked it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_to_dataset(pa.table({"guid": ["001", "g2", "g3"], "typology": [A, B, A]}), str(tmp_path / "by_class"), partition_cols=["typology"])
+    frame = read_table(str(tmp_path / "by_class"), TRUTH_COLUMNS, "truth").sort_values("guid")
+    assert frame["guid"].tolist() == ["001", "g2", "g3"] and frame["typology"].tolist() == [A, B, A]
+    pq.write_to_dataset(pa.table({"guid": ["001", "g2"], "typology": [A, None]}), str(tmp_path / "by_guid"), partition_cols=["guid"])
+    frame = read_table(str(tmp_path / "by_guid"), TRUTH_COLUMNS, "truth").sort_values("guid")
+    assert frame["guid"].tolist() == ["001", "g2"] and frame["typology"].tolist() == [A, ""]  # "001", not the number 1
+
+
 def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):
     truth, pred = tmp_path / "truth.csv", tmp_path / "pred.parquet"
     _truth().to_csv(truth, index=False)

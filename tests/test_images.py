@@ -357,6 +357,17 @@ def test_a_cut_jpeg_of_muted_colours_is_refused_too(max_side: int) -> None:
         assert not result.ok and "JPEG data ends early" in result.reason, (tenths, result.reason)
 
 
+@pytest.mark.parametrize("step", [8, 12])
+def test_an_honest_grey_ramp_into_a_grey_band_is_accepted(step: int) -> None:
+    """The row above the band is the ramp's own (its luma is not the fill's), not a blended one:
+    compared one row higher, the ramp's step looked like a cut."""
+    rows = np.arange(256)[:, None]
+    grey = np.where(rows < 208, np.clip(128 + step * (208 - rows), 0, 255), 128).astype(np.uint8) * np.ones((1, 256), np.uint8)
+    raw = encode(Image.fromarray(np.stack([grey] * 3, axis=2)), "JPEG", quality=90)
+    decoded = assert_ok(raw, (256, 256), "JPEG", max_side=1000)
+    assert (decoded[-32:] == 128).all()  # really the fill value over two MCU rows
+
+
 def test_a_stored_image_is_not_checked_for_a_cut() -> None:
     """Bytes ingest or crawl stored (the original passed the check) keep a grey-128 band: a
     PNG with one, stored as JPEG, was refused at scoring though training used it."""

@@ -163,6 +163,8 @@ def _check_open_value(keys: list[str], value: Any, where: str) -> None:
     """An entry of an open table is a Spark setting: a string, number or boolean, under one
     quoted key. ``spark.driver.memory = "8g"`` unquoted in a file is a table ``spark`` holding
     ``driver``, which Spark got as a setting named "spark" and ignored: the 8g never applied."""
+    if isinstance(value, Mapping) and not value:
+        raise ConfigError(f"{where}: {'.'.join(keys)} is an empty table; a Spark setting is a string, number or boolean")
     if isinstance(value, Mapping):
         path, node = keys[len(next(t for t in OPEN_TABLES if tuple(keys[: len(t)]) == t)):], value
         while isinstance(node, Mapping) and node:

@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -119,7 +120,8 @@ def _parquet_frame(url: str, required: Sequence[str], what: str, s3: S3Options |
         raise EvaluateError(str(exc)) from None
     frames = []
     for file in files:
-        where = f"{what} {url}: its file {file[len(path):].lstrip('/')}" if directory else f"{what} {url}"
+        relative = file[len(path):].lstrip("/")
+        where = f"{what} {url}: its file {relative}" if directory else f"{what} {url}"
         try:
             with fs.open_input_file(file) as handle:
                 table = pq.ParquetFile(handle).read(use_threads=False)
@@ -128,11 +130,31 @@ def _parquet_frame(url: str, required: Sequence[str], what: str, s3: S3Options |
         except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow: a decimal guid cannot be cast to text
             raise EvaluateError(f"{where}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
         frame.columns = _folded(frame.columns)
+        for column, value in hive_partition_values(relative).items():
+            if column not in frame.columns:  # a partition column lives in the folder's name only
+                frame[column] = value
         missing = [c for c in required if c not in frame.columns]
         if directory and missing:
             raise EvaluateError(f"{where}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns) or 'nothing'}); every Parquet file of the directory is read")
         frames.append(_unrepeated(frame, where))
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def hive_partition_values(relative_path: str) -> dict[str, str]:
+    """The partition columns a Hive-style path gives its file, as text, folded as column names
+    are ("typology=a/part-0.parquet" -> {"typology": "a"}): Spark and pyarrow keep them out of
+    the files. Read from the path as written (pyarrow would take "guid=001" for the number 1).
+    Pure."""
+    values = {}
+    for segment in relative_path.split("/")[:-1]:
+        key, equals, value = segment.partition("=")
+        if equals and key:
+            value = unquote(value)
+            values[_folded([unquote(key)])[0]] = "" if value == HIVE_NULL else value
+    return values
+
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # how Hive, Spark and pyarrow name a partition of nulls
 
 
 def _folded(columns) -> list[str]:

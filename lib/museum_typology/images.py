@@ -185,14 +185,27 @@ def _jpeg_fill_rows(image: Image.Image, orig_width: int, orig_height: int) -> in
     if rows < required:
         return 0
     if rows < height:
-        # The last row of real data. With fancy upsampling it is the one above the blended row:
-        # that row has the fill's luma and a chroma halfway to neutral, so in a photo of muted
-        # colours it is within a level or two of the fill, and the cut passed for a backdrop.
-        edge = max(0, height - rows - 1 - fancy_upsampling_loss)
+        # The last row of real data. With fancy upsampling the row above the exact fill may be
+        # the blended one: the fill's luma with a chroma halfway to neutral, so in a photo of
+        # muted colours within a level or two of the fill, and the cut passed for a backdrop.
+        # It is taken for the blended row only if its luma is the fill's: an honest grey ramp
+        # into a grey band has its own luma there.
+        edge = height - rows - 1
+        if fancy_upsampling_loss and edge >= 1 and _has_fill_luma(image.crop((0, edge, width, edge + 1)), int(target[0])):
+            edge -= 1
         above = np.asarray(image.crop((0, edge, width, edge + 1)), dtype=np.int16)
         if int(np.abs(above - target.astype(np.int16)).max()) < JPEG_FILL_EDGE_MIN_DIFFERENCE:
             return 0  # grey fading into grey: a backdrop, not a cut
     return min(orig_height, rows * scale)
+
+
+def _has_fill_luma(row: Image.Image, fill: int) -> bool:
+    """Whether a decoded RGB row's luma is the fill value across it (within the colour
+    conversion's rounding): libjpeg's fill for missing data in luma, whatever its chroma."""
+    if row.mode != "RGB":
+        return True  # (CMYK) no luma to tell by: take it for the blended row, as a cut is likelier
+    luma = np.asarray(row.convert("L"), dtype=np.int16)
+    return int(np.abs(luma - fill).max()) <= 1
 
 
 # ISO base media "ftyp" brands of HEIF/HEIC images, which Pillow cannot read without a plugin.

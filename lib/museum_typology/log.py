@@ -33,7 +33,7 @@ def quiet_library_warnings() -> None:
 
 # The levels the two variables may name (either case): Python's logging, and Spark's log4j.
 LOG_LEVEL_VARIABLES = {
-    "MUSEUM_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"),
+    "MUSEUM_LOG_LEVEL": tuple(logging.getLevelNamesMapping()),  # FATAL, WARN and NOTSET too
     "MUSEUM_SPARK_LOG_LEVEL": ("ALL", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"),
 }
 

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 _FIXED_UNDER_SUBMIT = frozenset({"spark.master", "spark.submit.deployMode", "spark.driver.memory", "spark.driver.extraJavaOptions", "spark.driver.extraClassPath"})
 
 
-# The master URLs Spark takes (any other fails in the JVM, behind a Py4J traceback).
-_MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,\s*\d+)?\])?|local-cluster\[\d+,\s*\d+,\s*\d+\]|yarn|(spark|k8s|mesos)://\S+", re.IGNORECASE)
+# The master URLs Spark takes (any other fails in the JVM, behind a Py4J traceback): Spark
+# 3.5's own patterns (SparkMasterRegex), less local[0], which it refuses once started.
+_MASTER = re.compile(r"local(\[(\*|0*[1-9]\d*)(\s*,\s*\d+)?\])?|local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\]|yarn|(spark|k8s|mesos)://\S+")
 
 
 def check_master(master: str, where: str = "spark.master") -> None:
