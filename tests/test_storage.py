@@ -4,6 +4,8 @@ lacks deleted, the marker last); URIs for petastorm; S3 endpoints without a sche
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -166,6 +168,27 @@ def test_an_s3_output_of_more_than_1000_files_commits_and_commits_again(fresh_bu
         assert sorted(keys) == sorted([f"work/dataset/part-{i:05d}.parquet" for i in range(count)] + ["work/dataset/_SUCCESS"]), run
     storage.delete_dir(final, s3)
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0 or all(o["Key"].endswith("/") for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+
+
+def test_a_bundle_of_many_files_uploads_to_s3_without_hanging(fresh_bucket, moto_endpoint, tmp_path):
+    """pyarrow 10's threaded copy_files deadlocked from 8 files on (each copy held one of the 8
+    I/O threads while its stream's close waited for uploads needing them): the first pipeline on
+    S3 hung copying the image bundle. In a child process, so a hang fails the test, not CI."""
+    client, bucket = fresh_bucket
+    bundle = tmp_path / "bundle"
+    (bundle / "report").mkdir(parents=True)
+    for i in range(14):
+        (bundle / f"head_{i}.weights.h5").write_bytes(bytes([i]) * 1000)
+    (bundle / "report" / "report.md").write_text("# report")
+    code = (
+        "import sys; from museum_typology import storage; "
+        f"storage.upload_directory({str(bundle)!r}, 's3://{bucket}/models/v1', storage.S3Options(endpoint_url={moto_endpoint!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="models/v1/")["Contents"] if not o["Key"].endswith("/"))
+    assert keys == sorted([f"models/v1/head_{i}.weights.h5" for i in range(14)] + ["models/v1/report/report.md"])
+    assert client.get_object(Bucket=bucket, Key="models/v1/head_3.weights.h5")["Body"].read() == bytes([3]) * 1000
 
 
 def test_a_job_record_nested_too_deep_reads_as_damaged(tmp_path):

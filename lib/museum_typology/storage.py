@@ -541,10 +541,15 @@ def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool
 
 
 def upload_directory(local_dir: str, url: str, s3: S3Options | None = None) -> None:
-    """Copy a local directory tree to ``url`` (local or S3); used for bundles built locally."""
+    """Copy a local directory tree to ``url`` (local or S3); used for bundles built locally.
+
+    One file after another (``use_threads=False``): with threads, pyarrow 10 copied each file on
+    one of its I/O threads, and closing an S3 output stream waits for part uploads that need
+    those same threads, so a bundle of 8 files or more (an image bundle has 16) hung for ever,
+    deaf to SIGTERM. Each file's own upload still runs in the background."""
     fs, path = filesystem(url, s3)
     fs.create_dir(path, recursive=True)
-    pafs.copy_files(posixpath.abspath(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(posixpath.abspath(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs, use_threads=False)
 
 
 def download_directory(url: str, local_dir: str, s3: S3Options | None = None) -> None:
