@@ -191,6 +191,32 @@ def test_a_bundle_of_many_files_uploads_to_s3_without_hanging(fresh_bucket, moto
     assert client.get_object(Bucket=bucket, Key="models/v1/head_3.weights.h5")["Body"].read() == bytes([3]) * 1000
 
 
+def test_a_bundle_commit_deletes_what_killed_commits_of_other_bundles_left(tmp_path, fresh_bucket, moto_endpoint):
+    """A bundle's name changes with every run: the staging a killed train-image left
+    (.20261129T032813Z-54a9f813.tmp-5e533358/) was never its successor's to clean up, locally or
+    on S3. Only old ones go: another job may be committing its own bundle there now."""
+    import time
+
+    models = tmp_path / "models"
+    write(str(models / ".v0.tmp-1234abcd"), {"head.h5": "half", "report/report.md": "half"})
+    write(str(models / ".v9.tmp-abcdef12"), {"head.h5": "being written"})
+    write(str(models / ".notes.txt.swp"), {"x": "not a temporary"})
+    old = time.time() - 2 * 86400
+    for path in (models / ".v0.tmp-1234abcd" / "head.h5", models / ".v0.tmp-1234abcd" / "report" / "report.md"):
+        os.utime(path, (old, old))
+    with storage.atomic_directory(str(models / "v1"), job="train-image", sweep_abandoned_after_s=86400) as tmp:
+        write(tmp, {"model.json": "{}"})
+    assert sorted(p.name for p in models.iterdir()) == [".notes.txt.swp", ".v9.tmp-abcdef12", "v1"]
+
+    client, bucket = fresh_bucket
+    s3 = S3Options(endpoint_url=moto_endpoint)
+    client.put_object(Bucket=bucket, Key="models/.v0.tmp-1234abcd/head.h5", Body=b"half")
+    with storage.atomic_directory(f"s3://{bucket}/models/v1", s3, job="train-image", sweep_abandoned_after_s=0) as tmp:
+        storage.write_bytes(storage.join(tmp, "model.json"), b"{}", s3)
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"] if not o["Key"].endswith("/"))
+    assert keys == ["models/v1/_SUCCESS", "models/v1/model.json"]
+
+
 def test_a_job_record_nested_too_deep_reads_as_damaged(tmp_path):
     (tmp_path / "summary.json").write_text("[" * 100_000)
     assert storage.read_json_object(str(tmp_path / "summary.json")) is None  # was a RecursionError

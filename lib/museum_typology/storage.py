@@ -429,7 +429,7 @@ def refuse_bucket_root(url: str, job: str = "") -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "") -> Iterator[str]:
+def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "", sweep_abandoned_after_s: float | None = None) -> Iterator[str]:
     """Yield a temporary directory URL; on a clean exit it replaces ``final_url`` whole.
 
     Locally, a crash leaves ``final_url`` as it was (the old output, or nothing) plus a hidden
@@ -438,6 +438,11 @@ def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "")
     the old ``_SUCCESS`` marker, copies the new objects over the old ones, deletes the old objects
     the new output lacks and writes the marker last, so a crash during the copy leaves an output
     without its marker, which readers refuse and the next run replaces.
+
+    ``sweep_abandoned_after_s``: also delete other outputs' temporaries in the same folder
+    (``.OTHER.tmp-*``) none of whose files is newer than this. A model bundle's name changes with
+    every run, so a killed run's half-copied bundle was never its successor's to clean up; the
+    age spares a commit another job is making there now.
     """
     refuse_bucket_root(final_url, job)
     fs, final_path = filesystem(final_url, s3)
@@ -446,6 +451,8 @@ def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "")
     parent, name = posixpath.split(final_path.rstrip("/"))
     fs.create_dir(parent, recursive=True)
     _remove_stale_temporaries(fs, parent, name, final_path)
+    if sweep_abandoned_after_s is not None:
+        _remove_abandoned_temporaries(fs, parent, name, sweep_abandoned_after_s)
     tmp_name = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_path = posixpath.join(parent, tmp_name)
     tmp_url = join(final_url.rstrip("/").rsplit("/", 1)[0], tmp_name) if is_s3(final_url) else tmp_path
@@ -487,6 +494,37 @@ def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final
                 _delete_tree(fs, info.path)
             except OSError as exc:
                 log.warning("%s: a crashed run's leftover could not be deleted (%s); delete it by hand", info.path, " ".join(str(exc).split()))
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]{8}")
+
+# How old another output's temporary must be before a bundle commit deletes it (see
+# atomic_directory): longer than any training takes to copy its bundle.
+ABANDONED_STAGING_AGE_S = 24 * 3600
+
+
+def _remove_abandoned_temporaries(fs: pafs.FileSystem, parent: str, name: str, age_s: float) -> None:
+    """Delete the ``.OTHER.tmp-*`` folders in ``parent`` whose files are all older than ``age_s``
+    (``.NAME.tmp-*`` are ``_remove_stale_temporaries``'); failures only warn."""
+    import time
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
+    except (OSError, FileNotFoundError):
+        return
+    cutoff_ns = int((time.time() - age_s) * 1e9)
+    for info in infos:
+        found = _TEMPORARY.fullmatch(posixpath.basename(info.path))
+        if info.type != pafs.FileType.Directory or not found or found.group(1) == name:
+            continue
+        try:
+            inside = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
+            newest = max((i.mtime_ns or 0 for i in inside if i.type == pafs.FileType.File), default=info.mtime_ns or 0)
+            if newest < cutoff_ns:
+                log.info("%s: an abandoned commit's temporary (nothing newer than %.0f h); deleted", info.path, age_s / 3600)
+                _delete_tree(fs, info.path)
+        except OSError as exc:
+            log.warning("%s: an abandoned commit's temporary could not be deleted (%s); delete it by hand", info.path, " ".join(str(exc).split()))
 
 
 def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool, job: str = "") -> None:

@@ -428,7 +428,7 @@ def _write_bundle(local: Path, job: WorkerJob, settings: Settings, version: str,
 def _commit_bundle(local: Path, model_dir: str, version: str, s3) -> str:
     """Commit the bundle; ``latest`` is the caller's to move, after the bundle's other outputs."""
     bundle_url = storage.join(model_dir, version)
-    with storage.atomic_directory(bundle_url, s3, job="train-image") as staging:  # _SUCCESS names the owner
+    with storage.atomic_directory(bundle_url, s3, job="train-image", sweep_abandoned_after_s=storage.ABANDONED_STAGING_AGE_S) as staging:  # _SUCCESS names the owner
         storage.upload_directory(str(local), staging, s3)
     return bundle_url
 

@@ -241,7 +241,7 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         local = Path(tmp) / version
         model.save(local, {"conf.json": {"text": settings_dict(ts), "settings": settings.values}, "metrics.json": metrics})
         write_report(local / "report", data.y, baseline_pred, honest_pred, calibrated, blended, metrics)
-        with storage.atomic_directory(bundle_url, s3, job="train-text") as staging:  # _SUCCESS names the owner
+        with storage.atomic_directory(bundle_url, s3, job="train-text", sweep_abandoned_after_s=storage.ABANDONED_STAGING_AGE_S) as staging:  # _SUCCESS names the owner
             storage.upload_directory(str(local), staging, s3)
     # The out-of-fold file before ``latest``, as train-image does: a kill in between never leaves
     # a newest bundle beside the previous run's out-of-fold file.

@@ -150,7 +150,7 @@ def run(settings: Settings, text_oof: str, image_oof: str, cascade_dir: str) -> 
     url = storage.join(cascade_dir, version)
     # Atomic, with _SUCCESS, like the text and image bundles: a crash leaves no half bundle that
     # score could pick up; ``latest`` moves only after the commit.
-    with storage.atomic_directory(url, s3, job="tune-cascade") as staging:  # _SUCCESS names the owner
+    with storage.atomic_directory(url, s3, job="tune-cascade", sweep_abandoned_after_s=storage.ABANDONED_STAGING_AGE_S) as staging:  # _SUCCESS names the owner
         storage.write_bytes(storage.join(staging, "cascade.json"), json.dumps({"version": version, "run_key": digest, "params": best.to_dict(), "metrics": metrics}, ensure_ascii=False, indent=1).encode(), s3)
         storage.write_bytes(storage.join(staging, "grid.json"), json.dumps(table, indent=0).encode(), s3)
         storage.write_bytes(storage.join(staging, "report.md"), report_markdown(metrics).encode("utf-8"), s3)
