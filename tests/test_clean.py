@@ -685,3 +685,11 @@ def test_kmeans_reads_its_rows_in_the_same_order_whatever_order_they_come_in(spa
         assert all(part == sorted(part) for part in parts)
         layouts.append(parts)
     assert layouts[0] == layouts[1]
+
+
+def test_the_review_page_shows_control_characters_of_a_title_as_text():
+    """html.escape leaves a NUL or ESC of a catalogue title in the page, which is then not valid
+    HTML; tab and line breaks are whitespace there and stay."""
+    from museum_typology import review
+
+    assert review._e('Книга\x00 <b>\x1b"1812"\tг.\n') == "Книга\\x00 &lt;b&gt;\\x1b&quot;1812&quot;\tг.\n"

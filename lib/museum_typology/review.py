@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -277,5 +278,11 @@ def _cluster_section(n: int, c: dict[str, Any], rows: list[int], total: int, mon
     return head + picture + table + more + "</section>\n"
 
 
+# Control characters HTML does not allow (a NUL or ESC in a catalogue title made the page invalid).
+_NOT_IN_HTML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """``text`` escaped for HTML, its control characters other than tab and line breaks shown as
+    ``\\xNN``."""
+    return html.escape(_NOT_IN_HTML.sub(lambda found: f"\\x{ord(found.group()):02x}", str(text)), quote=True)
