@@ -85,6 +85,12 @@ def bundle_version(bundle_url: str) -> str:
     return bundle_url.rstrip("/").rsplit("/", 1)[-1]
 
 
+def is_bundle_name(version: Any) -> bool:
+    """A bundle folder's name beside ``latest``: text, not a path (it must not lead out of the
+    models folder), not hidden, no control characters."""
+    return isinstance(version, str) and bool(version) and "/" not in version and "\\" not in version and not version.startswith(".") and not any(ord(c) < 32 for c in version)
+
+
 def latest_version(model_dir: str, s3: S3Options | None = None) -> str | None:
     """The version ``model_dir/latest`` names (stripped), or None when there is no ``latest``.
     A damaged one (not UTF-8 text, empty, or a path rather than a folder name beside it) is a
@@ -97,7 +103,7 @@ def latest_version(model_dir: str, s3: S3Options | None = None) -> str | None:
         version = storage.read_bytes(latest, s3).decode("utf-8").strip()
     except UnicodeDecodeError:
         version = None
-    if not version or "/" in version or "\\" in version or version.startswith(".") or any(ord(c) < 32 for c in version):
+    if not is_bundle_name(version):
         raise storage.StorageError(f"{latest}: damaged (it should hold the name of a bundle folder beside it); train again, or write a bundle's folder name into it")
     return version
 
@@ -151,7 +157,7 @@ def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S
     finish (on S3 a crash mid-copy leaves objects without ``_SUCCESS``), a damaged record, or
     another run's bundle. Whoever asks then does the work again; with ``explain`` the log says why
     (a run that trains again for hours after an upgrade or a changed setting must not be silent)."""
-    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
+    if not is_bundle_name(version):
         return None
     url = storage.join(model_dir, version)
     say = log.info if explain else log.debug

@@ -146,14 +146,19 @@ def _coerce(raw: str, default: Any, dotted: str, assignment: str) -> Any:
 OPEN_TABLES = (("spark", "conf"),)
 
 
+def _open_table(keys: list[str]) -> tuple[str, ...] | None:
+    """The open table ``keys`` name an entry of, or None."""
+    return next((table for table in OPEN_TABLES if tuple(keys[: len(table)]) == table and len(keys) > len(table)), None)
+
+
 def _in_open_table(keys: list[str]) -> bool:
-    return any(tuple(keys[: len(table)]) == table and len(keys) > len(table) for table in OPEN_TABLES)
+    return _open_table(keys) is not None
 
 
 def _check_open_key(keys: list[str], where: str) -> None:
     """A Spark setting is one key holding dots: ``spark.conf.spark.executor.memory`` (unquoted)
     is four nested tables, which Spark would get as one setting named "spark" and ignore."""
-    table = next(t for t in OPEN_TABLES if tuple(keys[: len(t)]) == t)
+    table = _open_table(keys)
     if len(keys) > len(table) + 1:
         inner = ".".join(keys[len(table):])
         raise ConfigError(f'{where}: {inner} reads as nested keys; quote a Spark setting whole: {".".join(table)}."{inner}"')
@@ -166,7 +171,7 @@ def _check_open_value(keys: list[str], value: Any, where: str) -> None:
     if isinstance(value, Mapping) and not value:
         raise ConfigError(f"{where}: {'.'.join(keys)} is an empty table; a Spark setting is a string, number or boolean")
     if isinstance(value, Mapping):
-        path, node = keys[len(next(t for t in OPEN_TABLES if tuple(keys[: len(t)]) == t)):], value
+        path, node = keys[len(_open_table(keys)):], value
         while isinstance(node, Mapping) and node:
             key = next(iter(node))
             path, node = [*path, key], node[key]

@@ -97,8 +97,6 @@ NOT_SCORED_SCHEMA = pa.schema([("source_file", pa.string()), ("source_row", pa.i
 PARTITION_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 # A partition a local commit set aside (storage._commit's ".NAME.old-*"; once "NAME.old-*").
 SET_ASIDE_RE = re.compile(r"\.?(date=\d{4}-\d{2}-\d{2})\.old-[0-9a-f]{8}")
-# The temporary folder of a night's write (``storage.atomic_directory``), left by a killed run.
-WRITING_RE = re.compile(r"\.date=(\d{4}-\d{2}-\d{2})\.tmp-[0-9a-f]+")
 CATALOGUE_SUFFIXES = (".csv", ".parquet", ".pq")
 # The summary keys that describe the plan (what a re-run compares before skipping).
 PLAN_KEYS = (
@@ -232,7 +230,8 @@ def remove_abandoned_writes(predictions_url: str, partitions: Sequence[tuple[str
         return
     newest = partitions[-1][0]
     for name, _ in _entries(predictions_url, s3):
-        match = WRITING_RE.fullmatch(name)
+        # the temporary folder of a night's write (storage.atomic_directory), left by a killed run
+        match = PARTITION_RE.fullmatch(storage.temporary_owner(name) or "")
         if match and match.group(1) < newest:
             storage.delete_dir(storage.join(predictions_url, name), s3)
             log.info("rescore: removed %s, the write of night %s killed before it committed (night %s is newer)", name, match.group(1), newest)

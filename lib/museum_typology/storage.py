@@ -496,7 +496,15 @@ def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final
                 log.warning("%s: a crashed run's leftover could not be deleted (%s); delete it by hand", info.path, " ".join(str(exc).split()))
 
 
-_TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]{8}")
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]+")  # atomic_directory's ".NAME.tmp-1234abcd"
+
+
+def temporary_owner(name: str) -> str | None:
+    """The output whose commit a temporary folder named ``name`` was (``atomic_directory``'s
+    ".NAME.tmp-1234abcd" -> "NAME"), or None when it is no such folder."""
+    found = _TEMPORARY.fullmatch(name)
+    return found.group(1) if found else None
+
 
 # How old another output's temporary must be before a bundle commit deletes it (see
 # atomic_directory): longer than any training takes to copy its bundle.
@@ -514,8 +522,8 @@ def _remove_abandoned_temporaries(fs: pafs.FileSystem, parent: str, name: str, a
         return
     cutoff_ns = int((time.time() - age_s) * 1e9)
     for info in infos:
-        found = _TEMPORARY.fullmatch(posixpath.basename(info.path))
-        if info.type != pafs.FileType.Directory or not found or found.group(1) == name:
+        owner = temporary_owner(posixpath.basename(info.path))
+        if info.type != pafs.FileType.Directory or owner is None or owner == name:
             continue
         try:
             inside = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
