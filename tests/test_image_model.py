@@ -364,6 +364,17 @@ def test_batch_assignment_is_the_same_whatever_the_sharding():
     assert not (whole == image_model.batch_ids(hashes, 13, 0, 1, 7)).all()  # reshuffled per epoch
 
 
+def test_rows_by_batch_gives_each_batch_its_rows_in_order_empty_batches_too():
+    """One sort per epoch replaced a scan of every row per batch (quadratic in the images); the
+    batches, and the order of rows in each, must be what the scan gave."""
+    hashes = image_model.stable_hash([f"g{i}" for i in range(500)])
+    for n_batches in (1, 7, 64, 900):  # 900 > rows: most batches are empty
+        batch_of = image_model.batch_ids(hashes, 13, 2, 1, n_batches)
+        rows = image_model.rows_by_batch(batch_of, n_batches)
+        assert len(rows) == n_batches
+        assert all((r == np.where(batch_of == b)[0]).all() for b, r in enumerate(rows))
+
+
 def test_stratified_folds_are_balanced_and_order_free():
     guids = [f"g{i}" for i in range(40)]
     y = np.array([i % 4 for i in range(40)])

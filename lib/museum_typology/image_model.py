@@ -188,6 +188,15 @@ def batch_ids(hashes: np.ndarray, seed: int, fold: int, epoch: int, n_batches: i
     return (mixed % np.uint64(n_batches)).astype(np.int64)
 
 
+def rows_by_batch(batch_of: np.ndarray, n_batches: int) -> list[np.ndarray]:
+    """The row indices of each minibatch, ascending within it, as ``np.where(batch_of == b)``
+    gives them; one stable sort per epoch instead of a scan of every row per batch, which at
+    180K images x 12 views and batches of 32 spent ~40 s of each epoch finding rows."""
+    order = np.argsort(batch_of, kind="stable")
+    bounds = np.searchsorted(batch_of[order], np.arange(n_batches + 1))
+    return [order[bounds[b]:bounds[b + 1]] for b in range(n_batches)]
+
+
 def balanced_class_weights(labels: Sequence[int]) -> list[float]:
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_CLASSES).astype(np.float64)
     present = counts > 0
@@ -575,8 +584,7 @@ def _train_head(hvd, head, feats, y, hashes, train_mask, held_mask, class_weight
         local_weight = np.bincount(batch_of, weights=weights_of, minlength=n_batches).astype(np.float32)
         global_weight = hvd.allreduce(tf.constant(local_weight), op=hvd.Sum).numpy()
         epoch_loss = 0.0
-        for b in range(n_batches):
-            rows = np.where(batch_of == b)[0]
+        for b, rows in enumerate(rows_by_batch(batch_of, n_batches)):
             denominator = tf.constant(max(float(global_weight[b]), 1e-6), tf.float32)
             if rows.size:
                 epoch_loss += float(step(tf.gather(x_train, rows), tf.constant(y_train[rows], tf.int64), denominator))
