@@ -341,6 +341,39 @@ def test_a_partition_a_crash_left_set_aside_is_put_back_by_the_next_night(spark,
     assert storage.is_committed(str(predictions / "date=2026-03-01")) and not (predictions / ".date=2026-03-01.old-0123abcd").exists()
 
 
+def test_the_current_state_folds_the_history_as_it_reads_and_keeps_each_guids_newest_row(tmp_path, monkeypatch):
+    """Every night a model changes adds the whole catalogue to the history; reading a year of
+    nights whole held them all at once (3.9 GB for 366 nights of a 1M-row catalogue). The rows
+    read are folded to one per guid as they go; the answer must be the plain one's."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    predictions = tmp_path / "predictions"
+    schema = rescore.PARTITION_SCHEMA
+    for night in range(12):
+        guids = rng.choice([f"g{i:03d}" for i in range(60)], size=int(rng.integers(0, 40)), replace=False)
+        table = pa.table({name: pa.nulls(len(guids), schema.field(name).type) for name in schema.names}, schema=schema)
+        table = table.set_column(0, "guid", pa.array(guids, pa.string())).set_column(schema.get_field_index("reason"), "reason", pa.array([f"night {night}"] * len(guids)))
+        directory = predictions / f"date=2026-03-{night + 1:02d}"
+        directory.mkdir(parents=True)
+        pq.write_table(table, directory / rescore.PART_FILE)
+        (directory / "_SUCCESS").write_bytes(b"")
+    plain = rescore.current_predictions(str(predictions), compact_above=10**9)
+    folds = []
+    fold = rescore.newest_per_guid
+    monkeypatch.setattr(rescore, "newest_per_guid", lambda table: folds.append(table.num_rows) or fold(table))
+    folded = rescore.current_predictions(str(predictions), compact_above=5)
+    assert len(folds) >= 3 and max(folds) <= 3 * 60  # folded several times, never more than ~3 catalogues held
+    assert plain.equals(folded) and len(folded) == folded["guid"].nunique() > 40
+    last_night = {}
+    for night in range(12):
+        for guid in pq.read_table(predictions / f"date=2026-03-{night + 1:02d}" / rescore.PART_FILE).column("guid").to_pylist():
+            last_night[guid] = f"night {night}"
+    assert dict(zip(folded["guid"], folded["reason"])) == last_night
+    early = rescore.current_predictions(str(predictions), before="2026-03-07", compact_above=5)
+    assert set(early["date"]) <= {f"2026-03-{d:02d}" for d in range(1, 7)}
+
+
 def test_catalogue_directory_of_csv_and_parquet(tmp_path):
     directory = tmp_path / "catalogue"
     (directory / "sub").mkdir(parents=True)

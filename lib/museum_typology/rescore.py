@@ -51,8 +51,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -272,28 +274,43 @@ def read_partition(url: str, s3: S3Options | None = None, columns: Sequence[str]
 
 def current_predictions(
     predictions_url: str, s3: S3Options | None = None, before: str | None = None, columns: Sequence[str] = PARTITION_COLUMNS,
-    partitions: Sequence[tuple[str, str]] | None = None,
+    partitions: Sequence[tuple[str, str]] | None = None, compact_above: int = 1_000_000,
 ) -> pd.DataFrame:
     """The current prediction of every guid: its row in the newest committed partition that has
     it (``before``: only partitions dated strictly earlier), plus ``date``, the partition it came
     from. Sorted by guid. Guids that left the catalogue keep their last prediction. ``partitions``:
     ``committed_partitions``' answer when the caller has it (each partition's marker is a request
-    on S3)."""
+    on S3). Memory: the rows read are folded to one per guid whenever they pass twice the
+    guids kept and ``compact_above``, so it holds about three catalogues' rows at most, not the
+    history's."""
     if partitions is None and not storage.exists(predictions_url, s3):  # a typo read as "no predictions yet"
         raise RescoreError(f"{predictions_url}: no such predictions directory (rescore writes date=YYYY-MM-DD/ partitions there)")
     columns = list(dict.fromkeys(["guid", *columns]))
-    tables = []
+    tables = [pa.schema([*(PARTITION_SCHEMA.field(name) for name in columns), ("date", pa.string())]).empty_table()]
+    held, kept = 0, 0
     for date, url in committed_partitions(predictions_url, s3) if partitions is None else partitions:
         if before is not None and date >= before:
             continue
         table = read_partition(url, s3, columns)
         tables.append(table.append_column("date", pa.array([date] * table.num_rows, pa.string())))
-    if not tables:
-        tables.append(pa.schema([*(PARTITION_SCHEMA.field(name) for name in columns), ("date", pa.string())]).empty_table())
+        held += table.num_rows
+        # Every night a model changes adds the whole catalogue to the history: without folding
+        # the rows read so far to one per guid, a year of nights held many catalogues at once.
+        if held > max(2 * kept, compact_above):
+            tables = [newest_per_guid(pa.concat_tables(tables))]
+            held = kept = tables[0].num_rows
     frame = pa.concat_tables(tables).to_pandas()
     # Oldest partition first, rows in file order: the last row of a guid is its newest.
     frame = frame.drop_duplicates("guid", keep="last")
     return frame.sort_values("guid", kind="stable").reset_index(drop=True)
+
+
+def newest_per_guid(table: pa.Table) -> pa.Table:
+    """Each guid's last row (the rows oldest first), in the order those rows had. (Not
+    ``Table.group_by``: pyarrow 10's crashes the process on a table of several chunks.)"""
+    codes = pc.dictionary_encode(table.column("guid").combine_chunks(), null_encoding="encode").indices.to_numpy()
+    _, first_from_end = np.unique(codes[::-1], return_index=True)
+    return table.take(np.sort(len(codes) - 1 - first_from_end))
 
 
 # ---------------------------------------------------------------- images
