@@ -665,6 +665,23 @@ class RowLoggingScorer:
         return pd.DataFrame({"row": tasks["row"].to_numpy(), "guid": tasks["guid"].to_numpy(), "typology": ["x"] * n, "confidence": np.zeros(n), "source": ["text"] * n, "model_version": ["v"] * n, "note": [""] * n, "text_confidence": np.zeros(n), "image_confidence": np.zeros(n), "description_hash": [None] * n, "image_sha256": [None] * n})
 
 
+def test_a_large_input_is_scored_in_spark_jobs_of_at_most_rows_per_job_rows(spark, settings, monkeypatch):
+    """One Spark job brought every result to the driver at once: past spark.driver.maxResultSize
+    (1g, ~3.9M rows) the job failed after scoring everything. The rows go in jobs of at most
+    score.rows_per_job; together they are the one job's answer, every row once, in row order."""
+    n = 23
+    tasks = pd.DataFrame({"row": np.arange(n, dtype=np.int64), "guid": [f"g{i}" for i in range(n)], "text": [f"монета {i}" for i in range(n)], "image_kind": None, "image_ref": None, "note": ""})
+    whole = score.score_tasks(spark, tasks, spec(), rows_per_partition=15, factory=stand_in)
+    jobs = []
+    one_job = score._score_job
+    monkeypatch.setattr(score, "_score_job", lambda spark, part, *rest: jobs.append(list(part["row"])) or one_job(spark, part, *rest))
+    cut = score.score_tasks(spark, tasks, spec(), rows_per_partition=15, factory=stand_in, rows_per_job=10)
+    assert jobs == [list(range(0, 10)), list(range(10, 20)), list(range(20, 23))]
+    assert cut.equals(whole) and list(cut["row"]) == list(range(n))
+    with pytest.raises(score.ScoreError, match="score.rows_per_job = 0: must be a whole number >= 1"):
+        score.check_settings(settings.set(["score", "rows_per_job"], 0, "test"))
+
+
 def test_each_task_scores_its_rows_in_a_fixed_order_whatever_order_they_arrive_in(spark, tmp_path):
     """Which rows share a scoring batch followed the order a cluster's shuffle delivered them in.
     Each task now gets its rows by image file or part file, then place in the part file, then row:

@@ -577,7 +577,7 @@ def run(
             return {**stored, "already_complete": True, "scored": 0}
 
     tasks = plan_tasks(delta, images.files, images.dataset, spec.text_normalization)
-    result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
+    result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory, int(settings.get("score.rows_per_job")))
     frame = result.assign(reason=reasons)
     summary["sources"] = dict(sorted(Counter(frame["source"]).items()))
     write_partition(partition_url, frame, summary, not_scored_parquet(not_scored), s3)

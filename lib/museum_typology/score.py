@@ -303,7 +303,7 @@ def check_settings(settings: Settings) -> None:
     for key, allowed in (("score.image_views", ("trained", "whole")), ("score.image_runtime", tflite_backbone.RUNTIMES)):
         if settings.get(key) not in allowed:
             raise ScoreError(f"{key} = {settings.get(key)!r}: must be one of {', '.join(allowed)}")
-    for key, minimum, why in (("image_threads", 0, "0 = the Spark task's cpus"), ("rows_per_partition", 1, ""), ("batch_size", 1, ""), ("image_batch_size", 1, "")):
+    for key, minimum, why in (("image_threads", 0, "0 = the Spark task's cpus"), ("rows_per_partition", 1, ""), ("rows_per_job", 1, ""), ("batch_size", 1, ""), ("image_batch_size", 1, "")):
         try:  # the readers take int(): a count written 5.0 is 5, as elsewhere
             whole_number(f"score.{key}", settings.get(f"score.{key}"), minimum, why)
         except ConfigError as exc:
@@ -689,10 +689,29 @@ def partition_keys(spark, partitions: int) -> list[int]:
     return [first[k] for k in range(partitions)]
 
 
-def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition: int, factory: ScorerFactory = Scorer.cached) -> pd.DataFrame:
-    """Score planned task rows on Spark; results back in ``row`` order."""
+def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition: int, factory: ScorerFactory = Scorer.cached, rows_per_job: int = 1_000_000) -> pd.DataFrame:
+    """Score planned task rows on Spark; results back in ``row`` order.
+
+    At most ``rows_per_job`` rows a Spark job: a job's results come back to the driver's JVM
+    at once, and Spark fails a job whose results pass ``spark.driver.maxResultSize`` (1g by
+    default; at about 280 bytes a row, one job for a catalogue of ~3.9M rows failed after
+    scoring all of it)."""
     if tasks.empty:
         return pd.DataFrame(columns=list(RESULT_COLUMNS))
+    parts = []
+    for start in range(0, len(tasks), rows_per_job):
+        if len(tasks) > rows_per_job:
+            log.info("score: rows %d-%d of %d (score.rows_per_job = %d)", start + 1, min(start + rows_per_job, len(tasks)), len(tasks), rows_per_job)
+        parts.append(_score_job(spark, tasks.iloc[start:start + rows_per_job], spec, rows_per_partition, factory))
+    result = pd.concat(parts, ignore_index=True)
+    result = result.sort_values("row", kind="stable").reset_index(drop=True)
+    if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
+        raise InternalError(f"score: {len(tasks)} rows planned, {len(result)} scored")
+    return result
+
+
+def _score_job(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition: int, factory: ScorerFactory) -> pd.DataFrame:
+    """One Spark job: ``tasks`` spread over the cores (``partition_ids``), scored, collected."""
     partitions = max(1, min(len(tasks), max(spark.sparkContext.defaultParallelism, -(-len(tasks) // rows_per_partition))))
     keys = np.asarray(partition_keys(spark, partitions), dtype=np.int64)
     ids = partition_ids(tasks, partitions, spark.sparkContext.defaultParallelism)
@@ -704,10 +723,7 @@ def score_tasks(spark, tasks: pd.DataFrame, spec: ScorerSpec, rows_per_partition
     # should neither change from run to run nor scatter a part file's rows over every batch.
     ordered = frame.repartition(partitions, "key").sortWithinPartitions("image_ref", "image_pos", "row")
     scored = ordered.drop("key", "image_pos").mapInPandas(score_partition(spec, factory), RESULT_SCHEMA)
-    result = scored.toPandas().sort_values("row", kind="stable").reset_index(drop=True)
-    if len(result) != len(tasks):  # every input row exactly once, or the job fails loudly
-        raise InternalError(f"score: {len(tasks)} rows planned, {len(result)} scored")
-    return result
+    return scored.toPandas()
 
 
 
@@ -749,7 +765,7 @@ def run(
     dataset_images = find_dataset_images(image_dataset, s3) if image_dataset else {}
     tasks = plan_tasks(rows, image_files, dataset_images, spec.text_normalization)
     log.info("score: %d rows (%d with words, %d with an image) with %s", len(tasks), int((tasks["text"] != "").sum()), int(tasks["image_kind"].notna().sum()), spec.model_version)
-    result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory)
+    result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory, int(settings.get("score.rows_per_job")))
     write_output(output_url, result, s3)
     sources = dict(Counter(result["source"]))
     log.info("score: %d rows -> %s (%s)", len(result), output_url, sources)
