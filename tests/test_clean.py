@@ -661,6 +661,23 @@ def test_review_page_without_images_or_titles_says_so():
     assert "titles unavailable" in html and "no images of this cluster" in html and page.montages == 0
 
 
+def test_review_page_reads_only_the_images_of_the_tiles_it_shows(monkeypatch):
+    """Every image of a shown cluster was read and shrunk (tens of thousands at catalogue scale),
+    for at most review_thumbnails tiles each."""
+    cs = clean.CleanSettings(suspicious_min_size=2, review_thumbnails=3)
+    n = 40
+    y = np.array([A] * n)
+    proba = _proba([{A: 0.05, B: 0.9}] * n)
+    cleaned = clean.clean_labels(clean.Oof([f"g{i:02d}" for i in range(n)], y, proba, ["image"] * n), cs, np.zeros(n, np.int64), np.zeros(n, np.int64))
+    asked = []
+    monkeypatch.setattr(review, "read_thumbnails", lambda url, guids, s3: asked.append(set(guids)) or ({}, None))
+    from museum_typology.config import load_settings
+
+    review.build(cleaned, clean.per_class_counts(y, cleaned.actions, cleaned.new_labels, cleaned.suspected), cs, "/nonexistent/dataset", "/nonexistent/data", load_settings(environ={}), None)
+    shown = review.shown_clusters(cleaned.clusters, cs.review_max_clusters)
+    assert len(asked) == 1 and shown and 0 < len(asked[0]) <= cs.review_thumbnails * len(shown) < n
+
+
 def test_review_titles_are_those_of_the_rows_the_models_read(tmp_path):
     """A guid repeated in train.csv: the first row is read, the repeat rejected; the page showed the repeat's title."""
     from museum_typology.config import load_settings
