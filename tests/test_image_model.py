@@ -375,6 +375,19 @@ def test_rows_by_batch_gives_each_batch_its_rows_in_order_empty_batches_too():
         assert all((r == np.where(batch_of == b)[0]).all() for b, r in enumerate(rows))
 
 
+def test_features_are_stacked_in_guid_order_without_a_reordered_copy():
+    rng = np.random.default_rng(3)
+    guids = [f"g{i}" for i in rng.permutation(50)] + ["g7"]  # a repeated guid keeps its read order
+    chunks = [rng.random((k, 2, 3)).astype(np.float32) for k in (16, 16, 16, 3)]
+    expected_order = np.argsort(guids, kind="stable")
+    expected = np.concatenate(chunks)[expected_order]
+    sorted_guids, feats = image_model.stack_in_guid_order(guids, list(chunks))
+    assert sorted_guids == [guids[i] for i in expected_order] and feats.dtype == np.float32 and (feats == expected).all()
+    taken = list(chunks)
+    image_model.stack_in_guid_order(guids, taken)
+    assert taken == []  # each chunk let go once placed
+
+
 def test_stratified_folds_are_balanced_and_order_free():
     guids = [f"g{i}" for i in range(40)]
     y = np.array([i % 4 for i in range(40)])
