@@ -12,9 +12,24 @@ from .schema import CLASSES
 
 
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] | None = None) -> float:
-    """Macro-F1 over the given labels (default: the classes present in y_true), the task's metric."""
-    labels = sorted(set(y_true)) if labels is None else list(labels)
-    return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    """Macro-F1 over the given labels (default: the classes present in y_true), the task's metric.
+
+    Class indices are counted with one bincount: the cascade's grid search scores millions of
+    pairs at every point, where scikit-learn's f1_score took 0.5 s a call. The same value as
+    ``f1_score(..., average="macro", zero_division=0)`` to the bit (2tp / (true + predicted) per
+    label, averaged in label order: its own formula); anything but non-negative integers goes
+    to scikit-learn."""
+    true, pred = np.asarray(y_true), np.asarray(y_pred)
+    labels_array = np.unique(true) if labels is None else np.asarray(list(labels))
+    if true.shape != pred.shape or true.ndim != 1 or not all(a.dtype.kind in "iu" and (a.size == 0 or a.min() >= 0) for a in (true, pred, labels_array)) or labels_array.size == 0 or true.size == 0:
+        labels = sorted(set(y_true)) if labels is None else list(labels)
+        return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+    k = int(max(true.max(), pred.max(initial=0), labels_array.max())) + 1
+    counts = np.bincount(true.astype(np.int64) * k + pred.astype(np.int64), minlength=k * k).reshape(k, k)
+    true_positive = np.diag(counts)[labels_array].astype(np.float64)
+    denominator = (counts.sum(axis=1)[labels_array] + counts.sum(axis=0)[labels_array]).astype(np.float64)
+    f1 = np.where(denominator > 0, 2.0 * true_positive / np.where(denominator > 0, denominator, 1.0), 0.0)
+    return float(np.average(f1))
 
 
 def per_class_table(y_true: Sequence[int], y_pred: Sequence[int]) -> list[dict[str, Any]]:
