@@ -292,6 +292,52 @@ def test_a_pipeline_whose_stage_fails_writes_a_report_that_says_so(tmp_path, mon
         cli.JOBS["pipeline"].run(args, cli._settings(args))
 
 
+def test_a_signal_stops_the_job_with_one_line_and_the_pipeline_report_says_so(tmp_path, monkeypatch, capsys):
+    """SIGTERM killed the process with no word (exit 143, a pipeline's last report left as if it
+    were this run's), and after Horovod had run it was ignored altogether; Ctrl-C printed
+    tracebacks. Now: the job stops where it is, one line, exit 128 + the signal, the pipeline's
+    report says which stage was interrupted, and the signal handlers are as they were."""
+    import os
+    import signal
+    import time
+
+    from museum_typology import cli, ingest, run_report, train_image
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def killed(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first
+        raise AssertionError("SIGTERM did not stop the job")
+
+    monkeypatch.setattr(cli, "_spark", lambda settings, args, job: "spark")
+    monkeypatch.setattr(ingest, "run", lambda *a, **k: {"dataset_rows": 1, "input_rows": 1, "status_counts": {"ok": 1}})
+    monkeypatch.setattr(train_image, "run", killed)
+    reports: list[str | None] = []
+    monkeypatch.setattr(run_report, "build_run_report", lambda work_dir, timings, outputs, s3, stopped=None: reports.append(stopped) or "r")
+    (tmp_path / "data").mkdir()
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / "data" / name).write_text("guid,description,typology\n", encoding="utf-8")
+    code = cli.main(["pipeline", "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM and reports == ["its train-image stage failed: interrupted by SIGTERM"]
+    assert "museum-typology pipeline: interrupted by SIGTERM; what was committed stays" in err and "Traceback" not in err
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+    def ctrl_c_then_py4j(*a, **k):  # the JVM got the Ctrl-C too: what Python sees next is a Py4J error
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        finally:
+            raise RuntimeError("An error occurred while calling o102.getResult")
+
+    monkeypatch.setattr(train_image, "run", ctrl_c_then_py4j)
+    assert cli.main(["pipeline", "--work-dir", str(tmp_path / "work"), "--data", str(tmp_path / "data")]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "interrupted by SIGINT (Ctrl-C)" in err and "Traceback" not in err
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
     """py4j logs a command it sends again (the JVM closed a pooled connection) at INFO on the root
     logger with the closed socket's traceback: in every make run log, though nothing failed."""
@@ -303,6 +349,9 @@ def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
         "except ConnectionResetError:\n"
         "    logging.info('Exception while sending command.', exc_info=True)\n"
         "    logging.exception('Exception while sending command.')\n"
+        "try:\n    raise KeyboardInterrupt\n"
+        "except KeyboardInterrupt:\n"
+        "    logging.exception('KeyboardInterrupt while sending command.')\n"  # the CLI says 'interrupted' in one line
         "logging.info('something else')\n"
         "import os\nprint(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
     )

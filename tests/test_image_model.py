@@ -348,6 +348,38 @@ def test_train_image_refuses_what_would_fail_only_after_training(spark, tiny_dat
         run_horovod(spark, None, job, 8, 30)
 
 
+def test_horovod_leaves_the_signal_handlers_as_they_were():
+    """Horovod's Gloo launcher set SIGINT/SIGTERM handlers that only set an event and never put
+    them back: from train-image on, the pipeline ignored a scheduler's SIGTERM and Ctrl-C and
+    finished with exit 0."""
+    import signal
+
+    import horovod.spark
+    from horovod.runner import gloo_run
+
+    def launcher_like(*args, **kwargs):  # what horovod.spark.run's launch_gloo does first
+        event = gloo_run.register_shutdown_event()
+        assert not event.is_set()
+        if kwargs.get("num_proc") == 3:
+            raise RuntimeError("Horovod detected that one or more processes exited with non-zero status")
+        return [{"rank": 0}]
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    job = train_image.WorkerJob(dataset_url="d", s3=None, settings=None, labels={}, folds={}, class_weights=[], checkpoint_url="c", mode="folds")
+    real_run = horovod.spark.run
+    horovod.spark.run = launcher_like
+    try:
+        assert train_image.run_horovod(None, None, job, 2, 30) == [{"rank": 0}]
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+        with pytest.raises(RuntimeError, match="exited with non-zero"):
+            train_image.run_horovod(None, None, job, 3, 30)
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        horovod.spark.run = real_run
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def test_a_local_masters_task_slots_are_its_cores_over_the_cpus_per_task():
     assert [train_image.local_task_slots(m, None) for m in ("local", "local[2]", "local[4, 3]", " local[8] ")] == [1, 2, 4, 8]
     assert train_image.local_task_slots("local[8]", 4) == 2 and train_image.local_task_slots("local[2]", 4) == 1

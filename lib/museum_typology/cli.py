@@ -6,22 +6,28 @@ the same way in-process on local Spark and on a cluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__, bundles, storage
 from .catalogue import CsvError
 from .config import ConfigError, Settings, count_argument, load_settings
+from .errors import Interrupted
 from .log import get_logger, log_level_problem, setup_logging
 
 log = get_logger("museum_typology")
 
 # Errors that mean "bad input or settings": one clear line, exit code 2, no traceback.
+CTRL_C = "SIGINT (Ctrl-C)"
+_on_signal: Callable[[int, Any], None] | None = None  # interruptible()'s handler while a job runs
 USER_ERRORS: tuple[type[BaseException], ...] = (CsvError, ConfigError, storage.StorageError)
 
 
@@ -73,7 +79,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _spark(settings: Settings, args: argparse.Namespace, job: str):
     from .session import build_spark
 
-    return build_spark(settings, job, master=args.master)
+    spark = build_spark(settings, job, master=args.master)
+    # pyspark's SparkContext puts in its own SIGINT handler, which cancels the Spark jobs over
+    # Py4J from inside the handler: a Ctrl-C landing while the driver waited on Py4J failed with
+    # "reentrant call" Py4J errors, five tracebacks and exit 1. The job's own handler is put back
+    # (the Spark jobs stop with the SparkContext as the job ends).
+    if _on_signal is not None and signal.getsignal(signal.SIGINT) is not _on_signal:
+        signal.signal(signal.SIGINT, _on_signal)
+    return spark
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -146,9 +159,12 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         started = time.monotonic()
         try:
             result = run()
-        except Exception as error:
+        except (Exception, KeyboardInterrupt) as error:
             timings[name] = time.monotonic() - started
-            message = " ".join(str(error).split()) or type(error).__name__
+            if isinstance(error, KeyboardInterrupt):
+                message = f"interrupted by {error.name if isinstance(error, Interrupted) else CTRL_C}"
+            else:
+                message = " ".join(str(error).split()) or type(error).__name__
             _report_stopped_run(work_dir, timings, outputs, s3, f"its {name} stage failed: {message[:1000]}{'…' if len(message) > 1000 else ''}")
             raise
         timings[name] = time.monotonic() - started
@@ -555,21 +571,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging()
     args = build_parser().parse_args(argv)
-    try:
-        JOBS[args.job].run(args, _settings(args))
-        return 0
-    except USER_ERRORS + _input_errors() as exc:
-        print(f"museum-typology {args.job}: error: {exc}", file=sys.stderr)
+    with interruptible() as interruptions:
+        try:
+            JOBS[args.job].run(args, _settings(args))
+            return 0
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and not interruptions:  # raised by other code than ours
+                interruptions.append(Interrupted(signal.SIGINT, CTRL_C))
+            if interruptions:  # whatever the signal left behind (Spark's JVM gone too: Py4J errors) is not the job's error
+                first = interruptions[0]
+                print(f"museum-typology {args.job}: interrupted by {first.name}; what was committed stays, nothing half-written is read: run the same command again to go on", file=sys.stderr)
+                return 128 + first.signum
+            return _exit_code(args.job)
+
+
+def _exit_code(job: str) -> int:
+    """For the exception being handled: one line and 2 for the user's errors, 1 for a job that
+    could not finish; anything else is raised on, with its traceback (a bug)."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, USER_ERRORS + _input_errors()):
+        print(f"museum-typology {job}: error: {exc}", file=sys.stderr)
         return 2
-    except _job_errors() as exc:
-        print(f"museum-typology {args.job}: failed: {exc}", file=sys.stderr)
+    if isinstance(exc, _job_errors()):
+        print(f"museum-typology {job}: failed: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        if not storage.is_s3_error(exc):
-            raise
+    if isinstance(exc, OSError) and storage.is_s3_error(exc):
         # pyarrow says which key, bucket and AWS error; the traceback adds nothing for a user
-        print(f"museum-typology {args.job}: error: S3: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"museum-typology {job}: error: S3: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    raise
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[list[Interrupted]]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the job (listed in the yielded list), so that it
+    stops where it is, its unfinished outputs are cleaned up by their own ``finally`` blocks and
+    the pipeline's run report says it was stopped; SIGTERM's default killed the process with no
+    word. (``_spark`` puts SIGINT's back after pyspark's SparkContext set its own; a plain
+    KeyboardInterrupt counts as SIGINT too.) The handlers before are put back after. Outside the
+    main thread (signals cannot be handled there) nothing changes."""
+    interruptions: list[Interrupted] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interruptions
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        interruptions.append(Interrupted(signum, CTRL_C if signum == signal.SIGINT else signal.Signals(signum).name))
+        raise interruptions[-1]
+
+    global _on_signal
+    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _on_signal = on_signal
+    try:
+        yield interruptions
+    finally:
+        _on_signal = None
+        for sig, handler in saved.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

@@ -13,15 +13,21 @@ from tqdm import tqdm
 T = TypeVar("T")
 _CONFIGURED = False
 PY4J_RETRY_MESSAGE = "Exception while sending command."
+PY4J_INTERRUPTED_MESSAGE = "KeyboardInterrupt while sending command."
 
 
 class _Py4jRetryFilter(logging.Filter):
     """py4j logs a command it is about to send again on a fresh connection (the JVM closed the
     pooled one: Horovod's Spark thread ends, say) at INFO on the root logger, with the traceback
-    of the closed socket. The retry goes through; a failed one is logged at ERROR and kept."""
+    of the closed socket. The retry goes through; a failed one is logged at ERROR and kept. It
+    also logs a Ctrl-C or SIGTERM that lands while it waits on the JVM as an ERROR with its
+    traceback: the CLI says the job was interrupted, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.INFO and record.name == "root" and record.getMessage() == PY4J_RETRY_MESSAGE)
+        if record.name != "root":
+            return True
+        message = record.getMessage()
+        return not ((record.levelno == logging.INFO and message == PY4J_RETRY_MESSAGE) or message == PY4J_INTERRUPTED_MESSAGE)
 
 
 def quiet_library_warnings() -> None:

@@ -13,10 +13,11 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +136,39 @@ def check_task_slots(spark, processes: int, start_timeout: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def signals_left_alone() -> Iterator[None]:
+    """Horovod's Gloo launcher (``horovod.runner.gloo_run.register_shutdown_event``) replaces the
+    process's SIGINT and SIGTERM handlers with one that only sets an event, which its Spark mode
+    does not act on, and never puts them back: from train-image on, a scheduler's SIGTERM or a
+    Ctrl-C was ignored and the pipeline ran to its end with exit 0. Here the launcher gets its
+    event without touching the handlers (the Spark tasks it starts end with the driver), and the
+    handlers are put back whatever happens."""
+    import threading
+
+    from horovod.runner import gloo_run
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    register = getattr(gloo_run, "register_shutdown_event", None)
+    gloo_run.register_shutdown_event = threading.Event
+    try:
+        yield
+    finally:
+        if register is not None:
+            gloo_run.register_shutdown_event = register
+        for sig, handler in saved.items():
+            if handler is not None:  # None: set outside Python, cannot be put back from here
+                signal.signal(sig, handler)
+
+
 def run_horovod(spark, fn, job: WorkerJob, num_proc: int, start_timeout: int) -> list[dict[str, Any]]:
     import horovod.spark
     from horovod.runner.common.util.timeout import TimeoutException
 
     log.info("horovod.spark.run: %d processes (%s mode), Gloo", num_proc, job.mode)
     try:
-        results = horovod.spark.run(fn, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0, start_timeout=start_timeout, stdout=sys.stderr, stderr=sys.stderr)
+        with signals_left_alone():
+            results = horovod.spark.run(fn, args=(job,), num_proc=num_proc, use_gloo=True, verbose=0, start_timeout=start_timeout, stdout=sys.stderr, stderr=sys.stderr)
     except TimeoutException as exc:  # a cluster without the slots, or its executors still starting
         raise TrainImageError(f"Horovod: {' '.join(str(exc).split())} ({num_proc} processes asked for; image.start_timeout = {start_timeout} s)") from None
     return sorted(results, key=lambda r: r["rank"])
