@@ -78,6 +78,52 @@ def test_local_commit_replaces_the_output_and_a_failed_second_rename_puts_the_ol
     assert os.path.basename(wrapper[0].calls[0][1]).startswith(".out.old-")  # set aside hidden, not as out.old-*
 
 
+def test_a_file_write_killed_before_its_rename_leaves_nothing_readers_take_for_data(tmp_path, monkeypatch):
+    """write_bytes' temporary was NAME.tmp-…: a kill before the rename left it beside the data
+    files, and a folder of score outputs read by pyarrow (or Spark, or evaluate) counted that
+    output's rows twice. It is hidden now, and a day-old one goes at the name's next write."""
+    import time
+
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from museum_typology.catalogue import parquet_data_files
+
+    def table_bytes(n):
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.table({"guid": [f"g{i}" for i in range(n)]}), buffer)
+        return buffer.getvalue().to_pybytes()
+
+    out = tmp_path / "out"
+    storage.write_bytes(str(out / "a.parquet"), table_bytes(3))
+
+    class KilledAtRename:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            if name == "move":
+                raise KeyboardInterrupt  # the kill lands between the write and the rename
+            return getattr(self.fs, name)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        real_filesystem = storage.filesystem
+        patch.setattr(storage, "filesystem", lambda url, s3=None: (KilledAtRename(real_filesystem(url, s3)[0]), real_filesystem(url, s3)[1]))
+        storage.write_bytes(str(out / "b.parquet"), table_bytes(2))
+    leftover = [p for p in out.iterdir() if p.name != "a.parquet"]
+    assert len(leftover) == 1 and leftover[0].name.startswith(".b.parquet.tmp-")
+    assert [os.path.basename(f) for f in parquet_data_files(pafs.LocalFileSystem(), str(out), "out")] == ["a.parquet"]
+    assert pq.read_table(str(out)).num_rows == 3
+
+    fresh = out / ".b.parquet.tmp-0000beef"  # another writer's, still running
+    fresh.write_bytes(b"being written")
+    day_old = time.time() - storage.ABANDONED_STAGING_AGE_S - 60
+    os.utime(leftover[0], (day_old, day_old))
+    storage.write_bytes(str(out / "b.parquet"), table_bytes(2))
+    assert sorted(p.name for p in out.iterdir()) == [".b.parquet.tmp-0000beef", "a.parquet", "b.parquet"]
+
+
 def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path):
     """kill -9 after the old output was set aside and before the new one took its place: no
     output, a hidden .NAME.old-* holding the previous one. The next run puts it back first, so

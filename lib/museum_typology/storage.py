@@ -280,19 +280,26 @@ def _local_file_stats(root: str, recursive: bool, url: str) -> list[tuple[str, i
 
 
 def write_bytes(url: str, data: bytes, s3: S3Options | None = None) -> None:
-    """Write one file atomically: a temporary sibling, then a rename (local) or a single PUT (S3)."""
+    """Write one file atomically: a temporary sibling, then a rename (local) or a single PUT (S3).
+
+    The sibling is hidden (``.NAME.tmp-1234abcd``): a run killed before its rename left a
+    ``NAME.tmp-…`` that Spark, pyarrow and evaluate read as one more data file of the folder (a
+    folder of score outputs counted one output's rows twice). Such leftovers of ``NAME`` older
+    than a day are deleted at its next write (a younger one may be another writer's)."""
     fs, path = filesystem(url, s3)
     if is_s3(url):
         # A single PUT is atomic on S3: readers see the old object or the new one, never half.
         with fs.open_output_stream(path) as out:
             out.write(data)
         return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    parent, name = posixpath.split(path)
+    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        fs.create_dir(posixpath.dirname(path), recursive=True)
+        fs.create_dir(parent, recursive=True)
         with fs.open_output_stream(tmp) as out:
             out.write(data)
         fs.move(tmp, path)
+        _remove_abandoned_file_temporaries(fs, parent, name, ABANDONED_STAGING_AGE_S)
     except OSError as exc:
         if fs.get_file_info(tmp).type == pafs.FileType.File:
             fs.delete_file(tmp)
@@ -496,12 +503,12 @@ def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final
                 log.warning("%s: a crashed run's leftover could not be deleted (%s); delete it by hand", info.path, " ".join(str(exc).split()))
 
 
-_TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]+")  # atomic_directory's ".NAME.tmp-1234abcd"
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]+")  # atomic_directory's and write_bytes' ".NAME.tmp-1234abcd"
 
 
 def temporary_owner(name: str) -> str | None:
-    """The output whose commit a temporary folder named ``name`` was (``atomic_directory``'s
-    ".NAME.tmp-1234abcd" -> "NAME"), or None when it is no such folder."""
+    """The output whose commit a temporary named ``name`` was (``atomic_directory``'s folders and
+    ``write_bytes``' files: ".NAME.tmp-1234abcd" -> "NAME"), or None when it is no such name."""
     found = _TEMPORARY.fullmatch(name)
     return found.group(1) if found else None
 
@@ -533,6 +540,22 @@ def _remove_abandoned_temporaries(fs: pafs.FileSystem, parent: str, name: str, a
                 _delete_tree(fs, info.path)
         except OSError as exc:
             log.warning("%s: an abandoned commit's temporary could not be deleted (%s); delete it by hand", info.path, " ".join(str(exc).split()))
+
+
+def _remove_abandoned_file_temporaries(fs: pafs.FileSystem, parent: str, name: str, age_s: float) -> None:
+    """Delete ``write_bytes``' temporaries of ``name`` in ``parent`` older than ``age_s``: files
+    of runs killed between writing and renaming. Failures only warn."""
+    import time
+
+    cutoff_ns = int((time.time() - age_s) * 1e9)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
+        for info in infos:
+            if info.type == pafs.FileType.File and temporary_owner(posixpath.basename(info.path)) == name and (info.mtime_ns or 0) < cutoff_ns:
+                log.info("%s: the temporary of a write killed before its rename (older than %.0f h); deleted", info.path, age_s / 3600)
+                fs.delete_file(info.path)
+    except OSError as exc:
+        log.warning("%s: old temporaries of %s could not be deleted (%s)", parent, name, " ".join(str(exc).split()))
 
 
 def _commit(fs: pafs.FileSystem, tmp_path: str, final_path: str, s3_layout: bool, job: str = "") -> None:
