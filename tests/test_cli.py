@@ -352,6 +352,7 @@ def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
         "try:\n    raise KeyboardInterrupt\n"
         "except KeyboardInterrupt:\n"
         "    logging.exception('KeyboardInterrupt while sending command.')\n"  # the CLI says 'interrupted' in one line
+        "logging.warning('%d rows', 'x')\n"  # a bad log call: logging's own error report, not an exception here
         "logging.info('something else')\n"
         "import os\nprint(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
     )
@@ -360,7 +361,7 @@ def test_py4js_own_retry_notice_is_not_shown_but_its_failures_are():
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert [line.split(" ", 1)[1] for line in lines if " root: " in line] == ["ERROR root: Exception while sending command.", "INFO root: something else"]
-    assert result.stderr.count("Traceback") == 1
+    assert result.stderr.count("Traceback") == 2 and result.stderr.count("--- Logging error ---") == 1  # the kept ERROR, the bad call's report
     assert result.stdout == "1\n"  # TensorFlow's C++ INFO lines off, for the processes it starts too
 
 

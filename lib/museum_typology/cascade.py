@@ -94,14 +94,11 @@ class Routing:
         self.has_image = np.asarray(has_image, bool) & np.isfinite(image).all(axis=1)
         self.text_top, self.image_top = text.max(axis=1), image.max(axis=1)
         self.text_label, self.image_label = text.argmax(axis=1), image.argmax(axis=1)
-        self._blends: dict[float, np.ndarray] = {}
-        self._blend_labels: dict[float, np.ndarray] = {}
+        self._blend_labels: dict[float, np.ndarray] = {}  # only the classes: a blend is n x 15 floats
 
     def blend(self, w_text: float) -> np.ndarray:
-        if w_text not in self._blends:
-            with np.errstate(invalid="ignore", over="ignore"):  # rows with a non-finite value are never blended
-                self._blends[w_text] = w_text * self.text + (1.0 - w_text) * self.image
-        return self._blends[w_text]
+        with np.errstate(invalid="ignore", over="ignore"):  # rows with a non-finite value are never blended
+            return w_text * self.text + (1.0 - w_text) * self.image
 
     def blend_label(self, w_text: float) -> np.ndarray:
         if w_text not in self._blend_labels:

@@ -24,10 +24,11 @@ class _Py4jRetryFilter(logging.Filter):
     traceback: the CLI says the job was interrupted, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "root":
+        # record.msg, not getMessage(): formatting here would raise a library's bad log call
+        # (logging.warning("%d", "x")) in its caller instead of logging's "--- Logging error ---".
+        if record.name != "root" or record.args:
             return True
-        message = record.getMessage()
-        return not ((record.levelno == logging.INFO and message == PY4J_RETRY_MESSAGE) or message == PY4J_INTERRUPTED_MESSAGE)
+        return not ((record.levelno == logging.INFO and record.msg == PY4J_RETRY_MESSAGE) or record.msg == PY4J_INTERRUPTED_MESSAGE)
 
 
 def quiet_library_warnings() -> None:

@@ -178,9 +178,10 @@ def build(cleaned, per_class: list[dict[str, Any]], cs, dataset_url: str, data_d
         members_of[(c["scope"], c["cluster"])] = order
 
     titles, titles_note = read_titles(data_dir, settings, s3)
-    # Only the tiles the page shows: a cluster of 180K rows' out-of-fold predictions can hold
-    # tens of thousands, and reading and shrinking all of their images took minutes and GBs.
-    wanted_images = {oof.guids[i] for rows in members_of.values() for i in [i for i in rows if "image" in oof.sources[i]][: cs.review_thumbnails]}
+    # About the tiles the page shows (twice as many, for images that turn out unreadable): a
+    # cluster of 180K rows' out-of-fold predictions can hold tens of thousands, and reading and
+    # shrinking all of their images took minutes and GBs.
+    wanted_images = {oof.guids[i] for rows in members_of.values() for i in [i for i in rows if "image" in oof.sources[i]][: 2 * cs.review_thumbnails]}
     thumbs, images_note = read_thumbnails(dataset_url, wanted_images, s3)
 
     page = Page()
