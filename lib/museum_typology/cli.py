@@ -25,9 +25,10 @@ from .log import get_logger, log_level_problem, setup_logging
 
 log = get_logger("museum_typology")
 
-# Errors that mean "bad input or settings": one clear line, exit code 2, no traceback.
 CTRL_C = "SIGINT (Ctrl-C)"
 _on_signal: Callable[[int, Any], None] | None = None  # interruptible()'s handler while a job runs
+
+# Errors that mean "bad input or settings": one clear line, exit code 2, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (CsvError, ConfigError, storage.StorageError)
 
 
