@@ -16,8 +16,6 @@ in one run:
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 LIB = str(Path(__file__).resolve().parents[1] / "lib")
 sys.path.insert(0, LIB)
 from museum_typology import image_model  # noqa: E402
+from side_by_side import json_of_fresh_process  # noqa: E402
 
 STACK = """
 import json, resource, sys
@@ -46,9 +45,7 @@ print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def stacking_peak(images: int, views: int, old: bool) -> dict:
-    code = STACK.format(lib=LIB, images=images, views=views, old=old)
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_of_fresh_process(STACK.format(lib=LIB, images=images, views=views, old=old))
 
 
 def main() -> None:

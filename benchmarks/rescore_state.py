@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +25,7 @@ LIB = str(Path(__file__).resolve().parents[1] / "lib")
 sys.path.insert(0, LIB)
 from museum_typology import rescore  # noqa: E402
 from museum_typology.schema import CLASSES  # noqa: E402
+from side_by_side import json_of_fresh_process  # noqa: E402
 
 MEASURE = """
 import json, resource, sys, time
@@ -60,8 +59,7 @@ def write_history(root: Path, guids: int, nights: int, full_every: int, changed:
 
 
 def measure(url: str, compact: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE.format(lib=LIB, url=url, compact=compact)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json_of_fresh_process(MEASURE.format(lib=LIB, url=url, compact=compact))
 
 
 def main() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,3 +40,10 @@ def report_now_vs_before(seconds: dict[str, list[float]], rows: int, context: di
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))
     return results
+
+
+def json_of_fresh_process(code: str) -> dict[str, Any]:
+    """Run ``code`` in a new Python process (so that its peak memory, max RSS, is its own) and
+    return the JSON object its last line prints."""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
