@@ -92,3 +92,15 @@ def fresh_bucket(moto_endpoint, monkeypatch, tmp_path):
         for item in page.get("Contents", []):
             client.delete_object(Bucket=bucket, Key=item["Key"])
     client.delete_bucket(Bucket=bucket)
+
+
+def left_by_a_crash(path: Path, hours: float = 2.0) -> Path:
+    """Date ``path`` and everything in it ``hours`` back: a crashed run's temporary, which the
+    next run deletes (one written to within storage.STALE_TEMPORARY_QUIET_S may be another
+    run's, still going, and is left alone)."""
+    import time
+
+    then = time.time() - hours * 3600
+    for item in [*path.rglob("*"), path]:
+        os.utime(item, (then, then))
+    return path

@@ -22,6 +22,7 @@ from museum_typology import crawl, images, ingest, petastorm_io, storage, train_
 from museum_typology.catalogue import CsvError, InputRow
 from museum_typology.config import load_settings
 from museum_typology.schema import CLASSES, CRAWL_MANIFEST_SCHEMA, MANIFEST_SCHEMA
+from conftest import left_by_a_crash
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("museum-typology")
@@ -453,6 +454,7 @@ def test_a_kill_between_the_commits_two_renames_loses_no_stored_chunk(spark, zoo
     assert len(_committed_rows(output)) == 12
     output.rename(tmp_path / ".out.old-1234abcd")  # the first rename of the commit...
     (tmp_path / ".out.tmp-abcdef12" / "dataset").mkdir(parents=True)  # ...and the new output, not yet renamed
+    left_by_a_crash(tmp_path / ".out.tmp-abcdef12")
     zoo.reset_counts()
     summary = crawl.run(spark, _settings(tmp_path), csv_path, str(output), resume=True)
     assert summary["resumed"] is True and sum(zoo.requests.values()) == 0 and summary["manifest_rows"] == 12

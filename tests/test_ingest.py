@@ -17,6 +17,7 @@ from PIL import Image
 from museum_typology import ingest, petastorm_io, storage
 from museum_typology.catalogue import CsvError
 from museum_typology.schema import CLASSES
+from conftest import left_by_a_crash
 
 
 def _jpeg(color, size=(320, 200)) -> bytes:
@@ -262,6 +263,7 @@ def test_an_output_made_from_the_same_rows_images_and_settings_is_kept(spark, se
     assert not rerun()[0].get("reused")
     # What a killed run left beside the output goes, as a run that writes would clean it.
     (tmp_path / ".out.tmp-deadbeef").mkdir()
+    left_by_a_crash(tmp_path / ".out.tmp-deadbeef")
     assert rerun()[0]["reused"] and not (tmp_path / ".out.tmp-deadbeef").exists()
     # A row changes: decoded again.
     with (data / "test.csv").open("a", encoding="utf-8") as handle:

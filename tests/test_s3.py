@@ -132,8 +132,8 @@ def _check_output(client, s3) -> None:
     assert [k for k in keys if not k.startswith("work/ingest/") and k != "work/"] == []
 
 
-def test_ingest_reads_and_writes_s3(spark, s3_env, moto_endpoint):
-    from museum_typology import ingest
+def test_ingest_reads_and_writes_s3(spark, s3_env, moto_endpoint, monkeypatch):
+    from museum_typology import ingest, storage
     from museum_typology.config import load_settings
     from museum_typology.storage import S3Options
 
@@ -153,6 +153,7 @@ def test_ingest_reads_and_writes_s3(spark, s3_env, moto_endpoint):
     # A re-run onto the same output replaces it whole, and cleans up what a crashed run left.
     s3_env.put_object(Bucket=BUCKET, Key="work/ingest/stale-from-before.txt", Body=b"old")
     s3_env.put_object(Bucket=BUCKET, Key="work/.ingest.tmp-deadbeef/dataset/part-00000.parquet", Body=b"half")
+    monkeypatch.setattr(storage, "STALE_TEMPORARY_QUIET_S", 0)  # an hour later: quiet, so a crash's, not another run's
     assert ingest.run(spark, settings, DATA_URL, OUTPUT_URL)["reused"]  # the same inputs: kept as it is
     summary = ingest.run(spark, settings, DATA_URL, OUTPUT_URL, force=True)
     assert summary["manifest_rows"] == len(EXPECTED_STATUS)

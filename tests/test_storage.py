@@ -11,6 +11,7 @@ import pytest
 
 from museum_typology import storage
 from museum_typology.storage import S3Options
+from conftest import left_by_a_crash
 
 
 def write(directory: str, files: dict[str, str]) -> None:
@@ -124,6 +125,22 @@ def test_a_file_write_killed_before_its_rename_leaves_nothing_readers_take_for_d
     assert sorted(p.name for p in out.iterdir()) == [".b.parquet.tmp-0000beef", "a.parquet", "b.parquet"]
 
 
+def test_another_runs_temporary_of_the_same_output_is_left_alone_while_it_is_written(tmp_path):
+    """Two runs of a job onto one output (an overlapping nightly run): the second deleted the
+    first's temporary as a crash's leftover, and the first failed halfway ("dataset holds 40
+    rows, manifest marks 153 ok"). A temporary written to within the last hour is left; an
+    older one is a crashed run's and goes."""
+    final = tmp_path / "out"
+    write(str(tmp_path / ".out.tmp-0000beef"), {"part-0.parquet": "being written"})  # the other run's
+    write(str(tmp_path / ".out.tmp-deadbeef"), {"part-0.parquet": "half"})
+    left_by_a_crash(tmp_path / ".out.tmp-deadbeef")
+    with storage.atomic_directory(str(final)) as tmp:
+        write(tmp, {"a.txt": "mine"})
+    assert sorted(os.listdir(tmp_path)) == [".out.tmp-0000beef", "out"]
+    storage.clean_up_after_crashes(str(final))  # a job that reuses its output cleans up the same way
+    assert sorted(os.listdir(tmp_path)) == [".out.tmp-0000beef", "out"]
+
+
 def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path):
     """kill -9 after the old output was set aside and before the new one took its place: no
     output, a hidden .NAME.old-* holding the previous one. The next run puts it back first, so
@@ -131,6 +148,7 @@ def test_a_kill_between_the_renames_is_undone_by_the_next_run(tmp_path):
     final = tmp_path / "out"
     write(str(tmp_path / ".out.old-1234abcd"), {"a.txt": "previous", "_SUCCESS": ""})
     write(str(tmp_path / ".out.tmp-deadbeef"), {"a.txt": "half"})
+    left_by_a_crash(tmp_path / ".out.tmp-deadbeef")
     with pytest.raises(RuntimeError):
         with storage.atomic_directory(str(final)):
             raise RuntimeError("this run fails too")
@@ -171,6 +189,7 @@ def test_s3_commit_copies_over_the_old_output_and_deletes_only_what_the_new_one_
     # The old marker went first, so readers refuse the prefix; nothing old was deleted before the copy.
     assert not storage.is_committed(final, s3) and keys()["work/out/a.bin"] == b"one" and keys()["work/out/gone.bin"] == b"one"
 
+    monkeypatch.setattr(storage, "STALE_TEMPORARY_QUIET_S", 0)  # the next run, when the crashed one's temporary is quiet
     with storage.atomic_directory(final, s3) as tmp:
         put(tmp, {"a.bin": b"two", "new.bin": b"two"})
     assert keys() == {"work/out/a.bin": b"two", "work/out/new.bin": b"two", "work/out/_SUCCESS": b""}  # temporaries gone

@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -440,7 +441,8 @@ def atomic_directory(final_url: str, s3: S3Options | None = None, job: str = "",
     """Yield a temporary directory URL; on a clean exit it replaces ``final_url`` whole.
 
     Locally, a crash leaves ``final_url`` as it was (the old output, or nothing) plus a hidden
-    temporary directory that the next run of the same job cleans up; a crash between the two
+    temporary directory that a later run of the same job cleans up once it has been quiet for
+    ``STALE_TEMPORARY_QUIET_S`` (a younger one may be a concurrent run's); a crash between the two
     renames of the commit is undone by the next run. On S3 there is no rename: the commit removes
     the old ``_SUCCESS`` marker, copies the new objects over the old ones, deletes the old objects
     the new output lacks and writes the marker last, so a crash during the copy leaves an output
@@ -498,9 +500,26 @@ def _remove_stale_temporaries(fs: pafs.FileSystem, parent: str, name: str, final
         base = posixpath.basename(info.path)
         if info.type == pafs.FileType.Directory and (base.startswith(f".{name}.tmp-") or info.path in olds):
             try:
+                # Another run writing the same output now (an overlapping nightly run) has its
+                # temporary here too: deleting it failed that run halfway ("dataset holds 40
+                # rows, manifest marks 153 ok"). Only a quiet one is a crashed run's.
+                if info.path not in olds and _newest_mtime_ns(fs, info) > (time.time() - STALE_TEMPORARY_QUIET_S) * 1e9:
+                    log.info("%s: another run's temporary, written to in the last %.0f min; left alone", info.path, STALE_TEMPORARY_QUIET_S / 60)
+                    continue
                 _delete_tree(fs, info.path)
             except OSError as exc:
                 log.warning("%s: a crashed run's leftover could not be deleted (%s); delete it by hand", info.path, " ".join(str(exc).split()))
+
+
+# A temporary of the same output written to within this long may be another run's, still going
+# (its tasks write part files every few minutes); older, it is a crashed run's.
+STALE_TEMPORARY_QUIET_S = 3600
+
+
+def _newest_mtime_ns(fs: pafs.FileSystem, folder: pafs.FileInfo) -> int:
+    """The newest modification time of ``folder`` and anything in it (0 where the store keeps none)."""
+    inside = fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+    return max([folder.mtime_ns or 0, *(i.mtime_ns or 0 for i in inside)])
 
 
 _TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]+")  # atomic_directory's and write_bytes' ".NAME.tmp-1234abcd"
@@ -521,8 +540,6 @@ ABANDONED_STAGING_AGE_S = 24 * 3600
 def _remove_abandoned_temporaries(fs: pafs.FileSystem, parent: str, name: str, age_s: float) -> None:
     """Delete the ``.OTHER.tmp-*`` folders in ``parent`` whose files are all older than ``age_s``
     (``.NAME.tmp-*`` are ``_remove_stale_temporaries``'); failures only warn."""
-    import time
-
     try:
         infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
     except (OSError, FileNotFoundError):
@@ -545,8 +562,6 @@ def _remove_abandoned_temporaries(fs: pafs.FileSystem, parent: str, name: str, a
 def _remove_abandoned_file_temporaries(fs: pafs.FileSystem, parent: str, name: str, age_s: float) -> None:
     """Delete ``write_bytes``' temporaries of ``name`` in ``parent`` older than ``age_s``: files
     of runs killed between writing and renaming. Failures only warn."""
-    import time
-
     cutoff_ns = int((time.time() - age_s) * 1e9)
     try:
         infos = fs.get_file_info(pafs.FileSelector(parent, recursive=False))
