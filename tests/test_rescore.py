@@ -374,6 +374,39 @@ def test_the_current_state_folds_the_history_as_it_reads_and_keeps_each_guids_ne
     assert set(early["date"]) <= {f"2026-03-{d:02d}" for d in range(1, 7)}
 
 
+def test_a_night_another_rescore_commits_meanwhile_stops_this_ones_commit(spark, settings, night1, monkeypatch):
+    """Two scheduled rescores overlapping: a later night committed first and the earlier one
+    committed after it (nights move forward only), or an earlier night committed while a later
+    one ran, whose changes the later one then never saw. Both are refused at the commit."""
+    root = night1
+    run(spark, settings, root, "2026-03-01")
+    score_tasks = rescore.score_tasks
+
+    def meanwhile(date):
+        def scoring(*args, **kwargs):
+            monkeypatch.setattr(rescore, "score_tasks", score_tasks)
+            write_catalogue(root / "catalogue.csv", [*NIGHT1, ("e", "Сабля", "")])  # a row the other night scores
+            run(spark, settings, root, date)  # the other rescore, committing its night now
+            return score_tasks(*args, **kwargs)
+        return scoring
+
+    write_catalogue(root / "catalogue.csv", [*NIGHT1, ("f", "Монета", "")])
+    monkeypatch.setattr(rescore, "score_tasks", meanwhile("2026-03-03"))
+    with pytest.raises(rescore.RescoreError, match=r"night 2026-03-03 was committed by another rescore while this one ran; not committing date=2026-03-02"):
+        run(spark, settings, root, "2026-03-02")
+    assert [d for d, _ in rescore.committed_partitions(str(root / "predictions"))] == ["2026-03-01", "2026-03-03"]
+
+    write_catalogue(root / "catalogue.csv", [*NIGHT1, ("f", "Монета", "")])
+    monkeypatch.setattr(rescore, "score_tasks", meanwhile("2026-03-04"))
+    with pytest.raises(rescore.RescoreError, match=r"night\(s\) 2026-03-04 committed by another rescore while this one ran; not committing date=2026-03-05, .*run it again"):
+        run(spark, settings, root, "2026-03-05")
+    write_catalogue(root / "catalogue.csv", [*NIGHT1, ("f", "Монета", "")])
+    again = run(spark, settings, root, "2026-03-05")
+    assert again["state_partitions"] == ["2026-03-01", "2026-03-03", "2026-03-04"]
+    current = rescore.current_predictions(str(root / "predictions"))
+    assert set(current["guid"]) == {"a", "b", "c", "d", "e", "f"}
+
+
 def test_catalogue_directory_of_csv_and_parquet(tmp_path):
     directory = tmp_path / "catalogue"
     (directory / "sub").mkdir(parents=True)

@@ -486,13 +486,27 @@ def not_scored_parquet(records: Sequence[Mapping[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def write_partition(url: str, frame: pd.DataFrame, summary: Mapping[str, Any], not_scored: bytes, s3: S3Options | None) -> None:
+def write_partition(url: str, frame: pd.DataFrame, summary: Mapping[str, Any], not_scored: bytes, s3: S3Options | None, before_commit: Callable[[], None] = lambda: None) -> None:
     """The night's rows, the rows it did not score and its summary, committed whole (``_SUCCESS``
-    last) or not at all."""
+    last) or not at all. ``before_commit`` runs last before the commit and may refuse it."""
     with storage.atomic_directory(url, s3) as tmp:
         storage.write_bytes(storage.join(tmp, PART_FILE), to_parquet(frame), s3)
         storage.write_bytes(storage.join(tmp, NOT_SCORED_FILE), not_scored, s3)
         storage.write_bytes(storage.join(tmp, SUMMARY_FILE), summary_bytes(summary), s3)
+        before_commit()
+
+
+def check_no_night_came_meanwhile(predictions_url: str, date: str, read_at_start: Sequence[tuple[str, str]], s3: S3Options | None) -> None:
+    """Refuse to commit night ``date`` when another rescore committed a night other than this one
+    after this run read its state (an overlapping scheduled run): a later night committed first
+    broke "only moves forward", and an earlier one left this night's delta computed without it
+    (a description changed that night stayed predicted from the old text)."""
+    start = {d for d, _ in read_at_start if d != date}
+    came = sorted({d for d, _ in committed_partitions(predictions_url, s3) if d != date} - start)
+    if came and max(came) > date:
+        raise RescoreError(f"{predictions_url}: night {max(came)} was committed by another rescore while this one ran; not committing date={date} (rescore only moves forward, and that later night already covers this one)")
+    if came:
+        raise RescoreError(f"{predictions_url}: night(s) {', '.join(came)} committed by another rescore while this one ran; not committing date={date}, whose changes were computed without them: run it again")
 
 
 def _already_complete(url: str, planned: list[tuple], plan_summary: Mapping[str, Any], not_scored: list[dict[str, Any]], s3: S3Options | None) -> bool:
@@ -580,6 +594,6 @@ def run(
     result = score_tasks(spark, tasks, spec, int(settings.get("score.rows_per_partition")), factory, int(settings.get("score.rows_per_job")))
     frame = result.assign(reason=reasons)
     summary["sources"] = dict(sorted(Counter(frame["source"]).items()))
-    write_partition(partition_url, frame, summary, not_scored_parquet(not_scored), s3)
+    write_partition(partition_url, frame, summary, not_scored_parquet(not_scored), s3, lambda: check_no_night_came_meanwhile(predictions_url, date, partitions, s3))
     log.info("rescore %s: %d rows scored (%s) -> %s", date, len(frame), summary["reasons"], partition_url)
     return {**summary, "already_complete": False, "scored": len(frame)}
