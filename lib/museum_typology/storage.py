@@ -517,9 +517,10 @@ STALE_TEMPORARY_QUIET_S = 3600
 
 
 def _newest_mtime_ns(fs: pafs.FileSystem, folder: pafs.FileInfo) -> int:
-    """The newest modification time of ``folder`` and anything in it (0 where the store keeps none)."""
+    """The newest modification time of the files in ``folder`` (the folder's own when it holds
+    none; 0 where the store keeps none): when a temporary was last written to."""
     inside = fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
-    return max([folder.mtime_ns or 0, *(i.mtime_ns or 0 for i in inside)])
+    return max((i.mtime_ns or 0 for i in inside if i.type == pafs.FileType.File), default=folder.mtime_ns or 0)
 
 
 _TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]+")  # atomic_directory's and write_bytes' ".NAME.tmp-1234abcd"
@@ -550,9 +551,7 @@ def _remove_abandoned_temporaries(fs: pafs.FileSystem, parent: str, name: str, a
         if info.type != pafs.FileType.Directory or owner is None or owner == name:
             continue
         try:
-            inside = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
-            newest = max((i.mtime_ns or 0 for i in inside if i.type == pafs.FileType.File), default=info.mtime_ns or 0)
-            if newest < cutoff_ns:
+            if _newest_mtime_ns(fs, info) < cutoff_ns:
                 log.info("%s: an abandoned commit's temporary (nothing newer than %.0f h); deleted", info.path, age_s / 3600)
                 _delete_tree(fs, info.path)
         except OSError as exc:
