@@ -130,11 +130,11 @@ def decide(text: np.ndarray, image: np.ndarray, has_text: np.ndarray, has_image:
     confidence = np.zeros(n, dtype=np.float64)
     source = np.full(n, SOURCE_DEFAULT, dtype=object)
     use_text, use_image, use_blend = routing.routes(params)
-    for mask, proba, name in ((use_text, text, SOURCE_TEXT), (use_image, image, SOURCE_IMAGE), (use_blend, routing.blend(params.w_text) if use_blend.any() else None, SOURCE_BLEND)):
-        if mask.any():
-            label[mask] = proba[mask].argmax(axis=1)
-            confidence[mask] = proba[mask].max(axis=1)
-            source[mask] = name
+    for mask, classes, top, name in ((use_text, routing.text_label, routing.text_top, SOURCE_TEXT), (use_image, routing.image_label, routing.image_top, SOURCE_IMAGE)):
+        label[mask], confidence[mask], source[mask] = classes[mask], top[mask], name
+    if use_blend.any():
+        blended = routing.blend(params.w_text)[use_blend]
+        label[use_blend], confidence[use_blend], source[use_blend] = blended.argmax(axis=1), blended.max(axis=1), SOURCE_BLEND
     return Decision(label, confidence, source)
 
 
