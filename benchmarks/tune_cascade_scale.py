@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """tune-cascade's grid search at catalogue scale, the old way and the new, side by side in one
 run: per grid point, ``decide`` from scratch and scikit-learn's ``f1_score`` (before) against one
-``cascade.Routing`` for the whole grid and ``report.macro_f1``'s bincount (now).
+``cascade.Routing`` for the whole grid and ``report.macro_f1``'s bincount (now). ("Before" calls
+today's ``decide``, which builds a Routing per call; its per-row work is the old decide's: the
+rows' maxima, classes and blend, each grid point again.)
 
 Synthetic out-of-fold probabilities: ``--images`` image rows, each paired with
 ``cascade.pairs_per_image`` text rows (conf: 20), i.e. 3.6M pairs for 180K images. The old way is
