@@ -289,13 +289,40 @@ class Embedder:
             out[i] = row / max(float(np.linalg.norm(row)), 1e-9)
         return out
 
-    def sequences(self, texts: Sequence[str]) -> np.ndarray:
-        """Normalised texts -> [n, max_len, dim] float32, zero-padded at the end (the mask)."""
-        out = np.zeros((len(texts), self.max_len, self.dim), dtype=np.float32)
+    def token_ids(self, texts: Sequence[str]) -> TokenIds:
+        """Normalised texts -> their first ``max_len`` tokens as ids into one table of the texts'
+        distinct words' vectors (the BiLSTM's input, looked up a batch at a time)."""
+        index: dict[str, int] = {}
+        ids = np.zeros((len(texts), self.max_len), dtype=np.int32)
         for i, text in enumerate(texts):
             for j, token in enumerate(text.split()[: self.max_len]):
-                out[i, j] = self.vector(token)
-        return out
+                ids[i, j] = index.setdefault(token, len(index) + 1)
+        table = np.zeros((len(index) + 1, self.dim), dtype=np.float32)
+        for token, k in index.items():
+            table[k] = self.vector(token)
+        return TokenIds(ids, table)
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Titles as token ids (``ids``: [n, max_len] int32, 0 = padding) into a table of word vectors
+    (``table``: [distinct tokens + 1, dim] float32, row 0 zeros). The BiLSTM reads [max_len, dim]
+    vectors per title; built for every title at once they were n x 24 x 400 floats (7 GB at 180K
+    titles, and each fold's training rows copied again), while the ids and the table of a
+    catalogue's vocabulary are a few hundred MB."""
+
+    ids: np.ndarray
+    table: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, index: np.ndarray) -> TokenIds:
+        return TokenIds(self.ids[index], self.table)
+
+    def vectors(self) -> np.ndarray:
+        """[n, max_len, dim] float32: each title's word vectors, zeros where it has no token."""
+        return self.table[self.ids]
 
 
 def load_navec_table(vocabulary: set[str]) -> dict[str, np.ndarray]:
@@ -420,19 +447,43 @@ class BiLstmRunner:
             self.initial[seed_index] = build_bilstm(*self.shape, self.ts).get_weights()  # weights only: nothing is traced
         return self.initial[seed_index]
 
-    def fit(self, x: np.ndarray, y: np.ndarray, seed_index: int = 0) -> list[np.ndarray]:
+    def fit(self, tokens: TokenIds, y: np.ndarray, seed_index: int = 0) -> list[np.ndarray]:
         import tensorflow as tf
+        from keras.src.engine import data_adapter
 
         self.model.set_weights(self._initial(seed_index))
         for variable in self.model.optimizer.variables:
             variable.assign(np.zeros(variable.shape, dtype=variable.dtype.as_numpy_dtype))
         tf.keras.utils.set_random_seed(self.ts.seed + seed_index)
-        self.model.fit(x, y, epochs=self.ts.epochs, batch_size=self.ts.batch_size, class_weight=class_weights(y), verbose=0, shuffle=True)
+        # Keras' own batching of arrays (what ``fit(x, y, shuffle=True)`` builds: each epoch's
+        # permutation, its batches gathered from the arrays) over the token ids, each batch's
+        # word vectors looked up after the gather: the batches, and so the trained weights, are
+        # those of fitting on the whole [titles, max_len, dim] array, which is never built.
+        titles = data_adapter.TensorLikeDataAdapter(tokens.ids, y, batch_size=self.ts.batch_size, epochs=self.ts.epochs, shuffle=True)
+        batches = self._looked_up(titles.get_dataset(), tokens.table)
+        self.model.fit(batches, epochs=self.ts.epochs, steps_per_epoch=titles.get_size(), class_weight=class_weights(y), verbose=0)
         return self.model.get_weights()
 
-    def predict(self, weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    def predict(self, weights: list[np.ndarray], tokens: TokenIds) -> np.ndarray:
+        import tensorflow as tf
+
         self.model.set_weights(weights)
-        return self.model.predict(x, batch_size=1024, verbose=0)
+        titles = tf.data.Dataset.from_tensor_slices(tokens.ids).batch(1024)
+        return self.model.predict(self._looked_up(titles, tokens.table), verbose=0)
+
+    @staticmethod
+    def _looked_up(batches, table: np.ndarray):
+        """Batches of token ids (alone, or first of a tuple) -> the same batches with their word
+        vectors in place of the ids (memory: the table, not every title's vectors)."""
+        import tensorflow as tf
+
+        vectors = tf.constant(table)
+
+        def look_up(ids, *rest):
+            found = tf.gather(vectors, ids)
+            return (found, *rest) if rest else found
+
+        return batches.map(look_up)
 
 
 # ---------------------------------------------------------------- blend and calibration
@@ -500,8 +551,8 @@ class TextModel:
             else:
                 tfidf = 0.0
             if self.weight > 0:
-                x = self.embedder.sequences(chunk)
-                lstm = np.mean([self.runner().predict(w, x) for w in self.lstm_folds], axis=0)
+                tokens = self.embedder.token_ids(chunk)
+                lstm = np.mean([self.runner().predict(w, tokens) for w in self.lstm_folds], axis=0)
             else:
                 lstm = 0.0
             logits = blend_logits(lstm, tfidf, self.weight)

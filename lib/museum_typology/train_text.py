@@ -182,13 +182,13 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     navec = load_navec_table(vocabulary) if ts.use_navec else {}
     log.info("word vectors: %d FastText words, %d of %d corpus words found in navec", len(vectors.key_to_index), len(navec), len(vocabulary))
     embedder = Embedder(vectors, navec, ts.max_len)
-    x = embedder.sequences(data.texts)
+    tokens = embedder.token_ids(data.texts)  # the BiLSTM's input
     pooled = embedder.pooled(data.texts)  # the linear member's word-vector features
 
     oof = {name: np.zeros((len(data), len(CLASSES))) for name in ("tfidf_margin", "lstm")}
     baseline_pred = np.zeros(len(data), dtype=np.int64)
     lstm_folds, tfidf_folds = [], []
-    runner = BiLstmRunner(x.shape[1], x.shape[2], ts)
+    runner = BiLstmRunner(ts.max_len, embedder.dim, ts)
     for k in progress(range(ts.folds), desc="train-text folds", total=ts.folds, unit="fold"):
         train, held = np.where(fold != k)[0], np.where(fold == k)[0]
         train_texts = [data.texts[i] for i in train]
@@ -198,8 +198,8 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
         baseline_pred[held] = baseline.predict(held_texts)
         oof["tfidf_margin"][held] = margins(tfidf, held_texts, pooled[held])
         for s in range(ts.lstm_seeds):
-            lstm = runner.fit(x[train], data.y[train], s)
-            oof["lstm"][held] += runner.predict(lstm, x[held]) / ts.lstm_seeds
+            lstm = runner.fit(tokens.rows(train), data.y[train], s)
+            oof["lstm"][held] += runner.predict(lstm, tokens.rows(held)) / ts.lstm_seeds
             lstm_folds.append(lstm)
         tfidf_folds.append(tfidf)
         log.info(
