@@ -139,6 +139,37 @@ def test_a_run_killed_before_publishing_is_finished_by_its_reuse(tmp_path):
     assert bundles.latest_version(str(models)) == "20261128T010000Z-bbbb"
 
 
+def test_a_run_killed_between_its_bundle_and_its_out_of_fold_file_is_finished_from_the_bundle(tmp_path, caplog):
+    """The kill study's one gap: a kill in the moment between a bundle's commit and its
+    out-of-fold file left the previous run's file (or none), so the re-run trained again (hours
+    for images) and the first bundle stayed behind, unnamed. Each fold bundle now carries its own
+    copy, which the re-run restores."""
+    import numpy as np
+
+    models, oof = tmp_path / "models", tmp_path / "oof.parquet"
+    _bundle(models, "20261128T000000Z-aaaa", "old-key", oof=oof)  # the previous run, complete
+    _bundle(models, "20261128T010000Z-bbbb", "key-1")  # this run's bundle, committed...
+    own = bundles.oof_parquet(["a", "b"], [0, 1], [0, 1], np.full((2, 15), 1 / 15), "20261128T010000Z-bbbb", "text")
+    (models / "20261128T010000Z-bbbb" / bundles.BUNDLE_OOF).write_bytes(own)
+    (models / "latest").write_text("20261128T000000Z-aaaa")  # ...and killed before the out-of-fold file
+    assert bundles.reusable_bundle(str(models), "key-2", str(oof)) is None  # another run's key: trains
+    assert bundles.oof_versions(str(oof)) == {"20261128T000000Z-aaaa"}  # and leaves the file alone
+    with caplog.at_level("INFO"):
+        url, metrics = bundles.reusable_bundle(str(models), "key-1", str(oof))
+    assert url == storage.join(str(models), "20261128T010000Z-bbbb") and metrics["run_key"] == "key-1"
+    assert oof.read_bytes() == own and bundles.latest_version(str(models)) == "20261128T010000Z-bbbb"
+    assert "was not written after it (a run stopped in between); copied from the bundle" in caplog.text
+    oof.unlink()  # or killed before any out-of-fold file was there
+    (models / "latest").write_text("20261128T000000Z-aaaa")
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof))[0] == url and oof.read_bytes() == own
+    # Only the newest bundle is this run's candidate: a later run's bundle means training again.
+    _bundle(models, "20261128T020000Z-cccc", "key-3")
+    (models / "20261128T020000Z-cccc" / bundles.BUNDLE_OOF).write_bytes(own)
+    oof.unlink()
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None and not oof.exists()
+    assert bundles.reusable_bundle(str(tmp_path / "no-models"), "key-1", str(oof)) is None
+
+
 def test_a_reused_bundle_becomes_latest_over_a_newer_trial_but_not_over_a_newer_final_one(tmp_path):
     """A pipeline re-run that reuses its folds scores with them, not with a bundle trained since
     into the same directory with other settings; a newer --final bundle stays latest."""

@@ -155,6 +155,7 @@ spark, settings, str(tiny_dataset), str(work / "models" / "image"), str(work / "
         assert (bundle / name).is_file(), name
     assert json.loads((bundle / "classes.json").read_text()) == list(CLASSES)
     assert len(json.loads((bundle / "model.json").read_text())["heads"]) == 3
+    assert (bundle / "oof.parquet").read_bytes() == (tmp_path / "p2" / "oof" / "image.parquet").read_bytes()  # its own copy
     assert not (bundle.parent / "_checkpoints").exists() or not any((bundle.parent / "_checkpoints").iterdir())
 
     # The bundle scores images: the fold heads' mean, the same numbers as the out-of-fold rows' models.

@@ -123,8 +123,10 @@ def test_a_rerun_on_the_same_data_and_settings_reuses_the_bundle(trained, tmp_pa
     assert train_text.run(settings, str(root / "data"), str(models), str(oof))["reused"]  # a copied work dir still matches
     with pytest.raises(Trained):
         train_text.run(settings, str(root / "data"), str(models), str(oof), retrain=True)
-    with pytest.raises(Trained):
-        train_text.run(settings, str(root / "data"), str(models), str(tmp_path / "other-oof.parquet"))
+    # Another out-of-fold path (or the file lost): the newest bundle is this run's, so it is
+    # reused and its own copy of the out-of-fold file is written there.
+    assert train_text.run(settings, str(root / "data"), str(models), str(tmp_path / "other-oof.parquet"))["reused"]
+    assert (tmp_path / "other-oof.parquet").read_bytes() == oof.read_bytes()
     with pytest.raises(Trained):
         train_text.run(settings.set(["text", "epochs"], 7, "test"), str(root / "data"), str(models), str(oof))
     data = tmp_path / "data"
@@ -173,6 +175,8 @@ def test_oof_has_every_labelled_row_once_in_class_order(trained):
     assert pq.read_schema(result["oof"]).metadata[bundles.OOF_SOURCE_KEY] == b"text"  # what clean and tune-cascade read
     table = pq.read_table(root / "oof" / "text.parquet").to_pylist()
     assert len(table) == 4 * 40 + 2 and len({r["guid"] for r in table}) == len(table)
+    # the bundle carries its own copy (a re-run restores the file from it after a kill between the two)
+    assert (Path(result["bundle"]) / bundles.BUNDLE_OOF).read_bytes() == (root / "oof" / "text.parquet").read_bytes()
     assert {r["fold"] for r in table} == {0, 1, 2}
     by_guid = {r["guid"]: r for r in table}
     assert by_guid["dup-a"]["fold"] == by_guid["dup-b"]["fold"]  # duplicates never straddle folds

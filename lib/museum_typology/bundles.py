@@ -34,9 +34,16 @@ OOF_SOURCE_KEY = b"museum_typology.source"
 OOF_SOURCES = ("text", "image")
 
 
-def write_oof(url: str, guids: Sequence[str], y: Sequence[int], fold: Sequence[int], proba: np.ndarray, version: str, source: str, s3: S3Options | None = None) -> None:
-    """An out-of-fold file (oof/text.parquet, oof/image.parquet): guid, label (given), fold,
-    proba (15 floats, CLASSES order), model_version; ``source`` in its metadata."""
+# A fold bundle's own copy of its out-of-fold file, committed with it: a run stopped after the
+# bundle's commit and before the out-of-fold file was written is finished by the next run from it
+# (``reusable_bundle``) instead of training again.
+BUNDLE_OOF = "oof.parquet"
+
+
+def oof_parquet(guids: Sequence[str], y: Sequence[int], fold: Sequence[int], proba: np.ndarray, version: str, source: str) -> bytes:
+    """An out-of-fold file's bytes (oof/text.parquet, oof/image.parquet, a bundle's
+    ``BUNDLE_OOF``): guid, label (given), fold, proba (15 floats, CLASSES order), model_version;
+    ``source`` in its metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -55,7 +62,12 @@ def write_oof(url: str, guids: Sequence[str], y: Sequence[int], fold: Sequence[i
     ).replace_schema_metadata({OOF_SOURCE_KEY: source.encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    storage.write_bytes(url, sink.getvalue().to_pybytes(), s3)
+    return sink.getvalue().to_pybytes()
+
+
+def write_oof(url: str, guids: Sequence[str], y: Sequence[int], fold: Sequence[int], proba: np.ndarray, version: str, source: str, s3: S3Options | None = None) -> None:
+    """Write an out-of-fold file (``oof_parquet``) to ``url``."""
+    storage.write_bytes(url, oof_parquet(guids, y, fold, proba, version, source), s3)
 
 
 def models_dir(work_dir: str, kind: str = "") -> str:
@@ -119,7 +131,10 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     run on unchanged data, goes on from there. Looking the fold bundle up by its out-of-fold file
     lets a pipeline run after ``train-image --final`` go on from the folds that the clean and
     cascade jobs read, where the newest bundle is the final one. An out-of-fold file written by
-    another bundle (another ``--model-dir``, a later run), or none, means training again.
+    another bundle (another ``--model-dir``, a later run), or none, means training again, unless
+    the newest bundle holding its own out-of-fold file (``BUNDLE_OOF``) is this run's: a run
+    stopped between its bundle's commit and writing ``oof_url``, or a new ``--oof`` path. That
+    file is then copied to ``oof_url``.
 
     A reused bundle becomes ``latest`` (the run goes on with the model it reused, as it would
     have with one it trained; and a run killed between writing its out-of-fold file and
@@ -141,6 +156,8 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     # final one: not reusing the fold bundle --final trains after is no news worth a log line.
     explain = oof_url is not None or (isinstance(version, str) and version.endswith("-final"))
     found = bundle_of_run(model_dir, version, run_key, "metrics.json", s3, explain)
+    if found is None and oof_url is not None:
+        version, found = _restore_oof_of_newest(model_dir, run_key, oof_url, s3)
     if found is None:
         return None
     # Versions start with their UTC time, so they sort by age; final image bundles end in -final.
@@ -148,6 +165,24 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
     if version != latest and not superseded:
         publish_latest(model_dir, version, s3)
     return found
+
+
+def _restore_oof_of_newest(model_dir: str, run_key: str, oof_url: str, s3: S3Options | None) -> tuple[str | None, tuple[str, dict[str, Any]] | None]:
+    """(version, ``bundle_of_run``'s answer) of the newest bundle under ``model_dir`` that holds
+    its own out-of-fold file, when it is this run's: a run stopped between its bundle's commit and
+    writing ``oof_url``. Its file is copied to ``oof_url`` (the next run finishes that one rather
+    than training again). Else (None, None)."""
+    try:
+        versions = sorted(name.split("/")[0] for name in storage.list_files(model_dir, s3, recursive=True) if name.count("/") == 1 and name.endswith("/" + BUNDLE_OOF))
+    except storage.StorageError:  # no model folder yet
+        return None, None
+    newest = versions[-1] if versions else None
+    found = bundle_of_run(model_dir, newest, run_key, "metrics.json", s3, explain=False)
+    if found is None:
+        return None, None
+    storage.write_bytes(oof_url, storage.read_bytes(storage.join(found[0], BUNDLE_OOF), s3), s3)
+    log.info("%s is this run's, but %s was not written after it (a run stopped in between); copied from the bundle", found[0], oof_url)
+    return newest, found
 
 
 def bundle_of_run(model_dir: str, version: Any, run_key: str, record: str, s3: S3Options | None = None, explain: bool = True) -> tuple[str, dict[str, Any]] | None:

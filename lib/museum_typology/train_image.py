@@ -377,11 +377,14 @@ def _finish_folds(results, job: WorkerJob, settings, model_dir, oof_url, version
             head_files.append(f"heads/fold{k}.weights.h5")
         _write_bundle(local, job, settings, version, digest, head_files, metrics, backbone, job.backbone_tflite)
         write_report(local / "report", y, pred, metrics, histories, "fold ensemble, out-of-fold")
+        oof_bytes = bundles.oof_parquet(guids, y, fold, proba, version, "image")
+        (local / bundles.BUNDLE_OOF).write_bytes(oof_bytes)
         bundle_url = _commit_bundle(local, model_dir, version, s3)
     # The out-of-fold file before ``latest``: a kill in between leaves the previous bundle newest
     # (its OOF file replaced by this run's, which names its version), never a newest bundle
-    # beside the previous run's out-of-fold file.
-    bundles.write_oof(oof_url, guids, y, fold, proba, version, "image", s3)
+    # beside the previous run's out-of-fold file. A kill before it: the next run copies the
+    # bundle's own (``bundles.reusable_bundle``).
+    storage.write_bytes(oof_url, oof_bytes, s3)
     bundles.publish_latest(model_dir, version, s3)
     log.info("train-image: out-of-fold macro-F1 %.3f on %d images, bundle %s, oof %s", metrics["macro_f1"], len(guids), bundle_url, oof_url)
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "version": version}

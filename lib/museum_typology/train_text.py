@@ -237,15 +237,17 @@ def run(settings: Settings, data_dir: str, model_dir: str, oof_url: str, folds: 
     )
 
     bundle_url = storage.join(model_dir, version)
+    oof_bytes = bundles.oof_parquet(data.guids, data.y, fold, calibrated, version, "text")
     with tempfile.TemporaryDirectory(prefix="text-bundle-") as tmp:
         local = Path(tmp) / version
         model.save(local, {"conf.json": {"text": settings_dict(ts), "settings": settings.values}, "metrics.json": metrics})
         write_report(local / "report", data.y, baseline_pred, honest_pred, calibrated, blended, metrics)
+        (local / bundles.BUNDLE_OOF).write_bytes(oof_bytes)
         with storage.atomic_directory(bundle_url, s3, job="train-text", sweep_abandoned_after_s=storage.ABANDONED_STAGING_AGE_S) as staging:  # _SUCCESS names the owner
             storage.upload_directory(str(local), staging, s3)
     # The out-of-fold file before ``latest``, as train-image does: a kill in between never leaves
     # a newest bundle beside the previous run's out-of-fold file.
-    bundles.write_oof(oof_url, data.guids, data.y, fold, calibrated, version, "text", s3)
+    storage.write_bytes(oof_url, oof_bytes, s3)
     bundles.publish_latest(model_dir, version, s3)
     log.info("train-text: macro-F1 %.3f (baseline %.3f), bundle %s", metrics["macro_f1"]["final"], metrics["macro_f1"]["baseline"], bundle_url)
     return {"bundle": bundle_url, "oof": oof_url, "report": storage.join(bundle_url, "report", "report.md"), "metrics": metrics, "reused": False}
