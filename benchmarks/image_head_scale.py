@@ -10,6 +10,10 @@ in one run:
     reordered copy against ``image_model.stack_in_guid_order`` (each chunk placed and let go).
     Peak memory (max RSS) of each way in its own process, for ``--feature-images`` images of
     ``--views`` x 1280 floats in chunks of 64 images.
+(c) a fold's training rows (4 folds of 5 of those images, every view a row): a copy of them made
+    into a tensor, gathered from per minibatch, against indices into the features (what
+    ``image_model._train_head`` does now), gathered from with numpy per minibatch. Peak memory of
+    each way in its own process (TensorFlow loaded in both); checks both give a minibatch alike.
 
     .venv/bin/python benchmarks/image_head_scale.py [--images 180000] [--views 12] [--batch 32] [--sample 400] [--feature-images 20000]
 """
@@ -41,6 +45,26 @@ if {old}:
 else:
     _, feats = image_model.stack_in_guid_order(guids, chunks)
 print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "features_mb": feats.nbytes / 2**20}}))
+"""
+
+
+FOLD_ROWS = """
+import json, resource, sys
+import numpy as np
+import tensorflow as tf
+sys.path.insert(0, {lib!r})
+from museum_typology import image_model
+feats = np.random.default_rng(0).random(({images}, {views}, 1280), dtype=np.float32)
+train_mask = np.arange({images}) % 5 != 0
+rows = np.random.default_rng(1).choice(int(train_mask.sum()) * {views}, 32, replace=False)
+if {old}:
+    x_train = tf.constant(feats[train_mask].reshape(-1, 1280))
+    batch = tf.gather(x_train, rows).numpy()
+else:
+    rows_of = feats.reshape(-1, 1280)
+    train_rows = image_model.training_rows(train_mask, {views})
+    batch = tf.constant(rows_of[train_rows[rows]]).numpy()
+print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "batch_sum": float(batch.astype(np.float64).sum())}}))
 """
 
 
@@ -81,6 +105,12 @@ def main() -> None:
     print(f"concatenate + reorder (old): peak {old['peak_mb']:8,.0f} MB")
     print(f"placed chunk by chunk (new): peak {new['peak_mb']:8,.0f} MB")
     print(f"ratio old/new:               {old['peak_mb'] / new['peak_mb']:8.2f}x")
+
+    old, new = (json_of_fresh_process(FOLD_ROWS.format(lib=LIB, images=args.feature_images, views=args.views, old=o)) for o in (True, False))
+    assert old["batch_sum"] == new["batch_sum"], "the two ways gather different minibatches"
+    print(f"a fold's training rows, copied into a tensor (old): peak {old['peak_mb']:8,.0f} MB")
+    print(f"indices into the features (new):                    peak {new['peak_mb']:8,.0f} MB")
+    print(f"ratio old/new:                                      {old['peak_mb'] / new['peak_mb']:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -397,6 +397,17 @@ def test_batch_assignment_is_the_same_whatever_the_sharding():
     assert not (whole == image_model.batch_ids(hashes, 13, 0, 1, 7)).all()  # reshuffled per epoch
 
 
+def test_training_rows_index_the_features_as_the_copy_of_the_training_images_held_them():
+    """The fold heads gather minibatches through these indices, in place of a copy of the
+    training features: the same rows in the same order, or the heads would change."""
+    rng = np.random.default_rng(3)
+    for images, views in ((7, 1), (9, 3), (1, 12), (0, 2)):
+        feats = rng.random((images, views, 4), dtype=np.float32)
+        for train_mask in (rng.random(images) < 0.6, np.ones(images, bool), np.zeros(images, bool)):
+            rows = image_model.training_rows(train_mask, views)
+            assert rows.dtype.kind == "i" and np.array_equal(feats.reshape(-1, 4)[rows], feats[train_mask].reshape(-1, 4)), (images, views)
+
+
 def test_rows_by_batch_gives_each_batch_its_rows_in_order_empty_batches_too():
     """One sort per epoch replaced a scan of every row per batch (quadratic in the images); the
     batches, and the order of rows in each, must be what the scan gave."""
