@@ -158,11 +158,25 @@ def test_a_run_killed_between_its_bundle_and_its_out_of_fold_file_is_finished_fr
         url, metrics = bundles.reusable_bundle(str(models), "key-1", str(oof))
     assert url == storage.join(str(models), "20261128T010000Z-bbbb") and metrics["run_key"] == "key-1"
     assert oof.read_bytes() == own and bundles.latest_version(str(models)) == "20261128T010000Z-bbbb"
-    assert "was not written after it (a run stopped in between); copied from the bundle" in caplog.text
+    assert "did not name it (a run stopped before writing it, or a new path): copied from the bundle's oof.parquet" in caplog.text
     oof.unlink()  # or killed before any out-of-fold file was there
     (models / "latest").write_text("20261128T000000Z-aaaa")
     assert bundles.reusable_bundle(str(models), "key-1", str(oof))[0] == url and oof.read_bytes() == own
-    # Only the newest bundle is this run's candidate: a later run's bundle means training again.
+    # A damaged copy, or one naming another bundle (a copied folder), is not restored: training
+    # again mends it (copied, every later run would restore the same damage).
+    oof.unlink()
+    for damage in (b"not parquet", bundles.oof_parquet(["a"], [0], [0], np.full((1, 15), 1 / 15), "20261128T000000Z-aaaa", "text")):
+        (models / "20261128T010000Z-bbbb" / bundles.BUNDLE_OOF).write_bytes(damage)
+        with caplog.at_level("INFO"):
+            assert bundles.reusable_bundle(str(models), "key-1", str(oof)) is None and not oof.exists()
+    assert "oof.parquet: unreadable" in caplog.text and "oof.parquet names ['20261128T000000Z-aaaa'], not its bundle" in caplog.text
+    (models / "20261128T010000Z-bbbb" / bundles.BUNDLE_OOF).write_bytes(own)
+    # Newer folders that are not fold bundles (a --final bundle, train-image's checkpoints) are
+    # passed over; a later fold bundle of another run means training again.
+    _bundle(models, "20261128T015000Z-dddd-final", "final-key")
+    (models / "_checkpoints").mkdir()
+    assert bundles.reusable_bundle(str(models), "key-1", str(oof))[0] == url and oof.read_bytes() == own
+    assert bundles.latest_version(str(models)) == "20261128T015000Z-dddd-final"  # a newer --final stays latest
     _bundle(models, "20261128T020000Z-cccc", "key-3")
     (models / "20261128T020000Z-cccc" / bundles.BUNDLE_OOF).write_bytes(own)
     oof.unlink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -38,6 +39,9 @@ OOF_SOURCES = ("text", "image")
 # bundle's commit and before the out-of-fold file was written is finished by the next run from it
 # (``reusable_bundle``) instead of training again.
 BUNDLE_OOF = "oof.parquet"
+# A fold bundle's version (``make_version``); ``-final`` ones and other folders (``_checkpoints``)
+# do not match.
+FOLD_VERSION = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")
 
 
 def oof_parquet(guids: Sequence[str], y: Sequence[int], fold: Sequence[int], proba: np.ndarray, version: str, source: str) -> bytes:
@@ -168,20 +172,31 @@ def reusable_bundle(model_dir: str, run_key: str, oof_url: str | None = None, s3
 
 
 def _restore_oof_of_newest(model_dir: str, run_key: str, oof_url: str, s3: S3Options | None) -> tuple[str | None, tuple[str, dict[str, Any]] | None]:
-    """(version, ``bundle_of_run``'s answer) of the newest bundle under ``model_dir`` that holds
-    its own out-of-fold file, when it is this run's: a run stopped between its bundle's commit and
-    writing ``oof_url``. Its file is copied to ``oof_url`` (the next run finishes that one rather
-    than training again). Else (None, None)."""
-    try:
-        versions = sorted(name.split("/")[0] for name in storage.list_files(model_dir, s3, recursive=True) if name.count("/") == 1 and name.endswith("/" + BUNDLE_OOF))
-    except storage.StorageError:  # no model folder yet
+    """(version, ``bundle_of_run``'s answer) of the newest fold bundle under ``model_dir`` (its
+    versions start with their time; ``--final`` image bundles have no out-of-fold file) when it
+    is this run's and holds its own out-of-fold file naming it: a run stopped between its
+    bundle's commit and writing ``oof_url``, or a new ``--oof`` path. That file is copied to
+    ``oof_url``. Else (None, None): the caller trains again."""
+    if not storage.exists(model_dir, s3):
         return None, None
+    versions = sorted(name for name, is_dir in storage.list_entries(model_dir, s3) if is_dir and FOLD_VERSION.fullmatch(name))
     newest = versions[-1] if versions else None
     found = bundle_of_run(model_dir, newest, run_key, "metrics.json", s3, explain=False)
     if found is None:
         return None, None
-    storage.write_bytes(oof_url, storage.read_bytes(storage.join(found[0], BUNDLE_OOF), s3), s3)
-    log.info("%s is this run's, but %s was not written after it (a run stopped in between); copied from the bundle", found[0], oof_url)
+    own = storage.join(found[0], BUNDLE_OOF)
+    raw = storage.read_bytes(own, s3) if storage.exists(own, s3) else None
+    try:
+        named = set(read_parquet_bytes(raw, ["model_version"]).column("model_version").to_pylist()) if raw is not None else set()
+    except Exception as exc:  # noqa: BLE001 - any unreadable copy is "train again", as an unreadable oof_url is
+        log.info("%s: unreadable (%s); the bundle is not reused", own, " ".join(str(exc).split())[:200])
+        return None, None
+    if named != {newest}:
+        if raw is not None:
+            log.info("%s names %s, not its bundle; the bundle is not reused", own, sorted(named)[:3])
+        return None, None
+    storage.write_bytes(oof_url, raw, s3)
+    log.info("%s is this run's bundle and %s did not name it (a run stopped before writing it, or a new path): copied from the bundle's %s", found[0], oof_url, BUNDLE_OOF)
     return newest, found
 
 

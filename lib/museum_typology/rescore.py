@@ -44,7 +44,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -55,7 +54,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from . import storage
@@ -188,7 +186,7 @@ def committed_partitions(predictions_url: str, s3: S3Options | None = None) -> l
     if not storage.is_dir(predictions_url, s3):
         raise RescoreError(f"{predictions_url}: --predictions must be a directory (of date=YYYY-MM-DD/ partitions), not a file")
     found = []
-    entries = _entries(predictions_url, s3)
+    entries = storage.list_entries(predictions_url, s3)
     listed = partition_dirs(predictions_url, s3, entries)
     if not storage.is_s3(predictions_url):  # only a local commit sets a night aside
         present = {date for date, _ in listed}
@@ -215,7 +213,7 @@ def put_back_set_aside_partitions(predictions_url: str, s3: S3Options | None = N
     history without it (and can no longer re-run X)."""
     if storage.is_s3(predictions_url) or not storage.is_dir(predictions_url, s3):
         return  # an S3 commit copies over the old objects: it sets nothing aside
-    names = {match.group(1) for name, _ in _entries(predictions_url, s3) if (match := SET_ASIDE_RE.fullmatch(name))}
+    names = {match.group(1) for name, _ in storage.list_entries(predictions_url, s3) if (match := SET_ASIDE_RE.fullmatch(name))}
     for name in sorted(names):
         url = storage.join(predictions_url, name)
         missing = not storage.exists(url, s3)
@@ -231,7 +229,7 @@ def remove_abandoned_writes(predictions_url: str, partitions: Sequence[tuple[str
     if not partitions or not storage.is_dir(predictions_url, s3):
         return
     newest = partitions[-1][0]
-    for name, _ in _entries(predictions_url, s3):
+    for name, _ in storage.list_entries(predictions_url, s3):
         # the temporary folder of a night's write (storage.atomic_directory), left by a killed run
         match = PARTITION_RE.fullmatch(storage.temporary_owner(name) or "")
         if match and match.group(1) < newest:
@@ -239,18 +237,12 @@ def remove_abandoned_writes(predictions_url: str, partitions: Sequence[tuple[str
             log.info("rescore: removed %s, the write of night %s killed before it committed (night %s is newer)", name, match.group(1), newest)
 
 
-def _entries(predictions_url: str, s3: S3Options | None = None) -> list[tuple[str, bool]]:
-    """(name, whether it is a directory) of each entry directly under a directory: one listing."""
-    fs, path = storage.filesystem(predictions_url, s3)
-    return [(posixpath.basename(info.path.rstrip("/")), info.type == pafs.FileType.Directory) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False))]
-
-
 def partition_dirs(predictions_url: str, s3: S3Options | None = None, entries: Sequence[tuple[str, bool]] | None = None) -> list[tuple[str, str]]:
     """``(date, url)`` of the ``date=YYYY-MM-DD`` directories directly under a directory, committed
     or not, in listing order (``evaluate`` tells rescore's history from other Parquet by them).
-    ``entries``: ``_entries``' listing when the caller has it."""
+    ``entries``: ``storage.list_entries``' listing when the caller has it."""
     found = []
-    for name, is_dir in _entries(predictions_url, s3) if entries is None else entries:
+    for name, is_dir in storage.list_entries(predictions_url, s3) if entries is None else entries:
         match = PARTITION_RE.fullmatch(name)
         if is_dir and match:
             found.append((match.group(1), storage.join(predictions_url, name)))

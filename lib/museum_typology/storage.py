@@ -212,6 +212,12 @@ def open_input_file(url: str, s3: S3Options | None = None):  # -> pyarrow.Native
         raise StorageError(f"{url}: cannot open ({exc})") from None
 
 
+def list_entries(url: str, s3: S3Options | None = None) -> list[tuple[str, bool]]:
+    """(name, whether it is a directory) of each entry directly under a directory: one listing."""
+    fs, path = filesystem(url, s3)
+    return [(posixpath.basename(info.path.rstrip("/")), info.type == pafs.FileType.Directory) for info in fs.get_file_info(pafs.FileSelector(path, recursive=False))]
+
+
 def list_files(url: str, s3: S3Options | None = None, recursive: bool = False) -> list[str]:
     """Base names (or paths relative to ``url`` when recursive) of the files under a directory."""
     return [name for name, _, _ in list_file_stats(url, s3, recursive)]

@@ -429,7 +429,7 @@ class BiLstmRunner:
     weights and a zeroed optimizer. Building and tracing a recurrent Keras model costs tens of
     seconds on 2 cores, training one fold a few, so K folds share one graph.
 
-    ``fit(x, y, seed_index)``: seed ``s`` starts from its own initial weights (drawn once, with
+    ``fit(tokens, y, seed_index)``: seed ``s`` starts from its own initial weights (drawn once, with
     ``text.seed + s``) and its own shuffling and dropout, so the ``text.lstm_seeds`` networks of a
     fold differ only by chance, which their average removes."""
 
