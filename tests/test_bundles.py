@@ -184,6 +184,28 @@ def test_a_run_killed_between_its_bundle_and_its_out_of_fold_file_is_finished_fr
     assert bundles.reusable_bundle(str(tmp_path / "no-models"), "key-1", str(oof)) is None
 
 
+def test_the_out_of_fold_file_is_restored_from_a_bundle_on_s3(fresh_bucket, moto_endpoint):
+    """The same restore on S3, where the model folder's bundles are prefixes, not folders."""
+    import json
+
+    import numpy as np
+
+    client, bucket = fresh_bucket
+    s3 = S3Options(endpoint_url=moto_endpoint)
+    models, oof = f"s3://{bucket}/work/models/text", f"s3://{bucket}/work/oof/text.parquet"
+    assert bundles.reusable_bundle(models, "key-1", oof, s3) is None  # nothing there yet
+    own = bundles.oof_parquet(["a", "b"], [0, 1], [0, 1], np.full((2, 15), 1 / 15), "20261128T010000Z-bbbb", "text")
+    for version, key in (("20261128T000000Z-aaaa", "old-key"), ("20261128T010000Z-bbbb", "key-1")):
+        client.put_object(Bucket=bucket, Key=f"work/models/text/{version}/metrics.json", Body=json.dumps({"run_key": key}).encode())
+        client.put_object(Bucket=bucket, Key=f"work/models/text/{version}/report/report.md", Body=b"# report")
+        client.put_object(Bucket=bucket, Key=f"work/models/text/{version}/{storage.SUCCESS_MARKER}", Body=b"train-text")
+    client.put_object(Bucket=bucket, Key=f"work/models/text/20261128T010000Z-bbbb/{bundles.BUNDLE_OOF}", Body=own)
+    client.put_object(Bucket=bucket, Key="work/models/text/latest", Body=b"20261128T000000Z-aaaa")
+    url, _ = bundles.reusable_bundle(models, "key-1", oof, s3)
+    assert url == f"{models}/20261128T010000Z-bbbb" and storage.read_bytes(oof, s3) == own
+    assert bundles.latest_version(models, s3) == "20261128T010000Z-bbbb"
+
+
 def test_a_reused_bundle_becomes_latest_over_a_newer_trial_but_not_over_a_newer_final_one(tmp_path):
     """A pipeline re-run that reuses its folds scores with them, not with a bundle trained since
     into the same directory with other settings; a newer --final bundle stays latest."""
