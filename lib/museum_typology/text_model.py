@@ -458,7 +458,9 @@ class BiLstmRunner:
         # Keras' own batching of arrays (what ``fit(x, y, shuffle=True)`` builds: each epoch's
         # permutation, its batches gathered from the arrays) over the token ids, each batch's
         # word vectors looked up after the gather: the batches, and so the trained weights, are
-        # those of fitting on the whole [titles, max_len, dim] array, which is never built.
+        # those of fitting on the whole [titles, max_len, dim] array, which is never built. The
+        # adapter is Keras 2.15's (pinned with TensorFlow for Horovod); the runner's unit test
+        # compares against a fit on the whole array, so another version's batching shows there.
         titles = data_adapter.TensorLikeDataAdapter(tokens.ids, y, batch_size=self.ts.batch_size, epochs=self.ts.epochs, shuffle=True)
         batches = self._looked_up(titles.get_dataset(), tokens.table)
         self.model.fit(batches, epochs=self.ts.epochs, steps_per_epoch=titles.get_size(), class_weight=class_weights(y), verbose=0)
