@@ -47,7 +47,9 @@ def test_macro_f1_per_class_and_accuracy_by_hand():
     assert table[A] == pytest.approx({"class": A, "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "predicted": 2})
     assert table[B]["precision"] == pytest.approx(2 / 3) and table[B]["recall"] == 1.0 and table[B]["f1"] == pytest.approx(0.8)
     assert table[C]["f1"] == 0.0 and table[C]["support"] == 1 and table[C]["predicted"] == 0
-    assert table[CLASSES[5]]["support"] == 0
+    # A class nobody has and nobody predicts has no F1 (0 there made the table's mean disagree
+    # with macro-F1, which leaves such classes out).
+    assert table[CLASSES[5]] == {"class": CLASSES[5], "precision": None, "recall": None, "f1": None, "support": 0, "predicted": 0}
     assert m["confusion"][0][:3] == [1, 1, 0] and m["confusion"][1][:3] == [0, 2, 0] and m["confusion"][2][:3] == [1, 0, 0]
     assert m["coverage"]["missing_from_pred"]["count"] == 0 and m["macro_f1_matched"] == pytest.approx(m["macro_f1"])
 
@@ -265,9 +267,10 @@ def test_cli_evaluate_writes_metrics_table_png_and_report(tmp_path, capsys):
     assert metrics["macro_f1"] == pytest.approx(1.3 / 3) and metrics["truth"] == str(truth) and metrics["pred"] == str(pred)
     per_class = pd.read_csv(out / "per_class.csv")
     assert per_class.columns.tolist() == ["class", "precision", "recall", "f1", "support", "predicted"] and len(per_class) == 15
+    assert per_class["f1"].notna().sum() == 3 and per_class["f1"].mean() == pytest.approx(metrics["macro_f1"])  # empty where no F1
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text(encoding="utf-8")
-    assert "**macro-F1 0.433**" in report and "| image | 2 |" in report and "![confusion](confusion.png)" in report
+    assert "**macro-F1 0.433**" in report and "| image | 2 |" in report and f"| {CLASSES[5]} | 0 | 0 | – | – | – |" in report and "![confusion](confusion.png)" in report
     stdout = capsys.readouterr().out
     assert "evaluate: macro-F1 0.433, accuracy 0.600 on 5 truth guids; by source" in stdout and "metrics.json" in stdout
 

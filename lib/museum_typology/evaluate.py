@@ -248,8 +248,10 @@ def summarise(alignment: Alignment) -> dict[str, Any]:
     matched = y_pred >= 0
     per_class = report.per_class_table(y_true, y_pred)
     predicted = np.bincount(y_pred[matched], minlength=len(CLASSES))
-    for row, count in zip(per_class, predicted):
+    for index, (row, count) in enumerate(zip(per_class, predicted)):
         row["predicted"] = int(count)
+        if index not in labels:  # nobody has it, nobody predicts it: no F1 (not 0, which the mean would count)
+            row.update(precision=None, recall=None, f1=None)
     by_source = []
     for name in sorted(set(alignment.source), key=lambda s: (s == NO_PREDICTION, s)):
         mask = np.array([s == name for s in alignment.source])

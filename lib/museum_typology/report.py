@@ -57,7 +57,7 @@ def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, bins: int 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str], floats: str = "{:.3f}") -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [floats.format(row[c]) if isinstance(row[c], float) else str(row[c]) for c in columns]
+        cells = [floats.format(row[c]) if isinstance(row[c], float) else "–" if row[c] is None else str(row[c]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
