@@ -12,14 +12,16 @@ titles (shared-data-like lengths; a vocabulary of ``--words`` distinct words) an
 rest (a title's class is its first word's, one of 60). Word vectors are deterministic
 pseudo-random vectors of the default width (100 FastText + 300 navec), so no word-vector
 training is timed. Prints peak MB and seconds of each side and their ratios, and the share of
-held-out titles both predict alike (1.0: the same batches train the same network).
+held-out titles both predict alike (1.0: the same batches train the same network). Each side
+runs ``--repeats`` times, in turn with the other; medians are compared.
 
-    .venv/bin/python benchmarks/train_text_scale.py [--titles 60000] [--words 60000] [--epochs 1]
+    .venv/bin/python benchmarks/train_text_scale.py [--titles 60000] [--words 60000] [--epochs 1] [--repeats 2]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -78,14 +80,19 @@ def main() -> None:
     parser.add_argument("--titles", type=int, default=60_000)
     parser.add_argument("--words", type=int, default=60_000, help="distinct words the titles are drawn from")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of now and before in turn (the machine is noisy); medians are compared")
     args = parser.parse_args()
-    now, before = side(args, old=False), side(args, old=True)
-    agree = sum(a == b for a, b in zip(now.pop("classes"), before.pop("classes"))) / max(1, args.titles - args.titles * 4 // 5)
+    runs: dict[str, list[dict]] = {"now": [], "before": []}
+    for _ in range(args.repeats):
+        runs["now"].append(side(args, old=False))
+        runs["before"].append(side(args, old=True))
+    agree = sum(a == b for a, b in zip(runs["now"][0]["classes"], runs["before"][0]["classes"])) / max(1, args.titles - args.titles * 4 // 5)
+    summary = {name: {"peak_mb": round(statistics.median(r["peak_mb"] for r in rs), 1), "seconds": [round(r["seconds"], 1) for r in rs]} for name, rs in runs.items()}
+    seconds = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
     print(json.dumps({
-        "titles": args.titles, "words": args.words, "epochs": args.epochs,
-        "now": {k: round(v, 1) for k, v in now.items()}, "before": {k: round(v, 1) for k, v in before.items()},
-        "peak_memory_ratio_before_vs_now": round(before["peak_mb"] / now["peak_mb"], 2),
-        "seconds_ratio_before_vs_now": round(before["seconds"] / now["seconds"], 2),
+        "titles": args.titles, "words": args.words, "epochs": args.epochs, **summary,
+        "peak_memory_ratio_before_vs_now": round(summary["before"]["peak_mb"] / summary["now"]["peak_mb"], 2),
+        "seconds_ratio_before_vs_now": round(seconds["before"] / seconds["now"], 2),
         "held_out_classes_agreeing": round(agree, 3),
     }, indent=1))
 
