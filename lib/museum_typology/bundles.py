@@ -185,17 +185,12 @@ def _restore_oof_of_newest(model_dir: str, run_key: str, oof_url: str, s3: S3Opt
     if found is None:
         return None, None
     own = storage.join(found[0], BUNDLE_OOF)
-    raw = storage.read_bytes(own, s3) if storage.exists(own, s3) else None
-    try:
-        named = set(read_parquet_bytes(raw, ["model_version"]).column("model_version").to_pylist()) if raw is not None else set()
-    except Exception as exc:  # noqa: BLE001 - any unreadable copy is "train again", as an unreadable oof_url is
-        log.info("%s: unreadable (%s); the bundle is not reused", own, " ".join(str(exc).split())[:200])
-        return None, None
+    named = oof_versions(own, s3)  # empty (and logged) when missing or unreadable: train again
     if named != {newest}:
-        if raw is not None:
+        if named:
             log.info("%s names %s, not its bundle; the bundle is not reused", own, sorted(named)[:3])
         return None, None
-    storage.write_bytes(oof_url, raw, s3)
+    storage.write_bytes(oof_url, storage.read_bytes(own, s3), s3)
     log.info("%s is this run's bundle and %s did not name it (a run stopped before writing it, or a new path): copied from the bundle's %s", found[0], oof_url, BUNDLE_OOF)
     return newest, found
 
