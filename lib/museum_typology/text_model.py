@@ -467,11 +467,19 @@ class BiLstmRunner:
         return self.model.get_weights()
 
     def predict(self, weights: list[np.ndarray], tokens: TokenIds) -> np.ndarray:
+        return self.predict_mean([weights], tokens)
+
+    def predict_mean(self, networks: Sequence[list[np.ndarray]], tokens: TokenIds) -> np.ndarray:
+        """The mean of the ``networks``' (weights') probabilities for ``tokens``, whose batches are
+        set up once for all of them."""
         import tensorflow as tf
 
-        self.model.set_weights(weights)
-        titles = tf.data.Dataset.from_tensor_slices(tokens.ids).batch(1024)
-        return self.model.predict(self._looked_up(titles, tokens.table), verbose=0)
+        batches = self._looked_up(tf.data.Dataset.from_tensor_slices(tokens.ids).batch(1024), tokens.table)
+        outputs = []
+        for weights in networks:
+            self.model.set_weights(weights)
+            outputs.append(self.model.predict(batches, verbose=0))
+        return np.mean(outputs, axis=0)
 
     @staticmethod
     def _looked_up(batches, table: np.ndarray):
@@ -554,7 +562,7 @@ class TextModel:
                 tfidf = 0.0
             if self.weight > 0:
                 tokens = self.embedder.token_ids(chunk)
-                lstm = np.mean([self.runner().predict(w, tokens) for w in self.lstm_folds], axis=0)
+                lstm = self.runner().predict_mean(self.lstm_folds, tokens)
             else:
                 lstm = 0.0
             logits = blend_logits(lstm, tfidf, self.weight)
