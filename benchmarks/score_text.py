@@ -1,7 +1,9 @@
 """Text scoring throughput: descriptions/s on this machine for a batch of N (default 100K), beside a
-naive row-by-row loop over the same bundle in the same run, plus the bundle's size on disk.
+naive row-by-row loop over the same bundle in the same run, plus the bundle's size on disk; and
+N' titles scored in turn with the fold members' n-grams cut once for all (``FoldFeatures``) and
+cut by each fold member itself (as before 2026-11-29, afternoon), checking equal probabilities.
 
-    .venv/bin/python benchmarks/score_text.py [--model var/models/text] [--n 100000] [--naive-n 300]
+    .venv/bin/python benchmarks/score_text.py [--model var/models/text] [--n 100000] [--naive-n 300] [--fold-by-fold-n 20000]
 
 Needs a text bundle (`museum-typology train-text` or `make run` makes one). Titles are drawn from
 the shared data with random word drops and swaps, so most are new strings (the vectoriser and the
@@ -16,6 +18,8 @@ import random
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
@@ -48,6 +52,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "var" / "models" / "text"))
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--naive-n", type=int, default=300)
+    parser.add_argument("--fold-by-fold-n", type=int, default=20_000, help="titles also scored with each fold member cutting its own n-grams (as before 2026-11-29, afternoon), in turn with the shared cut (0: skip)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -70,6 +75,24 @@ def main() -> None:
     assert proba.shape == (args.n, 15)
     batch_rate = args.n / batch_s
 
+    shared_vs_folds = {}
+    if args.fold_by_fold_n:
+        import dataclasses
+
+        sample = [normalize(t, model.normalization) for t in titles[: args.fold_by_fold_n]]
+        fold_by_fold = dataclasses.replace(model, _fold_features=None)  # None: no shared n-gram counts
+        seconds = {"shared": [], "fold_by_fold": []}
+        answers = {}
+        for _ in range(2):  # in turn, twice: the machine's busy spells hit both
+            for name, scorer in (("fold_by_fold", fold_by_fold), ("shared", model)):
+                started = time.perf_counter()
+                answers[name] = scorer.predict_proba(sample)
+                seconds[name].append(time.perf_counter() - started)
+        assert np.array_equal(answers["shared"], answers["fold_by_fold"]), "the shared n-gram counts changed a probability"
+        best = {name: min(values) for name, values in seconds.items()}
+        shared_vs_folds = {"fold_by_fold_rows_per_s": round(len(sample) / best["fold_by_fold"], 1), "shared_rows_per_s": round(len(sample) / best["shared"], 1),
+                           "shared_over_fold_by_fold": round(best["fold_by_fold"] / best["shared"], 2), "same_probabilities": True}
+
     results = {
         "bundle": bundle.name,
         "bundle_mb_without_report": round(size_mb, 1),
@@ -81,6 +104,7 @@ def main() -> None:
         "naive_rows": args.naive_n,
         "naive_rows_per_s": round(naive_rate, 1),
         "batch_over_naive": round(batch_rate / naive_rate, 1),
+        **shared_vs_folds,
     }
     print(json.dumps(results, indent=1))
     print("(one run on a shared, noisy machine: compare the ratio, not the absolute rates)")

@@ -750,3 +750,37 @@ def test_training_gives_the_same_model_under_any_string_hash_seed(tmp_path):
     (guids_a, proba_a), (guids_b, proba_b) = probabilities
     assert guids_a == guids_b and proba_a.shape == (len(guids_a), len(CLASSES))
     assert np.array_equal(proba_a, proba_b)
+
+
+def test_fold_features_cut_the_texts_once_and_give_each_fold_its_own_features_to_the_bit(trained):
+    """Scoring counts a chunk's n-grams once for all fold members (over the union of their
+    vocabularies) instead of once per fold: each fold's features, margins and the model's
+    probabilities must be what the fold's own vectorisers give, bit for bit."""
+    import dataclasses
+
+    from museum_typology.text_model import FoldFeatures, LinearMember, make_linear_svc, margins
+
+    _, _, result = trained
+    model = result["in_memory"]
+    texts = [normalize(t) for t in ("монета копейка рубль", "сабля кинжал", "Фотоrрафия. Снимок завода", "неизвестное слово",
+                                    "Письмо В.С. Попову", "", "ж", "монета монета монета 1909 г.")]
+    shared = FoldFeatures.of(model.tfidf_folds)
+    assert shared is not None and shared.folds == len(model.tfidf_folds) >= 2
+    # the folds' vocabularies differ (or sharing would be trivial), and the union holds each
+    vocabularies = [set(m.features.transformer_list[0][1].vocabulary_) for m in model.tfidf_folds]
+    assert len(set(map(frozenset, vocabularies))) > 1
+    vectors = model.embedder.pooled(texts)
+    for member, features in zip(model.tfidf_folds, shared.transform(texts)):
+        own = member.features.transform(texts)
+        assert features.shape == own.shape and (features != own).nnz == 0
+        assert np.array_equal(features.indptr, own.indptr) and np.array_equal(features.indices, own.indices)
+        assert np.array_equal(features.data, own.data)
+        assert np.array_equal(margins(member, texts, vectors, features), margins(member, texts, vectors))
+    fold_by_fold = dataclasses.replace(model, _fold_features=None)  # None: each fold makes its own
+    assert np.array_equal(model.predict_proba(texts), fold_by_fold.predict_proba(texts))
+    # Folds that do not cut text alike, or older bundles' pipelines, each make their own.
+    odd = LinearMember(C=1.0, vectors_weight=0.0, seed=0)
+    odd.features.transformer_list[0][1].set_params(ngram_range=(1, 3))  # the character n-grams
+    odd.fit(texts[:4] * 3, None, np.array([7, 3, 14, 2] * 3))
+    assert FoldFeatures.of([model.tfidf_folds[0], odd]) is None
+    assert FoldFeatures.of([make_linear_svc(0.5, 0), make_linear_svc(0.5, 1)]) is None
