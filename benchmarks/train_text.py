@@ -13,7 +13,10 @@ On 3.8K titles with noisy labels one split says little per class (a few titles m
 class's F1 by several points), hence the seeds. Each seed is a full train-text run: 3.5-4.5
 minutes on an idle 2-core machine.
 
-    .venv/bin/python benchmarks/train_text.py [--data DIR] [--seeds 13,5,6] [--json out.json] [--set KEY=VALUE]
+    .venv/bin/python benchmarks/train_text.py [--data DIR] [--seeds 13,5,6] [--json out.json] [--set KEY=VALUE] [--against KEY=VALUE]
+
+``--against`` runs every seed a second time with that setting (in turn, so a busy spell of the
+machine hits both) and prints its table too.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="13,5,6", help="comma-separated fold seeds")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--against", action="append", default=[], help="KEY=VALUE: also run each seed with this setting, in turn with the others, and print both")
     args = parser.parse_args()
 
     from museum_typology import report
@@ -67,11 +71,21 @@ def main() -> int:
     results: dict = {"cpu_count": os.cpu_count(), "load_avg_start": os.getloadavg()[0], "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
         settings = load_settings(overrides=[f"paths.work_dir={tmp}", *args.overrides], environ={})
+        against = load_settings(overrides=[f"paths.work_dir={tmp}/against", *args.overrides, *args.against], environ={}) if args.against else None
         for seed in [int(v) for v in args.seeds.split(",") if v.strip()]:
-            run = seed_run(settings, args.data, tmp, seed)
-            results["runs"].append(run)
-            print(f"fold seed {seed} ({run['seconds']} s): " + ", ".join(f"{k} {v:.3f}" for k, v in run["macro_f1"].items()), flush=True)
+            for name, chosen in (("runs", settings), ("runs_against", against)):
+                if chosen is None:
+                    continue
+                run = seed_run(chosen, args.data, tmp if name == "runs" else f"{tmp}/against", seed)
+                results.setdefault(name, []).append(run)
+                label = f" with {' '.join(args.against)}" if name == "runs_against" else ""
+                print(f"fold seed {seed}{label} ({run['seconds']} s): " + ", ".join(f"{k} {v:.3f}" for k, v in run["macro_f1"].items()), flush=True)
     results["mean"] = across_seeds(results["runs"], ["baseline_f1", "linear_f1", "f1"], "f1", "baseline_f1", ["macro_f1"])
+    if args.against:
+        results["mean_against"] = across_seeds(results["runs_against"], ["baseline_f1", "linear_f1", "f1"], "f1", "baseline_f1", ["macro_f1"])
+        print(f"\nwith {' '.join(args.against)}, mean over fold seeds:")
+        print(report.markdown_table(results["mean_against"]["per_class"], ["class", "support", "baseline_f1", "linear_f1", "f1", "wins_ties_losses"]))
+        print(json.dumps(results["mean_against"]["macro_f1"], indent=1))
     results["load_avg_end"] = os.getloadavg()[0]
     mean = results["mean"]
     print(f"\nmean over fold seeds {mean['seeds']} (f1 = the model; wins/ties/losses of the model against the baseline):")

@@ -784,3 +784,92 @@ def test_fold_features_cut_the_texts_once_and_give_each_fold_its_own_features_to
     odd.fit(texts[:4] * 3, None, np.array([7, 3, 14, 2] * 3))
     assert FoldFeatures.of([model.tfidf_folds[0], odd]) is None
     assert FoldFeatures.of([make_linear_svc(0.5, 0), make_linear_svc(0.5, 1)]) is None
+
+
+def _bilstm_and_reference(ts, max_len: int = 10, dim: int = 6):
+    """A network of ``ts`` and Keras' own non-unrolled Bidirectional LSTM (which masks its backward
+    half right) on the same projection, with the network's weights."""
+    import tensorflow as tf
+
+    from museum_typology.text_model import build_bilstm
+
+    model = build_bilstm(max_len, dim, ts)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((max_len, dim))
+    projected = layers.Dense(ts.projection_dim, activation="tanh")(layers.Masking(0.0)(inputs))
+    both = layers.Bidirectional(layers.LSTM(ts.lstm_units, return_sequences=True))
+    reference = tf.keras.Model(inputs, both(projected))
+    reference.layers[-2].set_weights(model.get_layer("projection").get_weights())
+    if ts.lstm_backward == "keras_unrolled":
+        both.set_weights(model.get_layer("lstm1").get_weights())
+    else:
+        both.forward_layer.set_weights(model.get_layer("lstm1_forward").get_weights())
+        both.backward_layer.set_weights(model.get_layer("lstm1_backward").get_weights())
+    sides = model.get_layer("lstm1")
+    return tf.keras.Model(model.input, sides.output), reference
+
+
+def _titles(max_len: int = 10, dim: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, max_len, dim)).astype(np.float32)
+    lengths = np.array([1, 2, 3, 5, 7, 10])
+    for row, n in enumerate(lengths):
+        x[row, n:] = 0.0  # padding after the title
+    return x, (np.arange(max_len)[None, :] < lengths[:, None])[..., None]
+
+
+def test_the_backward_lstm_reads_each_title_from_its_last_token():
+    """Keras 2.15's unrolled Bidirectional zeroed its backward half's outputs at a title's own
+    tokens (the mask of the unreversed sequence applied to the reversed outputs), so a short title
+    was read forwards only. "reversed" must give what Keras' non-unrolled Bidirectional gives."""
+    from dataclasses import replace
+
+    from museum_typology.text_model import TextSettings
+
+    ts = replace(TextSettings.from_settings(load_settings(overrides=TINY, environ={})), lstm_layers=1, lstm_backward="reversed")
+    x, tokens = _titles()
+    sides, reference = _bilstm_and_reference(ts)
+    ours, right = sides.predict(x, verbose=0), reference.predict(x, verbose=0)
+    assert np.allclose(ours * tokens, right * tokens, atol=1e-5)
+    assert np.all(ours * ~tokens == 0)  # zeros after the title, as Bidirectional gives
+    units = ts.lstm_units
+    assert np.all(np.abs(ours[:, :, units:] * tokens).sum(axis=(1, 2)) > 0)  # every title's backward half reads it
+    # The bug, as it was: the old setting's backward half is zero at every token of the titles of
+    # up to half of max_len tokens (kept for the bundles trained with it).
+    old_sides, _ = _bilstm_and_reference(replace(ts, lstm_backward="keras_unrolled"))
+    old = old_sides.predict(x, verbose=0)
+    assert np.all(old[:3, :, units:] == 0)
+
+
+def test_the_network_gives_a_title_the_same_probabilities_however_long_its_padding():
+    from dataclasses import replace
+
+    from museum_typology.text_model import TextSettings, build_bilstm
+
+    ts = replace(TextSettings.from_settings(load_settings(overrides=TINY, environ={})), lstm_layers=1, lstm_backward="reversed")
+    x, _ = _titles(max_len=10)
+    short, long = build_bilstm(10, 6, ts), build_bilstm(24, 6, ts)
+    long.set_weights(short.get_weights())
+    padded = np.concatenate([x, np.zeros((len(x), 14, 6), dtype=np.float32)], axis=1)
+    # titles shorter than 10 tokens have padding in both, so their max pooling sees the same zeros
+    assert np.allclose(short.predict(x, verbose=0)[:5], long.predict(padded, verbose=0)[:5], atol=1e-6)
+    with pytest.raises(ValueError, match="lstm_backward"):
+        replace(ts, lstm_backward="backwards")
+
+
+def test_bundles_from_before_the_backward_setting_are_scored_as_they_were_trained(trained, tmp_path):
+    import shutil
+
+    _, _, result = trained
+    assert json.loads((Path(result["bundle"]) / "conf.json").read_text())["text"]["lstm_backward"] == "reversed"
+    old = tmp_path / Path(result["bundle"]).name
+    shutil.copytree(result["bundle"], old)
+    conf = json.loads((old / "conf.json").read_text())
+    del conf["text"]["lstm_backward"]
+    (old / "conf.json").write_text(json.dumps(conf))
+    model = TextModel.load(old)
+    assert model.settings.lstm_backward == "keras_unrolled"
+    texts = ["монета копейка рубль", "сабля кинжал казачья шашка"]
+    then = model.runner().predict_mean(model.lstm_folds, model.embedder.token_ids(texts))
+    now = TextModel.load(Path(result["bundle"]))
+    assert not np.allclose(then, now.runner().predict_mean(now.lstm_folds, now.embedder.token_ids(texts)))

@@ -30,6 +30,7 @@ from .text import normalize
 log = get_logger(__name__)
 NUM_CLASSES = len(CLASSES)
 LSTM_POOLINGS = ("max_avg", "max_attention")  # text.lstm_pooling
+LSTM_BACKWARDS = ("keras_unrolled", "reversed")  # text.lstm_backward
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,16 @@ class TextSettings:
     lstm_layers: int = 2
     lstm_pooling: str = "max_avg"
     lstm_seeds: int = 1  # BiLSTMs per fold, averaged
+    # How the backward LSTM reads a title (see build_bilstm); bundles written before the setting
+    # existed ran Keras' own unrolled Bidirectional, and are scored with it.
+    lstm_backward: str = "keras_unrolled"
 
     def __post_init__(self) -> None:
         # checked when the settings are read, not minutes later when the first network is built
         if self.lstm_pooling not in LSTM_POOLINGS:
             raise ConfigError(f"text.lstm_pooling: {self.lstm_pooling!r} is none of {', '.join(LSTM_POOLINGS)}")
+        if self.lstm_backward not in LSTM_BACKWARDS:
+            raise ConfigError(f"text.lstm_backward: {self.lstm_backward!r} is none of {', '.join(LSTM_BACKWARDS)}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TextSettings:
@@ -464,18 +470,16 @@ def build_bilstm(max_len: int, dim: int, ts: TextSettings):
     x = layers.Masking(mask_value=0.0)(inputs)
     x = layers.SpatialDropout1D(ts.dropout / 2)(x)
     # Project the 400-d word vectors down first: the recurrent layers then cost a third as much.
-    x = layers.Dense(ts.projection_dim, activation="tanh")(x)
-    # unroll=True: titles are short (max_len steps), and Keras 2.15's LSTM otherwise builds a
-    # cuDNN/CPU backend-selection graph with gradients for every layer, ~20 s per model on 2 cores.
-    x = layers.Bidirectional(layers.LSTM(ts.lstm_units, return_sequences=True, unroll=True))(x)
+    x = layers.Dense(ts.projection_dim, activation="tanh", name="projection")(x)
+    token_mask = layers.Lambda(lambda t: tf.reduce_any(tf.not_equal(t, 0.0), -1), name="token_mask")(inputs)
+    x = bidirectional_lstm(x, token_mask, ts.lstm_units, ts.lstm_backward, "lstm1")
     if ts.lstm_layers >= 2:
-        x = layers.Bidirectional(layers.LSTM(ts.lstm_units // 2, return_sequences=True, unroll=True))(x)
+        x = bidirectional_lstm(x, token_mask, ts.lstm_units // 2, ts.lstm_backward, "lstm2")
     if ts.lstm_pooling == "max_avg":
         pooled = layers.Concatenate()([layers.GlobalMaxPooling1D()(x), layers.GlobalAveragePooling1D()(x)])
     else:  # "max_attention" (TextSettings refuses any other)
         scores = layers.Dense(1)(layers.Dense(64, activation="tanh")(x))
         scores = layers.Lambda(lambda s: tf.squeeze(s, -1), name="attention_scores")(scores)
-        token_mask = layers.Lambda(lambda t: tf.reduce_any(tf.not_equal(t, 0.0), -1), name="token_mask")(inputs)
         attention = layers.Softmax(name="attention")(scores, mask=token_mask)  # padding gets no weight
         pooled = layers.Concatenate()([layers.GlobalMaxPooling1D()(x), layers.Dot(axes=1)([attention, x])])
     x = layers.Dropout(ts.dropout)(pooled)
@@ -484,6 +488,34 @@ def build_bilstm(max_len: int, dim: int, ts: TextSettings):
     model = tf.keras.Model(inputs, outputs)
     model.compile(optimizer=tf.keras.optimizers.Adam(ts.learning_rate), loss="sparse_categorical_crossentropy")
     return model
+
+
+def bidirectional_lstm(x, token_mask, units: int, backward: str, name: str):
+    """An LSTM over each title's tokens forwards and one backwards (layers ``{name}_forward`` and
+    ``{name}_backward``), their outputs side by side (layer ``name``; zeros at the padding after
+    the title).
+
+    unroll=True: titles are short (max_len steps), and Keras 2.15's LSTM otherwise builds a
+    cuDNN/CPU backend-selection graph with gradients for every layer, ~20 s per model on 2 cores.
+    But Keras 2.15's unrolled ``Bidirectional`` ("keras_unrolled") mis-masks its backward half: it
+    zeroes the backward outputs by the mask of the unreversed sequence, so for a title padded at
+    the end the outputs at its own tokens are zeroed and those of the padding kept, and those are
+    zeros too (a masked step outputs zeros). For titles of up to half of ``max_len`` tokens (most of
+    them) the backward half reads nothing; for longer ones it reads a shifted part. "reversed"
+    turns each title's tokens around within its length (``tf.reverse_sequence``, the padding staying
+    after it), runs a forward LSTM over them and turns its outputs back: the backward LSTM as meant
+    (the unit test compares it with Keras' non-unrolled ``Bidirectional``).
+    """
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    if backward == "keras_unrolled":
+        return layers.Bidirectional(layers.LSTM(units, return_sequences=True, unroll=True), name=name)(x)
+    lengths = layers.Lambda(lambda m: tf.reduce_sum(tf.cast(m, tf.int32), axis=1), name=f"{name}_lengths")(token_mask)
+    turn = layers.Lambda(lambda pair: tf.reverse_sequence(pair[0], pair[1], seq_axis=1, batch_axis=0), name=f"{name}_turn")
+    forward = layers.LSTM(units, return_sequences=True, unroll=True, zero_output_for_mask=True, name=f"{name}_forward")(x, mask=token_mask)
+    backward_outputs = layers.LSTM(units, return_sequences=True, unroll=True, zero_output_for_mask=True, name=f"{name}_backward")(turn([x, lengths]), mask=token_mask)
+    return layers.Concatenate(name=name)([forward, turn([backward_outputs, lengths])])
 
 
 def class_weights(y: np.ndarray) -> dict[int, float]:
