@@ -3,7 +3,7 @@ naive row-by-row loop over the same bundle in the same run, plus the bundle's si
 N' titles scored in turn with the fold members' n-grams cut once for all (``FoldFeatures``) and
 cut by each fold member itself (as before 2026-11-29, afternoon), checking equal probabilities.
 
-    .venv/bin/python benchmarks/score_text.py [--model var/models/text] [--n 100000] [--naive-n 300] [--fold-by-fold-n 20000]
+    .venv/bin/python benchmarks/score_text.py [--model var/models/text] [--n 100000] [--naive-n 300] [--fold-by-fold-n 20000] [--against-model DIR]
 
 Needs a text bundle (`museum-typology train-text` or `make run` makes one). Titles are drawn from
 the shared data with random word drops and swaps, so most are new strings (the vectoriser and the
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "var" / "models" / "text"))
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--naive-n", type=int, default=300)
+    parser.add_argument("--against-model", help="another text bundle: the same --fold-by-fold-n titles scored with it in turn with this one (titles/s of each)")
     parser.add_argument("--fold-by-fold-n", type=int, default=20_000, help="titles also scored with each fold member cutting its own n-grams (as before 2026-11-29, afternoon), in turn with the shared cut (0: skip)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -93,6 +94,21 @@ def main() -> None:
         shared_vs_folds = {"fold_by_fold_rows_per_s": round(len(sample) / best["fold_by_fold"], 1), "shared_rows_per_s": round(len(sample) / best["shared"], 1),
                            "shared_over_fold_by_fold": round(best["fold_by_fold"] / best["shared"], 2), "same_probabilities": True}
 
+    against = {}
+    if args.against_model and args.fold_by_fold_n:
+        other = TextModel.load(resolve_bundle(args.against_model))
+        sample = [normalize(t, model.normalization) for t in titles[: args.fold_by_fold_n]]
+        other_sample = [normalize(t, other.normalization) for t in titles[: args.fold_by_fold_n]]
+        other.predict_proba(other_sample[:64])
+        seconds = {"this": [], "other": []}
+        for _ in range(2):  # in turn, twice
+            for name, scorer, texts in (("other", other, other_sample), ("this", model, sample)):
+                started = time.perf_counter()
+                scorer.predict_proba(texts)
+                seconds[name].append(time.perf_counter() - started)
+        against = {"against_bundle": resolve_bundle(args.against_model).name,
+                   "against_rows_per_s": round(len(sample) / min(seconds["other"]), 1), "this_rows_per_s_beside_it": round(len(sample) / min(seconds["this"]), 1)}
+
     results = {
         "bundle": bundle.name,
         "bundle_mb_without_report": round(size_mb, 1),
@@ -105,6 +121,7 @@ def main() -> None:
         "naive_rows_per_s": round(naive_rate, 1),
         "batch_over_naive": round(batch_rate / naive_rate, 1),
         **shared_vs_folds,
+        **against,
     }
     print(json.dumps(results, indent=1))
     print("(one run on a shared, noisy machine: compare the ratio, not the absolute rates)")
