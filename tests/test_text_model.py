@@ -301,17 +301,21 @@ def test_a_linear_member_of_two_classes_scores_both():
     assert (np.delete(got, [3, 7], axis=1) == -10.0).all()
 
 
-def test_bundle_without_the_vectors_setting_still_loads(trained, tmp_path):
-    # Bundles written before text.tfidf_vectors_weight existed lack it in conf.json.
+def _bundle_without(result: dict, tmp_path: Path, setting: str) -> TextModel:
+    """The trained bundle as one written before ``text.<setting>`` existed (its conf.json lacks it)."""
     import shutil
 
-    _, _, result = trained
     old = tmp_path / Path(result["bundle"]).name
     shutil.copytree(result["bundle"], old)
     conf = json.loads((old / "conf.json").read_text())
-    del conf["text"]["tfidf_vectors_weight"]
+    del conf["text"][setting]
     (old / "conf.json").write_text(json.dumps(conf))
-    model = TextModel.load(old)
+    return TextModel.load(old)
+
+
+def test_bundle_without_the_vectors_setting_still_loads(trained, tmp_path):
+    _, _, result = trained
+    model = _bundle_without(result, tmp_path, "tfidf_vectors_weight")
     assert model.settings.tfidf_vectors_weight == 0.0
     assert np.allclose(model.predict_proba(["монета копейка рубль"]), TextModel.load(Path(result["bundle"])).predict_proba(["монета копейка рубль"]))
 
@@ -858,16 +862,9 @@ def test_the_network_gives_a_title_the_same_probabilities_however_long_its_paddi
 
 
 def test_bundles_from_before_the_backward_setting_are_scored_as_they_were_trained(trained, tmp_path):
-    import shutil
-
     _, _, result = trained
     assert json.loads((Path(result["bundle"]) / "conf.json").read_text())["text"]["lstm_backward"] == "reversed"
-    old = tmp_path / Path(result["bundle"]).name
-    shutil.copytree(result["bundle"], old)
-    conf = json.loads((old / "conf.json").read_text())
-    del conf["text"]["lstm_backward"]
-    (old / "conf.json").write_text(json.dumps(conf))
-    model = TextModel.load(old)
+    model = _bundle_without(result, tmp_path, "lstm_backward")
     assert model.settings.lstm_backward == "keras_unrolled"
     texts = ["монета копейка рубль", "сабля кинжал казачья шашка"]
     then = model.runner().predict_mean(model.lstm_folds, model.embedder.token_ids(texts))
