@@ -760,6 +760,7 @@ def test_fold_features_cut_the_texts_once_and_give_each_fold_its_own_features_to
     """Scoring counts a chunk's n-grams once for all fold members (over the union of their
     vocabularies) instead of once per fold: each fold's features, margins and the model's
     probabilities must be what the fold's own vectorisers give, bit for bit."""
+    import copy
     import dataclasses
 
     from museum_typology.text_model import FoldFeatures, LinearMember, make_linear_svc, margins
@@ -788,6 +789,11 @@ def test_fold_features_cut_the_texts_once_and_give_each_fold_its_own_features_to
     odd.fit(texts[:4] * 3, None, np.array([7, 3, 14, 2] * 3))
     assert FoldFeatures.of([model.tfidf_folds[0], odd]) is None
     assert FoldFeatures.of([make_linear_svc(0.5, 0), make_linear_svc(0.5, 1)]) is None
+    first, second = (copy.deepcopy(m) for m in model.tfidf_folds[:2])
+    first.features.set_params(transformer_weights={first.features.transformer_list[0][0]: 2.0})
+    assert FoldFeatures.of([first, second]) is None  # weights on the union's parts
+    first.features.set_params(transformer_weights=None, **{first.features.transformer_list[1][0]: "drop"})
+    assert FoldFeatures.of([first, second]) is None  # a part left out
 
 
 def _bilstm_and_reference(ts, max_len: int = 10, dim: int = 6):

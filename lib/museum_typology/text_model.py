@@ -60,7 +60,7 @@ class TextSettings:
     lstm_layers: int = 2
     lstm_pooling: str = "max_avg"
     lstm_seeds: int = 1  # BiLSTMs per fold, averaged
-    # How the backward LSTM reads a title (see build_bilstm); bundles written before the setting
+    # How the backward LSTM reads a title (see bidirectional_lstm); bundles written before the setting
     # existed ran Keras' own unrolled Bidirectional, and are scored with it.
     lstm_backward: str = "keras_unrolled"
 
@@ -290,8 +290,10 @@ class FoldFeatures:
             return None
         unions = [m.features for m in members]
         shapes = {tuple(name for name, _ in union.transformer_list) for union in unions}
-        if len(shapes) != 1:
+        if len(shapes) != 1 or any(union.transformer_weights for union in unions):
             return None
+        if not all(hasattr(part, "vocabulary_") and hasattr(part, "_tfidf") for union in unions for _name, part in union.transformer_list):
+            return None  # a part dropped or passed through, or not a fitted TF-IDF vectoriser
         for part in zip(*(union.transformer_list for union in unions)):
             settings = [{k: v for k, v in vectoriser.get_params().items() if k != "vocabulary"} for _name, vectoriser in part]
             if any(s != settings[0] for s in settings[1:]) or any(getattr(v, "fixed_vocabulary_", False) for _name, v in part):
@@ -511,6 +513,8 @@ def bidirectional_lstm(x, token_mask, units: int, backward: str, name: str):
     layers = tf.keras.layers
     if backward == "keras_unrolled":
         return layers.Bidirectional(layers.LSTM(units, return_sequences=True, unroll=True), name=name)(x)
+    # A title's tokens come first and padding after, with no gap: a word's FastText vector is made
+    # of its character n-grams and is never all zeros, so the count of unmasked steps is its length.
     lengths = layers.Lambda(lambda m: tf.reduce_sum(tf.cast(m, tf.int32), axis=1), name=f"{name}_lengths")(token_mask)
     turn = layers.Lambda(lambda pair: tf.reverse_sequence(pair[0], pair[1], seq_axis=1, batch_axis=0), name=f"{name}_turn")
     forward = layers.LSTM(units, return_sequences=True, unroll=True, zero_output_for_mask=True, name=f"{name}_forward")(x, mask=token_mask)
