@@ -1,6 +1,7 @@
 """Text normalisation speed: titles/s of ``text.normalize`` as in this tree against the same module
-at an earlier commit, side by side in one run (alternating rounds, best of each), and a check that
-both give the same text for every title under every rule version.
+at an earlier commit, side by side in one run (``side_by_side.alternate``: a warm-up of each, then
+alternating rounds; best of each), and a check that both give the same text for every title
+under every rule version.
 
     .venv/bin/python benchmarks/normalize.py [--against 8a0795d] [--copies 20] [--rounds 3]
 
@@ -19,11 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from museum_typology import text as current  # noqa: E402
 from museum_typology.config import load_settings  # noqa: E402
 from museum_typology.ingest import read_input_rows  # noqa: E402
 from museum_typology.text import KNOWN_VERSIONS  # noqa: E402
+from side_by_side import alternate  # noqa: E402
 
 
 def module_at(revision: str):
@@ -58,13 +61,12 @@ def main() -> None:
         differ = sum(current.normalize(t, version) != then.normalize(t, version) for t in titles)
         print(f"rule version {version}: {len(titles)} titles, {differ} normalised differently")
     batch = titles * args.copies
-    best = {"then": float("inf"), "now": float("inf")}
-    for _ in range(args.rounds):  # alternating, so a busy spell of the machine hits both
-        best["then"] = min(best["then"], seconds(then.normalize, batch))
-        best["now"] = min(best["now"], seconds(current.normalize, batch))
-    for name, label in (("then", f"at {args.against}"), ("now", "this tree")):
+    normalizers = {"now": current.normalize, "before": then.normalize}
+    runs, _ = alternate(lambda name: (seconds(normalizers[name], batch), None), args.rounds)  # in turn: a busy spell hits both
+    best = {name: min(values) for name, values in runs.items()}
+    for name, label in (("before", f"at {args.against}"), ("now", "this tree")):
         print(f"{label:>14}: {len(batch) / best[name]:9,.0f} titles/s ({best[name] / len(batch) * 1e6:.1f} us per title)")
-    print(f"ratio: {best['then'] / best['now']:.2f}x; at 1M catalogue rows {best['then'] / len(batch) * 1e6:.0f} s -> {best['now'] / len(batch) * 1e6:.0f} s of one core")
+    print(f"ratio: {best['before'] / best['now']:.2f}x; at 1M catalogue rows {best['before'] / len(batch) * 1e6:.0f} s -> {best['now'] / len(batch) * 1e6:.0f} s of one core")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from museum_typology.config import load_settings  # noqa: E402
 from museum_typology.ingest import read_input_rows  # noqa: E402
 from museum_typology.text import normalize  # noqa: E402
 from museum_typology.text_model import TextModel  # noqa: E402
 from museum_typology.train_text import resolve_bundle  # noqa: E402
+from side_by_side import alternate  # noqa: E402
 
 
 def synthetic_titles(n: int, seed: int = 0) -> list[str]:
@@ -45,6 +47,21 @@ def synthetic_titles(n: int, seed: int = 0) -> list[str]:
             words[i], words[i + 1] = words[i + 1], words[i]
         out.append(" ".join(words))
     return out
+
+
+def scored_in_turn(now: tuple[TextModel, list[str]], before: tuple[TextModel, list[str]]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Each side's (model, normalised titles) scored in turn (``side_by_side.alternate``: a warm-up
+    of each, then two rounds): the best seconds of each side, and its probabilities."""
+    sides = {"now": now, "before": before}
+
+    def timed(name: str) -> tuple[float, np.ndarray]:
+        model, texts = sides[name]
+        started = time.perf_counter()
+        proba = model.predict_proba(texts)
+        return time.perf_counter() - started, proba
+
+    seconds, answers = alternate(timed, repeats=2)
+    return {name: min(values) for name, values in seconds.items()}, answers
 
 
 def main() -> None:
@@ -76,38 +93,22 @@ def main() -> None:
     assert proba.shape == (args.n, 15)
     batch_rate = args.n / batch_s
 
-    shared_vs_folds = {}
+    shared_vs_folds, against = {}, {}
     if args.fold_by_fold_n:
         import dataclasses
 
         sample = [normalize(t, model.normalization) for t in titles[: args.fold_by_fold_n]]
         fold_by_fold = dataclasses.replace(model, _fold_features=None)  # None: no shared n-gram counts
-        seconds = {"shared": [], "fold_by_fold": []}
-        answers = {}
-        for _ in range(2):  # in turn, twice: the machine's busy spells hit both
-            for name, scorer in (("fold_by_fold", fold_by_fold), ("shared", model)):
-                started = time.perf_counter()
-                answers[name] = scorer.predict_proba(sample)
-                seconds[name].append(time.perf_counter() - started)
-        assert np.array_equal(answers["shared"], answers["fold_by_fold"]), "the shared n-gram counts changed a probability"
-        best = {name: min(values) for name, values in seconds.items()}
-        shared_vs_folds = {"fold_by_fold_rows_per_s": round(len(sample) / best["fold_by_fold"], 1), "shared_rows_per_s": round(len(sample) / best["shared"], 1),
-                           "shared_over_fold_by_fold": round(best["fold_by_fold"] / best["shared"], 2), "same_probabilities": True}
-
-    against = {}
-    if args.against_model and args.fold_by_fold_n:
-        other = TextModel.load(resolve_bundle(args.against_model))
-        sample = [normalize(t, model.normalization) for t in titles[: args.fold_by_fold_n]]
-        other_sample = [normalize(t, other.normalization) for t in titles[: args.fold_by_fold_n]]
-        other.predict_proba(other_sample[:64])
-        seconds = {"this": [], "other": []}
-        for _ in range(2):  # in turn, twice
-            for name, scorer, texts in (("other", other, other_sample), ("this", model, sample)):
-                started = time.perf_counter()
-                scorer.predict_proba(texts)
-                seconds[name].append(time.perf_counter() - started)
-        against = {"against_bundle": resolve_bundle(args.against_model).name,
-                   "against_rows_per_s": round(len(sample) / min(seconds["other"]), 1), "this_rows_per_s_beside_it": round(len(sample) / min(seconds["this"]), 1)}
+        best, answers = scored_in_turn(now=(model, sample), before=(fold_by_fold, sample))
+        assert np.array_equal(answers["now"], answers["before"]), "the shared n-gram counts changed a probability"
+        shared_vs_folds = {"fold_by_fold_rows_per_s": round(len(sample) / best["before"], 1), "shared_rows_per_s": round(len(sample) / best["now"], 1),
+                           "shared_over_fold_by_fold": round(best["before"] / best["now"], 2), "same_probabilities": True}
+        if args.against_model:
+            other = TextModel.load(resolve_bundle(args.against_model))
+            other_sample = [normalize(t, other.normalization) for t in titles[: args.fold_by_fold_n]]
+            best, _ = scored_in_turn(now=(model, sample), before=(other, other_sample))
+            against = {"against_bundle": resolve_bundle(args.against_model).name,
+                       "against_rows_per_s": round(len(sample) / best["before"], 1), "this_rows_per_s_beside_it": round(len(sample) / best["now"], 1)}
 
     results = {
         "bundle": bundle.name,
